@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README).
+SHELL := /bin/bash
+PYTHON ?= $(shell pyenv prefix 3.12.1 2>/dev/null)/bin/python
+ifeq ($(wildcard $(PYTHON)),)
+PYTHON := python3.12
+endif
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED_DATA := $(abspath ../shared/data)
+
+# Telemetry off everywhere, for every command run from here.
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: demo test install clean bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: replay the daily cycle over all available history on the embedded default
+# (paper exchange, SQLite, ephemeral Prefect) and print the summary table.
+demo: install
+	@if [ -z "$$ETERNAL_DATA_DIR" ] && [ -d "$(SHARED_DATA)" ]; then export ETERNAL_DATA_DIR="$(SHARED_DATA)"; fi; \
+	$(BIN)/eternal demo
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/replay.py
+
+clean:
+	rm -rf $(VENV) var out

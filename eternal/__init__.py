@@ -1,0 +1,1 @@
+"""Eternal Engine: a multi-engine crypto portfolio with a pure decision core."""

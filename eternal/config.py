@@ -1,0 +1,216 @@
+"""Settings: pydantic-settings, prefix ETERNAL_, nested with __, .env supported.
+
+Every engine parameter lives here with the spec's default, as a frozen model. Invalid settings
+raise ConfigError naming the environment variable and the bad value, before anything runs.
+"""
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eternal.errors import ConfigError
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+"""A fraction in [0, 1] (0.01 is 1 %)."""
+
+ENV_PREFIX = "ETERNAL_"
+
+
+class Mode(StrEnum):
+    PAPER = "paper"      # live public data, simulated fills
+    REPLAY = "replay"    # backfill over stored history, fills at the next daily open
+    DEMO = "demo"        # Bybit demo trading
+    TESTNET = "testnet"
+    LIVE = "live"        # real money: needs ETERNAL_LIVE_CONFIRM=yes
+
+
+class SleeveWeights(BaseModel, frozen=True):
+    """Share of the portfolio each sleeve starts with (spec chapter 1)."""
+
+    core: Fraction = 0.60
+    trend_1: Fraction = 0.15
+    trend_2: Fraction = 0.05
+    funding: Fraction = 0.15
+    tactical: Fraction = 0.05
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SleeveWeights:
+        total = sum(self.model_dump().values())
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"sleeve weights must sum to 1, got {total:.6g} ({self.model_dump()})")
+        return self
+
+
+class FeeParams(BaseModel, frozen=True):
+    """Exchange fees as fractions of notional (Bybit VIP0 defaults)."""
+
+    spot_maker: Fraction = 0.001
+    spot_taker: Fraction = 0.001
+    perp_maker: Fraction = 0.0002
+    perp_taker: Fraction = 0.00055
+
+
+class CoreParams(BaseModel, frozen=True):
+    """CORE-HODL rules (spec chapter 2)."""
+
+    btc_share_of_invested: Fraction = 2 / 3   # BTC:ETH held 2:1
+    cash_buffer: Fraction = 0.05              # minimum USDT kept in the sleeve
+    tranches: int = Field(4, ge=1, le=52)     # initial deployment in equal tranches ...
+    tranche_interval_days: int = Field(7, ge=1, le=90)  # ... this many days apart
+    drift_threshold: Fraction = 0.10          # absolute weight drift that triggers a rebalance
+    quarterly_rebalance: bool = True          # rebalance after each calendar quarter end
+    ath_pause_drawdown: Fraction = 0.70       # no rebalance while an asset is >70 % below its ATH
+    staking_apy: Fraction = 0.0               # ETH staking APY offered (0 = off)
+    staking_min_apy: Fraction = 0.02          # stake only when the APY is at least this
+    min_order_usdt: float = Field(10.0, ge=0) # smaller orders are not worth their fee
+
+    @property
+    def targets(self) -> dict[str, float]:
+        invested = 1.0 - self.cash_buffer
+        return {
+            "BTC": invested * self.btc_share_of_invested,
+            "ETH": invested * (1.0 - self.btc_share_of_invested),
+        }
+
+
+class TrendParams(BaseModel, frozen=True):
+    """TREND rules (spec chapter 3); TREND-2 overrides the SMA lengths."""
+
+    fast_sma: int = Field(50, ge=2)
+    slow_sma: int = Field(200, ge=3)
+    adx_length: int = Field(14, ge=2)
+    atr_length: int = Field(14, ge=2)
+    adx_entry: float = Field(25.0, ge=0, le=100)
+    adx_no_trend: float = Field(20.0, ge=0, le=100)
+    no_trend_days: int = Field(14, ge=1)
+    resume_days: int = Field(3, ge=1)
+    hard_stop_atr: float = Field(2.0, gt=0)
+    trailing_stop_atr: float = Field(3.0, gt=0)
+    time_stop_days: int = Field(30, ge=1)
+    funding_exit_rate_8h: float = 0.001
+    risk_per_trade: Fraction = 0.01
+    max_asset_notional: float = Field(0.5, ge=0)   # of sleeve equity
+    max_leverage: float = Field(2.0, gt=0, le=2.0)  # the spec's hard cap
+    correlation_window_days: int = Field(30, ge=2)
+    correlation_halving: Fraction = 0.9
+
+
+class FundingParams(BaseModel, frozen=True):
+    """FUNDING rules (spec chapter 4)."""
+
+    min_predicted_rate_8h: float = 0.0001
+    max_basis: Fraction = 0.02
+    max_asset_share: Fraction = 0.05
+    max_holding_days: int = Field(14, ge=1)
+    negative_settlements_breaker: int = Field(3, ge=1)
+    compound_share: Fraction = 0.5
+    hedge_tolerance: Fraction = 0.01
+    leverage: float = Field(1.0, gt=0, le=2.0)
+
+
+class TacticalParams(BaseModel, frozen=True):
+    """TACTICAL rules (spec chapter 5)."""
+
+    drawdown_level_1: Fraction = 0.50
+    drawdown_level_2: Fraction = 0.70
+    fear_greed_below: int = Field(20, ge=0, le=100)
+    negative_funding_rate_8h: float = -0.0005
+    volatility_annualised: float = Field(0.80, gt=0)
+    deploy_level_1: Fraction = 0.50
+    deploy_level_2: Fraction = 0.50
+    deploy_signal: Fraction = 0.25
+    max_deploy_per_event: Fraction = 0.50
+    cooldown_days: int = Field(30, ge=0)
+    btc_share: Fraction = 0.80
+    profit_target: float = Field(1.0, gt=0)
+    partial_exit_gain: float = Field(0.5, gt=0)
+    partial_exit_window_days: int = Field(90, ge=1)
+    max_lot_age_days: int = Field(365, ge=1)
+
+
+class RiskParams(BaseModel, frozen=True):
+    breakers_enabled: bool = True
+
+
+class DataSettings(BaseModel, frozen=True):
+    max_daily_move: Fraction = 0.60         # |close-to-close| must stay below this
+    max_funding_rate_8h: Fraction = 0.03    # |funding| per settlement
+    refresh_before_cycle: bool = True       # download missing days before a live-like cycle
+
+
+class ExecutionSettings(BaseModel, frozen=True):
+    retries: int = Field(3, ge=0)
+    retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0)
+
+
+class ExchangeSettings(BaseModel, frozen=True):
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    mode: Mode = Mode.PAPER
+    live_confirm: str = ""
+    database_url: str = "sqlite:///var/eternal.db"
+    data_dir: Path | None = None
+    initial_capital: float = Field(100_000.0, gt=0)
+    weights: SleeveWeights = SleeveWeights()
+    fees: FeeParams = FeeParams()
+    core: CoreParams = CoreParams()
+    trend_1: TrendParams = TrendParams()
+    trend_2: TrendParams = TrendParams(fast_sma=20, slow_sma=100)
+    funding: FundingParams = FundingParams()
+    tactical: TacticalParams = TacticalParams()
+    risk: RiskParams = RiskParams()
+    data: DataSettings = DataSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    exchange: ExchangeSettings = ExchangeSettings()
+
+    @model_validator(mode="after")
+    def _live_needs_confirmation(self) -> Settings:
+        if self.mode == Mode.LIVE and self.live_confirm != "yes":
+            raise ValueError(
+                "ETERNAL_MODE='live' trades real money: set ETERNAL_LIVE_CONFIRM=yes to confirm"
+                f" (ETERNAL_LIVE_CONFIRM={self.live_confirm!r})"
+            )
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """Effective settings as plain data, every secret replaced by '**********'."""
+        return json.loads(self.model_dump_json())  # SecretStr dumps as '**********'
+
+
+def _env_name(loc: tuple) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith(("function-", "model"))]
+    return ENV_PREFIX + "__".join(p.upper() for p in parts) if parts else ENV_PREFIX + "*"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from env/.env (and overrides); raise ConfigError naming field and value."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            value = err.get("input")
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if "secret" not in k and "key" not in k}
+            if not loc:  # a rule across fields: its message names the fields itself
+                lines.append(err["msg"].removeprefix("Value error, "))
+            else:
+                lines.append(f"{_env_name(loc)}={value!r}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid settings, nothing was run:\n  " + "\n  ".join(lines)) from None

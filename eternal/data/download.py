@@ -1,0 +1,254 @@
+"""Download Bybit public market data into the market store: `eternal data download --since DATE`.
+
+Series per asset: the daily candles of the spot pair and of the USDT linear perp, and the perp's
+funding rate history. Every series is paged forward from where the store stops (last stored
+timestamp + one period) or from `since` when the store has none of it, up to `now`. Only closed
+daily candles are kept: the candle of the current UTC day is still open at `now` and is dropped.
+
+Each page is written as soon as it arrives, so an interrupted download resumes where it stopped.
+Public endpoints only: the client carries no keys and never asks for private data.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+import ccxt
+import pandas as pd
+from tqdm import tqdm
+
+from eternal.errors import ConfigError, DataError
+from eternal.models import QUOTE
+
+TIMEFRAME = "1d"
+DAY_MS = 86_400_000
+KLINE_PAGE_LIMIT = 1000    # Bybit V5 /v5/market/kline: max rows per request
+FUNDING_PAGE_LIMIT = 200   # Bybit V5 /v5/market/funding/history: max rows per request
+DEFAULT_FUNDING_INTERVAL_MIN = 480  # 8 h, when the instrument does not say
+CANDLE_COLUMNS = ["open", "high", "low", "close", "volume"]
+
+
+class MarketSink(Protocol):
+    """Where downloaded data goes (eternal.data.store.MarketStore implements it)."""
+
+    def last_candle_ts(self, symbol: str, timeframe: str) -> datetime | None: ...
+
+    def upsert_candles(self, symbol: str, timeframe: str, df: pd.DataFrame) -> int: ...
+
+    def last_funding_ts(self, symbol: str) -> datetime | None: ...
+
+    def upsert_funding(self, symbol: str, df: pd.DataFrame) -> int: ...
+
+
+def make_bybit_public(base_url: str | None = None) -> ccxt.bybit:
+    """A keyless ccxt Bybit client that only loads spot and linear markets.
+
+    `base_url` (tests) points every API host at an emulator, e.g. "http://127.0.0.1:8123".
+    """
+    exchange = ccxt.bybit({
+        "enableRateLimit": True,
+        # without keys ccxt skips the private coin-info call anyway; saying so keeps it that way
+        "has": {"fetchCurrencies": False},
+        "options": {
+            # spot + linear are all we trade; inverse and the option chains cost 8 more requests
+            "fetchMarkets": {"types": ["spot", "linear"], "usePrivateInstrumentsInfo": False},
+            "adjustForTimeDifference": False,
+            "enableDemoTrading": False,
+        },
+    })
+    if base_url is not None:
+        base_url = base_url.rstrip("/")
+        for section in ("api", "test", "demotrading"):
+            urls = exchange.urls.get(section)
+            if isinstance(urls, dict):
+                for key in urls:
+                    urls[key] = base_url
+    return exchange
+
+
+def download_market_data(sink: MarketSink, since: datetime, now: datetime,
+                         exchange: ccxt.bybit | None = None,
+                         assets: Iterable[str] = ("BTC", "ETH", "SOL"),
+                         progress: bool = True) -> dict[str, int]:
+    """Bring the store up to date with Bybit; returns rows written per series.
+
+    Series keys: "BTC/USDT 1d", "BTC/USDT:USDT 1d", "BTC/USDT:USDT funding", ...
+    Raises DataError when Bybit cannot be reached or answers with an error; pages written before
+    the failure stay stored, so rerunning resumes from there.
+    """
+    since, now = _aware("since", since), _aware("now", now)
+    if since >= now:
+        raise ConfigError(f"download since {since:%Y-%m-%d %H:%M}Z is not before now "
+                          f"{now:%Y-%m-%d %H:%M}Z: pass an earlier --since")
+    assets = [a.strip().upper() for a in assets]
+    if not assets or not all(assets):
+        raise ConfigError(f"no assets to download ({assets!r}): pass e.g. ('BTC', 'ETH', 'SOL')")
+    exchange = exchange or make_bybit_public()
+
+    _call(exchange.load_markets, "loading Bybit markets (instruments-info)")
+    series: list[tuple[str, str]] = []  # (kind, symbol)
+    for asset in assets:
+        spot, perp = f"{asset}/{QUOTE}", f"{asset}/{QUOTE}:{QUOTE}"
+        for symbol in (spot, perp):
+            if symbol not in exchange.markets:
+                raise DataError(f"Bybit lists no market {symbol}: check the asset name {asset!r} "
+                                f"or whether Bybit delisted it")
+        series += [("candles", spot), ("candles", perp), ("funding", perp)]
+
+    written: dict[str, int] = {}
+    with tqdm(total=len(series), unit="series", desc="bybit", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        for kind, symbol in series:
+            if kind == "candles":
+                key, pages = f"{symbol} {TIMEFRAME}", _candle_pages(exchange, sink, symbol, since, now)
+            else:
+                key, pages = f"{symbol} funding", _funding_pages(exchange, sink, symbol, since, now)
+            written[key] = 0
+            bar.set_postfix_str(key)
+            for df in pages:
+                if df.empty:
+                    continue
+                if kind == "candles":
+                    written[key] += int(sink.upsert_candles(symbol, TIMEFRAME, df))
+                else:
+                    written[key] += int(sink.upsert_funding(symbol, df))
+                bar.set_postfix_str(f"{key} {written[key]} rows to {df.index[-1]:%Y-%m-%d}")
+            bar.update(1)
+    return written
+
+
+# candles -----------------------------------------------------------------------------------
+def _candle_pages(exchange: ccxt.bybit, sink: MarketSink, symbol: str,
+                  since: datetime, now: datetime) -> Iterator[pd.DataFrame]:
+    """Closed daily candles after the last stored one, one DataFrame per Bybit page."""
+    last = _stored("last_candle_ts", sink.last_candle_ts(symbol, TIMEFRAME))
+    start_ms = _ms(last) + DAY_MS if last is not None else _ceil_day_ms(since)
+    today_ms = _ms(now) // DAY_MS * DAY_MS  # open time of the still-open candle: never stored
+    what = f"{symbol} {TIMEFRAME} candles"
+    while start_ms < today_ms:
+        # Bybit returns the newest `limit` candles of [start, end]: a window of exactly one page
+        # makes the paging deterministic whatever the server does with a larger range.
+        end_ms = min(start_ms + KLINE_PAGE_LIMIT * DAY_MS, today_ms) - 1
+        rows = _call(exchange.fetch_ohlcv, f"downloading {what} from {_iso(start_ms)}",
+                     symbol, TIMEFRAME, start_ms, KLINE_PAGE_LIMIT, {"until": end_ms})
+        yield _candle_frame([r for r in rows if start_ms <= r[0] and r[0] + DAY_MS <= _ms(now)], what)
+        start_ms = end_ms + 1
+
+
+def _candle_frame(rows: list[list], what: str) -> pd.DataFrame:
+    df = pd.DataFrame([r[1:6] for r in rows], columns=CANDLE_COLUMNS, dtype="float64")
+    df.index = pd.DatetimeIndex(pd.to_datetime([r[0] for r in rows], unit="ms", utc=True),
+                                name="timestamp")
+    df = df[~df.index.duplicated(keep="last")].sort_index()
+    if df.isna().any().any():
+        raise DataError(f"Bybit sent {what} with missing values on "
+                        f"{list(df.index[df.isna().any(axis=1)][:3])}: rerun later; "
+                        f"if it persists the exchange data is broken for those days")
+    return df
+
+
+# funding -----------------------------------------------------------------------------------
+def _funding_pages(exchange: ccxt.bybit, sink: MarketSink, symbol: str,
+                   since: datetime, now: datetime) -> Iterator[pd.DataFrame]:
+    """Funding settlements after the last stored one up to `now`, one DataFrame per window."""
+    last = _stored("last_funding_ts", sink.last_funding_ts(symbol))
+    # +1 ms, not + one interval: Bybit shortens the interval in stress (SOL in Nov 2022 settled
+    # every 2 h), so the next settlement may come sooner than the nominal period
+    start_ms = _ms(last) + 1 if last is not None else _ms(since)
+    now_ms = _ms(now)
+    interval_min = _int_or(exchange.market(symbol)["info"].get("fundingInterval"),
+                           DEFAULT_FUNDING_INTERVAL_MIN)
+    # one page short of the limit: a window of 199 regular intervals holds 199 settlements, so a
+    # full page (200) only happens when the interval was shortened, and then we page backwards
+    window_ms = (FUNDING_PAGE_LIMIT - 1) * interval_min * 60_000
+    what = f"{symbol} funding history"
+    while start_ms <= now_ms:
+        end_ms = min(start_ms + window_ms - 1, now_ms)
+        rates: dict[int, float | None] = {}
+        upper_ms = end_ms
+        while True:  # Bybit answers newest-first: walk back until the window is exhausted
+            page = _call(exchange.fetch_funding_rate_history,
+                         f"downloading {what} from {_iso(start_ms)}",
+                         symbol, start_ms, FUNDING_PAGE_LIMIT, {"until": upper_ms})
+            inside = [p for p in page if p["timestamp"] is not None
+                      and start_ms <= p["timestamp"] <= upper_ms]
+            for p in inside:
+                rates[int(p["timestamp"])] = p["fundingRate"]
+            if len(page) < FUNDING_PAGE_LIMIT or not inside:
+                break
+            upper_ms = min(p["timestamp"] for p in inside) - 1
+            if upper_ms < start_ms:
+                break
+        yield _funding_frame(rates, what)
+        start_ms = end_ms + 1
+
+
+def _funding_frame(rates: dict[int, float | None], what: str) -> pd.DataFrame:
+    stamps = sorted(rates)
+    df = pd.DataFrame({"funding_rate": [rates[t] for t in stamps]}, dtype="float64",
+                      index=pd.DatetimeIndex(pd.to_datetime(stamps, unit="ms", utc=True),
+                                             name="timestamp"))
+    if df["funding_rate"].isna().any():
+        raise DataError(f"Bybit sent {what} without a rate at "
+                        f"{list(df.index[df['funding_rate'].isna()][:3])}: rerun later")
+    return df
+
+
+# helpers -----------------------------------------------------------------------------------
+def _call(fn, doing: str, *args):
+    """Run one ccxt call; its failures become a DataError saying what to do."""
+    try:
+        return fn(*args)
+    except ccxt.RateLimitExceeded as exc:
+        hint = "Bybit rate-limited this IP: wait a minute and rerun (it resumes where it stopped)"
+        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
+    except ccxt.NetworkError as exc:
+        hint = ("check the network connection and https://status.bybit.com, then rerun "
+                "`eternal data download` (it resumes from the last stored row)")
+        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
+    except ccxt.BaseError as exc:
+        hint = ("Bybit refused the request; if it persists, the market may be delisted or the "
+                "API changed: report it with this message")
+        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _aware(name: str, value: datetime) -> datetime:
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ConfigError(f"download `{name}` must be a timezone-aware UTC datetime, got {value!r}")
+    return value.astimezone(UTC)
+
+
+def _stored(method: str, value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise DataError(f"the market store's {method}() returned a naive datetime {value!r}: "
+                        f"the store must return timezone-aware UTC timestamps")
+    return pd.Timestamp(value).to_pydatetime().astimezone(UTC)
+
+
+def _ms(value: datetime) -> int:
+    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def _ceil_day_ms(value: datetime) -> int:
+    return math.ceil(_ms(value) / DAY_MS) * DAY_MS
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def _int_or(value, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

@@ -1,0 +1,4 @@
+from eternal.exchange.base import Exchange, ExchangeOrder
+from eternal.exchange.paper import FillPolicy, PaperExchange
+
+__all__ = ["Exchange", "ExchangeOrder", "FillPolicy", "PaperExchange"]

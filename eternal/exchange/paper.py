@@ -1,0 +1,205 @@
+"""The paper exchange: deterministic fills against given prices, one book per sleeve.
+
+Two fill policies, one code path:
+* IMMEDIATE (paper mode, like live): a market order fills at the current price; a post-only
+  limit fills at its limit price (the touch is assumed to trade).
+* NEXT_OPEN (replay): every order rests until `on_bar` hands over the next daily open; limits
+  then fill at that open at the maker fee, market orders at the taker fee (spec, replay rules).
+Sells fill before buys in a bar, so a rebalance's sales pay for its purchases.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from eternal import ledger
+from eternal.config import FeeParams
+from eternal.errors import DuplicateOrder, ExchangeError, InsufficientFunds
+from eternal.exchange.base import ExchangeOrder
+from eternal.models import (
+    QUOTE,
+    Fill,
+    Market,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    Sleeve,
+    SleeveBook,
+    base_of,
+    utc,
+)
+
+_DUST = 1e-12
+
+
+class FillPolicy(StrEnum):
+    IMMEDIATE = "immediate"
+    NEXT_OPEN = "next_open"
+
+
+class PaperExchange:
+    name = "paper"
+
+    def __init__(self, fees: FeeParams, policy: FillPolicy = FillPolicy.IMMEDIATE,
+                 books: Mapping[Sleeve, SleeveBook] | None = None,
+                 on_change: Callable[[PaperExchange], None] | None = None):
+        self.fees = fees
+        self.policy = policy
+        self.books: dict[Sleeve, SleeveBook] = {s: b.copy() for s, b in (books or {}).items()}
+        self.orders: dict[str, ExchangeOrder] = {}
+        self.quotes: dict[str, Quote] = {}
+        self._on_change = on_change   # persists the exchange's own state (survives our crashes)
+        self._seq = 0
+
+    # prices ----------------------------------------------------------------------------------
+    def set_quotes(self, quotes: Mapping[str, Quote]) -> None:
+        self.quotes.update(quotes)
+
+    def quote(self, symbol: str) -> Quote:
+        try:
+            return self.quotes[symbol]
+        except KeyError:
+            raise ExchangeError(f"paper exchange has no price for {symbol}") from None
+
+    # orders ----------------------------------------------------------------------------------
+    def place_order(self, client_order_id: str, intent: OrderIntent, now: datetime) -> ExchangeOrder:
+        if client_order_id in self.orders:
+            raise DuplicateOrder(f"orderLinkId {client_order_id} already exists (paper, like Bybit 110072)")
+        if intent.market != Market.SPOT:
+            raise ExchangeError(f"paper exchange trades spot only so far, not {intent.symbol}")
+        if intent.sleeve not in self.books:
+            raise ExchangeError(f"paper exchange has no account for sleeve {intent.sleeve}")
+        self._seq += 1
+        order = ExchangeOrder(client_order_id, f"paper-{self._seq}", intent, OrderStatus.OPEN, utc(now))
+        if self.policy == FillPolicy.IMMEDIATE:
+            q = self.quote(intent.symbol)
+            if intent.order_type == OrderType.MARKET:
+                price, liquidity = (q.ask if intent.side == Side.BUY else q.bid), "taker"
+            else:
+                price, liquidity = intent.limit_price, "maker"
+            self._fill(order, price, liquidity, now)   # raises InsufficientFunds: nothing recorded
+        self.orders[client_order_id] = order
+        self._changed()
+        return order
+
+    def fetch_order(self, client_order_id: str, sleeve: Sleeve | None = None) -> ExchangeOrder | None:
+        return self.orders.get(client_order_id)
+
+    def open_orders(self) -> list[ExchangeOrder]:
+        return [o for o in self.orders.values() if o.status == OrderStatus.OPEN]
+
+    def on_bar(self, ts: datetime, opens: Mapping[str, float]) -> list[ExchangeOrder]:
+        """NEXT_OPEN policy: fill resting orders at these opens, sells first. Returns the orders
+        that changed; one the sleeve cannot pay for is rejected with its reason."""
+        changed = []
+        pending = sorted(self.open_orders(), key=lambda o: o.intent.side != Side.SELL)
+        for order in pending:
+            price = opens.get(order.intent.symbol)
+            if price is None:
+                continue
+            liquidity = "taker" if order.intent.order_type == OrderType.MARKET else "maker"
+            try:
+                self._fill(order, price, liquidity, ts)
+            except InsufficientFunds as exc:
+                order.status, order.error = OrderStatus.REJECTED, str(exc)
+            changed.append(order)
+        if changed:
+            self._changed()
+        return changed
+
+    def cancel_open(self, reason: str) -> list[ExchangeOrder]:
+        cancelled = self.open_orders()
+        for o in cancelled:
+            o.status, o.error = OrderStatus.CANCELLED, reason
+        return cancelled
+
+    def _fill(self, order: ExchangeOrder, price: float, liquidity: str, ts: datetime) -> None:
+        intent, book = order.intent, self.books[order.intent.sleeve]
+        rate = self.fees.spot_maker if liquidity == "maker" else self.fees.spot_taker
+        qty = intent.qty
+        if intent.side == Side.BUY:
+            cost = qty * price * (1.0 + rate)
+            if cost > book.cash + _DUST:
+                if not intent.scale_to_cash or book.cash <= 0:
+                    raise InsufficientFunds(
+                        f"{intent.sleeve} cannot buy {qty:.8g} {intent.symbol} at {price:.8g}: needs "
+                        f"{cost:.2f} {QUOTE} with fees, has {book.cash:.2f} ({order.client_order_id})")
+                qty = book.cash / (price * (1.0 + rate))   # scaled down to the cash, fees included
+        else:
+            free = book.holdings.get(base_of(intent.symbol), 0.0)
+            if qty > free + _DUST:
+                raise InsufficientFunds(
+                    f"{intent.sleeve} cannot sell {qty:.8g} {intent.symbol}: holds {free:.8g} free "
+                    f"({order.client_order_id})")
+            qty = min(qty, free)
+        fill = Fill(order.client_order_id, utc(ts), intent.sleeve, intent.symbol, intent.market,
+                    intent.side, qty, price, qty * price * rate, QUOTE, liquidity,
+                    trade_id=f"{order.exchange_order_id}-{len(order.fills) + 1}", reason=intent.reason)
+        ledger.apply_fill(book, fill)
+        order.fills.append(fill)
+        order.filled_qty += qty
+        order.fee += fill.fee
+        order.status = OrderStatus.FILLED
+
+    # staking ---------------------------------------------------------------------------------
+    def stake(self, sleeve: Sleeve, asset: str, qty: float) -> float:
+        moved = ledger.stake(self.books[sleeve], asset, qty)
+        self._changed()
+        return moved
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+    # persistence -----------------------------------------------------------------------------
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "seq": self._seq,
+            "books": {s.value: {"cash": b.cash, "holdings": b.holdings, "staked": b.staked}
+                      for s, b in self.books.items()},
+            "orders": {cid: _order_to_dict(o) for cid, o in self.orders.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], fees: FeeParams, policy: FillPolicy,
+                   on_change: Callable[[PaperExchange], None] | None = None) -> PaperExchange:
+        books = {Sleeve(s): SleeveBook(Sleeve(s), b["cash"], dict(b["holdings"]), dict(b["staked"]))
+                 for s, b in state.get("books", {}).items()}
+        ex = cls(fees, policy, books, on_change)
+        ex._seq = state.get("seq", 0)
+        ex.orders = {cid: _order_from_dict(cid, d) for cid, d in state.get("orders", {}).items()}
+        return ex
+
+
+def _intent_to_dict(i: OrderIntent) -> dict[str, Any]:
+    return {"sleeve": i.sleeve.value, "symbol": i.symbol, "market": i.market.value, "side": i.side.value,
+            "qty": i.qty, "order_type": i.order_type.value, "reason": i.reason, "key": i.key,
+            "limit_price": i.limit_price, "post_only": i.post_only, "reduce_only": i.reduce_only,
+            "scale_to_cash": i.scale_to_cash}
+
+
+def intent_from_dict(d: dict[str, Any]) -> OrderIntent:
+    return OrderIntent(Sleeve(d["sleeve"]), d["symbol"], Market(d["market"]), Side(d["side"]),
+                       d["qty"], OrderType(d["order_type"]), d["reason"], d["key"], d["limit_price"],
+                       d["post_only"], d["reduce_only"], d["scale_to_cash"])
+
+
+def _order_to_dict(o: ExchangeOrder) -> dict[str, Any]:
+    return {"exchange_order_id": o.exchange_order_id, "intent": _intent_to_dict(o.intent),
+            "status": o.status.value, "created": o.created.isoformat(), "filled_qty": o.filled_qty,
+            "fee": o.fee, "error": o.error,
+            "fills": [{"ts": f.ts.isoformat(), "qty": f.qty, "price": f.price, "fee": f.fee,
+                       "fee_asset": f.fee_asset, "liquidity": f.liquidity, "trade_id": f.trade_id}
+                      for f in o.fills]}
+
+
+def _order_from_dict(cid: str, d: dict[str, Any]) -> ExchangeOrder:
+    i = intent_from_dict(d["intent"])
+    fills = [Fill(cid, utc(f["ts"]), i.sleeve, i.symbol, i.market, i.side, f["qty"], f["price"],
+                  f["fee"], f["fee_asset"], f["liquidity"], f["trade_id"], i.reason) for f in d["fills"]]
+    return ExchangeOrder(cid, d["exchange_order_id"], i, OrderStatus(d["status"]), utc(d["created"]),
+                         d["filled_qty"], d["fee"], fills, d["error"])

@@ -1,0 +1,227 @@
+"""Domain types shared by the pure core and the shell. No I/O here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any
+
+UTC = timezone.utc
+
+
+class Sleeve(StrEnum):
+    CORE = "core"
+    TREND_1 = "trend-1"
+    TREND_2 = "trend-2"
+    FUNDING = "funding"
+    TACTICAL = "tactical"
+
+    @property
+    def weight_field(self) -> str:
+        return self.value.replace("-", "_")
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class Market(StrEnum):
+    SPOT = "spot"
+    PERP = "perp"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+class OrderStatus(StrEnum):
+    CREATED = "created"
+    SUBMITTED = "submitted"
+    OPEN = "open"
+    FILLED = "filled"
+    PARTIALLY_FILLED = "partially_filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED)
+
+
+QUOTE = "USDT"
+SPOT_SYMBOLS = {"BTC": "BTC/USDT", "ETH": "ETH/USDT", "SOL": "SOL/USDT"}
+PERP_SYMBOLS = {"BTC": "BTC/USDT:USDT", "ETH": "ETH/USDT:USDT", "SOL": "SOL/USDT:USDT"}
+
+
+def base_of(symbol: str) -> str:
+    """'BTC/USDT' -> 'BTC'; 'BTC/USDT:USDT' -> 'BTC'."""
+    return symbol.split("/")[0]
+
+
+def utc(value: datetime | date | str) -> datetime:
+    """A timezone-aware UTC datetime; naive input is refused rather than guessed."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+    elif isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware UTC datetime")
+    return value.astimezone(UTC)
+
+
+def last_closed_day(asof: datetime) -> datetime:
+    """Open time of the last daily candle that has closed at `asof` (UTC)."""
+    asof = utc(asof)
+    today = asof.replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """What an engine wants done; the executor turns it into one exchange order."""
+
+    sleeve: Sleeve
+    symbol: str
+    market: Market
+    side: Side
+    qty: float
+    order_type: OrderType
+    reason: str                      # why, for the audit trail and trades.csv
+    key: str                         # stable name of the intent inside its cycle (for the id)
+    limit_price: float | None = None
+    post_only: bool = False
+    reduce_only: bool = False
+    scale_to_cash: bool = False      # a buy the cash cannot cover is scaled down, not refused
+
+    def __post_init__(self) -> None:
+        if not self.qty > 0:
+            raise ValueError(f"order qty must be positive, got {self.qty} for {self.key}")
+        if self.order_type == OrderType.LIMIT and not (self.limit_price and self.limit_price > 0):
+            raise ValueError(f"limit order {self.key} needs a positive limit price")
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    client_order_id: str
+    ts: datetime
+    sleeve: Sleeve
+    symbol: str
+    market: Market
+    side: Side
+    qty: float
+    price: float
+    fee: float                      # in the fee asset
+    fee_asset: str
+    liquidity: str                  # "maker" | "taker"
+    trade_id: str                   # unique per fill at the exchange (re-syncs never double count)
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class OrderRecord:
+    """Our ledger's view of one order, keyed by its client order id."""
+
+    client_order_id: str
+    flow: str
+    scheduled: datetime
+    intent: OrderIntent
+    status: OrderStatus = OrderStatus.CREATED
+    exchange_order_id: str | None = None
+    filled_qty: float = 0.0
+    avg_price: float | None = None
+    fee: float = 0.0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the append-only audit log: a decision or incident with its reason."""
+
+    ts: datetime
+    kind: str
+    message: str
+    sleeve: Sleeve | None = None
+    level: str = "info"             # info | warning | alert
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    ts: datetime
+    from_sleeve: Sleeve | None       # None: from outside (a deposit)
+    to_sleeve: Sleeve
+    asset: str
+    qty: float
+    reason: str
+
+
+@dataclass(slots=True)
+class SleeveBook:
+    """Cash and holdings of one sleeve. `staked` is held too, but locked in staking."""
+
+    sleeve: Sleeve
+    cash: float = 0.0
+    holdings: dict[str, float] = field(default_factory=dict)
+    staked: dict[str, float] = field(default_factory=dict)
+
+    def qty(self, asset: str) -> float:
+        return self.holdings.get(asset, 0.0) + self.staked.get(asset, 0.0)
+
+    def equity(self, prices: dict[str, float]) -> float:
+        assets = set(self.holdings) | set(self.staked)
+        return self.cash + sum(self.qty(a) * prices[a] for a in assets if self.qty(a))
+
+    def copy(self) -> SleeveBook:
+        return SleeveBook(self.sleeve, self.cash, dict(self.holdings), dict(self.staked))
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    bid: float
+    ask: float
+    last: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a decision may look at, gathered before deciding; immutable by convention.
+
+    `day` is the open time of the last closed daily candle (decisions are on its close);
+    `asof` is when the cycle runs (normally day + 1 at 00:05 UTC).
+    """
+
+    asof: datetime
+    day: datetime
+    closes: dict[str, float]                 # asset -> close of `day` (spot)
+    ath: dict[str, float]                    # asset -> highest daily close up to and including `day`
+    quotes: dict[str, Quote]                 # asset -> best bid/ask now (replay: the close)
+    books: dict[Sleeve, SleeveBook]
+    states: dict[Sleeve, dict[str, Any]]     # persisted engine states (JSON)
+    inflows: dict[Sleeve, float] = field(default_factory=dict)  # USDT added since the last cycle
+
+
+@dataclass
+class EngineDecision:
+    intents: list[OrderIntent]
+    state: dict[str, Any]
+    events: list[Event]
+    stake: dict[str, float] = field(default_factory=dict)  # asset -> qty to stake (+) / unstake (-)
+
+
+@dataclass
+class Plan:
+    """Output of one pure cycle: what to send, what to remember, and why."""
+
+    asof: datetime
+    day: datetime
+    intents: list[OrderIntent]
+    states: dict[Sleeve, dict[str, Any]]
+    events: list[Event]
+    stakes: dict[Sleeve, dict[str, float]] = field(default_factory=dict)
+    transfers: list[Transfer] = field(default_factory=list)

@@ -1,0 +1,87 @@
+"""Engines and schema: SQLite by default, PostgreSQL by URL; schema only through Alembic."""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import OperationalError
+
+from eternal.errors import ConfigError, EternalError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class DatabaseUnavailable(EternalError):
+    """The configured database cannot be reached."""
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def connect(url: str, *, migrate: bool = True) -> Engine:
+    """An engine for `url`, with the schema upgraded to head on first use."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, future=True)
+    except Exception as exc:  # bad URL, missing driver
+        raise ConfigError(f"ETERNAL_DATABASE_URL={_safe(url)!r} cannot be used: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as exc:
+        raise DatabaseUnavailable(
+            f"database {_safe(url)} is unreachable: {exc.orig}. Start it or fix ETERNAL_DATABASE_URL."
+        ) from None
+    if migrate:
+        ensure_schema(engine)
+    return engine
+
+
+def _safe(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Upgrade the schema to Alembic head (creates everything on an empty database)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection_engine"] = engine
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if _at_head(engine, cfg):
+        return
+    command.upgrade(cfg, "head")
+
+
+def _at_head(engine: Engine, cfg) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    if "alembic_version" not in inspect(engine).get_table_names():
+        return False
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_heads()
+    return set(current) == set(ScriptDirectory.from_config(cfg).get_heads())
+
+
+@lru_cache(maxsize=8)
+def cached_engine(url: str) -> Engine:
+    return connect(url)

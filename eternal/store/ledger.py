@@ -1,0 +1,252 @@
+"""Our ledger in the database: sleeves, balances, orders, fills, transfers, states, events.
+
+Writes are bulk (one statement per table per call) so a replay can persist a batch of days at once.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, insert, select
+
+from eternal.exchange.paper import intent_from_dict
+from eternal.models import (
+    QUOTE,
+    Event,
+    Fill,
+    OrderIntent,
+    OrderRecord,
+    OrderStatus,
+    Sleeve,
+    SleeveBook,
+    Transfer,
+    utc,
+)
+from eternal.store.models import (
+    BalanceRow,
+    CycleRunRow,
+    DepositRow,
+    EngineStateRow,
+    EquitySnapshotRow,
+    EventRow,
+    ExchangeStateRow,
+    FillRow,
+    OrderRow,
+    SleeveRow,
+    TransferRow,
+)
+from eternal.store.upsert import upsert
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "item"):          # numpy scalars
+        return value.item()
+    return value
+
+
+def order_row(rec: OrderRecord) -> dict[str, Any]:
+    i = rec.intent
+    return {"client_order_id": rec.client_order_id, "flow": rec.flow, "scheduled": rec.scheduled,
+            "sleeve": i.sleeve.value, "symbol": i.symbol, "market": i.market.value, "side": i.side.value,
+            "order_type": i.order_type.value, "qty": float(i.qty), "limit_price": i.limit_price,
+            "post_only": i.post_only, "reduce_only": i.reduce_only, "intent_key": i.key,
+            "reason": i.reason, "status": rec.status.value, "exchange_order_id": rec.exchange_order_id,
+            "filled_qty": float(rec.filled_qty), "avg_price": rec.avg_price, "fee": float(rec.fee),
+            "error": rec.error, "created_at": rec.created_at, "updated_at": rec.updated_at}
+
+
+def fill_row(f: Fill) -> dict[str, Any]:
+    return {"trade_id": f.trade_id, "client_order_id": f.client_order_id, "ts": f.ts,
+            "sleeve": f.sleeve.value, "symbol": f.symbol, "market": f.market.value, "side": f.side.value,
+            "qty": float(f.qty), "price": float(f.price), "fee": float(f.fee), "fee_asset": f.fee_asset,
+            "liquidity": f.liquidity, "reason": f.reason}
+
+
+def event_row(e: Event, run_key: str | None) -> dict[str, Any]:
+    return {"ts": e.ts, "kind": e.kind, "level": e.level, "sleeve": e.sleeve.value if e.sleeve else None,
+            "message": e.message, "data": _jsonable(e.data), "run_key": run_key}
+
+
+class LedgerStore:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # portfolio -------------------------------------------------------------------------------
+    def is_initialised(self) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(SleeveRow.name).limit(1)).first() is not None
+
+    def initialise(self, capital: float, weights: dict[Sleeve, float], now: datetime) -> dict[Sleeve, SleeveBook]:
+        """Deposit the initial capital and transfer each sleeve its share (recorded transfers)."""
+        books = {s: SleeveBook(s, capital * w) for s, w in weights.items() if w > 0}
+        with self.engine.begin() as conn:
+            conn.execute(insert(DepositRow), [{"ts": now, "asset": QUOTE, "amount": capital,
+                                               "note": "initial capital"}])
+            conn.execute(insert(SleeveRow), [{"name": s.value, "weight": w, "created_at": now}
+                                             for s, w in weights.items() if w > 0])
+            conn.execute(insert(TransferRow), [
+                {"ts": now, "from_sleeve": None, "to_sleeve": s.value, "asset": QUOTE, "qty": b.cash,
+                 "reason": f"initial allocation {weights[s]:.4f} of {capital:.2f}"} for s, b in books.items()])
+            self._save_books(conn, books.values(), now)
+        return books
+
+    def load_books(self) -> dict[Sleeve, SleeveBook]:
+        with self.engine.connect() as conn:
+            sleeves = [Sleeve(n) for n in conn.execute(select(SleeveRow.name)).scalars()]
+            rows = conn.execute(select(BalanceRow)).scalars().all()
+        books = {s: SleeveBook(s) for s in sleeves}
+        for r in rows:
+            book = books.setdefault(Sleeve(r.sleeve), SleeveBook(Sleeve(r.sleeve)))
+            if r.asset == QUOTE:
+                book.cash = r.qty
+            else:
+                book.holdings[r.asset] = r.qty - r.staked
+                if r.staked:
+                    book.staked[r.asset] = r.staked
+        return books
+
+    def save_books(self, books: Iterable[SleeveBook], now: datetime, conn: Connection | None = None) -> None:
+        if conn is None:
+            with self.engine.begin() as conn:
+                self._save_books(conn, books, now)
+        else:
+            self._save_books(conn, books, now)
+
+    @staticmethod
+    def _save_books(conn: Connection, books: Iterable[SleeveBook], now: datetime) -> None:
+        rows = []
+        for b in books:
+            rows.append({"sleeve": b.sleeve.value, "asset": QUOTE, "qty": float(b.cash), "staked": 0.0,
+                         "updated_at": now})
+            for asset in sorted(set(b.holdings) | set(b.staked)):
+                rows.append({"sleeve": b.sleeve.value, "asset": asset, "qty": float(b.qty(asset)),
+                             "staked": float(b.staked.get(asset, 0.0)), "updated_at": now})
+        upsert(conn, BalanceRow.__table__, rows, ["sleeve", "asset"])
+
+    # orders and fills ------------------------------------------------------------------------
+    def load_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderRecord]:
+        if not client_order_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(OrderRow).where(
+                OrderRow.client_order_id.in_(list(client_order_ids)))).scalars().all()
+        return {r.client_order_id: _record(r) for r in rows}
+
+    def load_trade_ids(self, client_order_ids: Sequence[str]) -> set[str]:
+        if not client_order_ids:
+            return set()
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(FillRow.trade_id).where(
+                FillRow.client_order_id.in_(list(client_order_ids)))).scalars())
+
+    def save_execution(self, orders: Sequence[OrderRecord], fills: Sequence[Fill], events: Sequence[Event],
+                       books: Iterable[SleeveBook] | None, now: datetime, run_key: str | None = None,
+                       conn: Connection | None = None) -> None:
+        """Orders, their new fills, the books those fills changed and events, in one transaction."""
+        if conn is None:
+            with self.engine.begin() as conn:
+                return self.save_execution(orders, fills, events, books, now, run_key, conn)
+        upsert(conn, OrderRow.__table__, [order_row(o) for o in orders], ["client_order_id"])
+        if fills:
+            upsert(conn, FillRow.__table__, [fill_row(f) for f in fills], ["trade_id"])
+        if events:
+            conn.execute(insert(EventRow), [event_row(e, run_key) for e in events])
+        if books is not None:
+            self._save_books(conn, books, now)
+
+    # states, events, equity ------------------------------------------------------------------
+    def load_states(self) -> dict[Sleeve, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {Sleeve(r.sleeve): r.state for r in conn.execute(select(EngineStateRow)).scalars()}
+
+    def save_states(self, states: dict[Sleeve, dict[str, Any]], now: datetime, conn: Connection) -> None:
+        upsert(conn, EngineStateRow.__table__, [
+            {"sleeve": s.value, "state": _jsonable(st), "updated_at": now} for s, st in states.items()],
+            ["sleeve"])
+
+    def append_events(self, events: Sequence[Event], run_key: str | None = None,
+                      conn: Connection | None = None) -> None:
+        if not events:
+            return
+        if conn is None:
+            with self.engine.begin() as conn:
+                conn.execute(insert(EventRow), [event_row(e, run_key) for e in events])
+        else:
+            conn.execute(insert(EventRow), [event_row(e, run_key) for e in events])
+
+    def save_equity(self, rows: Sequence[dict[str, Any]], conn: Connection) -> None:
+        upsert(conn, EquitySnapshotRow.__table__, list(rows), ["day", "sleeve"])
+
+    def save_transfers(self, transfers: Sequence[Transfer], conn: Connection) -> None:
+        if transfers:
+            conn.execute(insert(TransferRow), [
+                {**asdict(t), "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
+                 "to_sleeve": t.to_sleeve.value} for t in transfers])
+
+    def inflows_since(self, since: datetime | None) -> dict[Sleeve, float]:
+        """USDT transferred into each sleeve after `since` (deposits to deploy)."""
+        q = select(TransferRow).where(TransferRow.asset == QUOTE)
+        if since is not None:
+            q = q.where(TransferRow.ts > since)
+        out: dict[Sleeve, float] = {}
+        with self.engine.connect() as conn:
+            for t in conn.execute(q).scalars():
+                if t.reason.startswith("initial allocation"):
+                    continue
+                out[Sleeve(t.to_sleeve)] = out.get(Sleeve(t.to_sleeve), 0.0) + t.qty
+                if t.from_sleeve:
+                    out[Sleeve(t.from_sleeve)] = out.get(Sleeve(t.from_sleeve), 0.0) - t.qty
+        return out
+
+    # runs ------------------------------------------------------------------------------------
+    def start_run(self, flow: str, scheduled: datetime, mode: str, now: datetime) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(insert(CycleRunRow).returning(CycleRunRow.id), [
+                {"flow": flow, "scheduled": scheduled, "mode": mode, "status": "running",
+                 "started_at": now, "finished_at": None, "summary": {}}]).scalar_one()
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any], now: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(CycleRunRow.__table__.update().where(CycleRunRow.id == run_id).values(
+                status=status, summary=_jsonable(summary), finished_at=now))
+
+    def last_run(self, flow: str | None = None, status: str | None = None) -> CycleRunRow | None:
+        q = select(CycleRunRow).order_by(CycleRunRow.id.desc()).limit(1)
+        if flow:
+            q = q.where(CycleRunRow.flow == flow)
+        if status:
+            q = q.where(CycleRunRow.status == status)
+        with self.engine.connect() as conn:
+            return conn.execute(q).scalars().first()
+
+    # the paper exchange's own state ----------------------------------------------------------
+    def load_exchange_state(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(ExchangeStateRow).where(ExchangeStateRow.name == name)).scalars().first()
+        return row.state if row else None
+
+    def save_exchange_state(self, name: str, state: dict[str, Any], now: datetime) -> None:
+        with self.engine.begin() as conn:
+            upsert(conn, ExchangeStateRow.__table__, [{"name": name, "state": _jsonable(state),
+                                                       "updated_at": now}], ["name"])
+
+
+def _record(r: OrderRow) -> OrderRecord:
+    intent = intent_from_dict({
+        "sleeve": r.sleeve, "symbol": r.symbol, "market": r.market, "side": r.side, "qty": r.qty,
+        "order_type": r.order_type, "reason": r.reason, "key": r.intent_key, "limit_price": r.limit_price,
+        "post_only": r.post_only, "reduce_only": r.reduce_only, "scale_to_cash": False})
+    return OrderRecord(r.client_order_id, r.flow, utc(r.scheduled), intent, OrderStatus(r.status),
+                       r.exchange_order_id, r.filled_qty, r.avg_price, r.fee, r.created_at, r.updated_at,
+                       r.error)
+
+
+__all__ = ["LedgerStore", "OrderIntent"]
