@@ -8,7 +8,7 @@ exchange accepted an order never places a second one.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,12 +52,13 @@ def sync_record(rec: OrderRecord, ex_order: ExchangeOrder, known_trades: set[str
 
 
 def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, scheduled: datetime,
-            now: datetime, known: Mapping[str, OrderRecord], known_trades: set[str] | None = None,
-            on_accepted: Callable[[ExchangeOrder], None] | None = None) -> ExecutionResult:
+            now: datetime, known: Mapping[str, OrderRecord],
+            known_trades: set[str] | None = None) -> ExecutionResult:
     """Send each intent at most once. `known` are our ledger's records by client order id.
 
-    Raises InsufficientFunds after recording the rejected order and an alert in `error_result`
-    of the exception (no retry can help); any other exchange error propagates for a retry.
+    InsufficientFunds propagates with the partial result attached as `exc.result` (the rejected
+    order and an alert event) so the caller can persist it; no retry can help. Any other
+    exchange error propagates as is, for a retry.
     """
     result = ExecutionResult()
     known_trades = set() if known_trades is None else known_trades
@@ -87,8 +88,6 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
                 raise
             else:
                 result.sent += 1
-            if on_accepted is not None:
-                on_accepted(ex_order)            # fault injection point in tests
         elif rec.status == OrderStatus.CREATED or cid not in known:
             result.events.append(Event(utc(now), "order_recovered",
                                        f"{cid} was already accepted by {exchange.name}; not sent again",

@@ -210,8 +210,8 @@ def _call(fn, doing: str, *args):
                 "`eternal data download` (it resumes from the last stored row)")
         raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
     except ccxt.BaseError as exc:
-        hint = ("Bybit refused the request; if it persists, the market may be delisted or the "
-                "API changed: report it with this message")
+        hint = ("Bybit answered with an error: rerun later (it resumes from the last stored row); "
+                "if it persists, the market may be delisted or the API changed: report this message")
         raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
 
 

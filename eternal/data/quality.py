@@ -1,9 +1,9 @@
 """Great Expectations checks run on market data before every trading decision.
 
 `validate_market_data` checks every candle and funding series of a cycle, collects every failure
-across all of them, and raises one `DataQualityError` (or `StaleDataError` when staleness is the only
-problem) naming each series, the expectation and the offending timestamps. Nothing is traded on data
-that fails.
+across all of them, and raises one `DataQualityError` (a `StaleDataError` when staleness is the
+only problem) naming each series, the expectation and the offending timestamps. Nothing is traded on
+data that fails.
 
 How it uses GE (1.x): one ephemeral context, one pandas data source, one whole-dataframe batch per
 kind of data. All candle series are stacked into one frame with a `series` column (all funding
@@ -17,13 +17,9 @@ validation and reused: the import alone costs ~3 s.
 
 from __future__ import annotations
 
-import os
-
-# No usage statistics, whatever the GE version: set before great_expectations is imported anywhere.
-os.environ["GX_ANALYTICS_ENABLED"] = "False"
-
 import functools
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,7 +32,9 @@ import pandas as pd
 from eternal.errors import DataQualityError, StaleDataError
 from eternal.models import last_closed_day
 
-log = logging.getLogger(__name__)
+# No usage statistics, whatever the GE version (1.24 ships none): set before GE is first imported,
+# which this module does lazily in _gx(); nothing imported above imports it.
+os.environ["GX_ANALYTICS_ENABLED"] = "False"
 
 CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -55,7 +53,8 @@ class Failure:
     series: str  # the mapping key, e.g. "BTC/USDT" or "BTC/USDT:USDT"
     expectation: str  # the rule in words, e.g. "high >= max(open, close)"
     rows: list[str] = field(default_factory=list)  # offending timestamps (ISO), first few only
-    count: int = 0  # offending rows in total
+    count: int = 0  # offending rows in total (a duplicated timestamp is two rows)
+    more: int = 0  # offending timestamps not listed in rows
     rule: str = ""  # stable id, e.g. "high_ge_body"
     kind: str = "candles"  # "candles" or "funding"
     detail: str = ""  # why, when the rows alone do not say it
@@ -67,9 +66,8 @@ class Failure:
         text = f"{self.series}: {self.expectation} failed"
         if self.rows:
             shown = ", ".join(self.rows)
-            more = self.count - len(self.rows)
-            if more > 0:
-                shown += f" and {more} more"
+            if self.more:
+                shown += f" and {self.more} more"
             text += f" on {shown} ({self.count} row{'' if self.count == 1 else 's'})"
         if self.detail:
             text += f": {self.detail}"
@@ -89,7 +87,8 @@ def validate_market_data(
     `candles`: daily OHLCV frames by series name, index `timestamp` = candle open time (UTC).
     `funding`: frames with a `funding_rate` column by series name, index = settlement time (UTC).
     `asof`: the cycle's time; the last candle must be `last_closed_day(asof)` and none may follow it
-    (slice first). None skips that rule: a replay validates the whole history once and slices per day.
+    (slice first). None skips that rule: a replay validates the whole history once, then slices
+    per day, which keeps every day fresh by construction.
     `max_daily_move`: bound on |close / previous close - 1| (0.60: above any real BTC/ETH/SOL day
     since 2017, the largest being ~0.51, SOL perp on 2022-11-09).
     `max_funding_rate`: bound on |funding_rate| per settlement (0.03; the real extreme is 0.02).
@@ -111,14 +110,17 @@ def validate_market_data(
             problem = _shape_problem(data, CANDLE_COLUMNS if kind == "candles" else FUNDING_COLUMNS)
             if problem is not None:
                 rule, expectation, detail = problem
-                failures.append(Failure(str(name), expectation, rule=rule, kind=kind, detail=detail))
+                failures.append(
+                    Failure(str(name), expectation, rule=rule, kind=kind, detail=detail)
+                )
             elif kind == "candles":
                 frames.append(_candle_frame(str(name), data, expected_last))
             else:
                 frames.append(_funding_frame(str(name), data))
         if frames:
             suite = "candles_fresh" if kind == "candles" and expected_last is not None else kind
-            failures += _run_suite(suite, kind, pd.concat(frames, ignore_index=True), params, labels)
+            stacked = pd.concat(frames, ignore_index=True)
+            failures += _run_suite(suite, kind, stacked, params, labels)
     if not failures:
         return
 
@@ -143,6 +145,10 @@ def _shape_problem(data: pd.DataFrame, columns: tuple[str, ...]) -> tuple[str, s
     missing = [column for column in columns if column not in data.columns]
     if missing:
         return "columns", f"columns {', '.join(columns)} present", f"missing {', '.join(missing)}"
+    not_numbers = [c for c in columns if not pd.api.types.is_numeric_dtype(data[c].dtype)]
+    if not_numbers:
+        found = ", ".join(f"{c} is {data[c].dtype}" for c in not_numbers)
+        return "numeric", f"columns {', '.join(columns)} are numeric", found
     index = data.index
     if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
         return (
@@ -187,14 +193,14 @@ def _funding_frame(name: str, funding: pd.DataFrame) -> pd.DataFrame:
 
 # --- Great Expectations, set up once -------------------------------------------------------------
 
-_lock = threading.Lock()  # the one data source loads one batch at a time
+_lock = threading.Lock()  # GE is set up once, and its one data source holds one batch at a time
 
 
 def _run_suite(
     suite: str, kind: str, frame: pd.DataFrame, params: dict[str, float], labels: dict[str, Any]
 ) -> list[Failure]:
-    gx = _gx()
     with _lock:
+        gx = _gx()
         batch = gx.batch_definition.get_batch(batch_parameters={"dataframe": frame})
         outcome = batch.validate(
             gx.suites[suite], result_format=gx.result_format, expectation_parameters=params
@@ -219,8 +225,9 @@ def _run_suite(
         for row in result.result.get("unexpected_index_list") or []:
             by_series.setdefault(row["series"], []).append(_iso(row["timestamp"]))
         for name, stamps in by_series.items():
-            shown = list(dict.fromkeys(stamps))[:MAX_ROWS_SHOWN]  # a duplicate is one timestamp
-            failures.append(Failure(name, expectation, shown, len(stamps), rule, kind))
+            distinct = list(dict.fromkeys(stamps))  # a duplicate's two rows share one timestamp
+            shown, more = distinct[:MAX_ROWS_SHOWN], max(len(distinct) - MAX_ROWS_SHOWN, 0)
+            failures.append(Failure(name, expectation, shown, len(stamps), more, rule, kind))
     return failures
 
 
@@ -239,11 +246,13 @@ def _iso(value: Any) -> str:
 
 @functools.cache
 def _gx() -> SimpleNamespace:
+    # GE logs its import and setup at DEBUG/INFO; keep warnings only. One module pins its own
+    # logger to INFO on import ("Created temporary directory ... for ephemeral docs site").
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    # GE logs its setup at INFO/DEBUG (e.g. a temporary docs directory); keep warnings only.
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     # tqdm "Calculating Metrics" bars would otherwise print on every run with enough metrics
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -262,7 +271,9 @@ def _gx() -> SimpleNamespace:
         "result_format": "COMPLETE",
         "unexpected_index_column_names": ["series", "timestamp"],
     }
-    return SimpleNamespace(batch_definition=batch_definition, suites=suites, result_format=result_format)
+    return SimpleNamespace(
+        batch_definition=batch_definition, suites=suites, result_format=result_format
+    )
 
 
 def _suite(gx: Any, name: str, rules: list[tuple[str, str, Any]]) -> Any:
@@ -282,6 +293,7 @@ def _candle_rules(*, fresh: bool) -> list[tuple[str, str, Any]]:
     import great_expectations.expectations as gxe
 
     between = gxe.ExpectColumnValuesToBeBetween
+    nan_row = "either_value_is_missing"  # a NaN is reported once, by its not-null rule
     rules: list[tuple[str, str, Any]] = [
         ("not_null", f"{column} is not null", gxe.ExpectColumnValuesToNotBeNull(column=column))
         for column in ("timestamp", *CANDLE_COLUMNS)
@@ -296,14 +308,14 @@ def _candle_rules(*, fresh: bool) -> list[tuple[str, str, Any]]:
             "high_ge_body",
             "high >= max(open, close)",
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                column_A="high", column_B="body_high", or_equal=True, ignore_row_if="either_value_is_missing"
+                column_A="high", column_B="body_high", or_equal=True, ignore_row_if=nan_row
             ),
         ),
         (
             "low_le_body",
             "low <= min(open, close)",
             gxe.ExpectColumnPairValuesAToBeGreaterThanB(
-                column_A="body_low", column_B="low", or_equal=True, ignore_row_if="either_value_is_missing"
+                column_A="body_low", column_B="low", or_equal=True, ignore_row_if=nan_row
             ),
         ),
         (

@@ -54,6 +54,7 @@ class PaperExchange:
         self.quotes: dict[str, Quote] = {}
         self._on_change = on_change   # persists the exchange's own state (survives our crashes)
         self._seq = 0
+        self.accrued_through: str | None = None   # staking rewards paid up to this day
 
     # prices ----------------------------------------------------------------------------------
     def set_quotes(self, quotes: Mapping[str, Quote]) -> None:
@@ -159,6 +160,7 @@ class PaperExchange:
     def to_state(self) -> dict[str, Any]:
         return {
             "seq": self._seq,
+            "accrued_through": self.accrued_through,
             "books": {s.value: {"cash": b.cash, "holdings": b.holdings, "staked": b.staked}
                       for s, b in self.books.items()},
             "orders": {cid: _order_to_dict(o) for cid, o in self.orders.items()},
@@ -171,6 +173,7 @@ class PaperExchange:
                  for s, b in state.get("books", {}).items()}
         ex = cls(fees, policy, books, on_change)
         ex._seq = state.get("seq", 0)
+        ex.accrued_through = state.get("accrued_through")
         ex.orders = {cid: _order_from_dict(cid, d) for cid, d in state.get("orders", {}).items()}
         return ex
 

@@ -1,0 +1,210 @@
+"""The `eternal` command line. Every command validates settings first and says what failed."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from eternal.config import load_settings  # noqa: E402
+from eternal.errors import EternalError  # noqa: E402
+from eternal.models import UTC, utc  # noqa: E402
+
+
+def _date(value: str) -> datetime:
+    try:
+        return utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eternal", description="Eternal Engine: a multi-engine crypto portfolio.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one flow now")
+    run_sub = run.add_subparsers(dest="flow", required=True)
+    daily = run_sub.add_parser("daily", help="run the daily cycle (decides on the last closed day)")
+    daily.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
+
+    bf = sub.add_parser("backfill", help="replay the daily cycle over history")
+    bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
+    bf.add_argument("--end", type=_date, help="end day, exclusive (default: after the last day)")
+    bf.add_argument("--engines", help="comma-separated engines, e.g. core (default: all implemented)")
+    bf.add_argument("--capital", type=_positive, help="starting capital in USDT (default: settings)")
+    bf.add_argument("--data-dir", type=Path, help="CSV directory (default: ETERNAL_DATA_DIR, else the database)")
+    bf.add_argument("--out", type=Path, default=Path("out/backfill"), help="output directory")
+    bf.add_argument("--database-url", help="where the replay's ledger goes (default: OUT/backfill.db)")
+    bf.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    data = sub.add_parser("data", help="market data: import, download, validate")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    imp = data_sub.add_parser("import", help="load the CSV files of a directory into the database")
+    imp.add_argument("dir", type=Path)
+    imp.add_argument("--timeframes", default="1d", help="comma-separated, e.g. 1d,1h (default 1d)")
+    dl = data_sub.add_parser("download", help="download daily candles and funding from Bybit")
+    dl.add_argument("--since", type=_date, required=True, help="first day to fetch (YYYY-MM-DD)")
+    val = data_sub.add_parser("validate", help="run the data quality suite on the stored data")
+    val.add_argument("--asof", type=_date, help="check freshness as of this time (default: now)")
+
+    sub.add_parser("status", help="sleeves, positions, last run, engine states")
+    cfg = sub.add_parser("config", help="settings")
+    cfg_sub = cfg.add_subparsers(dest="action", required=True)
+    cfg_sub.add_parser("show", help="print the effective settings, secrets redacted")
+    sub.add_parser("demo", help="the main job: backfill all available history and print a summary")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()          # invalid settings stop everything, before any work
+        return COMMANDS[args.command](args, settings)
+    except EternalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_config(args, s) -> int:
+    print(json.dumps(s.redacted(), indent=2, default=str))
+    return 0
+
+
+def cmd_run(args, s) -> int:
+    from flows.daily_cycle import daily_cycle
+
+    report = daily_cycle(asof=args.asof)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_backfill(args, s) -> int:
+    from flows.backfill import backfill
+
+    summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
+                       data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
+                       database_url=args.database_url, progress=not args.no_progress)
+    print_summary(summary, args.out)
+    return 0
+
+
+def cmd_demo(args, s) -> int:
+    """Data from ETERNAL_DATA_DIR when set, otherwise downloaded from Bybit first; then a replay."""
+    out = Path("out/demo")
+    if s.data_dir is None:
+        from eternal.data.download import download_market_data
+        from eternal.data.store import MarketStore
+        from eternal.store.db import connect
+
+        print("ETERNAL_DATA_DIR is not set: downloading daily history from Bybit ...", file=sys.stderr)
+        download_market_data(MarketStore(connect(s.database_url)), since=datetime(2017, 1, 1, tzinfo=UTC),
+                             now=datetime.now(UTC))
+    from flows.backfill import backfill
+
+    summary = backfill(data_dir=str(s.data_dir) if s.data_dir else None, out=str(out))
+    print_summary(summary, out)
+    return 0
+
+
+def print_summary(summary: dict, out: Path) -> None:
+    rows = [("window", f"{summary['start']} .. {summary['end_exclusive']} ({summary['days']} days)"),
+            ("sleeves", ", ".join(summary["sleeves"])),
+            ("initial capital", f"{summary['initial_capital']:,.2f} USDT"),
+            ("final equity", f"{summary['final_equity']:,.2f} USDT"),
+            ("total return", f"{summary['total_return']:.2%}"),
+            ("CAGR", f"{summary['cagr']:.2%}" if summary["cagr"] is not None else "n/a"),
+            ("max drawdown", f"{summary['max_drawdown']:.2%}"),
+            ("Sharpe (daily, sqrt 365)", f"{summary['sharpe']:.2f}" if summary["sharpe"] is not None else "n/a"),
+            ("trades", str(summary["trades"])),
+            ("fees", f"{summary['fees']:,.2f} USDT")]
+    rows += [(f"  {k}", f"{v:,.2f} USDT") for k, v in summary["final_equity_by_sleeve"].items()]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    print(f"\nwritten: {out}/trades.csv, {out}/equity.csv, {out}/summary.json")
+
+
+def cmd_data(args, s) -> int:
+    from eternal.data.store import MarketStore
+    from eternal.store.db import connect
+
+    store = MarketStore(connect(s.database_url))
+    if args.action == "import":
+        from eternal.data.importer import import_dir
+
+        written = import_dir(store, args.dir, tuple(t.strip() for t in args.timeframes.split(",")))
+        for series, n in written.items():
+            print(f"{series}: {n} rows")
+        return 0
+    if args.action == "download":
+        from eternal.data.download import download_market_data
+
+        written = download_market_data(store, since=args.since, now=datetime.now(UTC))
+        for series, n in written.items():
+            print(f"{series}: {n} new rows")
+        return 0
+    from eternal.data.quality import validate_market_data
+
+    asof = args.asof or datetime.now(UTC)
+    day_end = asof.replace(hour=0, minute=0, second=0, microsecond=0)
+    candles = {sym: store.load_candles(sym, "1d", end=day_end) for sym in store.candle_symbols("1d")}
+    if not candles:
+        raise EternalError("no candles stored: run `eternal data import DIR` or `eternal data download` first")
+    validate_market_data(candles, {}, asof, max_daily_move=s.data.max_daily_move,
+                         max_funding_rate=s.data.max_funding_rate_8h)
+    print(f"{len(candles)} daily series valid as of {asof:%Y-%m-%d %H:%M} UTC: {', '.join(candles)}")
+    return 0
+
+
+def cmd_status(args, s) -> int:
+    from eternal.data.store import MarketStore
+    from eternal.reporting import portfolio_rows
+    from eternal.store.db import connect
+    from eternal.store.ledger import LedgerStore
+
+    engine = connect(s.database_url)
+    ledger, market = LedgerStore(engine), MarketStore(engine)
+    print(f"mode: {s.mode.value}   database: {engine.url.render_as_string(hide_password=True)}")
+    if not ledger.is_initialised():
+        print("no portfolio yet: run `eternal run daily` to start one")
+        return 0
+    books = ledger.load_books()
+    prices = {}
+    for sym in ("BTC/USDT", "ETH/USDT", "SOL/USDT"):
+        last = market.load_candles(sym, "1d", start=(market.last_candle_ts(sym, "1d") or datetime.now(UTC)))
+        if len(last):
+            prices[sym.split("/")[0]] = float(last["close"].iloc[-1])
+    total = 0.0
+    print(f"\n{'sleeve':10} {'asset':16} {'qty':>18} {'value USDT':>16}")
+    for r in portfolio_rows(books, prices):
+        total += r["value_usdt"]
+        print(f"{r['sleeve']:10} {r['asset']:16} {r['qty']:>18.8f} {r['value_usdt']:>16,.2f}")
+    print(f"{'total':10} {'':16} {'':>18} {total:>16,.2f}")
+    for sleeve, state in ledger.load_states().items():
+        print(f"\n{sleeve.value} state: {state.get('phase', '?')}  {json.dumps(state, default=str)}")
+    run = ledger.last_run()
+    if run:
+        print(f"\nlast run: {run.flow} for {run.scheduled:%Y-%m-%d %H:%M} UTC, {run.status}, "
+              f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC")
+    return 0
+
+
+COMMANDS = {"config": cmd_config, "run": cmd_run, "backfill": cmd_backfill, "demo": cmd_demo,
+            "data": cmd_data, "status": cmd_status}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Replay the daily cycle over history: the same pure cycle, executor and paper exchange as live.
+
+Day D: fills of D-1's decisions at D's open -> staking accrual -> decisions on D's close -> orders
+rest until D+1's open. Data is validated once for the whole window (every prefix of a valid series
+is valid and each day only sees candles up to D, so per-day staleness holds by construction);
+indicators and all-time highs are computed once per series and sliced by position.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+
+from eternal import cycle, ledger
+from eternal.config import Settings
+from eternal.data.csv_files import DataSet
+from eternal.data.quality import validate_market_data
+from eternal.errors import DataError, EternalError
+from eternal.exchange.paper import FillPolicy, PaperExchange
+from eternal.execution import execute, sync_record
+from eternal.models import (
+    SPOT_SYMBOLS,
+    Event,
+    Fill,
+    OrderRecord,
+    Quote,
+    Sleeve,
+    SleeveBook,
+    Snapshot,
+    utc,
+)
+from eternal.store.ledger import LedgerStore
+
+FLOW = "backfill"
+REQUIRED = {Sleeve.CORE: ("BTC", "ETH")}       # spot assets each engine trades
+TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price", "fee", "reason",
+                 "client_order_id"]
+
+
+class BackfillError(EternalError):
+    pass
+
+
+@dataclass
+class BackfillResult:
+    summary: dict
+    trades: pd.DataFrame
+    equity: pd.DataFrame
+    events: list[Event] = field(default_factory=list)
+    out_dir: Path | None = None
+
+
+def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
+    """'core,trend-1' -> sleeves; None -> every implemented engine."""
+    if not engines:
+        return tuple(cycle.ENGINES)
+    chosen = []
+    for name in (n.strip().lower() for n in engines.split(",") if n.strip()):
+        try:
+            sleeve = Sleeve(name)
+        except ValueError:
+            raise BackfillError(f"--engines: unknown engine {name!r}; known: "
+                                f"{', '.join(s.value for s in Sleeve)}") from None
+        if sleeve not in cycle.ENGINES:
+            raise BackfillError(f"--engines: engine {name!r} is not implemented yet; available: "
+                                f"{', '.join(s.value for s in cycle.ENGINES)}")
+        chosen.append(sleeve)
+    return tuple(dict.fromkeys(chosen))
+
+
+def allocate(capital: float, settings: Settings, sleeves: tuple[Sleeve, ...]) -> dict[Sleeve, float]:
+    """Selected sleeves share the capital in proportion to their weights; one sleeve gets it all."""
+    raw = {s: getattr(settings.weights, s.weight_field) for s in sleeves}
+    total = sum(raw.values())
+    if total <= 0:
+        raise BackfillError(f"the selected sleeves {[s.value for s in sleeves]} all have weight 0")
+    return {s: w / total for s, w in raw.items()}
+
+
+def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
+                 end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
+                 capital: float | None = None, out_dir: Path | None = None,
+                 engine: Engine | None = None, progress: bool = True,
+                 on_day: Callable[[datetime], None] | None = None) -> BackfillResult:
+    sleeves = sleeves or tuple(cycle.ENGINES)
+    capital = settings.initial_capital if capital is None else capital
+    if not capital > 0:
+        raise BackfillError(f"--capital must be positive, got {capital}")
+    assets = sorted({a for s in sleeves for a in REQUIRED[s]})
+    frames = {a: data.daily(SPOT_SYMBOLS[a]) for a in assets}
+
+    first = max(f.index[0] for f in frames.values())
+    last = min(f.index[-1] for f in frames.values())
+    start = utc(start) if start is not None else first.to_pydatetime()
+    end = utc(end) if end is not None else last.to_pydatetime() + timedelta(days=1)
+    if start < first or end > last + timedelta(days=1) or start >= end:
+        raise BackfillError(
+            f"backfill window {start:%Y-%m-%d}..{end:%Y-%m-%d} (end exclusive) is outside the data: "
+            f"{', '.join(SPOT_SYMBOLS[a] for a in assets)} cover {first:%Y-%m-%d}..{last:%Y-%m-%d}")
+
+    validate_market_data({SPOT_SYMBOLS[a]: f[f.index < end] for a, f in frames.items()}, {}, None,
+                         max_daily_move=settings.data.max_daily_move,
+                         max_funding_rate=settings.data.max_funding_rate_8h)
+
+    days = pd.date_range(start, end - timedelta(days=1), freq="D", tz="UTC")
+    # Computed once per series, then read by position: opens, closes, all-time-high closes.
+    cols: dict[str, dict[str, np.ndarray]] = {}
+    for a, f in frames.items():
+        ath = f["close"].cummax()
+        aligned = f.reindex(days)
+        if aligned["close"].isna().any():
+            missing = aligned.index[aligned["close"].isna()][:5]
+            raise DataError(f"{SPOT_SYMBOLS[a]} misses days inside the window: {list(map(str, missing))}")
+        cols[a] = {"open": aligned["open"].to_numpy(float), "close": aligned["close"].to_numpy(float),
+                   "ath": ath.reindex(days).to_numpy(float)}
+
+    shares = allocate(capital, settings, sleeves)
+    books = {s: SleeveBook(s, capital * w) for s, w in shares.items()}
+    exchange = PaperExchange(settings.fees, FillPolicy.NEXT_OPEN, books)
+    store = LedgerStore(engine) if engine is not None else None
+    if store is not None:
+        if store.is_initialised():
+            raise BackfillError(f"{engine.url.render_as_string(hide_password=True)} already holds a "
+                                "portfolio; a backfill needs a fresh database")
+        books = store.initialise(capital, shares, start)
+
+    states: dict[Sleeve, dict] = {}
+    records: dict[str, OrderRecord] = {}
+    trade_ids: set[str] = set()
+    fills: list[Fill] = []
+    events: list[Event] = []
+    equity_rows: list[dict] = []
+    apy = settings.core.staking_apy
+    iterator = range(len(days))
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
+                        mininterval=0.5, leave=False)
+
+    for i in iterator:
+        day = days[i].to_pydatetime()
+        opens = {SPOT_SYMBOLS[a]: cols[a]["open"][i] for a in assets}
+        for order in exchange.on_bar(day, opens):
+            rec = records[order.client_order_id]
+            new = sync_record(rec, order, trade_ids)
+            rec.updated_at = day
+            for f in new:
+                ledger.apply_fill(books[f.sleeve], f)
+            fills += new
+            if order.error:
+                events.append(Event(day, "order_rejected", order.error, rec.intent.sleeve, "alert",
+                                    {"client_order_id": rec.client_order_id}))
+        if apy >= settings.core.staking_min_apy:
+            for s, b in books.items():
+                if b.staked.get("ETH"):
+                    ledger.accrue_staking(exchange.books[s], "ETH", apy)
+                    ledger.accrue_staking(b, "ETH", apy)
+
+        closes = {a: float(cols[a]["close"][i]) for a in assets}
+        asof = day + timedelta(days=1)
+        snap = Snapshot(asof, day, closes, {a: float(cols[a]["ath"][i]) for a in assets},
+                        {a: Quote(c, c, c) for a, c in closes.items()}, books, states)
+        plan = cycle.daily(snap, settings, sleeves)
+        states = {**states, **plan.states}
+        events += plan.events
+        for s, moves in plan.stakes.items():
+            for asset, qty in moves.items():
+                ledger.stake(books[s], asset, exchange.stake(s, asset, qty))
+        result = execute(plan.intents, exchange, flow=FLOW, scheduled=asof, now=asof, known=records,
+                         known_trades=trade_ids)
+        for rec in result.orders:
+            records[rec.client_order_id] = rec
+        events += result.events
+        for s, b in books.items():
+            equity_rows.append({"day": day, "sleeve": s.value, "equity": b.equity(closes), "cash": b.cash})
+        if on_day is not None:
+            on_day(day)
+
+    for order in exchange.cancel_open("backfill ended before the next open"):
+        records[order.client_order_id].status = order.status
+        records[order.client_order_id].error = order.error
+
+    equity = (pd.DataFrame(equity_rows).pivot(index="day", columns="sleeve", values="equity")
+              if equity_rows else pd.DataFrame())
+    equity = equity[[s.value for s in sleeves]]
+    equity.insert(0, "total", equity.sum(axis=1))
+    equity.index = pd.DatetimeIndex(equity.index, name="date")
+    trades = pd.DataFrame([{
+        "timestamp": f.ts.isoformat(), "sleeve": f.sleeve.value, "symbol": f.symbol, "market": f.market.value,
+        "side": f.side.value, "qty": f.qty, "price": f.price, "fee": f.fee, "reason": f.reason,
+        "client_order_id": f.client_order_id} for f in fills], columns=TRADE_COLUMNS)
+    summary = summarise(equity, trades, capital, start, end, sleeves)
+
+    if store is not None:
+        with engine.begin() as conn:
+            store.save_execution(list(records.values()), fills, events, books.values(), end, FLOW, conn)
+            store.save_states(states, end, conn)
+            store.save_equity(equity_rows, conn)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trades.to_csv(out_dir / "trades.csv", index=False)
+        equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return BackfillResult(summary, trades, equity, events, out_dir)
+
+
+def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
+              end: datetime, sleeves: tuple[Sleeve, ...]) -> dict:
+    total = equity["total"]
+    final = float(total.iloc[-1])
+    years = len(total) / 365.0
+    daily = total.pct_change().dropna()
+    sd = float(daily.std(ddof=1)) if len(daily) > 1 else 0.0
+    drawdown = float((total / total.cummax() - 1.0).min())
+    return {
+        "start": f"{start:%Y-%m-%d}", "end_exclusive": f"{end:%Y-%m-%d}", "days": len(total),
+        "sleeves": [s.value for s in sleeves],
+        "initial_capital": capital,
+        "final_equity": final,
+        "final_equity_by_sleeve": {c: float(equity[c].iloc[-1]) for c in equity.columns if c != "total"},
+        "total_return": final / capital - 1.0,
+        "cagr": (final / capital) ** (1.0 / years) - 1.0 if years > 0 and final > 0 else None,
+        "max_drawdown": drawdown,
+        "sharpe": float(daily.mean() / sd * math.sqrt(365)) if sd > 0 else None,
+        "trades": int(len(trades)),
+        "fees": float(trades["fee"].sum()) if len(trades) else 0.0,
+    }

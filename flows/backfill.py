@@ -1,0 +1,62 @@
+"""Ad-hoc backfill: the daily cycle replayed over history, visible as one run in the Prefect UI."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from eternal.config import load_settings
+from eternal.data.csv_files import read_dir
+from eternal.data.store import MarketStore
+from eternal.models import SPOT_SYMBOLS
+from eternal.replay import BackfillResult, parse_sleeves, run_backfill
+from eternal.store.db import connect
+
+
+def load_data(data_dir: Path | None, database_url: str):
+    """From CSV files when a data dir is given, else from the market data in the database."""
+    if data_dir is not None:
+        return read_dir(data_dir)
+    from eternal.data.csv_files import DataSet
+
+    store = MarketStore(connect(database_url))
+    data = DataSet()
+    for sym in SPOT_SYMBOLS.values():
+        df = store.load_candles(sym, "1d")
+        if len(df):
+            data.candles[(sym, "1d")] = df
+    return data
+
+
+@flow(name="backfill")
+def backfill(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
+             capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
+             database_url: str | None = None, progress: bool = True) -> dict:
+    s = load_settings()
+    log = get_run_logger()
+    sleeves = parse_sleeves(engines)
+    out_dir = Path(out)
+    data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db_url = database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
+    if db_url.startswith("sqlite:///") and (out_dir / "backfill.db").exists() and database_url is None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
+    result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
+                                          out_dir=out_dir, engine=connect(db_url), progress=progress)
+    log.info("backfill done: final equity %.2f, %d trades", result.summary["final_equity"],
+             result.summary["trades"])
+    create_markdown_artifact(summary_markdown(result.summary), key="backfill-summary",
+                             description="backfill summary")
+    return result.summary
+
+
+def summary_markdown(summary: dict) -> str:
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    return f"# Backfill {summary['start']}..{summary['end_exclusive']}\n\n| metric | value |\n|---|---:|\n{rows}\n"
+
+
+def _fmt(v) -> str:
+    return f"{v:,.6g}" if isinstance(v, float) else str(v)

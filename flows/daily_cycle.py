@@ -1,0 +1,44 @@
+"""The daily cycle: gather -> validate -> decide (pure) -> execute (retried, idempotent) -> record."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from prefect import flow, runtime
+
+from eternal import cycle
+from eternal.config import load_settings
+from eternal.models import UTC, last_closed_day, utc
+from tasks.context import stores
+from tasks.execution import execute_plan
+from tasks.market_data import gather_snapshot
+from tasks.record import record_cycle
+
+FLOW = "daily-cycle"
+
+
+def cycle_key(asof: datetime) -> datetime:
+    """The scheduled time that names a cycle (and its order ids): the close it decides on.
+    Every run for the same closed day, scheduled, retried or re-triggered, shares it."""
+    return last_closed_day(asof) + timedelta(days=1)
+
+
+@flow(name=FLOW, log_prints=True)
+def daily_cycle(asof: datetime | None = None) -> dict:
+    s = load_settings()
+    asof = utc(asof) if asof else utc(runtime.flow_run.scheduled_start_time or datetime.now(UTC))
+    now = datetime.now(UTC)
+    scheduled = cycle_key(asof)
+    _, ledger = stores(s)
+    run_id = ledger.start_run(FLOW, scheduled, s.mode.value, now)
+    try:
+        snap = gather_snapshot(asof, s)
+        plan = cycle.daily(snap, s)
+        execute = execute_plan.with_options(retries=s.execution.retries,
+                                            retry_delay_seconds=list(s.execution.retry_delays_s))
+        result = execute(plan, FLOW, scheduled, s, now)
+        report = record_cycle(snap, plan, result, s, str(scheduled), now)
+    except BaseException as exc:
+        ledger.finish_run(run_id, "failed", {"error": str(exc)}, datetime.now(UTC))
+        raise
+    ledger.finish_run(run_id, "completed", report, datetime.now(UTC))
+    return report

@@ -1,0 +1,103 @@
+"""Act: send a plan's intents with retries that can never place an order twice.
+
+Idempotency lives in eternal.execution (ids looked up in our ledger and at the exchange before
+any send); this task adds Prefect retries, the paper exchange's persistence and the ledger write.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import get_run_logger, task
+
+from eternal import ledger as books_ledger
+from eternal.config import Mode, Settings
+from eternal.errors import ConfigError, InsufficientFunds
+from eternal.exchange.paper import FillPolicy, PaperExchange
+from eternal.execution import ExecutionResult, client_order_id, execute
+from eternal.models import Event, Plan, Sleeve, utc
+from eternal.store.ledger import LedgerStore
+from tasks.context import stores
+
+PAPER = "paper"
+
+
+def open_paper_exchange(ledger: LedgerStore, s: Settings, now: datetime) -> PaperExchange:
+    """The paper exchange keeps its own book in the database and saves it on every change, so an
+    order it accepted survives a crash of ours (like a real exchange would)."""
+    def persist(ex: PaperExchange) -> None:
+        ledger.save_exchange_state(PAPER, ex.to_state(), now)
+
+    state = ledger.load_exchange_state(PAPER)
+    if state is None:
+        ex = PaperExchange(s.fees, FillPolicy.IMMEDIATE, ledger.load_books(), persist)
+        persist(ex)
+        return ex
+    return PaperExchange.from_state(state, s.fees, FillPolicy.IMMEDIATE, persist)
+
+
+def _retry_unless_insufficient_funds(task, task_run, state) -> bool:
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, InsufficientFunds)
+
+
+@task(name="execute-plan", retries=3, retry_delay_seconds=[1, 5, 15],
+      retry_condition_fn=_retry_unless_insufficient_funds)
+def execute_plan(plan: Plan, flow: str, scheduled: datetime, s: Settings, now: datetime) -> ExecutionResult:
+    log = get_run_logger()
+    if s.mode != Mode.PAPER:
+        raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: only the paper exchange is wired to the "
+                          "daily cycle so far; use paper, or `eternal backfill` for replay")
+    _, ledger = stores(s)
+    exchange = open_paper_exchange(ledger, s, now)
+    _accrue_staking(exchange, ledger, s, plan, now)
+    for sleeve, moves in plan.stakes.items():
+        for asset, qty in moves.items():
+            exchange.stake(sleeve, asset, qty)
+    ids = [client_order_id(flow, scheduled, i.sleeve, i.key) for i in plan.intents]
+    known, trades = ledger.load_orders(ids), ledger.load_trade_ids(ids)
+    try:
+        result = execute(plan.intents, exchange, flow=flow, scheduled=scheduled, now=now, known=known,
+                         known_trades=trades)
+    except InsufficientFunds as exc:
+        partial: ExecutionResult = exc.result  # type: ignore[attr-defined]
+        _persist(ledger, partial, exchange, now, str(scheduled))
+        log.error("insufficient funds, not retried: %s", exc)
+        raise
+    _persist(ledger, result, exchange, now, str(scheduled))
+    log.info("%d orders in plan, %d sent now, %d new fills", len(result.orders), result.sent,
+             len(result.fills))
+    return result
+
+
+def _persist(ledger: LedgerStore, result: ExecutionResult, exchange: PaperExchange, now: datetime,
+             run_key: str) -> None:
+    books = ledger.load_books()
+    for fill in result.fills:
+        books_ledger.apply_fill(books[fill.sleeve], fill)
+    for sleeve, book in books.items():      # staked amounts follow the exchange (stakes, rewards)
+        if sleeve in exchange.books:
+            for asset in set(book.staked) | set(exchange.books[sleeve].staked):
+                total = book.qty(asset)
+                book.staked[asset] = exchange.books[sleeve].staked.get(asset, 0.0)
+                book.holdings[asset] = total - book.staked[asset]
+    ledger.save_execution(result.orders, result.fills, result.events, books.values(), now, run_key)
+
+
+def _accrue_staking(exchange: PaperExchange, ledger: LedgerStore, s: Settings, plan: Plan,
+                    now: datetime) -> None:
+    """Paper staking rewards, once per day: the exchange remembers the day it accrued through."""
+    apy = s.core.staking_apy
+    state = exchange.to_state()
+    through = state.get("accrued_through")
+    day = utc(plan.day)
+    if through is not None and apy >= s.core.staking_min_apy:
+        days = (day - utc(through)).days
+        events = []
+        for sleeve, book in exchange.books.items():
+            reward = books_ledger.accrue_staking(book, "ETH", apy, days)
+            if reward:
+                events.append(Event(now, "staking_reward", f"{reward:.8f} ETH over {days} days at "
+                                    f"{apy:.2%} APY", sleeve, data={"eth": reward, "days": days}))
+        ledger.append_events(events)
+    exchange.accrued_through = day.isoformat()
+    exchange._changed()

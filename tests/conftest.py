@@ -1,0 +1,83 @@
+"""Shared fixtures: real data from ../shared/data, both databases, one Prefect harness."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before anything imports prefect or reads settings: no telemetry, no stray ETERNAL_ settings.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["GX_ANALYTICS_ENABLED"] = "False"
+for _k in [k for k in os.environ if k.startswith("ETERNAL_")]:
+    del os.environ[_k]
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+PG_URL = os.environ.get("ETERNAL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_settings(monkeypatch, tmp_path):
+    """Each test: no .env from the checkout, no retry delays, no network refresh."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ETERNAL_EXECUTION__RETRY_DELAYS_S", "[0, 0, 0]")
+    monkeypatch.setenv("ETERNAL_DATA__REFRESH_BEFORE_CYCLE", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "ohlcv_1d_BTC-USDT_spot.csv").exists():
+        pytest.fail(f"real market data not found at {SHARED_DATA}: clone with ../shared beside the repo")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def dataset(shared_data):
+    from eternal.data.csv_files import read_dir
+
+    return read_dir(shared_data)
+
+
+def _reset_postgres() -> None:
+    engine = create_engine(PG_URL)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    except Exception as exc:  # loud, never a skip: CI must run the PostgreSQL half
+        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable ({exc.__class__.__name__}: {exc}). "
+                    "The database tests run on SQLite AND PostgreSQL; start PostgreSQL "
+                    "(trust auth, database 'test') or set ETERNAL_TEST_PG_URL.")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'eternal.db'}"
+    _reset_postgres()
+    from eternal.store.db import cached_engine
+
+    cached_engine.cache_clear()   # engines of an earlier test point at dropped tables
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the session (about 15 s to start), heartbeats off."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+def candles(dataset, symbol: str) -> pd.DataFrame:
+    return dataset.daily(symbol)
