@@ -35,7 +35,7 @@ def daily_cycle(asof: datetime | None = None) -> dict:
         plan = cycle.daily(snap, s)
         execute = execute_plan.with_options(retries=s.execution.retries,
                                             retry_delay_seconds=list(s.execution.retry_delays_s))
-        result = execute(plan, FLOW, scheduled, s, now)
+        result = execute(plan, snap.quotes, FLOW, scheduled, s, now)
         report = record_cycle(snap, plan, result, s, str(scheduled), now)
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": str(exc)}, datetime.now(UTC))

@@ -14,7 +14,7 @@ from eternal.config import Mode, Settings
 from eternal.errors import ConfigError, InsufficientFunds
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import ExecutionResult, client_order_id, execute
-from eternal.models import Event, Plan, Sleeve, utc
+from eternal.models import SPOT_SYMBOLS, Event, Plan, Quote, utc
 from eternal.store.ledger import LedgerStore
 from tasks.context import stores
 
@@ -42,13 +42,16 @@ def _retry_unless_insufficient_funds(task, task_run, state) -> bool:
 
 @task(name="execute-plan", retries=3, retry_delay_seconds=[1, 5, 15],
       retry_condition_fn=_retry_unless_insufficient_funds)
-def execute_plan(plan: Plan, flow: str, scheduled: datetime, s: Settings, now: datetime) -> ExecutionResult:
+def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: datetime, s: Settings,
+                 now: datetime) -> ExecutionResult:
+    """`quotes`: best bid/ask by asset at decision time; the paper exchange fills against them."""
     log = get_run_logger()
     if s.mode != Mode.PAPER:
         raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: only the paper exchange is wired to the "
                           "daily cycle so far; use paper, or `eternal backfill` for replay")
     _, ledger = stores(s)
     exchange = open_paper_exchange(ledger, s, now)
+    exchange.set_quotes({SPOT_SYMBOLS[a]: q for a, q in quotes.items()})
     _accrue_staking(exchange, ledger, s, plan, now)
     for sleeve, moves in plan.stakes.items():
         for asset, qty in moves.items():

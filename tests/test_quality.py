@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from eternal.errors import DataQualityError, StaleDataError
 from eternal.models import last_closed_day, utc
 
 DATA = Path(os.environ.get("ETERNAL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"real market data not found at {DATA}")
+if not DATA.is_dir():  # loud, never a silent skip
+    raise RuntimeError(f"real market data not found at {DATA}: clone with ../shared beside the repo")
 
 LAST_SPOT_DAY = "2026-01-05T00:00:00+00:00"  # last candle of the spot daily files (README)
 ASOF_AFTER_SPOT = utc("2026-01-06T08:00:00Z")  # the day after: 2026-01-05 is the last closed day
@@ -356,17 +356,14 @@ def test_failure_describes_itself_and_converts_to_a_dict():
 # --- cost and noise ------------------------------------------------------------------------------
 
 
-def test_six_daily_series_and_three_funding_series_validate_in_well_under_three_seconds(capfd):
+def test_six_daily_series_and_three_funding_series_validate_silently(capfd):
     pairs = ("BTC-USDT", "ETH-USDT", "SOL-USDT")
     end = ts("2026-01-05")  # slice every series to the spot end, as a cycle would
     daily = {p.replace("-", "/"): candles(p).loc[:end] for p in pairs}
     daily |= {p.replace("-", "/") + ":USDT": candles(p, "perp").loc[:end] for p in pairs}
     rates = {f"{s}/USDT:USDT": funding(f"{s}USDT").loc[:end] for s in ("BTC", "ETH", "SOL")}
     validate_market_data(daily, rates, ASOF_AFTER_SPOT)  # GE imported and set up on first use
-    started = time.perf_counter()
-    validate_market_data(daily, rates, ASOF_AFTER_SPOT)
-    elapsed = time.perf_counter() - started
+    validate_market_data(daily, rates, ASOF_AFTER_SPOT)  # and the warm path (timing: benchmarks/)
     assert sum(len(frame) for frame in daily.values()) > 14_000
-    assert elapsed < 3.0, f"validation took {elapsed:.2f} s"
     out, err = capfd.readouterr()
     assert out == "" and err == "", "GE must not print progress bars or logs"

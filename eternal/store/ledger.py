@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy.orm import Session
 
 from eternal.exchange.paper import intent_from_dict
 from eternal.models import (
@@ -99,9 +100,9 @@ class LedgerStore:
         return books
 
     def load_books(self) -> dict[Sleeve, SleeveBook]:
-        with self.engine.connect() as conn:
-            sleeves = [Sleeve(n) for n in conn.execute(select(SleeveRow.name)).scalars()]
-            rows = conn.execute(select(BalanceRow)).scalars().all()
+        with Session(self.engine) as session:
+            sleeves = [Sleeve(n) for n in session.scalars(select(SleeveRow.name))]
+            rows = session.scalars(select(BalanceRow)).all()
         books = {s: SleeveBook(s) for s in sleeves}
         for r in rows:
             book = books.setdefault(Sleeve(r.sleeve), SleeveBook(Sleeve(r.sleeve)))
@@ -135,9 +136,9 @@ class LedgerStore:
     def load_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderRecord]:
         if not client_order_ids:
             return {}
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(OrderRow).where(
-                OrderRow.client_order_id.in_(list(client_order_ids)))).scalars().all()
+        with Session(self.engine) as session:
+            rows = session.scalars(select(OrderRow).where(
+                OrderRow.client_order_id.in_(list(client_order_ids)))).all()
         return {r.client_order_id: _record(r) for r in rows}
 
     def load_trade_ids(self, client_order_ids: Sequence[str]) -> set[str]:
@@ -164,8 +165,8 @@ class LedgerStore:
 
     # states, events, equity ------------------------------------------------------------------
     def load_states(self) -> dict[Sleeve, dict[str, Any]]:
-        with self.engine.connect() as conn:
-            return {Sleeve(r.sleeve): r.state for r in conn.execute(select(EngineStateRow)).scalars()}
+        with Session(self.engine) as session:
+            return {Sleeve(r.sleeve): r.state for r in session.scalars(select(EngineStateRow))}
 
     def save_states(self, states: dict[Sleeve, dict[str, Any]], now: datetime, conn: Connection) -> None:
         upsert(conn, EngineStateRow.__table__, [
@@ -197,8 +198,8 @@ class LedgerStore:
         if since is not None:
             q = q.where(TransferRow.ts > since)
         out: dict[Sleeve, float] = {}
-        with self.engine.connect() as conn:
-            for t in conn.execute(q).scalars():
+        with Session(self.engine) as session:
+            for t in session.scalars(q):
                 if t.reason.startswith("initial allocation"):
                     continue
                 out[Sleeve(t.to_sleeve)] = out.get(Sleeve(t.to_sleeve), 0.0) + t.qty
@@ -224,13 +225,13 @@ class LedgerStore:
             q = q.where(CycleRunRow.flow == flow)
         if status:
             q = q.where(CycleRunRow.status == status)
-        with self.engine.connect() as conn:
-            return conn.execute(q).scalars().first()
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.scalars(q).first()
 
     # the paper exchange's own state ----------------------------------------------------------
     def load_exchange_state(self, name: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(ExchangeStateRow).where(ExchangeStateRow.name == name)).scalars().first()
+        with Session(self.engine) as session:
+            row = session.scalars(select(ExchangeStateRow).where(ExchangeStateRow.name == name)).first()
         return row.state if row else None
 
     def save_exchange_state(self, name: str, state: dict[str, Any], now: datetime) -> None:

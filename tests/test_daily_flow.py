@@ -1,0 +1,168 @@
+"""The daily-cycle flow end to end on the paper exchange, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, func, select, update
+
+from eternal.data.store import MarketStore
+from eternal.errors import DataQualityError, InsufficientFunds, StaleDataError
+from eternal.exchange.paper import PaperExchange
+from eternal.models import Sleeve
+from eternal.store.db import connect
+from eternal.store.ledger import LedgerStore
+from eternal.store.models import CandleRow, CycleRunRow, EngineStateRow, EventRow, FillRow, OrderRow
+
+pytestmark = [pytest.mark.db, pytest.mark.flow]
+ASOF = "2024-01-01T00:05:00Z"        # decides on the close of 2023-12-31
+
+
+@pytest.fixture
+def db(db_url, dataset, monkeypatch, prefect_harness):
+    """A database holding real BTC/ETH daily candles up to 2023-12-31, and settings pointing at it."""
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    market = MarketStore(engine)
+    for sym in ("BTC/USDT", "ETH/USDT"):
+        df = dataset.daily(sym)
+        market.upsert_candles(sym, "1d", df[(df.index >= "2023-01-01") & (df.index < "2024-01-01")])
+    return engine
+
+
+def run(asof: str = ASOF) -> dict:
+    from flows.daily_cycle import daily_cycle
+
+    return daily_cycle(asof=asof)
+
+
+def count(engine, model, *where) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+
+
+def exchange_orders(engine) -> dict:
+    return LedgerStore(engine).load_exchange_state("paper")["orders"]
+
+
+def test_first_cycle_buys_the_first_tranche_at_the_bid_with_maker_fee(db, dataset):
+    report = run()
+    btc_close = float(dataset.daily("BTC/USDT").loc["2023-12-31", "close"])   # 42,283.58
+    eth_close = float(dataset.daily("ETH/USDT").loc["2023-12-31", "close"])   # 2,281.87
+    assert (btc_close, eth_close) == (42283.58, 2281.87)
+    tranche = 60_000 * 0.95 / 4
+    books = LedgerStore(db).load_books()
+    core = books[Sleeve.CORE]
+    assert core.holdings["BTC"] == pytest.approx(tranche * 2 / 3 / btc_close)
+    assert core.holdings["ETH"] == pytest.approx(tranche / 3 / eth_close)
+    assert core.cash == pytest.approx(60_000 - tranche * 1.001)             # 0.10 % maker fee
+    assert {s.value: b.cash for s, b in books.items() if s.value != "core"} == {
+        "trend-1": 15_000.0, "trend-2": 5_000.0, "funding": 15_000.0, "tactical": 5_000.0}
+    assert report["fills"] == 2 and report["sent"] == 2
+    with db.connect() as conn:
+        orders = conn.execute(select(OrderRow)).all()
+        assert {o.status for o in orders} == {"filled"}
+        assert all(len(o.client_order_id) <= 36 and o.post_only for o in orders)
+        state = conn.execute(select(EngineStateRow.state)).scalar_one()
+        assert state["phase"] == "INITIALIZING" and state["tranches_done"] == 1
+        kinds = set(conn.execute(select(EventRow.kind)).scalars())
+        assert {"core_phase", "core_tranche"} <= kinds
+        run_row = conn.execute(select(CycleRunRow.status, CycleRunRow.summary)).one()
+        assert run_row.status == "completed" and run_row.summary["fills"] == 2
+
+
+def test_cycle_artifacts_show_portfolio_decisions_and_orders(db):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    run()
+
+    async def read(key):
+        async with get_client() as client:
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+    md = asyncio.run(read("daily-cycle-2023-12-31"))[-1]
+    assert "| core | BTC |" in md.data and "tranche 1/4" in md.data
+    table = asyncio.run(read("daily-cycle-2023-12-31-orders"))[-1]
+    assert "filled" in str(table.data) and "BTC/USDT" in str(table.data)
+
+
+def test_rerunning_the_same_cycle_places_no_second_order(db):
+    run()
+    cash_after_first = LedgerStore(db).load_books()
+    # The second run must re-decide the same orders: forget the engine state, as if the first
+    # run had crashed right after execution, before recording its state.
+    with db.begin() as conn:
+        conn.execute(delete(EngineStateRow))
+    report = run()
+    assert report["sent"] == 0 and report["orders"] == 2
+    assert len(exchange_orders(db)) == 2
+    assert count(db, OrderRow) == 2 and count(db, FillRow) == 2
+    again = LedgerStore(db).load_books()
+    assert {s: b.cash for s, b in again.items()} == {s: b.cash for s, b in cash_after_first.items()}
+    # and a plain third run of the same day decides nothing new
+    assert run()["sent"] == 0 and count(db, FillRow) == 2
+
+
+def test_failure_after_the_exchange_accepted_is_retried_without_a_second_order(db, monkeypatch):
+    original = PaperExchange.place_order
+    calls = []
+
+    def lost_response(self, cid, intent, now):
+        order = original(self, cid, intent, now)
+        calls.append(cid)
+        if len(calls) == 1:
+            raise ConnectionError("response lost after the exchange accepted the order")
+        return order
+
+    monkeypatch.setattr(PaperExchange, "place_order", lost_response)
+    report = run()
+    assert len(calls) == 2 and len(set(calls)) == 2          # each order sent exactly once
+    assert len(exchange_orders(db)) == 2
+    assert count(db, OrderRow, OrderRow.status == "filled") == 2 and count(db, FillRow) == 2
+    assert count(db, EventRow, EventRow.kind == "order_recovered") == 1
+    assert report["fills"] == 2
+
+
+def test_insufficient_funds_fails_the_run_with_an_alert_and_no_retry(db, monkeypatch):
+    original = PaperExchange.place_order
+    calls = []
+
+    def broke(self, cid, intent, now):
+        calls.append(cid)
+        self.books[intent.sleeve].cash = 0.0                  # the account was emptied elsewhere
+        return original(self, cid, intent, now)
+
+    monkeypatch.setattr(PaperExchange, "place_order", broke)
+    with pytest.raises(InsufficientFunds, match="core cannot buy"):
+        run()
+    assert len(calls) == 1                                    # not retried
+    assert count(db, EventRow, EventRow.kind == "insufficient_funds", EventRow.level == "alert") == 1
+    assert count(db, OrderRow, OrderRow.status == "rejected") == 1
+    assert count(db, FillRow) == 0 and count(db, EngineStateRow) == 0
+    with db.connect() as conn:
+        assert conn.execute(select(CycleRunRow.status)).scalar_one() == "failed"
+
+
+def test_bad_candle_stops_the_cycle_before_any_decision(db):
+    with db.begin() as conn:   # 2023-12-20: high pushed below the close
+        conn.execute(update(CandleRow).where(CandleRow.symbol == "ETH/USDT",
+                                             CandleRow.ts == _ts("2023-12-20")).values(high=1.0))
+    with pytest.raises(DataQualityError) as err:
+        run()
+    msg = str(err.value)
+    assert "ETH/USDT" in msg and "high >= max(open, close)" in msg and "2023-12-20" in msg
+    assert count(db, EventRow, EventRow.kind == "data_quality_failed") == 1
+    assert count(db, OrderRow) == 0 and count(db, EngineStateRow) == 0
+
+
+def test_stale_data_fails_the_cycle(db):
+    with pytest.raises(StaleDataError, match="BTC/USDT"):
+        run("2024-01-04T00:05:00Z")                            # the 2024-01-03 candle is missing
+    assert count(db, OrderRow) == 0
+
+
+def _ts(day: str):
+    from eternal.models import utc
+
+    return utc(day)
