@@ -18,7 +18,7 @@ from eternal.models import UTC, utc  # noqa: E402
 
 def _date(value: str) -> datetime:
     try:
-        return utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+        return utc(value)  # a date or time without an offset is UTC
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
@@ -94,6 +94,9 @@ def cmd_run(args, s) -> int:
 
 
 def cmd_backfill(args, s) -> int:
+    from eternal.replay import parse_sleeves
+
+    parse_sleeves(args.engines)  # a bad --engines is refused here, before a Prefect flow run starts
     from flows.backfill import backfill
 
     summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
@@ -112,8 +115,10 @@ def cmd_demo(args, s) -> int:
         from eternal.store.db import connect
 
         print("ETERNAL_DATA_DIR is not set: downloading daily history from Bybit ...", file=sys.stderr)
+        from eternal.data.download import make_bybit_public
+
         download_market_data(MarketStore(connect(s.database_url)), since=datetime(2017, 1, 1, tzinfo=UTC),
-                             now=datetime.now(UTC))
+                             now=datetime.now(UTC), exchange=make_bybit_public(s.exchange.public_url))
     from flows.backfill import backfill
 
     summary = backfill(data_dir=str(s.data_dir) if s.data_dir else None, out=str(out))
@@ -153,7 +158,10 @@ def cmd_data(args, s) -> int:
     if args.action == "download":
         from eternal.data.download import download_market_data
 
-        written = download_market_data(store, since=args.since, now=datetime.now(UTC))
+        from eternal.data.download import make_bybit_public
+
+        written = download_market_data(store, since=args.since, now=datetime.now(UTC),
+                                       exchange=make_bybit_public(s.exchange.public_url))
         for series, n in written.items():
             print(f"{series}: {n} new rows")
         return 0

@@ -6,12 +6,14 @@ raise ConfigError naming the environment variable and the bad value, before anyt
 from __future__ import annotations
 
 import json
+import os
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from eternal.errors import ConfigError
 
@@ -100,6 +102,14 @@ class TrendParams(BaseModel, frozen=True):
     correlation_halving: Fraction = 0.9
 
 
+class Trend2Params(TrendParams, frozen=True):
+    """TREND-2: the TREND rules on faster SMAs. Its own defaults, so that setting any one field
+    (ETERNAL_TREND_2__ADX_ENTRY=30) keeps 20/100 instead of falling back to TREND-1's 50/200."""
+
+    fast_sma: int = Field(20, ge=2)
+    slow_sma: int = Field(100, ge=3)
+
+
 class FundingParams(BaseModel, frozen=True):
     """FUNDING rules (spec chapter 4)."""
 
@@ -149,6 +159,7 @@ class ExecutionSettings(BaseModel, frozen=True):
 
 
 class ExchangeSettings(BaseModel, frozen=True):
+    public_url: str | None = None   # override Bybit's API host (a proxy, or a local emulator in tests)
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
 
@@ -171,7 +182,7 @@ class Settings(BaseSettings):
     fees: FeeParams = FeeParams()
     core: CoreParams = CoreParams()
     trend_1: TrendParams = TrendParams()
-    trend_2: TrendParams = TrendParams(fast_sma=20, slow_sma=100)
+    trend_2: Trend2Params = Trend2Params()
     funding: FundingParams = FundingParams()
     tactical: TacticalParams = TacticalParams()
     risk: RiskParams = RiskParams()
@@ -202,15 +213,35 @@ def load_settings(**overrides: Any) -> Settings:
     """Build settings from env/.env (and overrides); raise ConfigError naming field and value."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:  # a group variable (ETERNAL_WEIGHTS, ...) that is not valid JSON
+        raise ConfigError(_unparseable(exc)) from None
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             loc = tuple(err.get("loc", ()))
             value = err.get("input")
-            if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if "secret" not in k and "key" not in k}
+            msg = err["msg"].removeprefix("Value error, ")
             if not loc:  # a rule across fields: its message names the fields itself
-                lines.append(err["msg"].removeprefix("Value error, "))
+                lines.append(msg)
+            elif isinstance(value, dict):  # a rule across a group: name each variable given
+                given = ", ".join(f"{_env_name((*loc, k))}={v!r}" for k, v in value.items()
+                                  if not _is_secret(str(k)))
+                lines.append(f"{given or _env_name(loc)}: {msg}")
             else:
-                lines.append(f"{_env_name(loc)}={value!r}: {err['msg'].removeprefix('Value error, ')}")
+                shown = "'**********'" if any(_is_secret(str(p)) for p in loc) else repr(value)
+                lines.append(f"{_env_name(loc)}={shown}: {msg}")
         raise ConfigError("invalid settings, nothing was run:\n  " + "\n  ".join(lines)) from None
+
+
+def _is_secret(name: str) -> bool:
+    return "secret" in name.lower() or "key" in name.lower()
+
+
+def _unparseable(exc: SettingsError) -> str:
+    m = re.search(r'field "([^"]+)"', str(exc))
+    var = ENV_PREFIX + (m[1].upper() if m else "*")
+    given = [f"{k}={'**********' if _is_secret(k) else v!r}" for k, v in sorted(os.environ.items())
+             if k.upper() == var or k.upper().startswith(var + "__")]
+    return (f"invalid settings, nothing was run:\n  {', '.join(given) or var}: cannot be parsed "
+            f"({exc}); a group variable takes JSON, e.g. {ENV_PREFIX}WEIGHTS='{{\"core\": 0.6, ...}}', "
+            f"a single field its plain value, e.g. {ENV_PREFIX}WEIGHTS__CORE=0.6")

@@ -146,7 +146,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
 
     for i in iterator:
         day = days[i].to_pydatetime()
-        opens = {SPOT_SYMBOLS[a]: cols[a]["open"][i] for a in assets}
+        opens = {SPOT_SYMBOLS[a]: float(cols[a]["open"][i]) for a in assets}
         for order in exchange.on_bar(day, opens):
             rec = records[order.client_order_id]
             new = sync_record(rec, order, trade_ids)

@@ -24,6 +24,7 @@ def cycle_key(asof: datetime) -> datetime:
 
 @flow(name=FLOW, log_prints=True)
 def daily_cycle(asof: datetime | None = None) -> dict:
+    """Daily cycle: gather validated data and state, decide, execute idempotently, record."""
     s = load_settings()
     asof = utc(asof) if asof else utc(runtime.flow_run.scheduled_start_time or datetime.now(UTC))
     now = datetime.now(UTC)

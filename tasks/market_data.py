@@ -27,10 +27,11 @@ def gather_snapshot(asof: datetime, s: Settings) -> Snapshot:
     stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or datetime.min.replace(
         tzinfo=day.tzinfo)) < day]
     if stale and s.mode != Mode.REPLAY and s.data.refresh_before_cycle:
-        from eternal.data.download import download_market_data
+        from eternal.data.download import download_market_data, make_bybit_public
 
         log.info("refreshing %s up to %s from Bybit", stale, day.date())
-        download_market_data(market, since=day - timedelta(days=400), now=asof, progress=False)
+        download_market_data(market, since=day - timedelta(days=400), now=asof, progress=False,
+                             exchange=make_bybit_public(s.exchange.public_url))
 
     frames = {sym: market.load_candles(sym, "1d", end=day + timedelta(days=1)) for sym in symbols}
     try:

@@ -53,14 +53,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
 def order_row(rec: OrderRecord) -> dict[str, Any]:
     i = rec.intent
     return {"client_order_id": rec.client_order_id, "flow": rec.flow, "scheduled": rec.scheduled,
             "sleeve": i.sleeve.value, "symbol": i.symbol, "market": i.market.value, "side": i.side.value,
-            "order_type": i.order_type.value, "qty": float(i.qty), "limit_price": i.limit_price,
+            "order_type": i.order_type.value, "qty": float(i.qty), "limit_price": _opt_float(i.limit_price),
             "post_only": i.post_only, "reduce_only": i.reduce_only, "intent_key": i.key,
             "reason": i.reason, "status": rec.status.value, "exchange_order_id": rec.exchange_order_id,
-            "filled_qty": float(rec.filled_qty), "avg_price": rec.avg_price, "fee": float(rec.fee),
+            "filled_qty": float(rec.filled_qty), "avg_price": _opt_float(rec.avg_price), "fee": float(rec.fee),
             "error": rec.error, "created_at": rec.created_at, "updated_at": rec.updated_at}
 
 

@@ -1,0 +1,77 @@
+"""Replay cost, measured side by side in one run: `make bench` (or python benchmarks/replay.py).
+
+CORE over all loaded history (2017-08-17 .. 2026-01-05, 3,064 days): in memory, with the ledger
+persisted in bulk to SQLite, and to PostgreSQL when reachable; plus the data-quality suite alone.
+Prints median wall times of N runs, days per second, and the ratios between them.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from eternal.config import load_settings  # noqa: E402
+from eternal.data.csv_files import read_dir  # noqa: E402
+from eternal.data.quality import validate_market_data  # noqa: E402
+from eternal.replay import run_backfill  # noqa: E402
+from eternal.store.db import connect  # noqa: E402
+
+DATA = Path(os.environ.get("ETERNAL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+PG = os.environ.get("ETERNAL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    settings = load_settings()
+    data = read_dir(DATA)
+    days = len(data.daily("BTC/USDT"))
+    frames = {s: data.daily(s) for s in ("BTC/USDT", "ETH/USDT")}
+    cold = timed(lambda: validate_market_data(frames, {}, None))
+    results: dict[str, list[float]] = {"quality suite (warm)": [], "replay, in memory": [],
+                                       "replay + SQLite ledger": []}
+    pg_ok = True
+    try:
+        connect(PG).dispose()
+        results["replay + PostgreSQL ledger"] = []
+    except Exception as exc:
+        pg_ok = False
+        print(f"PostgreSQL not reachable ({exc.__class__.__name__}); skipping that row", file=sys.stderr)
+    for _ in range(RUNS):
+        results["quality suite (warm)"].append(timed(lambda: validate_market_data(frames, {}, None)))
+        results["replay, in memory"].append(timed(lambda: run_backfill(data, settings, progress=False)))
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = connect(f"sqlite:///{tmp}/bench.db")
+            results["replay + SQLite ledger"].append(
+                timed(lambda: run_backfill(data, settings, progress=False, engine=engine)))
+        if pg_ok:
+            from sqlalchemy import create_engine, text
+
+            with create_engine(PG).begin() as conn:
+                conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public"))
+            engine = connect(PG)
+            results["replay + PostgreSQL ledger"].append(
+                timed(lambda: run_backfill(data, settings, progress=False, engine=engine)))
+            engine.dispose()
+    base = statistics.median(results["replay, in memory"])
+    print(f"CORE replay of {days} days, median of {RUNS} runs (first quality run, GE import: {cold:.2f} s)")
+    print(f"{'case':30} {'median s':>9} {'days/s':>9} {'x in-memory':>12}")
+    for name, xs in results.items():
+        m = statistics.median(xs)
+        print(f"{name:30} {m:9.3f} {days / m:9.0f} {m / base:12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

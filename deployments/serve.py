@@ -1,0 +1,35 @@
+"""Serve every schedule in one process, no worker: `python -m deployments.serve`.
+
+The schedules match prefect.yaml (checked by tests/test_deployments.py). Each scheduled run passes
+no `asof`: the flow reads its scheduled start time, so a retried or re-triggered run of the same
+slot decides on the same closed day with the same client order ids.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from prefect import serve  # noqa: E402
+from prefect.schedules import Cron  # noqa: E402
+
+from flows.daily_cycle import daily_cycle  # noqa: E402
+
+SCHEDULES = {
+    "daily-cycle": (daily_cycle, "5 0 * * *"),   # 00:05 UTC, after the daily candle has closed
+}
+
+
+def deployments() -> list:
+    return [fn.to_deployment(name=name, schedule=Cron(cron, timezone="UTC"),
+                             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
+            for name, (fn, cron) in SCHEDULES.items()]
+
+
+def main() -> None:
+    serve(*deployments())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""The `eternal` command line, run in-process (`main([...])`) and once as the installed script.
+
+Every command validates settings and arguments first: a bad one exits 2 with a message naming
+it, and nothing is created. Data commands run against real CSV data from ../shared/data and, for
+`data download`, against the local Bybit emulator (tests/bybit_stub.py): no test leaves 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import create_engine, text
+
+from eternal.cli import main
+
+try:  # tests/ as a package (python -m pytest from the repo root) or as rootdir-less modules
+    from tests.bybit_stub import BybitStub
+except ImportError:
+    from bybit_stub import BybitStub
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(sys.executable).parent / "eternal"   # the console script of this venv
+DATA = ROOT.parent / "shared" / "data"
+SPOT_FILES = ("ohlcv_1d_BTC-USDT_spot.csv", "ohlcv_1d_ETH-USDT_spot.csv")
+SECRET = "s3cret-value"
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch) -> list:
+    """Every outgoing connection of the test process, refused unless it goes to 127.0.0.1."""
+    seen, real_connect = [], socket.socket.connect
+
+    def connect(sock, address):
+        seen.append(address)
+        if not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
+            raise AssertionError(f"a test tried to connect to {address!r}: tests stay on 127.0.0.1")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
+
+
+@pytest.fixture
+def db_file(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "x.db"
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def csv_dir(tmp_path) -> Path:
+    """A data directory holding copies of the real BTC and ETH daily spot candles."""
+    d = tmp_path / "csv"
+    d.mkdir()
+    for name in SPOT_FILES:
+        shutil.copy(DATA / name, d / name)
+    return d
+
+
+@pytest.fixture
+def imported(csv_dir, db_file, capsys) -> Path:
+    assert main(["data", "import", str(csv_dir)]) == 0
+    capsys.readouterr()
+    return db_file
+
+
+def _count(db: Path, table: str) -> dict[str, int]:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT symbol, COUNT(*) FROM {table} GROUP BY symbol")).all()
+    finally:
+        engine.dispose()
+    return dict(rows)
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """main(argv) in-process: (exit code, stdout, stderr); argparse's SystemExit counts as exit."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _script(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ETERNAL_")}
+    clean.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", **env)
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=clean,
+                          cwd=os.getcwd(), timeout=60)
+
+
+# --help -------------------------------------------------------------------------------------
+HELP = {
+    (): ["run", "backfill", "data", "status", "config", "demo"],
+    ("run",): ["daily"],
+    ("run", "daily"): ["--asof"],
+    ("backfill",): ["--start", "--end", "--engines", "--capital", "--data-dir", "--out",
+                    "--database-url", "--no-progress"],
+    ("data",): ["import", "download", "validate"],
+    ("data", "import"): ["dir", "--timeframes"],
+    ("data", "download"): ["--since"],
+    ("data", "validate"): ["--asof"],
+    ("status",): ["-h, --help"],
+    ("config",): ["show"],
+    ("config", "show"): ["-h, --help"],
+    ("demo",): ["-h, --help"],
+}
+
+
+@pytest.mark.parametrize("command", list(HELP), ids=lambda c: " ".join(c) or "eternal")
+def test_help_of_every_command_exits_0_and_lists_its_options(command, capsys, tmp_path):
+    code, out, err = _run([*command, "--help"], capsys)
+    assert code == 0 and err == ""
+    assert out.startswith(f"usage: {' '.join(['eternal', *command])}")
+    for option in HELP[command]:
+        assert option in out
+    assert not list(tmp_path.iterdir())  # help creates nothing
+
+
+def test_installed_script_help_exits_0_and_lists_the_commands(tmp_path):
+    result = _script("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: eternal")
+    for command in HELP[()]:
+        assert command in result.stdout
+
+
+def test_no_command_is_an_argparse_error_exit_2(capsys):
+    code, out, err = _run([], capsys)
+    assert code == 2 and "required" in err and "usage: eternal" in err
+
+
+# bad settings -------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", [["status"], ["config", "show"], ["data", "validate"],
+                                     ["run", "daily"], ["backfill"], ["demo"]],
+                         ids=" ".join)
+def test_bad_settings_exit_2_naming_field_and_value_and_create_nothing(command, monkeypatch,
+                                                                         capsys, tmp_path):
+    monkeypatch.setenv("ETERNAL_WEIGHTS__CORE", "0.9")
+    code, out, err = _run(command, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("error: invalid settings, nothing was run")
+    assert "ETERNAL_WEIGHTS__CORE='0.9'" in err and "must sum to 1" in err
+    assert not (tmp_path / "var").exists() and not list(tmp_path.iterdir())
+
+
+def test_installed_script_exits_2_on_bad_settings_and_creates_no_database(tmp_path):
+    result = _script("status", ETERNAL_CORE__CASH_BUFFER="1.5")
+    assert result.returncode == 2
+    assert "ETERNAL_CORE__CASH_BUFFER='1.5'" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "var" / "eternal.db").exists() and not list(tmp_path.iterdir())
+
+
+def test_unparseable_group_setting_exits_2_not_a_traceback(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("ETERNAL_WEIGHTS", "core=0.6")
+    code, out, err = _run(["status"], capsys)
+    assert code == 2 and "ETERNAL_WEIGHTS='core=0.6'" in err
+    assert not list(tmp_path.iterdir())
+
+
+# bad arguments ------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, message", [
+    (["backfill", "--capital", "-5"], "argument --capital: must be positive, got -5"),
+    (["backfill", "--capital", "0"], "argument --capital: must be positive, got 0"),
+    (["backfill", "--capital", "lots"], "argument --capital: 'lots' is not a number"),
+    (["backfill", "--start", "notadate"], "argument --start: 'notadate' is not a date (YYYY-MM-DD)"),
+    (["backfill", "--end", "2024-13-01"], "argument --end: '2024-13-01' is not a date (YYYY-MM-DD)"),
+    (["data", "download", "--since", "yesterday"], "argument --since: 'yesterday' is not a date"),
+    (["data", "download"], "the following arguments are required: --since"),
+    (["data", "validate", "--asof", "1/6/2026"], "argument --asof: '1/6/2026' is not a date"),
+])
+def test_bad_arguments_are_argparse_errors_exit_2_with_a_clear_message(argv, message, capsys,
+                                                                        tmp_path):
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and out == ""
+    assert f"usage: eternal {argv[0]}" in err and message in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_date_arguments_are_read_as_utc(capsys):
+    # the same parser main() uses: dates and times without an offset are UTC, Z is accepted
+    from eternal.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["backfill", "--start", "2024-01-05"]).start == datetime(2024, 1, 5, tzinfo=UTC)
+    assert parser.parse_args(["run", "daily", "--asof", "2024-01-05T06:30:00Z"]).asof == datetime(
+        2024, 1, 5, 6, 30, tzinfo=UTC)
+    assert parser.parse_args(["data", "validate", "--asof", "2024-01-05T02:00:00+02:00"]).asof == datetime(
+        2024, 1, 5, tzinfo=UTC)
+
+
+def test_backfill_unknown_engine_exits_2_naming_it_before_any_flow_runs(capsys, tmp_path):
+    code, out, err = _run(["backfill", "--engines", "core,nosuch"], capsys)
+    assert code == 2 and out == ""
+    assert "unknown engine 'nosuch'" in err and "known: core" in err
+    assert not list(tmp_path.iterdir())          # no output dir, no database
+    assert "Flow run" not in err and "Traceback" not in err
+
+
+# config show --------------------------------------------------------------------------------
+def test_config_show_prints_effective_settings_as_json_with_the_secret_redacted(monkeypatch, capsys):
+    monkeypatch.setenv("ETERNAL_EXCHANGE__API_SECRET", SECRET)
+    monkeypatch.setenv("ETERNAL_CORE__DRIFT_THRESHOLD", "0.2")
+    monkeypatch.setenv("ETERNAL_MODE", "replay")
+    code, out, err = _run(["config", "show"], capsys)
+    assert code == 0 and err == ""
+    assert SECRET not in out and "**********" in out
+    shown = json.loads(out)
+    assert shown["exchange"]["api_secret"] == "**********"
+    assert shown["mode"] == "replay" and shown["core"]["drift_threshold"] == 0.2
+    assert shown["trend_2"]["fast_sma"] == 20 and shown["weights"]["core"] == 0.6
+    assert shown["database_url"] == "sqlite:///var/eternal.db"
+
+
+# data import --------------------------------------------------------------------------------
+def test_data_import_prints_row_counts_and_reimport_writes_no_duplicates(csv_dir, db_file, capsys):
+    code, out, err = _run(["data", "import", str(csv_dir)], capsys)
+    assert code == 0
+    assert out.splitlines() == ["candles BTC/USDT 1d: 3064 rows", "candles ETH/USDT 1d: 3064 rows"]
+    assert _count(db_file, "candles") == {"BTC/USDT": 3064, "ETH/USDT": 3064}
+
+    code, out, err = _run(["data", "import", str(csv_dir)], capsys)
+    assert code == 0
+    assert _count(db_file, "candles") == {"BTC/USDT": 3064, "ETH/USDT": 3064}
+    # the stored values are the file's
+    engine = create_engine(f"sqlite:///{db_file}")
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT open, high, low, close FROM candles WHERE symbol='BTC/USDT' "
+                                "AND ts LIKE '2021-11-10%'")).one()
+    engine.dispose()
+    assert tuple(row) == (66947.67, 69000.0, 62822.9, 64882.43)
+
+
+def test_data_import_of_a_missing_dir_exits_2_naming_it(db_file, capsys, tmp_path):
+    missing = tmp_path / "nowhere"
+    code, out, err = _run(["data", "import", str(missing)], capsys)
+    assert code == 2 and out == ""
+    assert err == f"error: data directory {missing} does not exist\n"
+
+
+def test_data_import_of_a_dir_without_data_files_exits_2(db_file, capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.csv").write_text("a,b\n1,2\n")
+    code, out, err = _run(["data", "import", str(empty)], capsys)
+    assert code == 2 and f"no market data files found in {empty}" in err
+
+
+# data validate ------------------------------------------------------------------------------
+def test_data_validate_passes_on_imported_data_then_fails_naming_a_corrupted_row(imported, capsys):
+    code, out, err = _run(["data", "validate", "--asof", "2026-01-06"], capsys)
+    assert code == 0, err
+    assert out == "2 daily series valid as of 2026-01-06 00:00 UTC: BTC/USDT, ETH/USDT\n"
+
+    engine = create_engine(f"sqlite:///{imported}")
+    with engine.begin() as conn:
+        changed = conn.execute(text("UPDATE candles SET high = 1 WHERE symbol = 'BTC/USDT' "
+                                    "AND ts LIKE '2021-11-10%'")).rowcount
+    engine.dispose()
+    assert changed == 1
+
+    code, out, err = _run(["data", "validate", "--asof", "2026-01-06"], capsys)
+    assert code == 2 and out == ""
+    assert "BTC/USDT" in err and "2021-11-10" in err and "high" in err
+    assert "ETH/USDT" not in err
+
+
+def test_data_validate_on_an_empty_database_exits_2_saying_what_to_do(db_file, capsys):
+    code, out, err = _run(["data", "validate"], capsys)
+    assert code == 2 and "no candles stored" in err and "eternal data import" in err
+
+
+# data download against the local Bybit emulator ---------------------------------------------
+def _read(name: str) -> pd.DataFrame:
+    df = pd.read_csv(DATA / name, index_col="timestamp", parse_dates=["timestamp"])
+    return df.drop(columns=["symbol"], errors="ignore").astype("float64").loc["2025-11-01":"2026-01-05"]
+
+
+def test_data_download_stores_the_exchange_rows_since_the_given_day(db_file, monkeypatch, capsys):
+    since = pd.Timestamp("2025-12-01", tz="UTC")
+    frames = {}
+    with BybitStub() as stub:   # the stub's clock is the real one: all its data is in the past
+        for asset in ("BTC", "ETH", "SOL"):
+            sym = f"{asset}USDT"
+            frames["spot", asset] = _read(f"ohlcv_1d_{asset}-USDT_spot.csv")
+            frames["perp", asset] = _read(f"ohlcv_1d_{asset}-USDT_perp.csv")
+            frames["funding", asset] = _read(f"funding_8h_{sym}_perp.csv")
+            stub.set_klines("spot", sym, frames["spot", asset])
+            stub.set_klines("linear", sym, frames["perp", asset])
+            stub.set_funding("linear", sym, frames["funding", asset])
+        monkeypatch.setenv("ETERNAL_EXCHANGE__PUBLIC_URL", stub.url)
+
+        code, out, err = _run(["data", "download", "--since", "2025-12-01"], capsys)
+        assert code == 0, err
+        assert stub.counts["/v5/market/kline"] > 0 and not stub.unknown
+
+        today = pd.Timestamp(datetime.now(UTC)).floor("D")
+        want_candles, want_funding = {}, {}
+        for asset in ("BTC", "ETH", "SOL"):
+            for kind, symbol in (("spot", f"{asset}/USDT"), ("perp", f"{asset}/USDT:USDT")):
+                df = frames[kind, asset]
+                want_candles[symbol] = int(((df.index >= since) & (df.index < today)).sum())
+            df = frames["funding", asset]
+            want_funding[f"{asset}/USDT:USDT"] = int((df.index >= since).sum())
+        assert want_candles["BTC/USDT"] == 36   # 2025-12-01 .. 2026-01-05
+        assert _count(db_file, "candles") == want_candles
+        assert _count(db_file, "funding_rates") == want_funding
+        for symbol, n in want_candles.items():
+            assert f"{symbol} 1d: {n} new rows" in out
+        for symbol, n in want_funding.items():
+            assert f"{symbol} funding: {n} new rows" in out
+
+        # a second download resumes after the stored rows: nothing new
+        code, out, err = _run(["data", "download", "--since", "2025-12-01"], capsys)
+        assert code == 0, err
+        assert set(line.rsplit(": ", 1)[1] for line in out.splitlines()) == {"0 new rows"}
+        assert _count(db_file, "candles") == want_candles
+
+
+# status -------------------------------------------------------------------------------------
+def test_status_on_an_empty_database_says_there_is_no_portfolio_yet(db_file, capsys):
+    code, out, err = _run(["status"], capsys)
+    assert code == 0
+    assert out.splitlines() == [f"mode: paper   database: sqlite:///{db_file}",
+                                "no portfolio yet: run `eternal run daily` to start one"]

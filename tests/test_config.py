@@ -1,0 +1,245 @@
+"""Settings: the spec's defaults, ETERNAL_ env vars (nested with __) and .env, and every invalid
+setting refused with a ConfigError naming the variable and the bad value, secrets never shown.
+
+conftest strips ETERNAL_* from the environment and runs each test in its own empty cwd.
+"""
+from __future__ import annotations
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from eternal.config import Mode, Settings, load_settings
+from eternal.errors import ConfigError
+
+SECRET = "s3cret-value-7f2a"
+
+
+def _config_error() -> str:
+    """The message of the ConfigError load_settings raises under the test's environment."""
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    return str(info.value)
+
+
+# defaults: the spec's numbers ---------------------------------------------------------------
+def test_defaults_are_paper_mode_on_local_sqlite_with_100k_capital():
+    s = load_settings()
+    assert s.mode is Mode.PAPER
+    assert s.database_url == "sqlite:///var/eternal.db"
+    assert s.initial_capital == 100_000.0
+    assert s.live_confirm == ""
+    assert s.exchange.api_key is None and s.exchange.api_secret is None
+
+
+def test_default_sleeve_weights_are_60_15_5_15_5_and_sum_to_one():
+    w = load_settings().weights
+    assert (w.core, w.trend_1, w.trend_2, w.funding, w.tactical) == (0.60, 0.15, 0.05, 0.15, 0.05)
+    assert sum(w.model_dump().values()) == pytest.approx(1.0)
+
+
+def test_default_core_params_follow_the_spec():
+    core = load_settings().core
+    # BTC:ETH 2:1 of the 95 % invested after the 5 % cash buffer
+    assert core.targets == pytest.approx({"BTC": 0.95 * 2 / 3, "ETH": 0.95 / 3})
+    assert core.targets["BTC"] == pytest.approx(0.6333, abs=1e-4)
+    assert core.targets["ETH"] == pytest.approx(0.3167, abs=1e-4)
+    assert core.cash_buffer == 0.05
+    assert core.tranches == 4
+    assert core.tranche_interval_days == 7
+    assert core.drift_threshold == 0.10
+    assert core.ath_pause_drawdown == 0.70
+    assert core.staking_min_apy == 0.02
+    assert core.staking_apy == 0.0
+    assert core.quarterly_rebalance is True
+
+
+def test_trend_2_uses_sma_20_100_where_trend_1_uses_50_200():
+    s = load_settings()
+    assert (s.trend_1.fast_sma, s.trend_1.slow_sma) == (50, 200)
+    assert (s.trend_2.fast_sma, s.trend_2.slow_sma) == (20, 100)
+    # everything else of TREND-2 is TREND-1's rule set
+    assert s.trend_2.model_dump(exclude={"fast_sma", "slow_sma"}) == s.trend_1.model_dump(
+        exclude={"fast_sma", "slow_sma"})
+
+
+def test_default_spot_fees_are_ten_basis_points():
+    fees = load_settings().fees
+    assert fees.spot_maker == 0.001 and fees.spot_taker == 0.001
+
+
+def test_settings_are_frozen():
+    s = load_settings()
+    with pytest.raises(ValidationError, match="frozen"):
+        s.mode = Mode.LIVE
+    with pytest.raises(ValidationError, match="frozen"):
+        s.core.tranches = 8
+    assert s.mode is Mode.PAPER and s.core.tranches == 4
+
+
+# sources: ETERNAL_ prefix, __ nesting, .env -------------------------------------------------
+def test_eternal_prefixed_env_vars_override_top_level_defaults(monkeypatch):
+    monkeypatch.setenv("ETERNAL_MODE", "replay")
+    monkeypatch.setenv("ETERNAL_INITIAL_CAPITAL", "2500.5")
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", "sqlite:///elsewhere.db")
+    s = load_settings()
+    assert (s.mode, s.initial_capital, s.database_url) == (Mode.REPLAY, 2500.5, "sqlite:///elsewhere.db")
+
+
+def test_unprefixed_env_vars_are_ignored(monkeypatch):
+    monkeypatch.setenv("MODE", "live")
+    monkeypatch.setenv("INITIAL_CAPITAL", "1")
+    s = load_settings()
+    assert s.mode is Mode.PAPER and s.initial_capital == 100_000.0
+
+
+def test_double_underscore_reaches_a_nested_parameter_and_keeps_its_siblings(monkeypatch):
+    monkeypatch.setenv("ETERNAL_CORE__DRIFT_THRESHOLD", "0.2")
+    monkeypatch.setenv("ETERNAL_TREND_2__FAST_SMA", "10")
+    s = load_settings()
+    assert s.core.drift_threshold == 0.2
+    assert s.core.tranches == 4 and s.core.cash_buffer == 0.05  # untouched siblings keep defaults
+    assert (s.trend_2.fast_sma, s.trend_2.slow_sma) == (10, 100)
+
+
+def test_overriding_one_trend_2_rule_keeps_its_sma_20_100(monkeypatch):
+    monkeypatch.setenv("ETERNAL_TREND_2__ADX_ENTRY", "30")
+    s = load_settings()
+    assert s.trend_2.adx_entry == 30.0
+    assert (s.trend_2.fast_sma, s.trend_2.slow_sma) == (20, 100)
+    assert (s.trend_1.fast_sma, s.trend_1.slow_sma, s.trend_1.adx_entry) == (50, 200, 25.0)
+
+
+def test_a_group_can_be_set_as_json(monkeypatch):
+    monkeypatch.setenv("ETERNAL_WEIGHTS", '{"core": 0.5, "trend_1": 0.25}')
+    w = load_settings().weights
+    assert (w.core, w.trend_1, w.trend_2, w.funding, w.tactical) == (0.5, 0.25, 0.05, 0.15, 0.05)
+
+
+def test_dot_env_in_the_working_directory_is_read(tmp_path):
+    (tmp_path / ".env").write_text("ETERNAL_CORE__TRANCHES=8\nETERNAL_INITIAL_CAPITAL=5000\n")
+    s = load_settings()
+    assert s.core.tranches == 8 and s.initial_capital == 5000.0
+
+
+def test_env_var_wins_over_dot_env(tmp_path, monkeypatch):
+    (tmp_path / ".env").write_text("ETERNAL_CORE__TRANCHES=8\n")
+    monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "2")
+    assert load_settings().core.tranches == 2
+
+
+def test_invalid_value_in_dot_env_is_refused_naming_the_variable(tmp_path):
+    (tmp_path / ".env").write_text("ETERNAL_CORE__TRANCHES=0\n")
+    message = _config_error()
+    assert "ETERNAL_CORE__TRANCHES='0'" in message
+
+
+# invalid settings: ConfigError naming the variable and the value ---------------------------
+def test_weights_not_summing_to_one_stop_the_program_naming_the_field(monkeypatch):
+    monkeypatch.setenv("ETERNAL_WEIGHTS__CORE", "0.9")
+    message = _config_error()
+    assert "ETERNAL_WEIGHTS__CORE='0.9'" in message
+    assert "must sum to 1, got 1.3" in message
+    assert "nothing was run" in message
+
+
+def test_weights_given_as_json_not_summing_to_one_name_each_weight(monkeypatch):
+    monkeypatch.setenv("ETERNAL_WEIGHTS", '{"core": 0.7, "funding": 0.2}')
+    message = _config_error()
+    assert "ETERNAL_WEIGHTS__CORE=0.7" in message and "ETERNAL_WEIGHTS__FUNDING=0.2" in message
+    assert "got 1.15" in message
+
+
+@pytest.mark.parametrize("value, rule", [("1.5", "less than or equal to 1"),
+                                         ("-0.1", "greater than or equal to 0")])
+def test_fraction_outside_zero_one_is_refused_naming_variable_and_value(monkeypatch, value, rule):
+    monkeypatch.setenv("ETERNAL_CORE__CASH_BUFFER", value)
+    message = _config_error()
+    assert f"ETERNAL_CORE__CASH_BUFFER='{value}'" in message
+    assert rule in message
+
+
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_fraction_bounds_zero_and_one_are_accepted(monkeypatch, value):
+    monkeypatch.setenv("ETERNAL_CORE__DRIFT_THRESHOLD", value)
+    assert load_settings().core.drift_threshold == float(value)
+
+
+def test_unknown_mode_is_refused_listing_the_known_modes(monkeypatch):
+    monkeypatch.setenv("ETERNAL_MODE", "yolo")
+    message = _config_error()
+    assert "ETERNAL_MODE='yolo'" in message
+    for mode in ("paper", "replay", "demo", "testnet", "live"):
+        assert f"'{mode}'" in message
+
+
+def test_every_invalid_variable_is_reported_at_once(monkeypatch):
+    monkeypatch.setenv("ETERNAL_MODE", "yolo")
+    monkeypatch.setenv("ETERNAL_INITIAL_CAPITAL", "-5")
+    message = _config_error()
+    assert "ETERNAL_MODE='yolo'" in message and "ETERNAL_INITIAL_CAPITAL='-5'" in message
+
+
+@pytest.mark.parametrize("confirm", [None, "no", "YES "])
+def test_live_mode_without_live_confirm_yes_is_refused(monkeypatch, confirm):
+    monkeypatch.setenv("ETERNAL_MODE", "live")
+    if confirm is not None:
+        monkeypatch.setenv("ETERNAL_LIVE_CONFIRM", confirm)
+    message = _config_error()
+    assert "ETERNAL_MODE='live'" in message and "ETERNAL_LIVE_CONFIRM=yes" in message
+    assert f"ETERNAL_LIVE_CONFIRM={confirm or ''!r}" in message
+
+
+def test_live_mode_with_live_confirm_yes_is_accepted(monkeypatch):
+    monkeypatch.setenv("ETERNAL_MODE", "live")
+    monkeypatch.setenv("ETERNAL_LIVE_CONFIRM", "yes")
+    assert load_settings().mode is Mode.LIVE
+
+
+def test_group_variable_that_is_not_json_is_a_config_error_naming_it(monkeypatch):
+    monkeypatch.setenv("ETERNAL_WEIGHTS", "core=0.6")
+    message = _config_error()
+    assert "ETERNAL_WEIGHTS='core=0.6'" in message and "cannot be parsed" in message
+
+
+def test_nested_list_variable_that_is_not_json_is_a_config_error_naming_it(monkeypatch):
+    monkeypatch.setenv("ETERNAL_EXECUTION__RETRY_DELAYS_S", "[1, 2")
+    message = _config_error()
+    assert "ETERNAL_EXECUTION__RETRY_DELAYS_S='[1, 2'" in message
+
+
+# secrets ------------------------------------------------------------------------------------
+def test_api_secret_from_env_is_a_secret_str_hidden_in_repr(monkeypatch):
+    monkeypatch.setenv("ETERNAL_EXCHANGE__API_KEY", "key-abc-123")
+    monkeypatch.setenv("ETERNAL_EXCHANGE__API_SECRET", SECRET)
+    s = load_settings()
+    assert isinstance(s.exchange.api_secret, SecretStr) and isinstance(s.exchange.api_key, SecretStr)
+    assert s.exchange.api_secret.get_secret_value() == SECRET
+    assert s.exchange.api_key.get_secret_value() == "key-abc-123"
+    assert SECRET not in repr(s) and SECRET not in str(s)
+
+
+def test_redacted_settings_never_contain_the_secret(monkeypatch):
+    monkeypatch.setenv("ETERNAL_EXCHANGE__API_KEY", "key-abc-123")
+    monkeypatch.setenv("ETERNAL_EXCHANGE__API_SECRET", SECRET)
+    monkeypatch.setenv("ETERNAL_CORE__DRIFT_THRESHOLD", "0.2")
+    data = load_settings().redacted()
+    assert data["exchange"]["api_secret"] == "**********"
+    assert data["exchange"]["api_key"] == "**********"
+    assert SECRET not in repr(data) and "key-abc-123" not in repr(data)
+    # the rest is the effective settings, as plain data
+    assert data["core"]["drift_threshold"] == 0.2 and data["mode"] == "paper"
+    assert data["weights"] == {"core": 0.6, "trend_1": 0.15, "trend_2": 0.05, "funding": 0.15,
+                               "tactical": 0.05}
+
+
+def test_config_error_never_shows_a_secret(monkeypatch):
+    # a non-string secret in the JSON group fails validation on the secret field itself
+    monkeypatch.setenv("ETERNAL_EXCHANGE", '{"api_key": 987654321, "api_secret": 123456789}')
+    message = _config_error()
+    assert "ETERNAL_EXCHANGE__API_SECRET" in message and "ETERNAL_EXCHANGE__API_KEY" in message
+    assert "123456789" not in message and "987654321" not in message
+
+
+def test_settings_class_reads_the_same_sources_as_load_settings(monkeypatch):
+    monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "6")
+    assert Settings().core.tranches == load_settings().core.tranches == 6
