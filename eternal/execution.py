@@ -51,6 +51,18 @@ def sync_record(rec: OrderRecord, ex_order: ExchangeOrder, known_trades: set[str
     return new
 
 
+def scaled_event(rec: OrderRecord, now: datetime) -> Event | None:
+    """A buy filled for less than asked because the cash could not cover it at the fill price."""
+    asked = rec.intent.qty
+    if rec.status != OrderStatus.FILLED or rec.filled_qty >= asked * (1 - 1e-9):
+        return None
+    return Event(utc(now), "order_scaled_to_cash",
+                 f"{rec.client_order_id}: {rec.intent.symbol} {rec.intent.side} filled {rec.filled_qty:.8g} "
+                 f"of {asked:.8g} ({rec.filled_qty / asked:.2%}): the cash could not cover it at the fill price",
+                 rec.intent.sleeve, "warning", {"client_order_id": rec.client_order_id,
+                                                 "asked": asked, "filled": rec.filled_qty})
+
+
 def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, scheduled: datetime,
             now: datetime, known: Mapping[str, OrderRecord],
             known_trades: set[str] | None = None) -> ExecutionResult:
@@ -92,7 +104,10 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
             result.events.append(Event(utc(now), "order_recovered",
                                        f"{cid} was already accepted by {exchange.name}; not sent again",
                                        intent.sleeve, "warning", {"client_order_id": cid}))
-        result.fills.extend(sync_record(rec, ex_order, known_trades))
+        new_fills = sync_record(rec, ex_order, known_trades)
+        result.fills.extend(new_fills)
+        if new_fills and (scaled := scaled_event(rec, now)):
+            result.events.append(scaled)
         rec.updated_at = utc(now)
         result.orders.append(rec)
     return result

@@ -24,7 +24,7 @@ from eternal.data.csv_files import DataSet
 from eternal.data.quality import validate_market_data
 from eternal.errors import DataError, EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
-from eternal.execution import execute, sync_record
+from eternal.execution import execute, scaled_event, sync_record
 from eternal.models import (
     SPOT_SYMBOLS,
     Event,
@@ -154,6 +154,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             for f in new:
                 ledger.apply_fill(books[f.sleeve], f)
             fills += new
+            if new and (scaled := scaled_event(rec, day)):
+                events.append(scaled)
             if order.error:
                 events.append(Event(day, "order_rejected", order.error, rec.intent.sleeve, "alert",
                                     {"client_order_id": rec.client_order_id}))

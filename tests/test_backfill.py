@@ -170,3 +170,17 @@ def test_backfill_ledger_persists_on_both_databases(db_url, dataset):
     core = next(iter(LedgerStore(engine).load_books().values()))
     closes = {a: float(dataset.daily(f"{a}/USDT").loc["2021-03-31", "close"]) for a in ("BTC", "ETH")}
     assert core.equity(closes) == pytest.approx(r.summary["final_equity"], rel=1e-12)
+
+
+def test_a_buy_the_cash_cannot_cover_at_the_fill_price_is_scaled_down_and_reported(dataset, monkeypatch):
+    # no buffer, one tranche: BTC takes 2/3 of the cash plus its fee, so ETH's 1/3 cannot be paid
+    monkeypatch.setenv("ETERNAL_CORE__CASH_BUFFER", "0")
+    monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "1")
+    r = run_backfill(dataset, load_settings(), start=utc("2021-01-01"), end=utc("2021-01-04"),
+                     capital=9_000.0, progress=False)
+    btc, eth = (r.trades[r.trades.symbol == s].iloc[0] for s in ("BTC/USDT", "ETH/USDT"))
+    cash_left = 9_000.0 - btc.qty * btc.price * 1.001
+    assert eth.qty == pytest.approx(cash_left / (eth.price * 1.001))     # exactly what the cash buys
+    assert r.equity["core"].iloc[0] > 0
+    scaled = [e for e in r.events if e.kind == "order_scaled_to_cash"]
+    assert len(scaled) == 1 and "ETH/USDT" in scaled[0].message and scaled[0].level == "warning"

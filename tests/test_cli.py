@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from eternal.cli import main
+from eternal.data import download
 
 try:  # tests/ as a package (python -m pytest from the repo root) or as rootdir-less modules
     from tests.bybit_stub import BybitStub
@@ -188,7 +189,7 @@ def test_bad_arguments_are_argparse_errors_exit_2_with_a_clear_message(argv, mes
     assert not list(tmp_path.iterdir())
 
 
-def test_date_arguments_are_read_as_utc(capsys):
+def test_date_arguments_are_read_as_utc():
     # the same parser main() uses: dates and times without an offset are UTC, Z is accepted
     from eternal.cli import build_parser
 
@@ -300,9 +301,20 @@ def test_data_download_stores_the_exchange_rows_since_the_given_day(db_file, mon
             stub.set_klines("linear", sym, frames["perp", asset])
             stub.set_funding("linear", sym, frames["funding", asset])
         monkeypatch.setenv("ETERNAL_EXCHANGE__PUBLIC_URL", stub.url)
+        # the CLI's own client, minus ccxt's request pacing (~0.1 s a request) the stub needs not
+        real_client, urls = download.make_bybit_public, []
+
+        def unpaced_client(url):
+            urls.append(url)
+            client = real_client(url)
+            client.enableRateLimit = False
+            return client
+
+        monkeypatch.setattr(download, "make_bybit_public", unpaced_client)
 
         code, out, err = _run(["data", "download", "--since", "2025-12-01"], capsys)
         assert code == 0, err
+        assert urls == [stub.url]   # ETERNAL_EXCHANGE__PUBLIC_URL reached the client
         assert stub.counts["/v5/market/kline"] > 0 and not stub.unknown
 
         today = pd.Timestamp(datetime.now(UTC)).floor("D")

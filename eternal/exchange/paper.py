@@ -121,7 +121,7 @@ class PaperExchange:
     def _fill(self, order: ExchangeOrder, price: float, liquidity: str, ts: datetime) -> None:
         intent, book = order.intent, self.books[order.intent.sleeve]
         rate = self.fees.spot_maker if liquidity == "maker" else self.fees.spot_taker
-        qty = intent.qty
+        qty, scaled = intent.qty, False
         if intent.side == Side.BUY:
             cost = qty * price * (1.0 + rate)
             if cost > book.cash + _DUST:
@@ -130,6 +130,7 @@ class PaperExchange:
                         f"{intent.sleeve} cannot buy {qty:.8g} {intent.symbol} at {price:.8g}: needs "
                         f"{cost:.2f} {QUOTE} with fees, has {book.cash:.2f} ({order.client_order_id})")
                 qty = book.cash / (price * (1.0 + rate))   # scaled down to the cash, fees included
+                scaled = True
         else:
             free = book.holdings.get(base_of(intent.symbol), 0.0)
             if qty > free + _DUST:
@@ -137,8 +138,12 @@ class PaperExchange:
                     f"{intent.sleeve} cannot sell {qty:.8g} {intent.symbol}: holds {free:.8g} free "
                     f"({order.client_order_id})")
             qty = min(qty, free)
+        notional = qty * price
+        # a scaled buy spends the cash exactly: its fee is the remainder (notional x rate to an ulp),
+        # so float rounding can never leave the cash a hair below zero
+        fee = book.cash - notional if scaled else notional * rate
         fill = Fill(order.client_order_id, utc(ts), intent.sleeve, intent.symbol, intent.market,
-                    intent.side, qty, price, qty * price * rate, QUOTE, liquidity,
+                    intent.side, qty, price, fee, QUOTE, liquidity,
                     trade_id=f"{order.exchange_order_id}-{len(order.fills) + 1}", reason=intent.reason)
         ledger.apply_fill(book, fill)
         order.fills.append(fill)
@@ -161,7 +166,7 @@ class PaperExchange:
         return {
             "seq": self._seq,
             "accrued_through": self.accrued_through,
-            "books": {s.value: {"cash": b.cash, "holdings": b.holdings, "staked": b.staked}
+            "books": {s.value: {"cash": b.cash, "holdings": dict(b.holdings), "staked": dict(b.staked)}
                       for s, b in self.books.items()},
             "orders": {cid: _order_to_dict(o) for cid, o in self.orders.items()},
         }
