@@ -19,6 +19,7 @@ from eternal.store.ledger import LedgerStore
 from tasks.context import stores
 
 PAPER = "paper"
+LEDGER_OP = "ledger_op"   # event kind recording a keyed stake/accrual our books have applied
 
 
 def open_paper_exchange(ledger: LedgerStore, s: Settings, now: datetime) -> PaperExchange:
@@ -52,10 +53,13 @@ def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: dat
     _, ledger = stores(s)
     exchange = open_paper_exchange(ledger, s, now)
     exchange.set_quotes({SPOT_SYMBOLS[a]: q for a, q in quotes.items()})
-    _accrue_staking(exchange, ledger, s, plan, now)
+    # Staking moves and rewards, as the exchange did them: our ledger repeats the same operations
+    # on its own books (same arithmetic, so the two never drift apart by a rounding).
+    book_ops = _accrue_staking(exchange, ledger, s, plan, now)
     for sleeve, moves in plan.stakes.items():
         for asset, qty in moves.items():
-            exchange.stake(sleeve, asset, qty)
+            key = f"stake|{scheduled.isoformat()}|{sleeve.value}|{asset}"
+            book_ops.append((key, "stake", sleeve, asset, exchange.stake(sleeve, asset, qty, key)))
     ids = [client_order_id(flow, scheduled, i.sleeve, i.key) for i in plan.intents]
     known, trades = ledger.load_orders(ids), ledger.load_trade_ids(ids)
     try:
@@ -63,44 +67,53 @@ def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: dat
                          known_trades=trades)
     except InsufficientFunds as exc:
         partial: ExecutionResult = exc.result  # type: ignore[attr-defined]
-        _persist(ledger, partial, exchange, now, str(scheduled))
+        _persist(ledger, partial, book_ops, now, str(scheduled))
         log.error("insufficient funds, not retried: %s", exc)
         raise
-    _persist(ledger, result, exchange, now, str(scheduled))
+    _persist(ledger, result, book_ops, now, str(scheduled))
     log.info("%d orders in plan, %d sent now, %d new fills", len(result.orders), result.sent,
              len(result.fills))
     return result
 
 
-def _persist(ledger: LedgerStore, result: ExecutionResult, exchange: PaperExchange, now: datetime,
+def _persist(ledger: LedgerStore, result: ExecutionResult, book_ops: list[tuple], now: datetime,
              run_key: str) -> None:
     books = ledger.load_books()
+    done = ledger.applied_ops([op[0] for op in book_ops])
+    op_events = []
+    for key, op, sleeve, asset, amount in book_ops:
+        if key in done:            # a retry or re-run: our books already hold it
+            continue
+        if op == "stake":
+            books_ledger.stake(books[sleeve], asset, amount)
+        else:
+            books_ledger.accrue_staking(books[sleeve], asset, amount[0], amount[1])
+        op_events.append(Event(now, LEDGER_OP, key, sleeve, data={"op": op, "asset": asset}))
     for fill in result.fills:
         books_ledger.apply_fill(books[fill.sleeve], fill)
-    for sleeve, book in books.items():      # staked amounts follow the exchange (stakes, rewards)
-        if sleeve in exchange.books:
-            for asset in set(book.staked) | set(exchange.books[sleeve].staked):
-                total = book.qty(asset)
-                book.staked[asset] = exchange.books[sleeve].staked.get(asset, 0.0)
-                book.holdings[asset] = total - book.staked[asset]
-    ledger.save_execution(result.orders, result.fills, result.events, books.values(), now, run_key)
+    ledger.save_execution(result.orders, result.fills, result.events + op_events, books.values(), now,
+                          run_key)
 
 
 def _accrue_staking(exchange: PaperExchange, ledger: LedgerStore, s: Settings, plan: Plan,
-                    now: datetime) -> None:
-    """Paper staking rewards, once per day: the exchange remembers the day it accrued through."""
+                    now: datetime) -> list[tuple]:
+    """Paper staking rewards, once per day: the exchange remembers the day it accrued through, so
+    a retried task pays nothing twice. Returns the operations for our ledger to repeat."""
     apy = s.core.staking_apy
-    state = exchange.to_state()
-    through = state.get("accrued_through")
+    through = exchange.accrued_through
     day = utc(plan.day)
-    if through is not None and apy >= s.core.staking_min_apy:
-        days = (day - utc(through)).days
+    ops: list[tuple] = []
+    if through is not None and apy >= s.core.staking_min_apy and (days := (day - utc(through)).days) > 0:
         events = []
         for sleeve, book in exchange.books.items():
             reward = books_ledger.accrue_staking(book, "ETH", apy, days)
             if reward:
+                ops.append((f"accrue|{day.isoformat()}|{sleeve.value}|ETH", "accrue", sleeve, "ETH",
+                            (apy, days)))
                 events.append(Event(now, "staking_reward", f"{reward:.8f} ETH over {days} days at "
                                     f"{apy:.2%} APY", sleeve, data={"eth": reward, "days": days}))
         ledger.append_events(events)
-    exchange.accrued_through = day.isoformat()
-    exchange._changed()
+    if through is None or day > utc(through):
+        exchange.accrued_through = day.isoformat()
+        exchange.persist_now()
+    return ops

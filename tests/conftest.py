@@ -11,7 +11,15 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 for _k in [k for k in os.environ if k.startswith("ETERNAL_")]:
     del os.environ[_k]
 
+import tempfile  # noqa: E402
+
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "eternal-hypothesis"))  # not in the repo
+
 import pandas as pd  # noqa: E402
+import prefect  # noqa: E402,F401  (configures Prefect's log handlers now, on the session's stderr,
+#                                 not on the stderr of whichever capsys test imports it first)
 import pytest  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 

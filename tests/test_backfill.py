@@ -127,14 +127,20 @@ def test_staked_eth_accrues_the_configured_apy_daily(dataset, monkeypatch):
     assert 0 < gain < 0.04 * 38 / 365 * r.equity["core"].iloc[-1] / 3
 
 
-def test_cli_backfill_writes_outputs_and_prints_the_summary(shared_data, tmp_path, capsys, prefect_harness):
+def test_cli_backfill_writes_outputs_and_prints_the_summary(shared_data, tmp_path, prefect_harness):
+    import contextlib
+    import io
+
     from eternal.cli import main
 
-    out = tmp_path / "cli-out"
-    code = main(["backfill", "--start", "2023-01-01", "--end", "2023-04-01", "--capital", "20000",
-                 "--data-dir", str(shared_data), "--out", str(out), "--no-progress"])
+    out, stdout = tmp_path / "cli-out", io.StringIO()
+    # stdout only: capsys would also swap stderr, and Prefect's log handler keeps the stderr it
+    # first sees, which capsys closes after this test
+    with contextlib.redirect_stdout(stdout):
+        code = main(["backfill", "--start", "2023-01-01", "--end", "2023-04-01", "--capital", "20000",
+                     "--data-dir", str(shared_data), "--out", str(out), "--no-progress"])
     assert code == 0
-    printed = capsys.readouterr().out
+    printed = stdout.getvalue()
     assert "final equity" in printed and "2023-01-01 .. 2023-04-01 (90 days)" in printed
     assert {p.name for p in out.iterdir()} >= {"trades.csv", "equity.csv", "summary.json", "backfill.db"}
     assert json.loads((out / "summary.json").read_text())["initial_capital"] == 20_000.0

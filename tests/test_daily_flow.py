@@ -166,3 +166,58 @@ def _ts(day: str):
     from eternal.models import utc
 
     return utc(day)
+
+
+def test_staking_is_applied_once_across_a_crash_retry_and_a_rerun_and_rewards_match(db, dataset, monkeypatch):
+    """CORE steady at target weights with a 3 % APY: it stakes all free ETH. A crash after the
+    exchange staked, the task's retry, and a re-run of the same cycle leave our ledger equal to
+    the exchange's book, to the last bit; the next day's reward is paid once on both."""
+    from eternal.models import SleeveBook, utc
+    from eternal.store.models import EngineStateRow
+    from eternal.store.upsert import upsert
+
+    monkeypatch.setenv("ETERNAL_CORE__STAKING_APY", "0.03")
+    ledger = LedgerStore(db)
+    weights = {s: w for s, w in zip(Sleeve, (0.60, 0.15, 0.05, 0.15, 0.05))}
+    ledger.initialise(100_000.0, weights, utc("2023-12-31"))
+    btc = float(dataset.daily("BTC/USDT").loc["2023-12-31", "close"])
+    eth = float(dataset.daily("ETH/USDT").loc["2023-12-31", "close"])
+    core = SleeveBook(Sleeve.CORE, 3_000.0, {"BTC": 38_000.0 / btc, "ETH": 19_000.0 / eth})
+    ledger.save_books([core], utc("2023-12-31"))
+    with db.begin() as conn:
+        upsert(conn, EngineStateRow.__table__, [{"sleeve": "core", "updated_at": utc("2023-12-31"), "state": {
+            "phase": "EARN_OPTIMIZING", "start_day": "2023-11-01T00:00:00+00:00", "tranches_done": 4,
+            "tranche_usdt": 1.0, "quarter_handled": "2023-12-31T00:00:00+00:00"}}], ["sleeve"])
+
+    original, crashed = PaperExchange.stake, []
+
+    def stake_then_crash(self, sleeve, asset, qty, key=None):
+        moved = original(self, sleeve, asset, qty, key)
+        if not crashed:
+            crashed.append(moved)
+            raise ConnectionError("lost after the exchange staked")
+        return moved
+
+    monkeypatch.setattr(PaperExchange, "stake", stake_then_crash)
+    run()                                                   # crash, retry, done
+    with db.begin() as conn:                                # re-run the same cycle from scratch
+        conn.execute(delete(EngineStateRow))
+        upsert(conn, EngineStateRow.__table__, [{"sleeve": "core", "updated_at": utc("2023-12-31"), "state": {
+            "phase": "EARN_OPTIMIZING", "start_day": "2023-11-01T00:00:00+00:00", "tranches_done": 4,
+            "tranche_usdt": 1.0, "quarter_handled": "2023-12-31T00:00:00+00:00"}}], ["sleeve"])
+    run()
+    exchange = PaperExchange.from_state(ledger.load_exchange_state("paper"), None, None)
+    ours = ledger.load_books()[Sleeve.CORE]
+    assert crashed == [19_000.0 / eth]                      # all free ETH, staked once
+    assert ours.staked == exchange.books[Sleeve.CORE].staked == {"ETH": 19_000.0 / eth}
+    assert ours.holdings["ETH"] == 0.0
+
+    market = MarketStore(db)                                # the next day: one day of rewards
+    for sym in ("BTC/USDT", "ETH/USDT"):
+        market.upsert_candles(sym, "1d", dataset.daily(sym).loc["2024-01-01":"2024-01-01"])
+    run("2024-01-02T00:05:00Z")
+    exchange = PaperExchange.from_state(ledger.load_exchange_state("paper"), None, None)
+    ours = ledger.load_books()[Sleeve.CORE]
+    assert ours.staked["ETH"] == exchange.books[Sleeve.CORE].staked["ETH"] == pytest.approx(
+        19_000.0 / eth * (1 + 0.03 / 365))
+    assert count(db, EventRow, EventRow.kind == "staking_reward") == 1

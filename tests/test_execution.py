@@ -24,6 +24,9 @@ from eternal.models import (
     utc,
 )
 
+# Hypothesis fixes its storage directory to the cwd at import time (the checkout), before the
+# conftest chdirs into a tmp dir: keep its caches out of the repo.
+
 FLOW = "daily-cycle"
 SCHEDULED = utc("2024-01-12T00:05:00Z")     # decides on the 2024-01-11 close
 NOW = SCHEDULED + timedelta(seconds=42)

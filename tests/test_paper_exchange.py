@@ -23,6 +23,9 @@ from eternal.models import (
     utc,
 )
 
+# Hypothesis fixes its storage directory to the cwd at import time (the checkout), before the
+# conftest chdirs into a tmp dir: keep its caches out of the repo.
+
 BTC, ETH = "BTC/USDT", "ETH/USDT"
 NOW = utc("2021-11-11T00:05:00Z")
 # maker and taker apart, so a test can tell which one was charged

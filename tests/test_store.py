@@ -278,20 +278,15 @@ def test_staked_balances_keep_total_and_staked_qty_exactly(engine, dataset):
     assert loaded.cash == book.cash
     assert loaded.staked == book.staked == {"ETH": 1.818834266488592}
     assert loaded.qty("ETH") == book.qty("ETH")
-    assert loaded.holdings["ETH"] == pytest.approx(book.holdings["ETH"], rel=1e-15)
+    assert loaded.holdings["ETH"] == book.holdings["ETH"]
 
 
-@pytest.mark.xfail(strict=True, reason="balances store qty = free + staked and load free = qty - staked, "
-                   "which is not exact in floats (1.88302266762866 comes back 1.8830226676286603); "
-                   "needs a schema change to store the free qty")
 def test_staked_balances_round_trip_free_holdings_exactly(engine, dataset):
     ex = core_with_staked_eth(dataset)
     LedgerStore(engine).save_books(ex.books.values(), NOW)
     assert LedgerStore(engine).load_books() == ex.books
 
 
-@pytest.mark.xfail(strict=True, reason="orders has no scale_to_cash column: load_orders always returns "
-                   "scale_to_cash=False, though CORE-HODL tranches are scale_to_cash buys")
 def test_scale_to_cash_order_round_trips_exactly(engine, dataset):
     ledger = LedgerStore(engine)
     ledger.initialise(100_000.0, WEIGHTS, NOW)
@@ -303,7 +298,9 @@ def test_scale_to_cash_order_round_trips_exactly(engine, dataset):
     result = execute([tranche], ex, flow="daily-cycle", scheduled=NOW, now=NOW, known={})
     ledger.save_execution(result.orders, result.fills, result.events, ex.books.values(), NOW)
     (rec,) = result.orders
-    assert ledger.load_orders([rec.client_order_id]) == {rec.client_order_id: rec}
+    loaded = ledger.load_orders([rec.client_order_id])[rec.client_order_id]
+    assert loaded.intent.scale_to_cash
+    assert loaded == rec
 
 
 def test_client_order_id_is_unique_at_the_database_level(engine, dataset):

@@ -55,6 +55,7 @@ class PaperExchange:
         self._on_change = on_change   # persists the exchange's own state (survives our crashes)
         self._seq = 0
         self.accrued_through: str | None = None   # staking rewards paid up to this day
+        self.stake_ops: dict[str, float] = {}     # keyed stake requests already applied
 
     # prices ----------------------------------------------------------------------------------
     def set_quotes(self, quotes: Mapping[str, Quote]) -> None:
@@ -116,6 +117,8 @@ class PaperExchange:
         cancelled = self.open_orders()
         for o in cancelled:
             o.status, o.error = OrderStatus.CANCELLED, reason
+        if cancelled:
+            self._changed()
         return cancelled
 
     def _fill(self, order: ExchangeOrder, price: float, liquidity: str, ts: datetime) -> None:
@@ -152,10 +155,19 @@ class PaperExchange:
         order.status = OrderStatus.FILLED
 
     # staking ---------------------------------------------------------------------------------
-    def stake(self, sleeve: Sleeve, asset: str, qty: float) -> float:
+    def stake(self, sleeve: Sleeve, asset: str, qty: float, key: str | None = None) -> float:
+        """Stake (qty > 0) or unstake; a keyed request is applied once, a repeat returns the
+        qty moved the first time (like an order's client id)."""
+        if key is not None and key in self.stake_ops:
+            return self.stake_ops[key]
         moved = ledger.stake(self.books[sleeve], asset, qty)
+        if key is not None:
+            self.stake_ops[key] = moved
         self._changed()
         return moved
+
+    def persist_now(self) -> None:
+        self._changed()
 
     def _changed(self) -> None:
         if self._on_change is not None:
@@ -166,6 +178,7 @@ class PaperExchange:
         return {
             "seq": self._seq,
             "accrued_through": self.accrued_through,
+            "stake_ops": dict(self.stake_ops),
             "books": {s.value: {"cash": b.cash, "holdings": dict(b.holdings), "staked": dict(b.staked)}
                       for s, b in self.books.items()},
             "orders": {cid: _order_to_dict(o) for cid, o in self.orders.items()},
@@ -179,6 +192,7 @@ class PaperExchange:
         ex = cls(fees, policy, books, on_change)
         ex._seq = state.get("seq", 0)
         ex.accrued_through = state.get("accrued_through")
+        ex.stake_ops = dict(state.get("stake_ops", {}))
         ex.orders = {cid: _order_from_dict(cid, d) for cid, d in state.get("orders", {}).items()}
         return ex
 

@@ -62,7 +62,8 @@ def order_row(rec: OrderRecord) -> dict[str, Any]:
     return {"client_order_id": rec.client_order_id, "flow": rec.flow, "scheduled": rec.scheduled,
             "sleeve": i.sleeve.value, "symbol": i.symbol, "market": i.market.value, "side": i.side.value,
             "order_type": i.order_type.value, "qty": float(i.qty), "limit_price": _opt_float(i.limit_price),
-            "post_only": i.post_only, "reduce_only": i.reduce_only, "intent_key": i.key,
+            "post_only": i.post_only, "reduce_only": i.reduce_only, "scale_to_cash": i.scale_to_cash,
+            "intent_key": i.key,
             "reason": i.reason, "status": rec.status.value, "exchange_order_id": rec.exchange_order_id,
             "filled_qty": float(rec.filled_qty), "avg_price": _opt_float(rec.avg_price), "fee": float(rec.fee),
             "error": rec.error, "created_at": rec.created_at, "updated_at": rec.updated_at}
@@ -113,7 +114,7 @@ class LedgerStore:
             if r.asset == QUOTE:
                 book.cash = r.qty
             else:
-                book.holdings[r.asset] = r.qty - r.staked
+                book.holdings[r.asset] = r.qty
                 if r.staked:
                     book.staked[r.asset] = r.staked
         return books
@@ -132,7 +133,7 @@ class LedgerStore:
             rows.append({"sleeve": b.sleeve.value, "asset": QUOTE, "qty": float(b.cash), "staked": 0.0,
                          "updated_at": now})
             for asset in sorted(set(b.holdings) | set(b.staked)):
-                rows.append({"sleeve": b.sleeve.value, "asset": asset, "qty": float(b.qty(asset)),
+                rows.append({"sleeve": b.sleeve.value, "asset": asset, "qty": float(b.holdings.get(asset, 0.0)),
                              "staked": float(b.staked.get(asset, 0.0)), "updated_at": now})
         upsert(conn, BalanceRow.__table__, rows, ["sleeve", "asset"])
 
@@ -166,6 +167,14 @@ class LedgerStore:
             conn.execute(insert(EventRow), [event_row(e, run_key) for e in events])
         if books is not None:
             self._save_books(conn, books, now)
+
+    def applied_ops(self, keys: Sequence[str]) -> set[str]:
+        """Keys of ledger operations (stakes, rewards) already applied to our books."""
+        if not keys:
+            return set()
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(EventRow.message).where(
+                EventRow.kind == "ledger_op", EventRow.message.in_(list(keys)))).scalars())
 
     # states, events, equity ------------------------------------------------------------------
     def load_states(self) -> dict[Sleeve, dict[str, Any]]:
@@ -248,7 +257,7 @@ def _record(r: OrderRow) -> OrderRecord:
     intent = intent_from_dict({
         "sleeve": r.sleeve, "symbol": r.symbol, "market": r.market, "side": r.side, "qty": r.qty,
         "order_type": r.order_type, "reason": r.reason, "key": r.intent_key, "limit_price": r.limit_price,
-        "post_only": r.post_only, "reduce_only": r.reduce_only, "scale_to_cash": False})
+        "post_only": r.post_only, "reduce_only": r.reduce_only, "scale_to_cash": r.scale_to_cash})
     return OrderRecord(r.client_order_id, r.flow, utc(r.scheduled), intent, OrderStatus(r.status),
                        r.exchange_order_id, r.filled_qty, r.avg_price, r.fee, r.created_at, r.updated_at,
                        r.error)

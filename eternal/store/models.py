@@ -51,7 +51,8 @@ class SleeveRow(Base):
 
 
 class BalanceRow(Base):
-    """Holdings per sleeve and asset (USDT is the sleeve's cash). `staked` is part of `qty`."""
+    """Holdings per sleeve and asset (USDT is the sleeve's cash). `qty` is free, `staked` is locked
+    in staking; both are stored as they are, so nothing is re-derived (and rounded) on load."""
 
     __tablename__ = "balances"
     sleeve: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -76,6 +77,7 @@ class OrderRow(Base):
     limit_price: Mapped[float | None] = mapped_column(Float, nullable=True)
     post_only: Mapped[bool] = mapped_column(Boolean, default=False)
     reduce_only: Mapped[bool] = mapped_column(Boolean, default=False)
+    scale_to_cash: Mapped[bool] = mapped_column(Boolean, default=False)
     intent_key: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(20))

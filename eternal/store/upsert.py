@@ -18,12 +18,12 @@ def upsert(conn: Connection, table: Table, rows: Sequence[dict], keys: Sequence[
     if insert is None:
         raise NotImplementedError(f"upsert is not implemented for {dialect}")
     columns = [c for c in rows[0] if c not in keys]
-    # SQLite caps bound parameters per statement (32766); stay well below.
-    chunk = max(1, min(_CHUNK, 30_000 // max(1, len(rows[0]))))
-    for start in range(0, len(rows), chunk):
-        stmt = insert(table).values(list(rows[start:start + chunk]))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns}
-        ) if columns else stmt.on_conflict_do_nothing(index_elements=list(keys))
-        conn.execute(stmt)
+    stmt = insert(table)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns}
+    ) if columns else stmt.on_conflict_do_nothing(index_elements=list(keys))
+    # executemany: SQLAlchemy batches it ("insertmanyvalues"), far cheaper to compile than one
+    # literal multi-row VALUES statement per chunk
+    for start in range(0, len(rows), _CHUNK):
+        conn.execute(stmt, list(rows[start:start + _CHUNK]))
     return len(rows)

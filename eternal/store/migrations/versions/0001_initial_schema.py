@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 23:21:43.215992
+Create Date: 2026-11-23 23:46:56.143189
 """
 from alembic import op
 import sqlalchemy as sa
@@ -131,6 +131,7 @@ def upgrade() -> None:
     sa.Column('limit_price', sa.Float(), nullable=True),
     sa.Column('post_only', sa.Boolean(), nullable=False),
     sa.Column('reduce_only', sa.Boolean(), nullable=False),
+    sa.Column('scale_to_cash', sa.Boolean(), nullable=False),
     sa.Column('intent_key', sa.String(length=128), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
     sa.Column('status', sa.String(length=20), nullable=False),
