@@ -1,9 +1,9 @@
 # Two commands on a fresh machine: `make demo` and `make test` (see README).
 SHELL := /bin/bash
-PYTHON ?= $(shell pyenv prefix 3.12.1 2>/dev/null)/bin/python
-ifeq ($(wildcard $(PYTHON)),)
-PYTHON := python3.12
-endif
+# Python 3.12.1 (see .python-version): pyenv's build when present, else any python3.12 on PATH.
+PYTHON ?= $(firstword $(wildcard $(shell pyenv root 2>/dev/null)/versions/3.12.1/bin/python \
+                                 $(HOME)/.pyenv/versions/3.12.1/bin/python) \
+                      $(shell command -v python3.12 2>/dev/null) python3.12)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 # Before anything imports prefect or reads settings: no telemetry, no stray ETERNAL_ settings.
@@ -34,6 +35,21 @@ def _isolated_settings(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ETERNAL_EXECUTION__RETRY_DELAYS_S", "[0, 0, 0]")
     monkeypatch.setenv("ETERNAL_DATA__REFRESH_BEFORE_CYCLE", "false")
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch) -> list:
+    """Every outgoing connection of every test, refused unless it stays on this machine."""
+    seen, real_connect = [], socket.socket.connect
+
+    def connect(sock, address):
+        seen.append(address)
+        if not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
+            raise AssertionError(f"a test tried to connect to {address!r}: tests stay on 127.0.0.1")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return seen
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -32,21 +31,6 @@ SCRIPT = Path(sys.executable).parent / "eternal"   # the console script of this 
 DATA = ROOT.parent / "shared" / "data"
 SPOT_FILES = ("ohlcv_1d_BTC-USDT_spot.csv", "ohlcv_1d_ETH-USDT_spot.csv")
 SECRET = "s3cret-value"
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch) -> list:
-    """Every outgoing connection of the test process, refused unless it goes to 127.0.0.1."""
-    seen, real_connect = [], socket.socket.connect
-
-    def connect(sock, address):
-        seen.append(address)
-        if not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
-            raise AssertionError(f"a test tried to connect to {address!r}: tests stay on 127.0.0.1")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return seen
 
 
 @pytest.fixture

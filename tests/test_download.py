@@ -104,21 +104,6 @@ class MemorySink:
 
 
 # fixtures ----------------------------------------------------------------------------------
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch) -> list:
-    """Every outgoing connection of the test process, refused unless it goes to 127.0.0.1."""
-    seen, real_connect = [], socket.socket.connect
-
-    def connect(sock, address):
-        seen.append(address)
-        if not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
-            raise AssertionError(f"a test tried to connect to {address!r}: tests stay on 127.0.0.1")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    return seen
-
-
 @pytest.fixture
 def stub(market):
     with BybitStub(now=NOW) as stub:
