@@ -147,14 +147,17 @@ def cmd_data(args, s) -> int:
     from eternal.data.store import MarketStore
     from eternal.store.db import connect
 
-    store = MarketStore(connect(s.database_url))
     if args.action == "import":
+        from eternal.data.csv_files import read_dir
         from eternal.data.importer import import_dir
 
-        written = import_dir(store, args.dir, tuple(t.strip() for t in args.timeframes.split(",")))
+        timeframes = tuple(t.strip() for t in args.timeframes.split(","))
+        read_dir(args.dir, timeframes)   # bad input is refused before the database is touched
+        written = import_dir(MarketStore(connect(s.database_url)), args.dir, timeframes)
         for series, n in written.items():
             print(f"{series}: {n} rows")
         return 0
+    store = MarketStore(connect(s.database_url))
     if args.action == "download":
         from eternal.data.download import download_market_data
 

@@ -232,6 +232,7 @@ def test_data_import_of_a_missing_dir_exits_2_naming_it(db_file, capsys, tmp_pat
     code, out, err = _run(["data", "import", str(missing)], capsys)
     assert code == 2 and out == ""
     assert err == f"error: data directory {missing} does not exist\n"
+    assert not db_file.exists()                  # refused before the database was created
 
 
 def test_data_import_of_a_dir_without_data_files_exits_2(db_file, capsys, tmp_path):
