@@ -36,6 +36,18 @@ class OrderType(StrEnum):
     LIMIT = "limit"
 
 
+class ExitReason(StrEnum):
+    """Why a TREND position closed (the `reason` column of trades.csv)."""
+
+    SMA_EXIT = "sma_exit"
+    HARD_STOP = "hard_stop"
+    TRAILING_STOP = "trailing_stop"
+    TIME_STOP = "time_stop"
+    FUNDING_EXIT = "funding_exit"
+    LIQUIDATION = "liquidation"
+    END = "end"
+
+
 class OrderStatus(StrEnum):
     CREATED = "created"
     SUBMITTED = "submitted"
@@ -119,6 +131,7 @@ class Fill:
     liquidity: str                  # "maker" | "taker"
     trade_id: str                   # unique per fill at the exchange (re-syncs never double count)
     reason: str = ""
+    leverage: float = 1.0           # perps: the symbol's leverage when filled (margin = notional / it)
 
 
 @dataclass(slots=True)
@@ -162,23 +175,79 @@ class Transfer:
 
 
 @dataclass(slots=True)
+class PerpPosition:
+    """One-way USDT-margined perpetual position of a sleeve (cross margin within the sleeve)."""
+
+    symbol: str                     # 'BTC/USDT:USDT'
+    qty: float                      # signed base quantity: + long, - short
+    entry_price: float              # average entry
+    margin: float                   # USDT locked as initial margin (notional at entry / leverage)
+    leverage: float
+    opened_at: datetime             # time of the first fill
+
+    @property
+    def side(self) -> Side:
+        return Side.BUY if self.qty > 0 else Side.SELL
+
+    def unrealised(self, mark: float) -> float:
+        return (mark - self.entry_price) * self.qty
+
+    def notional(self, mark: float) -> float:
+        return abs(self.qty) * mark
+
+    def copy(self) -> PerpPosition:
+        return PerpPosition(self.symbol, self.qty, self.entry_price, self.margin, self.leverage, self.opened_at)
+
+
+@dataclass(slots=True)
 class SleeveBook:
-    """Cash and holdings of one sleeve. `staked` is held too, but locked in staking."""
+    """Cash and holdings of one sleeve. `staked` is held too, but locked in staking; `perps` are
+    perpetual positions whose margin has left `cash` (equity = cash + margin + unrealised + spot)."""
 
     sleeve: Sleeve
     cash: float = 0.0
     holdings: dict[str, float] = field(default_factory=dict)
     staked: dict[str, float] = field(default_factory=dict)
+    perps: dict[str, PerpPosition] = field(default_factory=dict)
 
     def qty(self, asset: str) -> float:
         return self.holdings.get(asset, 0.0) + self.staked.get(asset, 0.0)
 
-    def equity(self, prices: dict[str, float]) -> float:
+    def equity(self, prices: dict[str, float], marks: dict[str, float] | None = None) -> float:
+        """Mark to market: spot at `prices` (asset -> price), perps at `marks` (perp symbol ->
+        price; default: the spot price of the same base asset)."""
         assets = set(self.holdings) | set(self.staked)
-        return self.cash + sum(self.qty(a) * prices[a] for a in assets if self.qty(a))
+        value = self.cash + sum(self.qty(a) * prices[a] for a in assets if self.qty(a))
+        for sym, pos in self.perps.items():
+            mark = marks[sym] if marks and sym in marks else prices[base_of(sym)]
+            value += pos.margin + pos.unrealised(mark)
+        return value
 
     def copy(self) -> SleeveBook:
-        return SleeveBook(self.sleeve, self.cash, dict(self.holdings), dict(self.staked))
+        return SleeveBook(self.sleeve, self.cash, dict(self.holdings), dict(self.staked),
+                          {s: p.copy() for s, p in self.perps.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class StopLevel:
+    """A reduce-only stop for a perp position, kept in step with the engine's level each cycle."""
+
+    price: float
+    reason: str                     # ExitReason.HARD_STOP or ExitReason.TRAILING_STOP
+
+
+@dataclass(frozen=True, slots=True)
+class FundingPayment:
+    """One funding settlement of one position: amount > 0 received, < 0 paid (USDT)."""
+
+    ts: datetime
+    sleeve: Sleeve
+    symbol: str
+    qty: float                      # signed position qty at the settlement
+    price: float                    # price the payment was computed at
+    rate: float                     # funding rate of the settlement (fraction per settlement)
+    amount: float                   # realised: what the ledger booked
+    expected: float                 # rate x qty x price, for comparison with the exchange's figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +273,9 @@ class Snapshot:
     books: dict[Sleeve, SleeveBook]
     states: dict[Sleeve, dict[str, Any]]     # persisted engine states (JSON)
     inflows: dict[Sleeve, float] = field(default_factory=dict)  # USDT added since the last cycle
+    perps: dict[str, Any] = field(default_factory=dict)        # asset -> PerpMarket (indicators)
+    perp_index: dict[str, int] = field(default_factory=dict)   # asset -> position of `day` in it
+    marks: dict[str, float] = field(default_factory=dict)      # perp symbol -> close of `day`
 
 
 @dataclass
@@ -212,6 +284,7 @@ class EngineDecision:
     state: dict[str, Any]
     events: list[Event]
     stake: dict[str, float] = field(default_factory=dict)  # asset -> qty to stake (+) / unstake (-)
+    stops: dict[str, StopLevel] = field(default_factory=dict)  # perp symbol -> stop to keep
 
 
 @dataclass
@@ -224,4 +297,5 @@ class Plan:
     states: dict[Sleeve, dict[str, Any]]
     events: list[Event]
     stakes: dict[Sleeve, dict[str, float]] = field(default_factory=dict)
+    stops: dict[Sleeve, dict[str, StopLevel]] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)
