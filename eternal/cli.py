@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
     bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
     bf.add_argument("--end", type=_date, help="end day, exclusive (default: after the last day)")
-    bf.add_argument("--engines", help="comma-separated engines, e.g. core (default: all implemented)")
+    bf.add_argument("--engines", help="comma-separated engines: core, trend-1, trend-2, or trend for both "
+                    "(default: all implemented); one sleeve alone receives the whole capital")
     bf.add_argument("--capital", type=_positive, help="starting capital in USDT (default: settings)")
     bf.add_argument("--data-dir", type=Path, help="CSV directory (default: ETERNAL_DATA_DIR, else the database)")
     bf.add_argument("--out", type=Path, default=Path("out/backfill"), help="output directory")

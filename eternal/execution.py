@@ -54,7 +54,8 @@ def sync_record(rec: OrderRecord, ex_order: ExchangeOrder, known_trades: set[str
 def scaled_event(rec: OrderRecord, now: datetime) -> Event | None:
     """A buy filled for less than asked because the cash could not cover it at the fill price."""
     asked = rec.intent.qty
-    if rec.status != OrderStatus.FILLED or rec.filled_qty >= asked * (1 - 1e-9):
+    if (not rec.intent.scale_to_cash or rec.status != OrderStatus.FILLED
+            or rec.filled_qty >= asked * (1 - 1e-9)):
         return None
     return Event(utc(now), "order_scaled_to_cash",
                  f"{rec.client_order_id}: {rec.intent.symbol} {rec.intent.side} filled {rec.filled_qty:.8g} "
@@ -85,6 +86,8 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
             rec = OrderRecord(cid, flow, utc(scheduled), intent, created_at=utc(now), updated_at=utc(now))
         if ex_order is None:
             rec.status = OrderStatus.SUBMITTED
+            if intent.leverage is not None:      # idempotent: the symbol's leverage, then the order
+                exchange.set_leverage(intent.sleeve, intent.symbol, intent.leverage)
             try:
                 ex_order = exchange.place_order(cid, intent, now)
             except DuplicateOrder:

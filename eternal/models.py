@@ -108,6 +108,7 @@ class OrderIntent:
     post_only: bool = False
     reduce_only: bool = False
     scale_to_cash: bool = False      # a buy the cash cannot cover is scaled down, not refused
+    leverage: float | None = None    # perps: leverage to set for the symbol before an opening order
 
     def __post_init__(self) -> None:
         if not self.qty > 0:
@@ -246,8 +247,8 @@ class FundingPayment:
     qty: float                      # signed position qty at the settlement
     price: float                    # price the payment was computed at
     rate: float                     # funding rate of the settlement (fraction per settlement)
-    amount: float                   # realised: what the ledger booked
-    expected: float                 # rate x qty x price, for comparison with the exchange's figure
+    amount: float                   # realised: what the ledger booked (> 0 received)
+    expected: float                 # -rate x signed qty x price, same sign convention, to compare
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +277,7 @@ class Snapshot:
     perps: dict[str, Any] = field(default_factory=dict)        # asset -> PerpMarket (indicators)
     perp_index: dict[str, int] = field(default_factory=dict)   # asset -> position of `day` in it
     marks: dict[str, float] = field(default_factory=dict)      # perp symbol -> close of `day`
+    btc_eth_correlation: float | None = None   # 30-day correlation of daily perp returns at `day`
 
 
 @dataclass

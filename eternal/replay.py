@@ -1,7 +1,11 @@
 """Replay the daily cycle over history: the same pure cycle, executor and paper exchange as live.
 
-Day D: fills of D-1's decisions at D's open -> staking accrual -> decisions on D's close -> orders
-rest until D+1's open. Data is validated once for the whole window (every prefix of a valid series
+A replayed day D, in time order (spec, chapter 3):
+  funding 00:00 -> orders decided at D-1's close fill at D's open (exits before entries, sells
+  before buys) -> stop checks on D's range (a stop fills at min(open, stop) for longs) ->
+  liquidations -> funding 08:00 and 16:00 (and any irregular settlement) -> staking accrual ->
+  decisions on D's close. Funding is paid at D's open price: the replay has no intraday perp price.
+Positions still open when the window ends are closed at the last close (reason `end`). Data is validated once for the whole window (every prefix of a valid series
 is valid and each day only sees candles up to D, so per-day staleness holds by construction);
 indicators and all-time highs are computed once per series and sliced by position.
 """
@@ -25,10 +29,14 @@ from eternal.data.quality import validate_market_data
 from eternal.errors import DataError, EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import execute, scaled_event, sync_record
+from eternal.indicators import PerpMarket, perp_market, return_correlation
 from eternal.models import (
+    PERP_SYMBOLS,
     SPOT_SYMBOLS,
     Event,
+    ExitReason,
     Fill,
+    FundingPayment,
     OrderRecord,
     Quote,
     Sleeve,
@@ -39,7 +47,9 @@ from eternal.models import (
 from eternal.store.ledger import LedgerStore
 
 FLOW = "backfill"
-REQUIRED = {Sleeve.CORE: ("BTC", "ETH")}       # spot assets each engine trades
+SPOT_NEEDS = {Sleeve.CORE: ("BTC", "ETH")}                            # spot assets an engine trades
+PERP_NEEDS = {Sleeve.TREND_1: ("BTC", "ETH"), Sleeve.TREND_2: ("BTC", "ETH")}  # perps it trades
+ALIASES = {"trend": (Sleeve.TREND_1, Sleeve.TREND_2)}
 TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price", "fee", "reason",
                  "client_order_id"]
 
@@ -55,19 +65,23 @@ class BackfillResult:
     equity: pd.DataFrame
     events: list[Event] = field(default_factory=list)
     out_dir: Path | None = None
+    funding: list[FundingPayment] = field(default_factory=list)
 
 
 def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
-    """'core,trend-1' -> sleeves; None -> every implemented engine."""
+    """'core,trend-1' -> sleeves; 'trend' -> TREND-1 and TREND-2; None -> every implemented engine."""
     if not engines:
         return tuple(cycle.ENGINES)
-    chosen = []
+    chosen: list[Sleeve] = []
     for name in (n.strip().lower() for n in engines.split(",") if n.strip()):
+        if name in ALIASES:
+            chosen += ALIASES[name]
+            continue
         try:
             sleeve = Sleeve(name)
         except ValueError:
             raise BackfillError(f"--engines: unknown engine {name!r}; known: "
-                                f"{', '.join(s.value for s in Sleeve)}") from None
+                                f"{', '.join([*(s.value for s in Sleeve), *ALIASES])}") from None
         if sleeve not in cycle.ENGINES:
             raise BackfillError(f"--engines: engine {name!r} is not implemented yet; available: "
                                 f"{', '.join(s.value for s in cycle.ENGINES)}")
@@ -84,18 +98,31 @@ def allocate(capital: float, settings: Settings, sleeves: tuple[Sleeve, ...]) ->
     return {s: w / total for s, w in raw.items()}
 
 
+def perp_markets(data: DataSet, assets, settings: Settings) -> dict[str, PerpMarket]:
+    """Indicators for every perp the TREND sleeves trade, computed once per series."""
+    lengths = {settings.trend_1.fast_sma, settings.trend_1.slow_sma,
+               settings.trend_2.fast_sma, settings.trend_2.slow_sma}
+    return {a: perp_market(a, PERP_SYMBOLS[a], data.daily(PERP_SYMBOLS[a]), data.funding.get(PERP_SYMBOLS[a]),
+                           lengths, settings.trend_1.adx_length, settings.trend_1.atr_length)
+            for a in assets}
+
+
 def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
                  engine: Engine | None = None, progress: bool = True,
-                 on_day: Callable[[datetime], None] | None = None) -> BackfillResult:
+                 on_day: Callable[..., None] | None = None) -> BackfillResult:
+    """`on_day(day, books, exchange_books, closes, marks)` is called after each replayed close."""
     sleeves = sleeves or tuple(cycle.ENGINES)
     capital = settings.initial_capital if capital is None else capital
     if not capital > 0:
         raise BackfillError(f"--capital must be positive, got {capital}")
-    assets = sorted({a for s in sleeves for a in REQUIRED[s]})
-    frames = {a: data.daily(SPOT_SYMBOLS[a]) for a in assets}
+    spot_assets = sorted({a for s in sleeves for a in SPOT_NEEDS.get(s, ())})
+    perp_assets = sorted({a for s in sleeves for a in PERP_NEEDS.get(s, ())})
+    frames = {SPOT_SYMBOLS[a]: data.daily(SPOT_SYMBOLS[a]) for a in spot_assets}
+    frames |= {PERP_SYMBOLS[a]: data.daily(PERP_SYMBOLS[a]) for a in perp_assets}
 
+    # a perp series may start before its indicators exist: the window only needs the candles
     first = max(f.index[0] for f in frames.values())
     last = min(f.index[-1] for f in frames.values())
     start = utc(start) if start is not None else first.to_pydatetime()
@@ -103,16 +130,20 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     if start < first or end > last + timedelta(days=1) or start >= end:
         raise BackfillError(
             f"backfill window {start:%Y-%m-%d}..{end:%Y-%m-%d} (end exclusive) is outside the data: "
-            f"{', '.join(SPOT_SYMBOLS[a] for a in assets)} cover {first:%Y-%m-%d}..{last:%Y-%m-%d}")
+            f"{', '.join(frames)} cover {first:%Y-%m-%d}..{last:%Y-%m-%d}")
 
-    validate_market_data({SPOT_SYMBOLS[a]: f[f.index < end] for a, f in frames.items()}, {}, None,
+    funding = {PERP_SYMBOLS[a]: data.funding[PERP_SYMBOLS[a]] for a in perp_assets
+               if PERP_SYMBOLS[a] in data.funding}
+    validate_market_data({sym: f[f.index < end] for sym, f in frames.items()},
+                         {sym: f[f.index < end] for sym, f in funding.items()}, None,
                          max_daily_move=settings.data.max_daily_move,
                          max_funding_rate=settings.data.max_funding_rate_8h)
 
     days = pd.date_range(start, end - timedelta(days=1), freq="D", tz="UTC")
     # Computed once per series, then read by position: opens, closes, all-time-high closes.
     cols: dict[str, dict[str, np.ndarray]] = {}
-    for a, f in frames.items():
+    for a in spot_assets:
+        f = frames[SPOT_SYMBOLS[a]]
         ath = f["close"].cummax()
         aligned = f.reindex(days)
         if aligned["close"].isna().any():
@@ -120,6 +151,10 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             raise DataError(f"{SPOT_SYMBOLS[a]} misses days inside the window: {list(map(str, missing))}")
         cols[a] = {"open": aligned["open"].to_numpy(float), "close": aligned["close"].to_numpy(float),
                    "ath": ath.reindex(days).to_numpy(float)}
+    markets = perp_markets(data, perp_assets, settings)
+    perp_pos = {a: markets[a].days.get_indexer(days) for a in perp_assets}   # day -> row, -1 if none
+    correlation = (return_correlation(markets["BTC"], markets["ETH"], settings.trend_1.correlation_window_days)
+                   .reindex(days).to_numpy(float) if {"BTC", "ETH"} <= set(perp_assets) else None)
 
     shares = allocate(capital, settings, sleeves)
     books = {s: SleeveBook(s, capital * w) for s, w in shares.items()}
@@ -136,8 +171,25 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     trade_ids: set[str] = set()
     fills: list[Fill] = []
     events: list[Event] = []
+    payments: list[FundingPayment] = []
     equity_rows: list[dict] = []
     apy = settings.core.staking_apy
+
+    def book_fills(new: list[Fill], ts: datetime) -> None:
+        for f in new:
+            ledger.apply_fill(books[f.sleeve], f)
+            trade_ids.add(f.trade_id)
+        fills.extend(new)
+
+    def settle(ts_from: datetime, ts_to: datetime, opens: dict[str, float]) -> None:
+        """Funding settlements in [ts_from, ts_to), in time order, at the day's open price."""
+        due = sorted((ts, sym, rate) for a in perp_assets
+                     for ts, rate in markets[a].settlements(ts_from, ts_to) for sym in [PERP_SYMBOLS[a]])
+        for ts, sym, rate in due:
+            for p in exchange.settle_funding(ts, sym, rate, opens[sym]):
+                ledger.apply_funding(books[p.sleeve], p)
+                payments.append(p)
+
     iterator = range(len(days))
     if progress:
         from tqdm import tqdm
@@ -146,48 +198,71 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
 
     for i in iterator:
         day = days[i].to_pydatetime()
-        opens = {SPOT_SYMBOLS[a]: float(cols[a]["open"][i]) for a in assets}
-        for order in exchange.on_bar(day, opens):
+        next_day = day + timedelta(days=1)
+        opens = {SPOT_SYMBOLS[a]: float(cols[a]["open"][i]) for a in spot_assets}
+        bars = {}
+        for a in perp_assets:
+            j = perp_pos[a][i]
+            if j < 0:
+                raise DataError(f"{PERP_SYMBOLS[a]} has no candle for {day:%Y-%m-%d}")
+            m = markets[a]
+            opens[m.symbol] = float(m.open[j])
+            bars[m.symbol] = (float(m.open[j]), float(m.high[j]), float(m.low[j]))
+
+        settle(day, day + timedelta(seconds=1), opens)                   # 1. funding 00:00
+        for order in exchange.on_bar(day, opens):                        # 2-3. exits, then entries
             rec = records[order.client_order_id]
             new = sync_record(rec, order, trade_ids)
             rec.updated_at = day
-            for f in new:
-                ledger.apply_fill(books[f.sleeve], f)
-            fills += new
+            book_fills(new, day)
             if new and (scaled := scaled_event(rec, day)):
                 events.append(scaled)
             if order.error:
                 events.append(Event(day, "order_rejected", order.error, rec.intent.sleeve, "alert",
                                     {"client_order_id": rec.client_order_id}))
+        if bars:
+            book_fills(exchange.check_stops(day, bars), day)              # 4. stops
+            for f in (liquidated := exchange.check_liquidations(day, bars)):
+                events.append(Event(day, "liquidation", f"{f.symbol} liquidated at {f.price:.2f}",
+                                    f.sleeve, "alert", {"qty": f.qty}))
+            book_fills(liquidated, day)
+        settle(day + timedelta(seconds=1), next_day, opens)              # 5. funding 08:00, 16:00
         if apy >= settings.core.staking_min_apy:
             for s, b in books.items():
                 if b.staked.get("ETH"):
                     ledger.accrue_staking(exchange.books[s], "ETH", apy)
                     ledger.accrue_staking(b, "ETH", apy)
 
-        closes = {a: float(cols[a]["close"][i]) for a in assets}
-        asof = day + timedelta(days=1)
-        snap = Snapshot(asof, day, closes, {a: float(cols[a]["ath"][i]) for a in assets},
-                        {a: Quote(c, c, c) for a, c in closes.items()}, books, states)
+        closes = {a: float(cols[a]["close"][i]) for a in spot_assets}    # 6. decisions at the close
+        marks = {markets[a].symbol: float(markets[a].close[perp_pos[a][i]]) for a in perp_assets}
+        snap = Snapshot(next_day, day, closes, {a: float(cols[a]["ath"][i]) for a in spot_assets},
+                        {a: Quote(c, c, c) for a, c in closes.items()}, books, states, {},
+                        markets, {a: int(perp_pos[a][i]) for a in perp_assets}, marks,
+                        float(correlation[i]) if correlation is not None else None)
         plan = cycle.daily(snap, settings, sleeves)
         states = {**states, **plan.states}
         events += plan.events
         for s, moves in plan.stakes.items():
             for asset, qty in moves.items():
                 ledger.stake(books[s], asset, exchange.stake(s, asset, qty))
-        result = execute(plan.intents, exchange, flow=FLOW, scheduled=asof, now=asof, known=records,
+        for s, levels in plan.stops.items():
+            for sym, level in levels.items():
+                exchange.set_stop(s, sym, level)
+        result = execute(plan.intents, exchange, flow=FLOW, scheduled=next_day, now=next_day, known=records,
                          known_trades=trade_ids)
         for rec in result.orders:
             records[rec.client_order_id] = rec
         events += result.events
+        if i == len(days) - 1:                                           # the backfill ends here
+            for order in exchange.cancel_open("backfill ended before the next open"):
+                records[order.client_order_id].status = order.status
+                records[order.client_order_id].error = order.error
+            book_fills(exchange.close_all(next_day, marks, ExitReason.END), next_day)
         for s, b in books.items():
-            equity_rows.append({"day": day, "sleeve": s.value, "equity": b.equity(closes), "cash": b.cash})
+            equity_rows.append({"day": day, "sleeve": s.value, "equity": b.equity(closes, marks),
+                                "cash": b.cash})
         if on_day is not None:
-            on_day(day)
-
-    for order in exchange.cancel_open("backfill ended before the next open"):
-        records[order.client_order_id].status = order.status
-        records[order.client_order_id].error = order.error
+            on_day(day, books, exchange.books, closes, marks)
 
     equity = (pd.DataFrame(equity_rows).pivot(index="day", columns="sleeve", values="equity")
               if equity_rows else pd.DataFrame())
@@ -199,19 +274,21 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         "side": f.side.value, "qty": f.qty, "price": f.price, "fee": f.fee, "reason": f.reason,
         "client_order_id": f.client_order_id} for f in fills], columns=TRADE_COLUMNS)
     summary = summarise(equity, trades, capital, start, end, sleeves)
+    summary["funding"] = float(sum(p.amount for p in payments))
 
     if store is not None:
         with engine.begin() as conn:
             store.save_execution(list(records.values()), fills, events, books.values(), end, FLOW, conn)
             store.save_states(states, end, conn)
             store.save_equity(equity_rows, conn)
+            store.save_funding(payments, conn)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         trades.to_csv(out_dir / "trades.csv", index=False)
         equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return BackfillResult(summary, trades, equity, events, out_dir)
+    return BackfillResult(summary, trades, equity, events, out_dir, payments)
 
 
 def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
@@ -233,5 +310,7 @@ def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start:
         "max_drawdown": drawdown,
         "sharpe": float(daily.mean() / sd * math.sqrt(365)) if sd > 0 else None,
         "trades": int(len(trades)),
+        "exit_reasons": {str(k): int(v) for k, v in trades[trades.market == "perp"]["reason"]
+                         .value_counts().items() if k != "entry"} if len(trades) else {},
         "fees": float(trades["fee"].sum()) if len(trades) else 0.0,
     }

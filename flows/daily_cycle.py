@@ -7,9 +7,9 @@ from prefect import flow, runtime
 
 from eternal import cycle
 from eternal.config import load_settings
-from eternal.models import UTC, last_closed_day, utc
+from eternal.models import SPOT_SYMBOLS, UTC, Quote, last_closed_day, utc
 from tasks.context import stores
-from tasks.execution import execute_plan
+from tasks.execution import execute_plan, sync_exchange
 from tasks.market_data import gather_snapshot
 from tasks.record import record_cycle
 
@@ -32,11 +32,14 @@ def daily_cycle(asof: datetime | None = None) -> dict:
     _, ledger = stores(s)
     run_id = ledger.start_run(FLOW, scheduled, s.mode.value, now)
     try:
+        sync_exchange(last_closed_day(asof), s, now)     # stops that fired during the closed day
         snap = gather_snapshot(asof, s)
         plan = cycle.daily(snap, s)
         execute = execute_plan.with_options(retries=s.execution.retries,
                                             retry_delay_seconds=list(s.execution.retry_delays_s))
-        result = execute(plan, snap.quotes, FLOW, scheduled, s, now)
+        quotes = {SPOT_SYMBOLS[a]: q for a, q in snap.quotes.items()}
+        quotes |= {sym: Quote(m, m, m) for sym, m in snap.marks.items()}   # perps: the mark
+        result = execute(plan, quotes, FLOW, scheduled, s, now)
         report = record_cycle(snap, plan, result, s, str(scheduled), now)
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": str(exc)}, datetime.now(UTC))

@@ -5,17 +5,19 @@ any send); this task adds Prefect retries, the paper exchange's persistence and 
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from prefect import get_run_logger, task
+from sqlalchemy import select
 
 from eternal import ledger as books_ledger
 from eternal.config import Mode, Settings
 from eternal.errors import ConfigError, InsufficientFunds
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import ExecutionResult, client_order_id, execute
-from eternal.models import SPOT_SYMBOLS, Event, Plan, Quote, utc
+from eternal.models import Event, Fill, Plan, Quote, utc
 from eternal.store.ledger import LedgerStore
+from eternal.store.models import FillRow
 from tasks.context import stores
 
 PAPER = "paper"
@@ -45,14 +47,14 @@ def _retry_unless_insufficient_funds(task, task_run, state) -> bool:
       retry_condition_fn=_retry_unless_insufficient_funds)
 def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: datetime, s: Settings,
                  now: datetime) -> ExecutionResult:
-    """`quotes`: best bid/ask by asset at decision time; the paper exchange fills against them."""
+    """`quotes`: best bid/ask by symbol at decision time; the paper exchange fills against them."""
     log = get_run_logger()
     if s.mode != Mode.PAPER:
         raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: only the paper exchange is wired to the "
                           "daily cycle so far; use paper, or `eternal backfill` for replay")
     _, ledger = stores(s)
     exchange = open_paper_exchange(ledger, s, now)
-    exchange.set_quotes({SPOT_SYMBOLS[a]: q for a, q in quotes.items()})
+    exchange.set_quotes(quotes)
     # Staking moves and rewards, as the exchange did them: our ledger repeats the same operations
     # on its own books (same arithmetic, so the two never drift apart by a rounding).
     book_ops = _accrue_staking(exchange, ledger, s, plan, now)
@@ -60,6 +62,9 @@ def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: dat
         for asset, qty in moves.items():
             key = f"stake|{scheduled.isoformat()}|{sleeve.value}|{asset}"
             book_ops.append((key, "stake", sleeve, asset, exchange.stake(sleeve, asset, qty, key)))
+    for sleeve, levels in plan.stops.items():     # stops kept in step with the engines' levels
+        for symbol, level in levels.items():
+            exchange.set_stop(sleeve, symbol, level)
     ids = [client_order_id(flow, scheduled, i.sleeve, i.key) for i in plan.intents]
     known, trades = ledger.load_orders(ids), ledger.load_trade_ids(ids)
     try:
@@ -93,6 +98,45 @@ def _persist(ledger: LedgerStore, result: ExecutionResult, book_ops: list[tuple]
         books_ledger.apply_fill(books[fill.sleeve], fill)
     ledger.save_execution(result.orders, result.fills, result.events + op_events, books.values(), now,
                           run_key)
+
+
+@task(name="sync-exchange", retries=3, retry_delay_seconds=[1, 5, 15])
+def sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
+    """What the exchange did since the last cycle, booked in our ledger before deciding.
+
+    Paper mode: the resting stops (and liquidations) are checked against the range of the day that
+    just closed, as the exchange's stop orders would have fired during it. Idempotent: a fired stop
+    is gone from the exchange, and fills already in our ledger (by trade id) are not booked again.
+    """
+    if s.mode != Mode.PAPER:
+        return []
+    market, ledger = stores(s)
+    state = ledger.load_exchange_state(PAPER)
+    if state is None:
+        return []
+    exchange = PaperExchange.from_state(state, s.fees, FillPolicy.IMMEDIATE,
+                                        lambda ex: ledger.save_exchange_state(PAPER, ex.to_state(), now))
+    bars = {}
+    for symbol in {sym for b in exchange.books.values() for sym in b.perps}:
+        candle = market.load_candles(symbol, "1d", start=day, end=day + timedelta(days=1))
+        if len(candle):
+            bars[symbol] = (float(candle["open"].iloc[0]), float(candle["high"].iloc[0]),
+                            float(candle["low"].iloc[0]))
+    fills = exchange.check_stops(day, bars) + exchange.check_liquidations(day, bars) if bars else []
+    with ledger.engine.connect() as conn:
+        seen = set(conn.execute(select(FillRow.trade_id).where(
+            FillRow.trade_id.in_([f.trade_id for f in fills]))).scalars()) if fills else set()
+    new = [f for f in {f.trade_id: f for f in fills}.values() if f.trade_id not in seen]
+    if new:
+        books = ledger.load_books()
+        for f in new:
+            books_ledger.apply_fill(books[f.sleeve], f)
+        events = [Event(now, "stop_filled" if f.reason != "liquidation" else "liquidation",
+                        f"{f.symbol} {f.side} {f.qty:.8g} at {f.price:.2f} ({f.reason})", f.sleeve,
+                        "warning", {"trade_id": f.trade_id}) for f in new if f.reason in
+                  ("hard_stop", "trailing_stop", "liquidation")]
+        ledger.save_execution([], new, events, books.values(), now, f"sync {day:%Y-%m-%d}")
+    return new
 
 
 def _accrue_staking(exchange: PaperExchange, ledger: LedgerStore, s: Settings, plan: Plan,

@@ -9,13 +9,21 @@ from eternal import cycle
 from eternal.config import Mode, Settings
 from eternal.data.quality import validate_market_data
 from eternal.errors import DataQualityError
-from eternal.models import SPOT_SYMBOLS, Event, Quote, Sleeve, Snapshot, last_closed_day
-from eternal.replay import REQUIRED
+from eternal.indicators import return_correlation
+from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Quote, Sleeve, Snapshot, last_closed_day
+from eternal.replay import PERP_NEEDS, SPOT_NEEDS, perp_markets
 from tasks.context import stores
 
 
-def required_symbols(sleeves) -> list[str]:
-    return sorted({SPOT_SYMBOLS[a] for s in sleeves if s in REQUIRED for a in REQUIRED[s]})
+def active_sleeves(s: Settings) -> list[Sleeve]:
+    """Sleeves with an engine and a weight: the ones the cycle decides for."""
+    return [sl for sl in cycle.ENGINES if getattr(s.weights, sl.weight_field) > 0]
+
+
+def needed_assets(sleeves) -> tuple[list[str], list[str]]:
+    spot = sorted({a for sl in sleeves for a in SPOT_NEEDS.get(sl, ())})
+    perp = sorted({a for sl in sleeves for a in PERP_NEEDS.get(sl, ())})
+    return spot, perp
 
 
 @task(name="gather-snapshot")
@@ -23,7 +31,8 @@ def gather_snapshot(asof: datetime, s: Settings) -> Snapshot:
     log = get_run_logger()
     market, ledger = stores(s)
     day = last_closed_day(asof)
-    symbols = required_symbols(cycle.ENGINES)
+    spot, perp = needed_assets(active_sleeves(s))
+    symbols = [SPOT_SYMBOLS[a] for a in spot] + [PERP_SYMBOLS[a] for a in perp]
     stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or datetime.min.replace(
         tzinfo=day.tzinfo)) < day]
     if stale and s.mode != Mode.REPLAY and s.data.refresh_before_cycle:
@@ -33,9 +42,13 @@ def gather_snapshot(asof: datetime, s: Settings) -> Snapshot:
         download_market_data(market, since=day - timedelta(days=400), now=asof, progress=False,
                              exchange=make_bybit_public(s.exchange.public_url))
 
-    frames = {sym: market.load_candles(sym, "1d", end=day + timedelta(days=1)) for sym in symbols}
+    until = day + timedelta(days=1)
+    frames = {sym: market.load_candles(sym, "1d", end=until) for sym in symbols}
+    funding = {PERP_SYMBOLS[a]: market.load_funding(PERP_SYMBOLS[a], end=until + timedelta(seconds=1))
+               for a in perp}
     try:
-        validate_market_data(frames, {}, asof, max_daily_move=s.data.max_daily_move,
+        validate_market_data(frames, {k: f for k, f in funding.items() if len(f)}, asof,
+                             max_daily_move=s.data.max_daily_move,
                              max_funding_rate=s.data.max_funding_rate_8h)
     except DataQualityError as exc:
         ledger.append_events([Event(asof, "data_quality_failed", str(exc), None, "alert",
@@ -46,11 +59,21 @@ def gather_snapshot(asof: datetime, s: Settings) -> Snapshot:
         weights = {sl: getattr(s.weights, sl.weight_field) for sl in Sleeve}
         ledger.initialise(s.initial_capital, weights, asof)
         log.info("portfolio initialised with %.2f USDT", s.initial_capital)
-    closes = {sym.split("/")[0]: float(f["close"].iloc[-1]) for sym, f in frames.items()}
-    ath = {sym.split("/")[0]: float(f["close"].max()) for sym, f in frames.items()}
+    closes = {a: float(frames[SPOT_SYMBOLS[a]]["close"].iloc[-1]) for a in spot}
+    ath = {a: float(frames[SPOT_SYMBOLS[a]]["close"].max()) for a in spot}
+    from eternal.data.csv_files import DataSet
+
+    data = DataSet({(sym, "1d"): frames[sym] for sym in frames}, funding)
+    markets = perp_markets(data, perp, s)
+    index = {a: markets[a].index_of(day) for a in perp}
+    marks = {PERP_SYMBOLS[a]: float(markets[a].close[i]) for a, i in index.items()}
+    corr = None
+    if {"BTC", "ETH"} <= set(perp):
+        c = return_correlation(markets["BTC"], markets["ETH"], s.trend_1.correlation_window_days)
+        corr = float(c.iloc[-1]) if len(c) else None
     last_ok = ledger.last_run("daily-cycle", "completed")
     inflows = ledger.inflows_since(last_ok.started_at if last_ok else None)
     # Paper mode: no order book is stored, so the best bid and ask are the last close.
     quotes = {a: Quote(c, c, c) for a, c in closes.items()}
-    return Snapshot(asof, day, closes, ath, quotes, ledger.load_books(), ledger.load_states(), inflows)
-
+    return Snapshot(asof, day, closes, ath, quotes, ledger.load_books(), ledger.load_states(), inflows,
+                    markets, index, marks, corr)

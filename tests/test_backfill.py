@@ -17,11 +17,12 @@ from eternal.store.ledger import LedgerStore
 from eternal.store.models import EventRow, FillRow, OrderRow
 
 START, END = "2021-01-01", "2021-07-01"
+CORE = parse_sleeves("core")      # these tests prove CORE's replay; TREND's are in test_trend_replay.py
 
 
 @pytest.fixture
 def result(dataset, tmp_path):
-    return run_backfill(dataset, load_settings(), start=utc(START), end=utc(END), capital=10_000.0,
+    return run_backfill(dataset, load_settings(), sleeves=CORE, start=utc(START), end=utc(END), capital=10_000.0,
                         out_dir=tmp_path / "out", engine=connect(f"sqlite:///{tmp_path / 'bf.db'}"),
                         progress=False)
 
@@ -95,7 +96,7 @@ def test_backfill_persists_orders_fills_and_events_in_bulk(result, tmp_path):
 
 def test_a_window_outside_the_data_is_refused_with_the_data_range(dataset):
     with pytest.raises(BackfillError, match="2017-08-17..2026-01-05"):
-        run_backfill(dataset, load_settings(), start=utc("2016-01-01"), end=utc("2017-01-01"),
+        run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2016-01-01"), end=utc("2017-01-01"),
                      progress=False)
 
 
@@ -115,11 +116,11 @@ def test_a_single_selected_sleeve_receives_the_whole_capital(dataset):
 def test_staked_eth_accrues_the_configured_apy_daily(dataset, monkeypatch):
     monkeypatch.setenv("ETERNAL_CORE__STAKING_APY", "0.04")
     s = load_settings()
-    r = run_backfill(dataset, s, start=utc("2021-01-01"), end=utc("2021-03-01"), progress=False)
+    r = run_backfill(dataset, s, sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-03-01"), progress=False)
     stakes = [e for e in r.events if e.kind == "core_phase" and "EARN_OPTIMIZING" in e.message]
     assert stakes, "after the tranches CORE is EARN_OPTIMIZING"
     monkeypatch.delenv("ETERNAL_CORE__STAKING_APY")
-    base = run_backfill(dataset, load_settings(), start=utc("2021-01-01"), end=utc("2021-03-01"),
+    base = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-03-01"),
                         progress=False)
     gain = r.equity["core"].iloc[-1] - base.equity["core"].iloc[-1]
     # staking starts the day after the last tranche (2021-01-22 close): at most 38 days of 4 %
@@ -152,7 +153,7 @@ def test_replay_decides_like_the_daily_flow_on_the_same_day(dataset):
     from eternal.models import Quote, Sleeve, SleeveBook, Snapshot
 
     s = load_settings()
-    r = run_backfill(dataset, s, start=utc("2024-03-01"), end=utc("2024-03-03"), capital=60_000.0,
+    r = run_backfill(dataset, s, sleeves=CORE, start=utc("2024-03-01"), end=utc("2024-03-03"), capital=60_000.0,
                      progress=False)
     day = utc("2024-03-01")
     closes = {a: float(dataset.daily(f"{a}/USDT").loc["2024-03-01", "close"]) for a in ("BTC", "ETH")}
@@ -166,7 +167,7 @@ def test_replay_decides_like_the_daily_flow_on_the_same_day(dataset):
 
 @pytest.mark.db
 def test_backfill_ledger_persists_on_both_databases(db_url, dataset):
-    r = run_backfill(dataset, load_settings(), start=utc("2021-01-01"), end=utc("2021-04-01"),
+    r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-04-01"),
                      capital=10_000.0, engine=connect(db_url), progress=False)
     engine = connect(db_url)
     with engine.connect() as conn:
@@ -182,7 +183,7 @@ def test_a_buy_the_cash_cannot_cover_at_the_fill_price_is_scaled_down_and_report
     # no buffer, one tranche: BTC takes 2/3 of the cash plus its fee, so ETH's 1/3 cannot be paid
     monkeypatch.setenv("ETERNAL_CORE__CASH_BUFFER", "0")
     monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "1")
-    r = run_backfill(dataset, load_settings(), start=utc("2021-01-01"), end=utc("2021-01-04"),
+    r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-01-04"),
                      capital=9_000.0, progress=False)
     btc, eth = (r.trades[r.trades.symbol == s].iloc[0] for s in ("BTC/USDT", "ETH/USDT"))
     cash_left = 9_000.0 - btc.qty * btc.price * 1.001

@@ -16,15 +16,23 @@ pytestmark = [pytest.mark.db, pytest.mark.flow]
 ASOF = "2024-01-01T00:05:00Z"        # decides on the close of 2023-12-31
 
 
+def load_market(engine, dataset, start: str, end: str) -> None:
+    """Real BTC/ETH spot and perp daily candles and perp funding with start <= ts < end."""
+    market = MarketStore(engine)
+    for sym in ("BTC/USDT", "ETH/USDT", "BTC/USDT:USDT", "ETH/USDT:USDT"):
+        df = dataset.daily(sym)
+        market.upsert_candles(sym, "1d", df[(df.index >= start) & (df.index < end)])
+    for sym in ("BTC/USDT:USDT", "ETH/USDT:USDT"):
+        f = dataset.funding[sym]
+        market.upsert_funding(sym, f[(f.index >= start) & (f.index <= end)])
+
+
 @pytest.fixture
 def db(db_url, dataset, monkeypatch, prefect_harness):
-    """A database holding real BTC/ETH daily candles up to 2023-12-31, and settings pointing at it."""
+    """A database holding a year of real daily candles up to 2023-12-31, and settings pointing at it."""
     monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
     engine = connect(db_url)
-    market = MarketStore(engine)
-    for sym in ("BTC/USDT", "ETH/USDT"):
-        df = dataset.daily(sym)
-        market.upsert_candles(sym, "1d", df[(df.index >= "2023-01-01") & (df.index < "2024-01-01")])
+    load_market(engine, dataset, "2023-01-01", "2024-01-01")
     return engine
 
 
@@ -61,7 +69,7 @@ def test_first_cycle_buys_the_first_tranche_at_the_bid_with_maker_fee(db, datase
         orders = conn.execute(select(OrderRow)).all()
         assert {o.status for o in orders} == {"filled"}
         assert all(len(o.client_order_id) <= 36 and o.post_only for o in orders)
-        state = conn.execute(select(EngineStateRow.state)).scalar_one()
+        state = conn.execute(select(EngineStateRow.state).where(EngineStateRow.sleeve == "core")).scalar_one()
         assert state["phase"] == "INITIALIZING" and state["tranches_done"] == 1
         kinds = set(conn.execute(select(EventRow.kind)).scalars())
         assert {"core_phase", "core_tranche"} <= kinds
@@ -212,12 +220,48 @@ def test_staking_is_applied_once_across_a_crash_retry_and_a_rerun_and_rewards_ma
     assert ours.staked == exchange.books[Sleeve.CORE].staked == {"ETH": 19_000.0 / eth}
     assert ours.holdings["ETH"] == 0.0
 
-    market = MarketStore(db)                                # the next day: one day of rewards
-    for sym in ("BTC/USDT", "ETH/USDT"):
-        market.upsert_candles(sym, "1d", dataset.daily(sym).loc["2024-01-01":"2024-01-01"])
+    load_market(db, dataset, "2024-01-01", "2024-01-02")    # the next day: one day of rewards
     run("2024-01-02T00:05:00Z")
     exchange = PaperExchange.from_state(ledger.load_exchange_state("paper"), None, None)
     ours = ledger.load_books()[Sleeve.CORE]
     assert ours.staked["ETH"] == exchange.books[Sleeve.CORE].staked["ETH"] == pytest.approx(
         19_000.0 / eth * (1 + 0.03 / 365))
     assert count(db, EventRow, EventRow.kind == "staking_reward") == 1
+
+
+def test_trend_position_stop_is_kept_at_the_exchange_and_fires_on_the_next_days_range(db, dataset):
+    """Paper mode, 2024-08: TREND-2 shorts BTC on the close of 08-07 (filled at the mark, 55,102.90);
+    the next cycle sets the hard stop at the exchange (fill + 2 x ATR of 08-07, valid from 08-09,
+    the day after the fill); the cycle after books the stop that fired on 08-09's range, at the
+    gap open 61,659.80 -- the same fill the replay makes."""
+    from eternal.models import PERP_SYMBOLS
+    from eternal.store.models import FillRow
+
+    load_market(db, dataset, "2023-08-01", "2024-08-10")
+    run("2024-08-08T00:05:00Z")
+    books = LedgerStore(db).load_books()
+    pos = books[Sleeve.TREND_2].perps[PERP_SYMBOLS["BTC"]]
+    assert pos.qty < 0 and pos.entry_price == 55_102.9 and pos.margin == pytest.approx(-pos.qty * 55_102.9 / 2)
+
+    run("2024-08-09T00:05:00Z")
+    state = LedgerStore(db).load_exchange_state("paper")
+    stop = PaperExchange.from_state(state, None, None).stops[(Sleeve.TREND_2, PERP_SYMBOLS["BTC"])]
+    from eternal.indicators import perp_market
+
+    m = perp_market("BTC", PERP_SYMBOLS["BTC"], dataset.daily(PERP_SYMBOLS["BTC"]))
+    atr_0807 = float(m.atr[m.index_of(_ts("2024-08-07"))])
+    assert stop.reason == "hard_stop" and stop.price == pytest.approx(55_102.9 + 2 * atr_0807)
+    assert stop.price == pytest.approx(61_467.15, abs=0.01)
+    assert PERP_SYMBOLS["BTC"] in LedgerStore(db).load_books()[Sleeve.TREND_2].perps    # not on 08-08
+
+    run("2024-08-10T00:05:00Z")
+    with db.connect() as conn:
+        fired = conn.execute(select(FillRow.price, FillRow.reason, FillRow.sleeve).where(
+            FillRow.reason == "hard_stop")).all()
+    assert [(f.price, f.sleeve) for f in fired] == [(61_659.8, "trend-2")]
+    assert count(db, EventRow, EventRow.kind == "stop_filled") == 1
+    ours = LedgerStore(db).load_books()
+    theirs = PaperExchange.from_state(LedgerStore(db).load_exchange_state("paper"), None, None).books
+    for sleeve in (Sleeve.TREND_1, Sleeve.TREND_2):
+        assert ours[sleeve].cash == pytest.approx(theirs[sleeve].cash, abs=1e-9)
+        assert {s: p.qty for s, p in ours[sleeve].perps.items()} == {s: p.qty for s, p in theirs[sleeve].perps.items()}

@@ -48,7 +48,8 @@ from eternal.store.models import (
 pytestmark = pytest.mark.db
 
 TABLES = {"sleeves", "balances", "orders", "fills", "transfers", "deposits", "engine_states", "risk_state",
-          "events", "equity_snapshots", "candles", "funding_rates", "fear_greed", "cycle_runs"}
+          "events", "equity_snapshots", "candles", "funding_rates", "fear_greed", "cycle_runs",
+          "perp_positions", "funding_payments"}
 NOW = utc("2024-01-12T00:05:00Z")
 WEIGHTS = {s: getattr(SleeveWeights(), s.weight_field) for s in Sleeve}   # 0.60/0.15/0.05/0.15/0.05
 

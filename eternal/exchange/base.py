@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from eternal.models import Fill, OrderIntent, OrderStatus, Quote, Sleeve
+from eternal.models import Fill, OrderIntent, OrderStatus, Quote, Sleeve, StopLevel
 
 
 @dataclass
@@ -42,3 +42,12 @@ class Exchange(Protocol):
 
     def stake(self, sleeve: Sleeve, asset: str, qty: float) -> float:
         """Stake (qty > 0) or unstake (qty < 0); returns the qty moved."""
+
+    def set_leverage(self, sleeve: Sleeve, symbol: str, leverage: float) -> None:
+        """Leverage of a perp symbol for the sleeve's next fills (Bybit: set-leverage), at most 2x;
+        setting the same value again is harmless. Raises ExchangeError above 2x, at or below 0, or
+        when changing it under an open position (close it first)."""
+
+    def set_stop(self, sleeve: Sleeve, symbol: str, level: StopLevel | None) -> None:
+        """The perp position's one reduce-only stop (Bybit: position trading-stop), replaced on
+        every call; None clears it. The venue fills it; its fills come back with reason level.reason."""

@@ -1,15 +1,16 @@
-"""Our ledger in the database: sleeves, balances, orders, fills, transfers, states, events.
+"""Our ledger in the database: sleeves, balances, perp positions, orders, fills, funding,
+transfers, states, events.
 
 Writes are bulk (one statement per table per call) so a replay can persist a batch of days at once.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select, tuple_
 from sqlalchemy.orm import Session
 
 from eternal.exchange.paper import intent_from_dict
@@ -17,11 +18,14 @@ from eternal.models import (
     QUOTE,
     Event,
     Fill,
+    FundingPayment,
     OrderIntent,
     OrderRecord,
     OrderStatus,
+    PerpPosition,
     Sleeve,
     SleeveBook,
+    StopLevel,
     Transfer,
     utc,
 )
@@ -34,7 +38,9 @@ from eternal.store.models import (
     EventRow,
     ExchangeStateRow,
     FillRow,
+    FundingPaymentRow,
     OrderRow,
+    PerpPositionRow,
     SleeveRow,
     TransferRow,
 )
@@ -73,7 +79,13 @@ def fill_row(f: Fill) -> dict[str, Any]:
     return {"trade_id": f.trade_id, "client_order_id": f.client_order_id, "ts": f.ts,
             "sleeve": f.sleeve.value, "symbol": f.symbol, "market": f.market.value, "side": f.side.value,
             "qty": float(f.qty), "price": float(f.price), "fee": float(f.fee), "fee_asset": f.fee_asset,
-            "liquidity": f.liquidity, "reason": f.reason}
+            "liquidity": f.liquidity, "reason": f.reason, "leverage": float(f.leverage)}
+
+
+def funding_row(p: FundingPayment) -> dict[str, Any]:
+    return {"ts": p.ts, "sleeve": p.sleeve.value, "symbol": p.symbol, "qty": float(p.qty),
+            "price": float(p.price), "rate": float(p.rate), "amount": float(p.amount),
+            "expected": float(p.expected)}
 
 
 def event_row(e: Event, run_key: str | None) -> dict[str, Any]:
@@ -108,6 +120,7 @@ class LedgerStore:
         with Session(self.engine) as session:
             sleeves = [Sleeve(n) for n in session.scalars(select(SleeveRow.name))]
             rows = session.scalars(select(BalanceRow)).all()
+            perps = session.scalars(select(PerpPositionRow)).all()
         books = {s: SleeveBook(s) for s in sleeves}
         for r in rows:
             book = books.setdefault(Sleeve(r.sleeve), SleeveBook(Sleeve(r.sleeve)))
@@ -117,25 +130,98 @@ class LedgerStore:
                 book.holdings[r.asset] = r.qty
                 if r.staked:
                     book.staked[r.asset] = r.staked
+        for p in perps:
+            book = books.setdefault(Sleeve(p.sleeve), SleeveBook(Sleeve(p.sleeve)))
+            book.perps[p.symbol] = PerpPosition(p.symbol, p.qty, p.entry_price, p.margin, p.leverage,
+                                                utc(p.opened_at))
         return books
 
-    def save_books(self, books: Iterable[SleeveBook], now: datetime, conn: Connection | None = None) -> None:
+    def load_stops(self) -> dict[Sleeve, dict[str, StopLevel]]:
+        """The stops of open perp positions, as last saved with `save_books(..., stops=...)`."""
+        out: dict[Sleeve, dict[str, StopLevel]] = {}
+        with Session(self.engine) as session:
+            for p in session.scalars(select(PerpPositionRow).where(PerpPositionRow.stop_price.is_not(None))):
+                out.setdefault(Sleeve(p.sleeve), {})[p.symbol] = StopLevel(p.stop_price, p.stop_reason or "")
+        return out
+
+    def save_books(self, books: Iterable[SleeveBook], now: datetime, conn: Connection | None = None,
+                   stops: Mapping[Sleeve, Mapping[str, StopLevel]] | None = None) -> None:
+        """Balances and open perp positions of these sleeves; a position closed since the last save
+        loses its row. `stops`: the stops of these sleeves' positions (a position missing from it
+        has none); None keeps the stops already stored."""
         if conn is None:
             with self.engine.begin() as conn:
-                self._save_books(conn, books, now)
+                self._save_books(conn, books, now, stops)
         else:
-            self._save_books(conn, books, now)
+            self._save_books(conn, books, now, stops)
 
     @staticmethod
-    def _save_books(conn: Connection, books: Iterable[SleeveBook], now: datetime) -> None:
-        rows = []
+    def _save_books(conn: Connection, books: Iterable[SleeveBook], now: datetime,
+                    stops: Mapping[Sleeve, Mapping[str, StopLevel]] | None = None) -> None:
+        books = list(books)
+        rows, perps = [], []
+        if stops is None:     # keep each stored stop, but only for the same position (not a reopened one)
+            kept = conn.execute(select(PerpPositionRow.sleeve, PerpPositionRow.symbol, PerpPositionRow.qty,
+                                       PerpPositionRow.opened_at, PerpPositionRow.stop_price,
+                                       PerpPositionRow.stop_reason).where(
+                PerpPositionRow.sleeve.in_([b.sleeve.value for b in books]),
+                PerpPositionRow.stop_price.is_not(None))).all()
+            stored = {(r.sleeve, r.symbol): r for r in kept}
         for b in books:
             rows.append({"sleeve": b.sleeve.value, "asset": QUOTE, "qty": float(b.cash), "staked": 0.0,
                          "updated_at": now})
             for asset in sorted(set(b.holdings) | set(b.staked)):
                 rows.append({"sleeve": b.sleeve.value, "asset": asset, "qty": float(b.holdings.get(asset, 0.0)),
                              "staked": float(b.staked.get(asset, 0.0)), "updated_at": now})
+            for sym, p in sorted(b.perps.items()):
+                row = {"sleeve": b.sleeve.value, "symbol": sym, "qty": float(p.qty),
+                       "entry_price": float(p.entry_price), "margin": float(p.margin),
+                       "leverage": float(p.leverage), "opened_at": p.opened_at, "updated_at": now}
+                if stops is not None:
+                    level = stops.get(b.sleeve, {}).get(sym)
+                else:
+                    r = stored.get((b.sleeve.value, sym))
+                    same = r is not None and r.opened_at == p.opened_at and (r.qty > 0) == (p.qty > 0)
+                    level = StopLevel(r.stop_price, r.stop_reason) if same else None
+                row |= {"stop_price": None if level is None else float(level.price),
+                        "stop_reason": None if level is None else str(level.reason)}
+                perps.append(row)
         upsert(conn, BalanceRow.__table__, rows, ["sleeve", "asset"])
+        if books:      # positions of these sleeves closed since the last save
+            closed = delete(PerpPositionRow).where(PerpPositionRow.sleeve.in_([b.sleeve.value for b in books]))
+            if perps:
+                closed = closed.where(tuple_(PerpPositionRow.sleeve, PerpPositionRow.symbol).not_in(
+                    [(r["sleeve"], r["symbol"]) for r in perps]))
+            conn.execute(closed)
+        upsert(conn, PerpPositionRow.__table__, perps, ["sleeve", "symbol"])
+
+    # funding ---------------------------------------------------------------------------------
+    def save_funding(self, payments: Sequence[FundingPayment], conn: Connection | None = None) -> None:
+        """Funding settlements; one per (sleeve, symbol, ts), so saving one again changes nothing."""
+        if not payments:
+            return
+        if conn is None:
+            with self.engine.begin() as conn:
+                upsert(conn, FundingPaymentRow.__table__, [funding_row(p) for p in payments],
+                       ["sleeve", "symbol", "ts"])
+        else:
+            upsert(conn, FundingPaymentRow.__table__, [funding_row(p) for p in payments],
+                   ["sleeve", "symbol", "ts"])
+
+    def load_funding(self, sleeve: Sleeve | None = None, symbol: str | None = None,
+                     since: datetime | None = None) -> list[FundingPayment]:
+        """Funding settlements in time order (then sleeve, symbol); `since` is exclusive."""
+        q = select(FundingPaymentRow).order_by(FundingPaymentRow.ts, FundingPaymentRow.sleeve,
+                                               FundingPaymentRow.symbol)
+        if sleeve is not None:
+            q = q.where(FundingPaymentRow.sleeve == sleeve.value)
+        if symbol is not None:
+            q = q.where(FundingPaymentRow.symbol == symbol)
+        if since is not None:
+            q = q.where(FundingPaymentRow.ts > since)
+        with Session(self.engine) as session:
+            return [FundingPayment(utc(r.ts), Sleeve(r.sleeve), r.symbol, r.qty, r.price, r.rate, r.amount,
+                                   r.expected) for r in session.scalars(q)]
 
     # orders and fills ------------------------------------------------------------------------
     def load_orders(self, client_order_ids: Sequence[str]) -> dict[str, OrderRecord]:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -106,6 +107,40 @@ class FillRow(Base):
     fee_asset: Mapped[str] = mapped_column(String(16))
     liquidity: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(Text, default="")
+    leverage: Mapped[float] = mapped_column(Float, default=1.0)   # perps: margin = notional / leverage
+
+
+class PerpPositionRow(Base):
+    """Open perpetual positions per sleeve (one-way: one row per symbol), with the position's stop.
+    A closed position has no row. Amounts are stored as they are, nothing is re-derived on load."""
+
+    __tablename__ = "perp_positions"
+    sleeve: Mapped[str] = mapped_column(String(16), primary_key=True)
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    qty: Mapped[float] = mapped_column(Float)                 # signed: + long, - short
+    entry_price: Mapped[float] = mapped_column(Float)
+    margin: Mapped[float] = mapped_column(Float)              # USDT, out of the sleeve's cash
+    leverage: Mapped[float] = mapped_column(Float)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stop_price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FundingPaymentRow(Base):
+    """One funding settlement of one position: amount > 0 received, < 0 paid (USDT)."""
+
+    __tablename__ = "funding_payments"
+    __table_args__ = (UniqueConstraint("sleeve", "symbol", "ts", name="uq_funding_payments_sleeve_symbol_ts"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    sleeve: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(32))
+    qty: Mapped[float] = mapped_column(Float)                 # signed position qty at the settlement
+    price: Mapped[float] = mapped_column(Float)
+    rate: Mapped[float] = mapped_column(Float)                # fraction per settlement
+    amount: Mapped[float] = mapped_column(Float)              # booked
+    expected: Mapped[float] = mapped_column(Float)            # rate x qty x price, signed like amount
 
 
 class TransferRow(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 23:46:56.143189
+Create Date: 2026-11-24 00:05:29.453198
 """
 from alembic import op
 import sqlalchemy as sa
@@ -104,12 +104,29 @@ def upgrade() -> None:
     sa.Column('fee_asset', sa.String(length=16), nullable=False),
     sa.Column('liquidity', sa.String(length=8), nullable=False),
     sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('leverage', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('trade_id')
     )
     with op.batch_alter_table('fills', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_fills_client_order_id'), ['client_order_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_fills_ts'), ['ts'], unique=False)
+
+    op.create_table('funding_payments',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('ts', eternal.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sleeve', sa.String(length=16), nullable=False),
+    sa.Column('symbol', sa.String(length=32), nullable=False),
+    sa.Column('qty', sa.Float(), nullable=False),
+    sa.Column('price', sa.Float(), nullable=False),
+    sa.Column('rate', sa.Float(), nullable=False),
+    sa.Column('amount', sa.Float(), nullable=False),
+    sa.Column('expected', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('sleeve', 'symbol', 'ts', name='uq_funding_payments_sleeve_symbol_ts')
+    )
+    with op.batch_alter_table('funding_payments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_funding_payments_ts'), ['ts'], unique=False)
 
     op.create_table('funding_rates',
     sa.Column('symbol', sa.String(length=32), nullable=False),
@@ -155,6 +172,19 @@ def upgrade() -> None:
     sa.Column('updated_at', eternal.store.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
+    op.create_table('perp_positions',
+    sa.Column('sleeve', sa.String(length=16), nullable=False),
+    sa.Column('symbol', sa.String(length=32), nullable=False),
+    sa.Column('qty', sa.Float(), nullable=False),
+    sa.Column('entry_price', sa.Float(), nullable=False),
+    sa.Column('margin', sa.Float(), nullable=False),
+    sa.Column('leverage', sa.Float(), nullable=False),
+    sa.Column('opened_at', eternal.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('stop_price', sa.Float(), nullable=True),
+    sa.Column('stop_reason', sa.String(length=32), nullable=True),
+    sa.Column('updated_at', eternal.store.models.UTCDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('sleeve', 'symbol')
+    )
     op.create_table('risk_state',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('state', sa.JSON(), nullable=False),
@@ -185,6 +215,7 @@ def downgrade() -> None:
     op.drop_table('transfers')
     op.drop_table('sleeves')
     op.drop_table('risk_state')
+    op.drop_table('perp_positions')
     op.drop_table('paper_exchange')
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_orders_sleeve'))
@@ -192,6 +223,10 @@ def downgrade() -> None:
 
     op.drop_table('orders')
     op.drop_table('funding_rates')
+    with op.batch_alter_table('funding_payments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_funding_payments_ts'))
+
+    op.drop_table('funding_payments')
     with op.batch_alter_table('fills', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_fills_ts'))
         batch_op.drop_index(batch_op.f('ix_fills_client_order_id'))

@@ -1,0 +1,85 @@
+"""Indicators, computed once per series with pandas-ta and read by position (never per day).
+
+A `PerpMarket` holds one perpetual's daily candles, its SMAs, ADX and ATR as numpy arrays, and its
+funding settlements; an engine reads row `i` (the decision day) and short windows ending there.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    import pandas_ta as ta
+
+
+@dataclass(frozen=True)
+class PerpMarket:
+    asset: str
+    symbol: str
+    days: pd.DatetimeIndex                  # candle open times, UTC
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    sma: dict[int, np.ndarray]
+    adx: np.ndarray                         # ADX_14 of ta.adx with defaults
+    atr: np.ndarray                         # ta.atr defaults (RMA, 14)
+    funding_ts: np.ndarray = field(default_factory=lambda: np.array([], dtype="datetime64[ns]"))
+    funding_rate: np.ndarray = field(default_factory=lambda: np.array([], dtype=float))
+
+    def index_of(self, day: datetime) -> int | None:
+        i = self.days.searchsorted(pd.Timestamp(day))
+        return int(i) if i < len(self.days) and self.days[i] == pd.Timestamp(day) else None
+
+    def latest_funding(self, at: datetime) -> float | None:
+        """The latest settled rate with settlement time at or before `at`."""
+        j = np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(at).tz_convert(None), "ns"),
+                            side="right")
+        return float(self.funding_rate[j - 1]) if j > 0 else None
+
+    def settlements(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
+        """Settlements with start <= ts < end, in time order (irregular ones included)."""
+        lo = np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(start).tz_convert(None), "ns"))
+        hi = np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(end).tz_convert(None), "ns"))
+        return [(pd.Timestamp(t, tz="UTC").to_pydatetime(), float(r))
+                for t, r in zip(self.funding_ts[lo:hi], self.funding_rate[lo:hi])]
+
+
+def perp_market(asset: str, symbol: str, candles: pd.DataFrame, funding: pd.DataFrame | None = None,
+                sma_lengths: Iterable[int] = (20, 50, 100, 200), adx_length: int = 14,
+                atr_length: int = 14) -> PerpMarket:
+    high, low, close = candles["high"], candles["low"], candles["close"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        adx = ta.adx(high, low, close, length=adx_length)
+        atr = ta.atr(high, low, close, length=atr_length)
+        smas = {n: ta.sma(close, length=n) for n in sorted(set(sma_lengths))}
+
+    def arr(series: pd.Series | None) -> np.ndarray:
+        if series is None:            # too short a series: pandas-ta returns None
+            return np.full(len(candles), np.nan)
+        return series.reindex(candles.index).to_numpy(dtype=float)
+
+    if funding is not None and len(funding):
+        f_ts = funding.index.tz_convert(None).to_numpy(dtype="datetime64[ns]")
+        f_rate = funding["funding_rate"].to_numpy(dtype=float)
+    else:
+        f_ts, f_rate = np.array([], dtype="datetime64[ns]"), np.array([], dtype=float)
+    return PerpMarket(asset, symbol, candles.index, candles["open"].to_numpy(float),
+                      high.to_numpy(float), low.to_numpy(float), close.to_numpy(float),
+                      {n: arr(s) for n, s in smas.items()},
+                      arr(adx[f"ADX_{adx_length}"] if adx is not None else None), arr(atr), f_ts, f_rate)
+
+
+def return_correlation(a: PerpMarket, b: PerpMarket, window: int = 30) -> pd.Series:
+    """Rolling correlation of daily close-to-close returns over `window` days, on common days."""
+    ca = pd.Series(a.close, index=a.days)
+    cb = pd.Series(b.close, index=b.days)
+    both = pd.concat([ca, cb], axis=1, join="inner").pct_change()
+    return both.iloc[:, 0].rolling(window).corr(both.iloc[:, 1])

@@ -1,0 +1,105 @@
+"""TREND in the replay: the order of a day's events, stops, funding, and the perp ledger."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from eternal.config import load_settings
+from eternal.models import ExitReason, utc
+from eternal.replay import parse_sleeves, run_backfill
+
+EXIT_REASONS = {r.value for r in ExitReason} - {"liquidation"}
+
+
+@pytest.fixture(scope="module")
+def trend_2_aug_2024(dataset):
+    return run_backfill(dataset, load_settings(), start=utc("2024-07-20"), end=utc("2024-08-20"),
+                        sleeves=parse_sleeves("trend-2"), capital=100_000.0, progress=False)
+
+
+def test_a_stop_gapped_through_overnight_fills_at_the_open_not_the_stop(trend_2_aug_2024, dataset):
+    """TREND-2 shorted BTC at the 2024-08-08 open (55,102.90); BTC closed that day at 61,659.80,
+    above the hard stop, but stops apply from the day after the fill: on 08-09 the stop fills at
+    max(open, stop) = the open."""
+    t = trend_2_aug_2024.trades
+    btc = dataset.daily("BTC/USDT:USDT")
+    entry = t[(t.symbol == "BTC/USDT:USDT") & (t.reason == "entry")].iloc[0]
+    stop = t[(t.symbol == "BTC/USDT:USDT") & (t.reason == "hard_stop")].iloc[0]
+    assert entry.timestamp.startswith("2024-08-08") and entry.price == btc.loc["2024-08-08", "open"] == 55_102.9
+    assert stop.timestamp.startswith("2024-08-09") and stop.side == "buy"
+    level = next(e for e in trend_2_aug_2024.events if "STOPPED_OUT" in e.message).message
+    stop_level = float(level.split("stop at ")[1].split(" ")[0])
+    atr_0807 = 2 * (stop_level - 55_102.9)                  # hard stop = fill + 2 x ATR(decision day)
+    assert atr_0807 > 0 and btc.loc["2024-08-08", "high"] > stop_level   # crossed on the fill day ...
+    assert stop.price == btc.loc["2024-08-09", "open"] == 61_659.8 > stop_level   # ... filled at the gap
+
+
+def test_entries_and_exits_fill_at_the_next_open_with_the_taker_fee(trend_2_aug_2024, dataset):
+    t = trend_2_aug_2024.trades
+    for _, x in t[t.reason.isin(["entry", "sma_exit", "funding_exit", "time_stop"])].iterrows():
+        assert x.price == dataset.daily(x.symbol).loc[x.timestamp[:10], "open"]
+        assert x.fee == pytest.approx(x.qty * x.price * 0.00055)
+
+
+def test_positions_open_at_the_end_close_at_the_last_close_with_reason_end(trend_2_aug_2024, dataset):
+    t = trend_2_aug_2024.trades
+    end = t[t.reason == "end"]
+    assert set(end.symbol) == {"BTC/USDT:USDT", "ETH/USDT:USDT"}
+    for _, x in end.iterrows():
+        assert x.price == dataset.daily(x.symbol).loc["2024-08-19", "close"]
+
+
+@pytest.fixture(scope="module")
+def trend_1_full(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trend-1")
+    checks = {"days": 0, "worst": 0.0}
+
+    def compare(day, books, exchange_books, closes, marks):
+        ours, theirs = books[next(iter(books))], exchange_books[next(iter(books))]
+        for b in (ours, theirs):      # cash + margin + unrealised is the equity, to the cent
+            parts = b.cash + sum(p.margin + p.unrealised(marks[s]) for s, p in b.perps.items())
+            assert abs(parts - b.equity(closes, marks)) < 0.005
+        checks["worst"] = max(checks["worst"], abs(ours.equity(closes, marks) - theirs.equity(closes, marks)))
+        checks["days"] += 1
+
+    r = run_backfill(dataset, load_settings(), start=utc("2020-01-01"), end=utc("2026-01-01"),
+                     sleeves=parse_sleeves("trend-1"), capital=100_000.0, out_dir=out, progress=False,
+                     on_day=compare)
+    return r, out, checks
+
+
+def test_trend_1_backfill_2020_2026_writes_trades_equity_and_summary(trend_1_full):
+    r, out, _ = trend_1_full
+    trades = pd.read_csv(out / "trades.csv")
+    assert set(trades.market) == {"perp"} and set(trades.sleeve) == {"trend-1"}
+    assert set(trades.reason) - {"entry"} <= EXIT_REASONS
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trades"] == len(trades) and summary["days"] == 2192
+    assert sum(summary["exit_reasons"].values()) == (trades.reason != "entry").sum()
+    equity = pd.read_csv(out / "equity.csv", index_col="date")
+    assert equity.index[0] == "2020-01-01" and equity.index[-1] == "2025-12-31"
+
+
+def test_perp_ledger_balances_to_the_cent_at_every_close(trend_1_full):
+    r, _, checks = trend_1_full
+    assert checks["days"] == 2192 and checks["worst"] < 0.005      # our books == the exchange's
+
+
+def test_final_equity_is_capital_plus_realised_minus_fees_plus_funding(trend_1_full):
+    """Every position is closed at the end, so the equity is exactly the cash flows."""
+    r, _, _ = trend_1_full
+    t = r.trades.copy()
+    sign = t.side.map({"buy": 1.0, "sell": -1.0})
+    realised = 0.0
+    for sym, g in t.groupby("symbol"):            # FIFO-free: one-way positions open/close whole
+        realised += float((-(sign[g.index]) * g.qty * g.price).sum())
+    funding = sum(p.amount for p in r.funding)
+    assert r.summary["final_equity"] == pytest.approx(100_000 + realised - t.fee.sum() + funding, abs=0.01)
+    assert r.summary["funding"] == pytest.approx(funding)
+
+
+def test_single_trend_sleeve_gets_the_whole_capital_and_trend_selects_both():
+    assert parse_sleeves("trend") == parse_sleeves("trend-1,trend-2")
+    assert [s.value for s in parse_sleeves("trend")] == ["trend-1", "trend-2"]
