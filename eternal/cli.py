@@ -138,6 +138,10 @@ def print_summary(summary: dict, out: Path) -> None:
             ("Sharpe (daily, sqrt 365)", f"{summary['sharpe']:.2f}" if summary["sharpe"] is not None else "n/a"),
             ("trades", str(summary["trades"])),
             ("fees", f"{summary['fees']:,.2f} USDT")]
+    if summary.get("exit_reasons"):
+        rows.append(("perp exits", ", ".join(f"{k} {v}" for k, v in summary["exit_reasons"].items())))
+    if summary.get("funding"):
+        rows.append(("funding", f"{summary['funding']:,.2f} USDT (> 0 received)"))
     rows += [(f"  {k}", f"{v:,.2f} USDT") for k, v in summary["final_equity_by_sleeve"].items()]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
