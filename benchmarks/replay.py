@@ -1,7 +1,8 @@
 """Replay cost, measured side by side in one run: `make bench` (or python benchmarks/replay.py).
 
 CORE over all loaded history (2017-08-17 .. 2026-01-05, 3,064 days): in memory, with the ledger
-persisted in bulk to SQLite, and to PostgreSQL when reachable; plus the data-quality suite alone.
+persisted in bulk to SQLite, and to PostgreSQL when reachable; TREND-1 alone and CORE + both TREND
+sleeves over 2020-01-01 .. 2026-01-01 (2,192 days); plus the data-quality suite alone.
 Prints median wall times of N runs, days per second, and the ratios between them.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from eternal.config import load_settings  # noqa: E402
 from eternal.data.csv_files import read_dir  # noqa: E402
 from eternal.data.quality import validate_market_data  # noqa: E402
-from eternal.replay import run_backfill  # noqa: E402
+from eternal.models import utc  # noqa: E402
+from eternal.replay import parse_sleeves, run_backfill  # noqa: E402
 from eternal.store.db import connect  # noqa: E402
 
 DATA = Path(os.environ.get("ETERNAL_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -40,7 +42,9 @@ def main() -> int:
     frames = {s: data.daily(s) for s in ("BTC/USDT", "ETH/USDT")}
     cold = timed(lambda: validate_market_data(frames, {}, None))
     results: dict[str, list[float]] = {"quality suite (warm)": [], "replay, in memory": [],
-                                       "replay + SQLite ledger": []}
+                                       "replay + SQLite ledger": [], "TREND-1 2020-2025": [],
+                                       "CORE + TREND 2020-2025": []}
+    window = {"start": utc("2020-01-01"), "end": utc("2026-01-01"), "progress": False}
     pg_ok = True
     try:
         connect(PG).dispose()
@@ -50,11 +54,17 @@ def main() -> int:
         print(f"PostgreSQL not reachable ({exc.__class__.__name__}); skipping that row", file=sys.stderr)
     for _ in range(RUNS):
         results["quality suite (warm)"].append(timed(lambda: validate_market_data(frames, {}, None)))
-        results["replay, in memory"].append(timed(lambda: run_backfill(data, settings, progress=False)))
+        results["replay, in memory"].append(
+            timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("core"), progress=False)))
+        results["TREND-1 2020-2025"].append(
+            timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("trend-1"), **window)))
+        results["CORE + TREND 2020-2025"].append(
+            timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("core,trend"), **window)))
         with tempfile.TemporaryDirectory() as tmp:
             engine = connect(f"sqlite:///{tmp}/bench.db")
             results["replay + SQLite ledger"].append(
-                timed(lambda: run_backfill(data, settings, progress=False, engine=engine)))
+                timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("core"), progress=False,
+                                           engine=engine)))
         if pg_ok:
             from sqlalchemy import create_engine, text
 
@@ -62,14 +72,17 @@ def main() -> int:
                 conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public"))
             engine = connect(PG)
             results["replay + PostgreSQL ledger"].append(
-                timed(lambda: run_backfill(data, settings, progress=False, engine=engine)))
+                timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("core"), progress=False,
+                                           engine=engine)))
             engine.dispose()
     base = statistics.median(results["replay, in memory"])
-    print(f"CORE replay of {days} days, median of {RUNS} runs (first quality run, GE import: {cold:.2f} s)")
+    print(f"median of {RUNS} runs; CORE rows replay {days} days, TREND rows 2,192 "
+          f"(first quality run, GE import: {cold:.2f} s)")
     print(f"{'case':30} {'median s':>9} {'days/s':>9} {'x in-memory':>12}")
     for name, xs in results.items():
         m = statistics.median(xs)
-        print(f"{name:30} {m:9.3f} {days / m:9.0f} {m / base:12.2f}")
+        n = 2192 if "2020-2025" in name else days
+        print(f"{name:30} {m:9.3f} {n / m:9.0f} {m / base:12.2f}")
     return 0
 
 
