@@ -27,6 +27,7 @@ from eternal.errors import DuplicateOrder, ExchangeError, InsufficientFunds
 from eternal.exchange.base import ExchangeOrder
 from eternal.exchange.paper_perps import (  # noqa: F401
     _CLOSE_TOLERANCE,
+    _DUST,
     MAX_LEVERAGE,
     Bar,
     PerpDesk,
@@ -57,8 +58,6 @@ from eternal.models import (
     base_of,
     utc,
 )
-
-_DUST = 1e-12
 
 
 class FillPolicy(StrEnum):
