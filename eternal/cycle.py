@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from eternal.config import Settings
-from eternal.engines import core_hodl, trend
-from eternal.models import EngineDecision, Plan, Sleeve, Snapshot
+from eternal.engines import core_hodl, funding, trend
+from eternal.models import EngineDecision, FundingTick, Plan, Sleeve, Snapshot
 
 
 def _core(state, snap: Snapshot, settings: Settings, sleeve: Sleeve) -> EngineDecision:
@@ -21,7 +21,21 @@ ENGINES: dict[Sleeve, Callable[..., EngineDecision]] = {
     Sleeve.TREND_1: _trend,
     Sleeve.TREND_2: _trend,
 }
-"""Engines implemented so far, in the order the cycle runs them."""
+"""Daily engines implemented so far, in the order the cycle runs them."""
+
+TICK_ENGINES = {Sleeve.FUNDING: funding}
+"""Engines that decide at every funding settlement instead of the daily close."""
+
+
+def funding_tick(tick: FundingTick, settings: Settings) -> Plan:
+    """The FUNDING engine at one settlement, pure: (FundingTick, Settings) -> Plan."""
+    plan = Plan(tick.ts, tick.ts, [], {}, [])
+    if Sleeve.FUNDING not in tick.books:
+        return plan
+    decision = funding.decide(tick, settings.funding)
+    plan.intents, plan.events, plan.transfers = decision.intents, decision.events, decision.transfers
+    plan.states[Sleeve.FUNDING] = decision.state
+    return plan
 
 
 def daily(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...] | None = None) -> Plan:

@@ -43,6 +43,13 @@ class PerpMarket:
                             side="right")
         return float(self.funding_rate[j - 1]) if j > 0 else None
 
+    def recent_settlements(self, at: datetime, n: int) -> list[tuple[datetime, float]]:
+        """The last `n` settlements at or before `at`, oldest first."""
+        j = int(np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(at).tz_convert(None), "ns"),
+                                side="right"))
+        return [(pd.Timestamp(t, tz="UTC").to_pydatetime(), float(r))
+                for t, r in zip(self.funding_ts[max(0, j - n):j], self.funding_rate[max(0, j - n):j])]
+
     def settlements(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         """Settlements with start <= ts < end, in time order (irregular ones included)."""
         lo = np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(start).tz_convert(None), "ns"))

@@ -196,3 +196,17 @@ def accrue_staking(book: SleeveBook, asset: str, apy: float, days: float = 1.0) 
     reward = staked * ((1.0 + apy / 365.0) ** days - 1.0)
     book.staked[asset] = staked + reward
     return reward
+
+
+def apply_transfer(books, transfer) -> None:
+    """Move `transfer.qty` of `transfer.asset` between two sleeve books (USDT is cash)."""
+    from eternal.models import QUOTE
+
+    for sleeve, sign in ((transfer.from_sleeve, -1.0), (transfer.to_sleeve, 1.0)):
+        if sleeve is None:
+            continue
+        book = books[sleeve]
+        if transfer.asset == QUOTE:
+            book.cash += sign * transfer.qty
+        else:
+            book.holdings[transfer.asset] = book.holdings.get(transfer.asset, 0.0) + sign * transfer.qty

@@ -287,6 +287,25 @@ class EngineDecision:
     events: list[Event]
     stake: dict[str, float] = field(default_factory=dict)  # asset -> qty to stake (+) / unstake (-)
     stops: dict[str, StopLevel] = field(default_factory=dict)  # perp symbol -> stop to keep
+    transfers: list[Transfer] = field(default_factory=list)    # money sent to other sleeves
+
+
+@dataclass(frozen=True)
+class FundingTick:
+    """What is known at one funding settlement: the FUNDING engine decides on these (spec ch. 4).
+
+    Prices are the latest the caller has at `ts` (live: tickers; replay: the day's open). The
+    predicted rate is the exchange's next-funding estimate live, the latest settled rate in replay.
+    """
+
+    ts: datetime
+    spot: dict[str, float]                       # asset -> spot price
+    perp: dict[str, float]                       # asset -> perp price
+    predicted: dict[str, float | None]           # asset -> predicted next rate per settlement
+    settled: dict[str, tuple[float, ...]]        # asset -> latest settled rates, oldest first
+    books: dict[Sleeve, SleeveBook]
+    state: dict[str, Any] | None
+    received: dict[str, float] = field(default_factory=dict)   # asset -> funding booked at `ts`
 
 
 @dataclass

@@ -32,6 +32,9 @@ from eternal.execution import execute, scaled_event, sync_record
 from eternal.indicators import PerpMarket, perp_market, return_correlation
 from eternal.models import (
     PERP_SYMBOLS,
+    FundingTick,
+    Transfer,
+    base_of,
     SPOT_SYMBOLS,
     Event,
     ExitReason,
@@ -47,8 +50,9 @@ from eternal.models import (
 from eternal.store.ledger import LedgerStore
 
 FLOW = "backfill"
-SPOT_NEEDS = {Sleeve.CORE: ("BTC", "ETH")}                            # spot assets an engine trades
-PERP_NEEDS = {Sleeve.TREND_1: ("BTC", "ETH"), Sleeve.TREND_2: ("BTC", "ETH")}  # perps it trades
+SPOT_NEEDS = {Sleeve.CORE: ("BTC", "ETH"), Sleeve.FUNDING: ("BTC", "ETH", "SOL")}  # spot an engine trades
+PERP_NEEDS = {Sleeve.TREND_1: ("BTC", "ETH"), Sleeve.TREND_2: ("BTC", "ETH"),
+              Sleeve.FUNDING: ("BTC", "ETH", "SOL")}                                 # perps it trades
 ALIASES = {"trend": (Sleeve.TREND_1, Sleeve.TREND_2)}
 TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price", "fee", "reason",
                  "client_order_id"]
@@ -71,7 +75,7 @@ class BackfillResult:
 def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
     """'core,trend-1' -> sleeves; 'trend' -> TREND-1 and TREND-2; None -> every implemented engine."""
     if not engines:
-        return tuple(cycle.ENGINES)
+        return (*cycle.ENGINES, *cycle.TICK_ENGINES)
     chosen: list[Sleeve] = []
     for name in (n.strip().lower() for n in engines.split(",") if n.strip()):
         if name in ALIASES:
@@ -82,9 +86,9 @@ def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
         except ValueError:
             raise BackfillError(f"--engines: unknown engine {name!r}; known: "
                                 f"{', '.join([*(s.value for s in Sleeve), *ALIASES])}") from None
-        if sleeve not in cycle.ENGINES:
+        if sleeve not in cycle.ENGINES and sleeve not in cycle.TICK_ENGINES:
             raise BackfillError(f"--engines: engine {name!r} is not implemented yet; available: "
-                                f"{', '.join(s.value for s in cycle.ENGINES)}")
+                                f"{', '.join(s.value for s in [*cycle.ENGINES, *cycle.TICK_ENGINES])}")
         chosen.append(sleeve)
     return tuple(dict.fromkeys(chosen))
 
@@ -113,7 +117,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  engine: Engine | None = None, progress: bool = True,
                  on_day: Callable[..., None] | None = None) -> BackfillResult:
     """`on_day(day, books, exchange_books, closes, marks)` is called after each replayed close."""
-    sleeves = sleeves or tuple(cycle.ENGINES)
+    sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
     if not capital > 0:
         raise BackfillError(f"--capital must be positive, got {capital}")
@@ -157,6 +161,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                    .reindex(days).to_numpy(float) if {"BTC", "ETH"} <= set(perp_assets) else None)
 
     shares = allocate(capital, settings, sleeves)
+    if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:
+        shares[Sleeve.TACTICAL] = 0.0          # receives half of the funding collected
     books = {s: SleeveBook(s, capital * w) for s, w in shares.items()}
     exchange = PaperExchange(settings.fees, FillPolicy.NEXT_OPEN, books)
     store = LedgerStore(engine) if engine is not None else None
@@ -172,6 +178,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     fills: list[Fill] = []
     events: list[Event] = []
     payments: list[FundingPayment] = []
+    utilisation: list[float] = []
     equity_rows: list[dict] = []
     apy = settings.core.staking_apy
 
@@ -181,14 +188,44 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             trade_ids.add(f.trade_id)
         fills.extend(new)
 
+    transfers: list[Transfer] = []
+    funding_assets = PERP_NEEDS[Sleeve.FUNDING] if Sleeve.FUNDING in sleeves else ()
+
     def settle(ts_from: datetime, ts_to: datetime, opens: dict[str, float]) -> None:
-        """Funding settlements in [ts_from, ts_to), in time order, at the day's open price."""
+        """Funding settlements in [ts_from, ts_to), in time order, at the day's open price; after
+        each settlement time the FUNDING engine decides (a tick), its orders fill at the next open."""
         due = sorted((ts, sym, rate) for a in perp_assets
                      for ts, rate in markets[a].settlements(ts_from, ts_to) for sym in [PERP_SYMBOLS[a]])
-        for ts, sym, rate in due:
-            for p in exchange.settle_funding(ts, sym, rate, opens[sym]):
-                ledger.apply_funding(books[p.sleeve], p)
-                payments.append(p)
+        for ts in sorted({ts for ts, _, _ in due}):
+            received: dict[str, float] = {}
+            for _, sym, rate in (d for d in due if d[0] == ts):
+                for p in exchange.settle_funding(ts, sym, rate, opens[sym]):
+                    ledger.apply_funding(books[p.sleeve], p)
+                    payments.append(p)
+                    if p.sleeve == Sleeve.FUNDING:
+                        received[base_of(sym)] = received.get(base_of(sym), 0.0) + p.amount
+            if funding_assets:
+                funding_tick(ts, opens, received)
+
+    def funding_tick(ts: datetime, opens: dict[str, float], received: dict[str, float]) -> None:
+        nonlocal states
+        tick = FundingTick(
+            ts, {a: opens[SPOT_SYMBOLS[a]] for a in funding_assets},
+            {a: opens[PERP_SYMBOLS[a]] for a in funding_assets},
+            {a: markets[a].latest_funding(ts) for a in funding_assets},
+            {a: tuple(r for _, r in markets[a].recent_settlements(ts, 3)) for a in funding_assets},
+            books, states.get(Sleeve.FUNDING), received)
+        plan = cycle.funding_tick(tick, settings)
+        states = {**states, **plan.states}
+        events.extend(plan.events)
+        for t in plan.transfers:
+            ledger.apply_transfer(books, t)
+            transfers.append(t)
+        result = execute(plan.intents, exchange, flow=f"{FLOW}-funding", scheduled=ts, now=ts,
+                         known=records, known_trades=trade_ids)
+        for rec in result.orders:
+            records[rec.client_order_id] = rec
+        events.extend(result.events)
 
     iterator = range(len(days))
     if progress:
@@ -261,12 +298,18 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         for s, b in books.items():
             equity_rows.append({"day": day, "sleeve": s.value, "equity": b.equity(closes, marks),
                                 "cash": b.cash})
+        if funding_assets:
+            fb = books[Sleeve.FUNDING]
+            e = fb.equity(closes, marks)
+            deployed = sum(q * closes[a] for a, q in fb.holdings.items() if q) + sum(
+                p.margin for p in fb.perps.values())
+            utilisation.append(deployed / e if e > 0 else 0.0)
         if on_day is not None:
             on_day(day, books, exchange.books, closes, marks)
 
     equity = (pd.DataFrame(equity_rows).pivot(index="day", columns="sleeve", values="equity")
               if equity_rows else pd.DataFrame())
-    equity = equity[[s.value for s in sleeves]]
+    equity = equity[[s.value for s in books]]
     equity.insert(0, "total", equity.sum(axis=1))
     equity.index = pd.DatetimeIndex(equity.index, name="date")
     trades = pd.DataFrame([{
@@ -275,6 +318,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         "client_order_id": f.client_order_id} for f in fills], columns=TRADE_COLUMNS)
     summary = summarise(equity, trades, capital, start, end, sleeves)
     summary["funding"] = float(sum(p.amount for p in payments))
+    if funding_assets:
+        summary["funding_sleeve"] = funding_summary(trades, payments, transfers, utilisation)
 
     if store is not None:
         with engine.begin() as conn:
@@ -282,6 +327,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             store.save_states(states, end, conn)
             store.save_equity(equity_rows, conn)
             store.save_funding(payments, conn)
+            store.save_transfers(transfers, conn)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +335,21 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return BackfillResult(summary, trades, equity, events, out_dir, payments)
+
+
+def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transfers: list[Transfer],
+                    utilisation: list[float]) -> dict:
+    """The FUNDING sleeve's figures: entries, days invested, funding earned, fees, utilisation."""
+    t = trades[trades.sleeve == Sleeve.FUNDING.value]
+    entries = t[(t.reason == "entry") & (t.market == "perp")]
+    mine = [p for p in payments if p.sleeve == Sleeve.FUNDING]
+    invested_days = len({p.ts.date() for p in mine})
+    return {"entries": int(len(entries)), "days_invested": invested_days,
+            "funding_received": float(sum(p.amount for p in mine if p.amount > 0)),
+            "funding_paid": float(-sum(p.amount for p in mine if p.amount < 0)),
+            "to_tactical": float(sum(t.qty for t in transfers if t.to_sleeve == Sleeve.TACTICAL)),
+            "fees": float(t.fee.sum()) if len(t) else 0.0,
+            "average_utilisation": float(np.mean(utilisation)) if utilisation else 0.0}
 
 
 def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
@@ -311,6 +372,6 @@ def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start:
         "sharpe": float(daily.mean() / sd * math.sqrt(365)) if sd > 0 else None,
         "trades": int(len(trades)),
         "exit_reasons": {str(k): int(v) for k, v in trades[trades.market == "perp"]["reason"]
-                         .value_counts().items() if k != "entry"} if len(trades) else {},
+                         .value_counts().items() if k not in ("entry", "compound", "rehedge")} if len(trades) else {},
         "fees": float(trades["fee"].sum()) if len(trades) else 0.0,
     }

@@ -103,8 +103,8 @@ def test_a_window_outside_the_data_is_refused_with_the_data_range(dataset):
 def test_unknown_or_unimplemented_engines_are_refused_by_name():
     with pytest.raises(BackfillError, match="unknown engine 'nosuch'"):
         parse_sleeves("core,nosuch")
-    with pytest.raises(BackfillError, match="'funding' is not implemented"):
-        parse_sleeves("funding")
+    with pytest.raises(BackfillError, match="'tactical' is not implemented"):
+        parse_sleeves("tactical")
 
 
 def test_a_single_selected_sleeve_receives_the_whole_capital(dataset):

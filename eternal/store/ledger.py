@@ -104,15 +104,16 @@ class LedgerStore:
 
     def initialise(self, capital: float, weights: dict[Sleeve, float], now: datetime) -> dict[Sleeve, SleeveBook]:
         """Deposit the initial capital and transfer each sleeve its share (recorded transfers)."""
-        books = {s: SleeveBook(s, capital * w) for s, w in weights.items() if w > 0}
+        books = {s: SleeveBook(s, capital * w) for s, w in weights.items() if w >= 0}
         with self.engine.begin() as conn:
             conn.execute(insert(DepositRow), [{"ts": now, "asset": QUOTE, "amount": capital,
                                                "note": "initial capital"}])
             conn.execute(insert(SleeveRow), [{"name": s.value, "weight": w, "created_at": now}
-                                             for s, w in weights.items() if w > 0])
+                                             for s, w in weights.items() if w >= 0])
             conn.execute(insert(TransferRow), [
                 {"ts": now, "from_sleeve": None, "to_sleeve": s.value, "asset": QUOTE, "qty": b.cash,
-                 "reason": f"initial allocation {weights[s]:.4f} of {capital:.2f}"} for s, b in books.items()])
+                 "reason": f"initial allocation {weights[s]:.4f} of {capital:.2f}"}
+                for s, b in books.items() if b.cash > 0])
             self._save_books(conn, books.values(), now)
         return books
 

@@ -1,0 +1,217 @@
+"""FUNDING (spec chapter 4): delta-neutral funding capture, long spot and short perp 1:1.
+
+Decides at every funding settlement (a `FundingTick`), per asset (BTC, ETH, SOL):
+
+  MONITORING -> OPPORTUNITY_DETECTED -> ENTERING -> FUNDING_COLLECTING -> EXITING -> MONITORING
+  (exit reasons HOLDING_MAX_DAYS, FUNDING_NEGATIVE, BASIS_WIDE; the breaker closes everything)
+
+Funding received: half compounds into both legs, half goes to the TACTICAL sleeve as a transfer.
+Pure: no I/O, no clock.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from eternal.config import FundingParams
+from eternal.models import (
+    PERP_SYMBOLS,
+    QUOTE,
+    SPOT_SYMBOLS,
+    EngineDecision,
+    Event,
+    FundingTick,
+    Market,
+    OrderIntent,
+    OrderType,
+    Side,
+    Sleeve,
+    SleeveBook,
+    Transfer,
+    utc,
+)
+
+SLEEVE = Sleeve.FUNDING
+ASSETS = ("BTC", "ETH", "SOL")          # BTC and ETH before SOL when capital is short
+MIN_NOTIONAL_USDT = 10.0
+
+
+class AssetState(BaseModel):
+    phase: str = "MONITORING"
+    sent_at: datetime | None = None      # when the last entry, exit or re-hedge orders were sent
+    opened_at: datetime | None = None
+    exit_reason: str | None = None
+    compound_pending_usdt: float = 0.0   # received funding waiting to be large enough to add
+
+
+class FundingState(BaseModel):
+    assets: dict[str, AssetState] = {}
+    breaker_tripped_at: datetime | None = None
+
+
+def awaiting_fill(sent_at: datetime | None, now: datetime) -> bool:
+    """Orders sent at `sent_at` may still be resting: in replay they fill at the next daily open
+    (a 00:00 decision at that same open, processed after the tick), live they fill at once."""
+    if sent_at is None:
+        return False
+    sent_at = utc(sent_at)
+    midnight = sent_at.replace(hour=0, minute=0, second=0, microsecond=0)
+    next_open = sent_at if sent_at == midnight else midnight + timedelta(days=1)
+    return now <= next_open
+
+
+def basis(tick: FundingTick, asset: str) -> float:
+    return (tick.perp[asset] - tick.spot[asset]) / tick.spot[asset]
+
+
+def legs(book: SleeveBook, asset: str) -> tuple[float, float]:
+    """(spot qty held, short perp qty as a positive number)."""
+    pos = book.perps.get(PERP_SYMBOLS[asset])
+    return book.holdings.get(asset, 0.0), (-pos.qty if pos is not None and pos.qty < 0 else 0.0)
+
+
+def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
+    state = FundingState.model_validate(tick.state or {})
+    book = tick.books[SLEEVE]
+    key = f"{tick.ts:%Y%m%d%H%M}"
+    intents: list[OrderIntent] = []
+    events: list[Event] = []
+    transfers: list[Transfer] = []
+    prices = {a: p for a, p in tick.spot.items()}
+    marks = {PERP_SYMBOLS[a]: p for a, p in tick.perp.items()}
+    equity = book.equity(prices, marks)
+
+    def event(kind: str, message: str, level: str = "info", **data: Any) -> None:
+        events.append(Event(tick.ts, kind, message, SLEEVE, level, data))
+
+    def move(st: AssetState, asset: str, phase: str, why: str, level: str = "info") -> None:
+        event("funding_state", f"{asset}: {st.phase} -> {phase}: {why}", level, asset=asset,
+              **{"from": st.phase, "to": phase})
+        st.phase = phase
+
+    def enter(asset: str, notional: float, why: str, tag: str) -> None:
+        qty = notional / tick.spot[asset]
+        intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[asset], Market.SPOT, Side.BUY, qty, OrderType.MARKET,
+                                   why, f"{key}:{tag}:{asset}:spot"))
+        intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, Side.SELL, qty, OrderType.MARKET,
+                                   why, f"{key}:{tag}:{asset}:perp", leverage=params.leverage))
+
+    def exit_(asset: str, st: AssetState, reason: str, why: str) -> None:
+        spot_qty, perp_qty = legs(book, asset)
+        if spot_qty > 0:
+            intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[asset], Market.SPOT, Side.SELL, spot_qty,
+                                       OrderType.MARKET, reason, f"{key}:exit:{asset}:spot"))
+        if perp_qty > 0:
+            intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, Side.BUY, perp_qty,
+                                       OrderType.MARKET, reason, f"{key}:exit:{asset}:perp", reduce_only=True))
+        st.exit_reason, st.sent_at = reason, tick.ts
+        move(st, asset, "EXITING", f"{reason}: {why}")
+
+    # Funding received at this settlement: half to TACTICAL, half waits to compound.
+    for asset, amount in tick.received.items():
+        st = state.assets.setdefault(asset, AssetState())
+        if amount > 0:
+            to_tactical = amount * (1 - params.compound_share)
+            transfers.append(Transfer(tick.ts, SLEEVE, Sleeve.TACTICAL, QUOTE, to_tactical,
+                                      f"{params.compound_share:.0%} of {amount:.6f} USDT funding on {asset} "
+                                      "compounds, the rest goes to TACTICAL"))
+            st.compound_pending_usdt += amount * params.compound_share
+        elif amount < 0:
+            event("funding_paid", f"{asset}: paid {-amount:.6f} USDT funding, absorbed by the sleeve",
+                  asset=asset, amount=amount)
+
+    # Breaker: funding negative on N consecutive settlements of any asset closes everything.
+    n = params.negative_settlements_breaker
+    tripped = [a for a in ASSETS if len(r := tick.settled.get(a, ())) >= n and all(x < 0 for x in r[-n:])]
+    if tripped:
+        if state.breaker_tripped_at is None:
+            state.breaker_tripped_at = tick.ts
+            event("funding_breaker", f"funding negative on {n} consecutive settlements of "
+                  f"{', '.join(tripped)}: closing every FUNDING position", "alert", assets=tripped)
+    else:
+        state.breaker_tripped_at = None
+
+    cash_left = book.cash
+    for asset in ASSETS:
+        if asset not in tick.spot or asset not in tick.perp:
+            continue
+        st = state.assets.setdefault(asset, AssetState())
+        spot_qty, perp_qty = legs(book, asset)
+        held = spot_qty > 0 or perp_qty > 0
+        settled = tick.settled.get(asset, ())
+        b = basis(tick, asset)
+
+        # what happened since the last tick (orders may still rest until the next open)
+        pending = awaiting_fill(st.sent_at, tick.ts)
+        if st.phase == "ENTERING" and held:
+            st.opened_at, st.sent_at = st.opened_at or tick.ts, None
+            move(st, asset, "FUNDING_COLLECTING", f"spot {spot_qty:.6g} / perp -{perp_qty:.6g} filled")
+        elif st.phase == "ENTERING" and pending:
+            continue
+        elif st.phase == "ENTERING":
+            st.sent_at = None
+            move(st, asset, "MONITORING", "entry did not fill", "warning")
+        elif st.phase == "EXITING" and not held:
+            move(st, asset, "MONITORING", f"exit ({st.exit_reason}) filled")
+            st.opened_at, st.exit_reason, st.compound_pending_usdt, st.sent_at = None, None, 0.0, None
+        elif st.phase == "EXITING" and pending:
+            continue
+        if st.phase in ("MONITORING", "OPPORTUNITY_DETECTED") and held:   # hand-placed or left over
+            st.opened_at = st.opened_at or tick.ts
+            move(st, asset, "FUNDING_COLLECTING", "found an open hedge")
+
+        if st.phase in ("FUNDING_COLLECTING", "EXITING") and held:
+            # hedge integrity: the legs must match within the tolerance
+            gap = spot_qty - perp_qty
+            if abs(gap) > params.hedge_tolerance * max(spot_qty, perp_qty) and not pending:
+                st.sent_at = tick.ts
+                side = Side.SELL if gap > 0 else Side.BUY
+                intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, side, abs(gap),
+                                           OrderType.MARKET, "rehedge", f"{key}:rehedge:{asset}",
+                                           reduce_only=side == Side.BUY, leverage=params.leverage
+                                           if side == Side.SELL else None))
+                event("hedge_mismatch", f"{asset}: spot {spot_qty:.8g} vs perp -{perp_qty:.8g}: "
+                      f"re-hedging the perp by {gap:+.8g}", "warning", asset=asset, spot=spot_qty, perp=perp_qty)
+            if st.phase == "EXITING":       # an exit leg did not fill: send what is left
+                exit_(asset, st, st.exit_reason or "retry", "closing what is left")
+                continue
+            latest = settled[-1] if settled else None
+            held_days = (tick.ts - utc(st.opened_at)) if st.opened_at else timedelta(0)
+            if state.breaker_tripped_at is not None:
+                exit_(asset, st, "FUNDING_NEGATIVE", "breaker")
+            elif latest is not None and latest < 0:
+                exit_(asset, st, "FUNDING_NEGATIVE", f"latest settled rate {latest:.6f} < 0")
+            elif b > params.max_basis:
+                exit_(asset, st, "BASIS_WIDE", f"basis {b:.4%} > {params.max_basis:.2%}")
+            elif held_days >= timedelta(days=params.max_holding_days):
+                exit_(asset, st, "HOLDING_MAX_DAYS", f"held {held_days.days} days")
+            elif st.compound_pending_usdt >= MIN_NOTIONAL_USDT * (1 + 1 / params.leverage):
+                notional = st.compound_pending_usdt / (1 + 1 / params.leverage)
+                enter(asset, notional, "compound", "compound")
+                event("funding_compound", f"{asset}: {st.compound_pending_usdt:.4f} USDT of funding "
+                      f"added to both legs", asset=asset, usdt=st.compound_pending_usdt)
+                st.compound_pending_usdt = 0.0
+                cash_left -= notional * (1 + 1 / params.leverage)
+            continue
+
+        if st.phase != "MONITORING" or state.breaker_tripped_at is not None:
+            continue
+        predicted = tick.predicted.get(asset)
+        last_two = settled[-2:]
+        if not (predicted is not None and predicted > params.min_predicted_rate_8h
+                and len(last_two) == 2 and all(r > 0 for r in last_two) and b < params.max_basis):
+            continue
+        # 5 % of the sleeve's equity per asset, paid from cash: spot cost plus perp margin
+        per_unit_cash = 1 + 1 / params.leverage
+        notional = min(params.max_asset_share * equity, max(0.0, cash_left) / per_unit_cash * 0.995)
+        if notional < MIN_NOTIONAL_USDT:
+            continue
+        move(st, asset, "OPPORTUNITY_DETECTED", f"predicted {predicted:.6f}, last two {last_two}, "
+             f"basis {b:.4%}")
+        enter(asset, notional, "entry", "entry")
+        st.sent_at = tick.ts
+        cash_left -= notional * per_unit_cash
+        move(st, asset, "ENTERING", f"long {notional:.2f} USDT spot, short the same perp")
+    return EngineDecision(intents, state.model_dump(mode="json"), events, {}, {}, transfers)
