@@ -219,6 +219,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         states = {**states, **plan.states}
         events.extend(plan.events)
         for t in plan.transfers:
+            exchange.transfer(t)
             ledger.apply_transfer(books, t)
             transfers.append(t)
         result = execute(plan.intents, exchange, flow=f"{FLOW}-funding", scheduled=ts, now=ts,

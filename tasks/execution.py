@@ -46,8 +46,10 @@ def _retry_unless_insufficient_funds(task, task_run, state) -> bool:
 @task(name="execute-plan", retries=3, retry_delay_seconds=[1, 5, 15],
       retry_condition_fn=_retry_unless_insufficient_funds)
 def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: datetime, s: Settings,
-                 now: datetime) -> ExecutionResult:
-    """`quotes`: best bid/ask by symbol at decision time; the paper exchange fills against them."""
+                 now: datetime, accrue_staking: bool = True) -> ExecutionResult:
+    """`quotes`: best bid/ask by symbol at decision time; the paper exchange fills against them.
+    `accrue_staking`: pay the daily staking rewards due up to `plan.day` (the daily cycle); a flow
+    deciding at other times (funding-collection, `plan.day` = a settlement time) passes False."""
     log = get_run_logger()
     if s.mode != Mode.PAPER:
         raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: only the paper exchange is wired to the "
@@ -57,7 +59,7 @@ def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: dat
     exchange.set_quotes(quotes)
     # Staking moves and rewards, as the exchange did them: our ledger repeats the same operations
     # on its own books (same arithmetic, so the two never drift apart by a rounding).
-    book_ops = _accrue_staking(exchange, ledger, s, plan, now)
+    book_ops = _accrue_staking(exchange, ledger, s, plan, now) if accrue_staking else []
     for sleeve, moves in plan.stakes.items():
         for asset, qty in moves.items():
             key = f"stake|{scheduled.isoformat()}|{sleeve.value}|{asset}"

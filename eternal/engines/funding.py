@@ -205,13 +205,15 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
             continue
         # 5 % of the sleeve's equity per asset, paid from cash: spot cost plus perp margin
         per_unit_cash = 1 + 1 / params.leverage
-        notional = min(params.max_asset_share * equity, max(0.0, cash_left) / per_unit_cash * 0.995)
+        affordable = max(0.0, cash_left) / per_unit_cash * 0.995   # 0.5 % kept for the fees
+        notional = min(params.max_asset_share * equity, affordable)
         if notional < MIN_NOTIONAL_USDT:
             continue
         move(st, asset, "OPPORTUNITY_DETECTED", f"predicted {predicted:.6f}, last two {last_two}, "
              f"basis {b:.4%}")
         enter(asset, notional, "entry", "entry")
         st.sent_at = tick.ts
-        cash_left -= notional * per_unit_cash
+        # a cash-limited entry keeps what is left for its fees: nothing for the assets after it
+        cash_left = 0.0 if notional == affordable else cash_left - notional * per_unit_cash
         move(st, asset, "ENTERING", f"long {notional:.2f} USDT spot, short the same perp")
     return EngineDecision(intents, state.model_dump(mode="json"), events, {}, {}, transfers)

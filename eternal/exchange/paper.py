@@ -55,6 +55,7 @@ from eternal.models import (
     Sleeve,
     SleeveBook,
     StopLevel,
+    Transfer,
     base_of,
     utc,
 )
@@ -223,6 +224,14 @@ class PaperExchange(PerpDesk):
             self.stake_ops[key] = moved
         self._changed()
         return moved
+
+    def transfer(self, t: Transfer) -> None:
+        """Move money between two sleeves' accounts (a sub-account transfer on a real venue)."""
+        for sleeve in (t.from_sleeve, t.to_sleeve):
+            if sleeve is not None:
+                self.books.setdefault(sleeve, SleeveBook(sleeve))
+        ledger.apply_transfer(self.books, t)
+        self._changed()
 
     def persist_now(self) -> None:
         self._changed()

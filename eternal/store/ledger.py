@@ -334,10 +334,15 @@ class LedgerStore:
             row = session.scalars(select(ExchangeStateRow).where(ExchangeStateRow.name == name)).first()
         return row.state if row else None
 
-    def save_exchange_state(self, name: str, state: dict[str, Any], now: datetime) -> None:
-        with self.engine.begin() as conn:
-            upsert(conn, ExchangeStateRow.__table__, [{"name": name, "state": _jsonable(state),
-                                                       "updated_at": now}], ["name"])
+    def save_exchange_state(self, name: str, state: dict[str, Any], now: datetime,
+                            conn: Connection | None = None) -> None:
+        """`conn`: write inside the caller's transaction (e.g. with our own books, atomically)."""
+        row = [{"name": name, "state": _jsonable(state), "updated_at": now}]
+        if conn is None:
+            with self.engine.begin() as conn:
+                upsert(conn, ExchangeStateRow.__table__, row, ["name"])
+        else:
+            upsert(conn, ExchangeStateRow.__table__, row, ["name"])
 
 
 def _record(r: OrderRow) -> OrderRecord:
