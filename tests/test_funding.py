@@ -68,7 +68,8 @@ def test_opportunity_opens_spot_long_and_perp_short_for_5_percent_each_btc_eth_b
         assert spot.side == Side.BUY and perp.side == Side.SELL and spot.qty == perp.qty
         assert spot.qty * t.spot[a] == pytest.approx(0.05 * 100_000)      # 5 % of the sleeve's equity
         assert perp.leverage == 1.0
-    assert [i.symbol for i in d.intents][::2] == ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+    assert [i.symbol for i in d.intents][1::2] == ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+    assert [i.market for i in d.intents][:2] == [Market.PERP, Market.SPOT]   # the margin leg first
     assert {a: s["phase"] for a, s in d.state["assets"].items()} == dict.fromkeys(("BTC", "ETH", "SOL"), "ENTERING")
 
 
@@ -79,7 +80,7 @@ def test_when_cash_is_short_btc_and_eth_are_served_before_sol(dataset, markets):
     spot_buys = [i for i in d.intents if i.market == Market.SPOT]
     assert [i.symbol for i in spot_buys] == ["BTC/USDT", "ETH/USDT"]
     assert spot_buys[0].qty * t.spot["BTC"] == pytest.approx(25_000.0)
-    assert spot_buys[1].qty * t.spot["ETH"] == pytest.approx(50_000.0 / 2 * 0.995)   # the cash left
+    assert spot_buys[1].qty * t.spot["ETH"] == pytest.approx(50_000.0 / 2 * 0.98)    # the cash left, less 2 %
     assert d.state["assets"]["SOL"]["phase"] == "MONITORING"
 
 
@@ -151,8 +152,8 @@ def test_received_funding_half_compounds_half_goes_to_tactical(dataset, markets)
     assert tr.qty == pytest.approx(50_000.0 * 0.00236496 / 2)
     # 59.12 USDT to compound: above 2 x 10 USDT, so both legs grow by 29.56 USDT each
     adds = [i for i in d.intents if i.reason == "compound"]
-    assert [i.market for i in adds] == [Market.SPOT, Market.PERP]
-    assert adds[0].qty * t.spot["BTC"] == pytest.approx(50_000.0 * 0.00236496 / 2 / 2)
+    assert [i.market for i in adds] == [Market.PERP, Market.SPOT]
+    assert adds[1].qty * t.spot["BTC"] == pytest.approx(50_000.0 * 0.00236496 / 2 / 2)
     assert d.state["assets"]["BTC"]["compound_pending_usdt"] == 0.0
 
 

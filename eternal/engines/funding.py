@@ -49,6 +49,8 @@ class AssetState(BaseModel):
 class FundingState(BaseModel):
     assets: dict[str, AssetState] = {}
     breaker_tripped_at: datetime | None = None
+    # cash committed by orders that rest until the next open: [sent_at, usdt]
+    committed: list[tuple[datetime, float]] = []
 
 
 def awaiting_fill(sent_at: datetime | None, now: datetime) -> bool:
@@ -92,11 +94,14 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         st.phase = phase
 
     def enter(asset: str, notional: float, why: str, tag: str) -> None:
+        """Both legs in one step: the perp short first (its margin is the fixed part), then the
+        spot buy, scaled to the cash left if the price moved before the fill (the next tick's
+        hedge check trims the perp to match)."""
         qty = notional / tick.spot[asset]
-        intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[asset], Market.SPOT, Side.BUY, qty, OrderType.MARKET,
-                                   why, f"{key}:{tag}:{asset}:spot"))
         intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, Side.SELL, qty, OrderType.MARKET,
                                    why, f"{key}:{tag}:{asset}:perp", leverage=params.leverage))
+        intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[asset], Market.SPOT, Side.BUY, qty, OrderType.MARKET,
+                                   why, f"{key}:{tag}:{asset}:spot", scale_to_cash=True))
 
     def exit_(asset: str, st: AssetState, reason: str, why: str) -> None:
         spot_qty, perp_qty = legs(book, asset)
@@ -133,7 +138,15 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
     else:
         state.breaker_tripped_at = None
 
-    cash_left = book.cash
+    # cash already promised to orders that have not filled yet is not spent twice
+    state.committed = [(t, u) for t, u in state.committed if awaiting_fill(t, tick.ts)]
+    cash_left = book.cash - sum(u for _, u in state.committed)
+
+    def commit(usdt: float) -> None:
+        nonlocal cash_left
+        cash_left -= usdt
+        state.committed.append((tick.ts, usdt))
+
     for asset in ASSETS:
         if asset not in tick.spot or asset not in tick.perp:
             continue
@@ -163,17 +176,6 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
             move(st, asset, "FUNDING_COLLECTING", "found an open hedge")
 
         if st.phase in ("FUNDING_COLLECTING", "EXITING") and held:
-            # hedge integrity: the legs must match within the tolerance
-            gap = spot_qty - perp_qty
-            if abs(gap) > params.hedge_tolerance * max(spot_qty, perp_qty) and not pending:
-                st.sent_at = tick.ts
-                side = Side.SELL if gap > 0 else Side.BUY
-                intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, side, abs(gap),
-                                           OrderType.MARKET, "rehedge", f"{key}:rehedge:{asset}",
-                                           reduce_only=side == Side.BUY, leverage=params.leverage
-                                           if side == Side.SELL else None))
-                event("hedge_mismatch", f"{asset}: spot {spot_qty:.8g} vs perp -{perp_qty:.8g}: "
-                      f"re-hedging the perp by {gap:+.8g}", "warning", asset=asset, spot=spot_qty, perp=perp_qty)
             if st.phase == "EXITING":       # an exit leg did not fill: send what is left
                 exit_(asset, st, st.exit_reason or "retry", "closing what is left")
                 continue
@@ -181,19 +183,41 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
             held_days = (tick.ts - utc(st.opened_at)) if st.opened_at else timedelta(0)
             if state.breaker_tripped_at is not None:
                 exit_(asset, st, "FUNDING_NEGATIVE", "breaker")
-            elif latest is not None and latest < 0:
+                continue
+            if latest is not None and latest < 0:
                 exit_(asset, st, "FUNDING_NEGATIVE", f"latest settled rate {latest:.6f} < 0")
-            elif b > params.max_basis:
+                continue
+            if b > params.max_basis:
                 exit_(asset, st, "BASIS_WIDE", f"basis {b:.4%} > {params.max_basis:.2%}")
-            elif held_days >= timedelta(days=params.max_holding_days):
+                continue
+            if held_days >= timedelta(days=params.max_holding_days):
                 exit_(asset, st, "HOLDING_MAX_DAYS", f"held {held_days.days} days")
-            elif st.compound_pending_usdt >= MIN_NOTIONAL_USDT * (1 + 1 / params.leverage):
-                notional = st.compound_pending_usdt / (1 + 1 / params.leverage)
+                continue
+            # staying in: the legs must match within the tolerance (an exit closes both anyway)
+            gap = spot_qty - perp_qty
+            if abs(gap) > params.hedge_tolerance * max(spot_qty, perp_qty):
+                if not pending:
+                    st.sent_at = tick.ts
+                    side = Side.SELL if gap > 0 else Side.BUY
+                    intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, side, abs(gap),
+                                               OrderType.MARKET, "rehedge", f"{key}:rehedge:{asset}",
+                                               reduce_only=side == Side.BUY,
+                                               leverage=params.leverage if side == Side.SELL else None))
+                    if side == Side.SELL:
+                        commit(abs(gap) * tick.perp[asset] / params.leverage)
+                    event("hedge_mismatch", f"{asset}: spot {spot_qty:.8g} vs perp -{perp_qty:.8g}: "
+                          f"re-hedging the perp by {gap:+.8g}", "warning", asset=asset, spot=spot_qty,
+                          perp=perp_qty)
+                continue
+            unit = 1 + 1 / params.leverage
+            if (st.compound_pending_usdt >= MIN_NOTIONAL_USDT * unit
+                    and st.compound_pending_usdt <= cash_left):
+                notional = st.compound_pending_usdt / unit
                 enter(asset, notional, "compound", "compound")
                 event("funding_compound", f"{asset}: {st.compound_pending_usdt:.4f} USDT of funding "
                       f"added to both legs", asset=asset, usdt=st.compound_pending_usdt)
+                commit(st.compound_pending_usdt)
                 st.compound_pending_usdt = 0.0
-                cash_left -= notional * (1 + 1 / params.leverage)
             continue
 
         if st.phase != "MONITORING" or state.breaker_tripped_at is not None:
@@ -205,7 +229,8 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
             continue
         # 5 % of the sleeve's equity per asset, paid from cash: spot cost plus perp margin
         per_unit_cash = 1 + 1 / params.leverage
-        affordable = max(0.0, cash_left) / per_unit_cash * 0.995   # 0.5 % kept for the fees
+        # 2 % kept for fees and for the price moving before the next open fills the entry
+        affordable = max(0.0, cash_left) / per_unit_cash * 0.98
         notional = min(params.max_asset_share * equity, affordable)
         if notional < MIN_NOTIONAL_USDT:
             continue
@@ -214,6 +239,6 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         enter(asset, notional, "entry", "entry")
         st.sent_at = tick.ts
         # a cash-limited entry keeps what is left for its fees: nothing for the assets after it
-        cash_left = 0.0 if notional == affordable else cash_left - notional * per_unit_cash
+        commit(cash_left if notional == affordable else notional * per_unit_cash)
         move(st, asset, "ENTERING", f"long {notional:.2f} USDT spot, short the same perp")
     return EngineDecision(intents, state.model_dump(mode="json"), events, {}, {}, transfers)
