@@ -2,7 +2,8 @@
 
 CORE over all loaded history (2017-08-17 .. 2026-01-05, 3,064 days): in memory, with the ledger
 persisted in bulk to SQLite, and to PostgreSQL when reachable; TREND-1 alone and CORE + both TREND
-sleeves over 2020-01-01 .. 2026-01-01 (2,192 days); plus the data-quality suite alone.
+sleeves over 2020-01-01 .. 2026-01-01 (2,192 days); every engine (CORE, TREND-1, TREND-2, FUNDING)
+over 2021-01-01 .. 2026-01-01 (1,826 days); plus the data-quality suite alone.
 Prints median wall times of N runs, days per second, and the ratios between them.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main() -> int:
     cold = timed(lambda: validate_market_data(frames, {}, None))
     results: dict[str, list[float]] = {"quality suite (warm)": [], "replay, in memory": [],
                                        "replay + SQLite ledger": [], "TREND-1 2020-2025": [],
-                                       "CORE + TREND 2020-2025": []}
+                                       "CORE + TREND 2020-2025": [], "all engines 2021-2025": []}
     window = {"start": utc("2020-01-01"), "end": utc("2026-01-01"), "progress": False}
     pg_ok = True
     try:
@@ -60,6 +61,9 @@ def main() -> int:
             timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("trend-1"), **window)))
         results["CORE + TREND 2020-2025"].append(
             timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("core,trend"), **window)))
+        results["all engines 2021-2025"].append(
+            timed(lambda: run_backfill(data, settings, start=utc("2021-01-01"), end=utc("2026-01-01"),
+                                       progress=False)))
         with tempfile.TemporaryDirectory() as tmp:
             engine = connect(f"sqlite:///{tmp}/bench.db")
             results["replay + SQLite ledger"].append(
@@ -81,7 +85,7 @@ def main() -> int:
     print(f"{'case':30} {'median s':>9} {'days/s':>9} {'x in-memory':>12}")
     for name, xs in results.items():
         m = statistics.median(xs)
-        n = 2192 if "2020-2025" in name else days
+        n = 2192 if "2020-2025" in name else 1826 if "2021-2025" in name else days
         print(f"{name:30} {m:9.3f} {n / m:9.0f} {m / base:12.2f}")
     return 0
 

@@ -15,9 +15,11 @@ from prefect import serve  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
 from flows.daily_cycle import daily_cycle  # noqa: E402
+from flows.funding_collection import funding_collection  # noqa: E402
 
 SCHEDULES = {
     "daily-cycle": (daily_cycle, "5 0 * * *"),   # 00:05 UTC, after the daily candle has closed
+    "funding-collection": (funding_collection, "5 0,8,16 * * *"),   # 5 min after each settlement
 }
 
 

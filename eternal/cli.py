@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_sub = run.add_subparsers(dest="flow", required=True)
     daily = run_sub.add_parser("daily", help="run the daily cycle (decides on the last closed day)")
     daily.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
+    funding = run_sub.add_parser("funding", help="run one funding tick (books the latest settlement at or "
+                                 "before --asof for every perp position, then the FUNDING engine decides)")
+    funding.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
 
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
     bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
@@ -87,9 +90,14 @@ def cmd_config(args, s) -> int:
 
 
 def cmd_run(args, s) -> int:
-    from flows.daily_cycle import daily_cycle
+    if args.flow == "funding":
+        from flows.funding_collection import funding_collection
 
-    report = daily_cycle(asof=args.asof)
+        report = funding_collection(asof=args.asof)
+    else:
+        from flows.daily_cycle import daily_cycle
+
+        report = daily_cycle(asof=args.asof)
     print(json.dumps(report, indent=2, default=str))
     return 0
 

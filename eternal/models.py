@@ -306,6 +306,7 @@ class FundingTick:
     books: dict[Sleeve, SleeveBook]
     state: dict[str, Any] | None
     received: dict[str, float] = field(default_factory=dict)   # asset -> funding booked at `ts`
+    fills_deferred: bool = False      # replay: orders rest until the next daily open; live: fill now
 
 
 @dataclass

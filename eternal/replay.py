@@ -214,7 +214,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             {a: opens[PERP_SYMBOLS[a]] for a in funding_assets},
             {a: markets[a].latest_funding(ts) for a in funding_assets},
             {a: tuple(r for _, r in markets[a].recent_settlements(ts, 3)) for a in funding_assets},
-            books, states.get(Sleeve.FUNDING), received)
+            books, states.get(Sleeve.FUNDING), received, fills_deferred=True)
         plan = cycle.funding_tick(tick, settings)
         states = {**states, **plan.states}
         events.extend(plan.events)

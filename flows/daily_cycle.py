@@ -27,7 +27,8 @@ def daily_cycle(asof: datetime | None = None) -> dict:
     """Daily cycle: gather validated data and state, decide, execute idempotently, record."""
     s = load_settings()
     asof = utc(asof) if asof else utc(runtime.flow_run.scheduled_start_time or datetime.now(UTC))
-    now = datetime.now(UTC)
+    # the cycle's clock is its asof: fills and records of a back-dated run carry that time
+    now = asof
     scheduled = cycle_key(asof)
     _, ledger = stores(s)
     run_id = ledger.start_run(FLOW, scheduled, s.mode.value, now)

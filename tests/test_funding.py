@@ -31,7 +31,7 @@ def markets(dataset):
 
 
 def tick(dataset, markets, ts: str, book: SleeveBook, state=None, received=None, perp_premium=None,
-         assets=("BTC", "ETH", "SOL")) -> FundingTick:
+         assets=("BTC", "ETH", "SOL"), deferred: bool = True) -> FundingTick:
     """What the replay knows at settlement `ts`: the day's opens, the latest settled rates."""
     t = utc(ts)
     day = t.strftime("%Y-%m-%d")
@@ -41,7 +41,7 @@ def tick(dataset, markets, ts: str, book: SleeveBook, state=None, received=None,
         perp |= {a: spot[a] * (1 + p) for a, p in perp_premium.items()}
     return FundingTick(t, spot, perp, {a: markets[a].latest_funding(t) for a in assets},
                        {a: tuple(r for _, r in markets[a].recent_settlements(t, 3)) for a in assets},
-                       {F: book, T: SleeveBook(T)}, state, received or {})
+                       {F: book, T: SleeveBook(T)}, state, received or {}, fills_deferred=deferred)
 
 
 def hedged(dataset, asset: str, day: str, notional: float, cash: float = 90_000.0) -> SleeveBook:
@@ -196,6 +196,18 @@ def test_orders_resting_until_the_next_open_are_not_sent_again(dataset, markets)
     assert moves[0] == "MONITORING"
 
 
+def test_live_fills_are_immediate_so_nothing_is_reserved_or_awaited(dataset, markets):
+    """Paper/live: an 08:00 entry has filled by 16:00; its cash is gone from the book already and
+    must not be held back a second time, and a failed entry is known at the next tick."""
+    t1 = tick(dataset, markets, "2021-01-05T08:00:00Z", SleeveBook(F, 100_000.0), assets=("BTC",), deferred=False)
+    d1 = funding.decide(t1, P)
+    assert d1.state["committed"] == []
+    t2 = tick(dataset, markets, "2021-01-05T16:00:00Z", SleeveBook(F, 100_000.0), d1.state, assets=("BTC",),
+              deferred=False)
+    moves = [e.data["to"] for e in funding.decide(t2, P).events if e.kind == "funding_state"]
+    assert moves[0] == "MONITORING"            # not filled by 16:00: the entry failed, no waiting
+
+
 @pytest.fixture(scope="module")
 def funding_backfill(dataset):
     checks = {"days": 0, "worst": 0.0}
@@ -252,3 +264,19 @@ def test_sol_settlements_every_2_hours_in_the_ftx_crash_are_handled_as_they_come
         if decided == 1:   # the first of them already says: get out (fills at the next open)
             assert [i.reason for i in d.intents] == ["FUNDING_NEGATIVE", "FUNDING_NEGATIVE"]
     assert decided == 100 and book.cash == pytest.approx(90_000.0 + paid) and paid < -100
+
+
+def test_a_position_opened_after_a_settlement_does_not_take_part_in_it(dataset):
+    """The daily cycle opens positions at 00:05: the 00:00 settlement is not theirs."""
+    from eternal.config import FeeParams
+    from eternal.exchange.paper import FillPolicy, PaperExchange
+
+    price = float(dataset.daily("BTC/USDT:USDT").loc["2024-08-10", "open"])
+    held = PerpPosition("BTC/USDT:USDT", -0.1, price, 0.1 * price, 1.0, utc("2024-08-09T16:05:00Z"))
+    late = PerpPosition("BTC/USDT:USDT", -0.1, price, 0.1 * price, 1.0, utc("2024-08-10T00:05:00Z"))
+    ex = PaperExchange(FeeParams(), FillPolicy.IMMEDIATE, {
+        Sleeve.TREND_1: SleeveBook(Sleeve.TREND_1, 1_000.0, perps={held.symbol: held}),
+        Sleeve.TREND_2: SleeveBook(Sleeve.TREND_2, 1_000.0, perps={late.symbol: late})})
+    rate = float(dataset.funding["BTC/USDT:USDT"].loc["2024-08-10 00:00", "funding_rate"])
+    pays = ex.settle_funding(utc("2024-08-10T00:00:00Z"), "BTC/USDT:USDT", rate, price)
+    assert [(p.sleeve, p.amount) for p in pays] == [(Sleeve.TREND_1, pytest.approx(rate * 0.1 * price))]

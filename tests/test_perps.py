@@ -667,7 +667,7 @@ def test_perp_books_stops_and_funding_round_trip_exactly_on_both_databases(store
     from eternal.store.ledger import funding_row
     from eternal.store.models import FillRow, FundingPaymentRow, PerpPositionRow
 
-    now = utc("2022-11-09T00:05Z")
+    now = utc("2022-11-08T16:05Z")          # positions held before the 2022-11-09 00:00 settlement
     books = store.initialise(100_000.0, {Sleeve.CORE: 0.6, T1: 0.25, Sleeve.FUNDING: 0.15}, now)
     books[Sleeve.FUNDING].holdings["BTC"] = 0.4
     store.save_books(books.values(), now)

@@ -53,10 +53,10 @@ class FundingState(BaseModel):
     committed: list[tuple[datetime, float]] = []
 
 
-def awaiting_fill(sent_at: datetime | None, now: datetime) -> bool:
+def awaiting_fill(sent_at: datetime | None, now: datetime, deferred: bool = True) -> bool:
     """Orders sent at `sent_at` may still be resting: in replay they fill at the next daily open
     (a 00:00 decision at that same open, processed after the tick), live they fill at once."""
-    if sent_at is None:
+    if sent_at is None or not deferred:
         return False
     sent_at = utc(sent_at)
     midnight = sent_at.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -139,13 +139,14 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         state.breaker_tripped_at = None
 
     # cash already promised to orders that have not filled yet is not spent twice
-    state.committed = [(t, u) for t, u in state.committed if awaiting_fill(t, tick.ts)]
+    state.committed = [(t, u) for t, u in state.committed if awaiting_fill(t, tick.ts, tick.fills_deferred)]
     cash_left = book.cash - sum(u for _, u in state.committed)
 
     def commit(usdt: float) -> None:
         nonlocal cash_left
         cash_left -= usdt
-        state.committed.append((tick.ts, usdt))
+        if tick.fills_deferred:         # live fills take the cash at once: the book shows it
+            state.committed.append((tick.ts, usdt))
 
     for asset in ASSETS:
         if asset not in tick.spot or asset not in tick.perp:
@@ -157,7 +158,7 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         b = basis(tick, asset)
 
         # what happened since the last tick (orders may still rest until the next open)
-        pending = awaiting_fill(st.sent_at, tick.ts)
+        pending = awaiting_fill(st.sent_at, tick.ts, tick.fills_deferred)
         if st.phase == "ENTERING" and held:
             st.opened_at, st.sent_at = st.opened_at or tick.ts, None
             move(st, asset, "FUNDING_COLLECTING", f"spot {spot_qty:.6g} / perp -{perp_qty:.6g} filled")

@@ -213,8 +213,10 @@ class PerpDesk:
             if ts < last_ts:
                 raise ExchangeError(f"funding of {symbol} at {ts.isoformat()} is older than the last "
                                     f"settlement ({last_ts.isoformat()}): settle in time order")
+        # only positions held at the settlement take part (one opened at 00:05 skips 00:00)
         payments = [p for s in sorted(self.books)
-                    if (p := ledger.settle_funding(self.books[s], symbol, rate, price, ts)) is not None]
+                    if (pos := self.books[s].perps.get(symbol)) is not None and utc(pos.opened_at) <= ts
+                    and (p := ledger.settle_funding(self.books[s], symbol, rate, price, ts)) is not None]
         self.funding_last[symbol] = {"ts": ts.isoformat(), "payments": [_payment_to_dict(p) for p in payments]}
         self._changed()
         return payments
