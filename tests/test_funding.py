@@ -1,7 +1,6 @@
 """FUNDING rules (spec chapter 4) on real settlements of ../shared/data."""
 from __future__ import annotations
 
-from datetime import timedelta
 
 import pytest
 
