@@ -17,6 +17,7 @@ from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import ExecutionResult, client_order_id, execute
 from eternal.models import Event, Fill, Plan, Quote, utc
 from eternal.store.ledger import LedgerStore
+from eternal.store.locks import exclusive
 from eternal.store.models import FillRow
 from tasks.context import stores
 
@@ -46,6 +47,13 @@ def _retry_unless_insufficient_funds(task, task_run, state) -> bool:
 @task(name="execute-plan", retries=3, retry_delay_seconds=[1, 5, 15],
       retry_condition_fn=_retry_unless_insufficient_funds)
 def execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: datetime, s: Settings,
+                 now: datetime, accrue_staking: bool = True) -> ExecutionResult:
+    """Holds the paper exchange's lock throughout: its state is read, changed and saved whole."""
+    with exclusive(stores(s)[1].engine, PAPER):
+        return _execute_plan(plan, quotes, flow, scheduled, s, now, accrue_staking)
+
+
+def _execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: datetime, s: Settings,
                  now: datetime, accrue_staking: bool = True) -> ExecutionResult:
     """`quotes`: best bid/ask by symbol at decision time; the paper exchange fills against them.
     `accrue_staking`: pay the daily staking rewards due up to `plan.day` (the daily cycle); a flow
@@ -104,6 +112,12 @@ def _persist(ledger: LedgerStore, result: ExecutionResult, book_ops: list[tuple]
 
 @task(name="sync-exchange", retries=3, retry_delay_seconds=[1, 5, 15])
 def sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
+    """Holds the paper exchange's lock throughout: its state is read, changed and saved whole."""
+    with exclusive(stores(s)[1].engine, PAPER):
+        return _sync_exchange(day, s, now)
+
+
+def _sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
     """What the exchange did since the last cycle, booked in our ledger before deciding.
 
     Paper mode: the resting stops (and liquidations) are checked against the range of the day that

@@ -52,6 +52,7 @@ from eternal.models import (
 )
 from eternal.store.models import EventRow
 from tasks.context import stores
+from eternal.store.locks import exclusive
 from tasks.execution import PAPER, open_paper_exchange
 
 FLOW = "funding-collection"
@@ -163,6 +164,12 @@ def _close(market, symbol: str, day: datetime) -> float | None:
 # 2. the settlement, at the exchange and in our ledger ------------------------------------------
 @task(name="settle-funding", retries=3, retry_delay_seconds=[1, 5, 15])
 def settle_funding(fm: FundingMarket, s: Settings, now: datetime) -> list[FundingPayment]:
+    """Holds the paper exchange's lock throughout: its state is read, changed and saved whole."""
+    with exclusive(stores(s)[1].engine, PAPER):
+        return _settle_funding(fm, s, now)
+
+
+def _settle_funding(fm: FundingMarket, s: Settings, now: datetime) -> list[FundingPayment]:
     """Every open perp position of every sleeve pays or receives `rate x qty x price` at the
     exchange; our ledger books the same payments once. Returns every payment booked at `ts`."""
     require_paper(s)
@@ -206,6 +213,13 @@ def _run_key(ts: datetime) -> str:
 # 3. the FUNDING decision, once per settlement -------------------------------------------------
 @task(name="decide-funding")
 def decide_funding(fm: FundingMarket, payments: list[FundingPayment], s: Settings,
+                   now: datetime) -> TickDecision:
+    """Holds the paper exchange's lock throughout: its state is read, changed and saved whole."""
+    with exclusive(stores(s)[1].engine, PAPER):
+        return _decide_funding(fm, payments, s, now)
+
+
+def _decide_funding(fm: FundingMarket, payments: list[FundingPayment], s: Settings,
                    now: datetime) -> TickDecision:
     """The FUNDING engine at `ts`, decided once: its transfers (in our books and the paper
     exchange's), new state, events and recorded plan are written in one transaction."""
