@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--timeframes", default="1d", help="comma-separated, e.g. 1d,1h (default 1d)")
     dl = data_sub.add_parser("download", help="download daily candles and funding from Bybit")
     dl.add_argument("--since", type=_date, required=True, help="first day to fetch (YYYY-MM-DD)")
+    data_sub.add_parser("fear-greed", help="download the Crypto Fear & Greed Index (alternative.me) "
+                        "and store it daily")
     val = data_sub.add_parser("validate", help="run the data quality suite on the stored data")
     val.add_argument("--asof", type=_date, help="check freshness as of this time (default: now)")
 
@@ -171,6 +173,13 @@ def cmd_data(args, s) -> int:
             print(f"{series}: {n} rows")
         return 0
     store = MarketStore(connect(s.database_url))
+    if args.action == "fear-greed":
+        from eternal.data.fear_greed import update_fear_greed
+
+        n = update_fear_greed(store, s.data.fear_greed_url, timeout_s=s.data.fear_greed_timeout_s,
+                              retries=s.data.fear_greed_retries)
+        print(f"fear & greed: {n} rows written")
+        return 0
     if args.action == "download":
         from eternal.data.download import download_market_data
 

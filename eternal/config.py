@@ -151,6 +151,9 @@ class DataSettings(BaseModel, frozen=True):
     max_daily_move: Fraction = 0.60         # |close-to-close| must stay below this
     max_funding_rate_8h: Fraction = 0.03    # |funding| per settlement
     refresh_before_cycle: bool = True       # download missing days before a live-like cycle
+    fear_greed_url: str = "https://api.alternative.me/fng/?limit=0&format=json"  # whole history
+    fear_greed_timeout_s: float = Field(10.0, gt=0)   # per request
+    fear_greed_retries: int = Field(3, ge=0)          # after the first try
 
 
 class ExecutionSettings(BaseModel, frozen=True):
