@@ -10,7 +10,7 @@ from eternal.config import load_settings
 from eternal.models import SPOT_SYMBOLS, UTC, Quote, last_closed_day, utc
 from tasks.context import stores
 from tasks.execution import execute_plan, sync_exchange
-from tasks.market_data import gather_snapshot
+from tasks.market_data import active_sleeves, gather_snapshot
 from tasks.record import record_cycle
 
 FLOW = "daily-cycle"
@@ -35,7 +35,7 @@ def daily_cycle(asof: datetime | None = None) -> dict:
     try:
         sync_exchange(last_closed_day(asof), s, now)     # stops that fired during the closed day
         snap = gather_snapshot(asof, s)
-        plan = cycle.daily(snap, s)
+        plan = cycle.daily(snap, s, tuple(active_sleeves(s)))   # a sleeve weighted 0 is not decided for
         execute = execute_plan.with_options(retries=s.execution.retries,
                                             retry_delay_seconds=list(s.execution.retry_delays_s))
         quotes = {SPOT_SYMBOLS[a]: q for a, q in snap.quotes.items()}

@@ -138,7 +138,17 @@ def _sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
         if len(candle):
             bars[symbol] = (float(candle["open"].iloc[0]), float(candle["high"].iloc[0]),
                             float(candle["low"].iloc[0]))
-    fills = exchange.check_stops(day, bars) + exchange.check_liquidations(day, bars) if bars else []
+    # Each day's range is checked once: a re-run of the same cycle must not test the levels set
+    # at that day's close (meant for the next day) against the day itself.
+    checked = exchange.stops_checked_through
+    if bars and (checked is None or utc(checked) < day):
+        exchange.check_stops(day, bars)
+        exchange.check_liquidations(day, bars)
+        exchange.stops_checked_through = day.isoformat()
+        exchange.persist_now()
+    # Book every stop/liquidation fill the exchange has that our ledger lacks, not only this
+    # call's: a retry after the exchange saved its fills but before our ledger did must book them.
+    fills = list(exchange.events_fills)
     with ledger.engine.connect() as conn:
         seen = set(conn.execute(select(FillRow.trade_id).where(
             FillRow.trade_id.in_([f.trade_id for f in fills]))).scalars()) if fills else set()

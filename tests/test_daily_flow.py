@@ -265,3 +265,45 @@ def test_trend_position_stop_is_kept_at_the_exchange_and_fires_on_the_next_days_
     for sleeve in (Sleeve.TREND_1, Sleeve.TREND_2):
         assert ours[sleeve].cash == pytest.approx(theirs[sleeve].cash, abs=1e-9)
         assert {s: p.qty for s, p in ours[sleeve].perps.items()} == {s: p.qty for s, p in theirs[sleeve].perps.items()}
+
+
+def test_rerun_never_tests_new_stops_on_the_old_day_and_a_retry_books_a_fired_stop(db, dataset, monkeypatch):
+    """Re-running the 2024-08-09 cycle must not test the stop set at 08-08's close (61,467.15)
+    against 08-08's own range (high 62,737.20); and when our ledger fails to save the stop fill
+    the exchange already made on 08-09, the task's retry still books it."""
+    from eternal.models import PERP_SYMBOLS
+    from eternal.store.ledger import LedgerStore as Store
+    from eternal.store.models import FillRow
+
+    load_market(db, dataset, "2023-08-01", "2024-08-10")
+    run("2024-08-08T00:05:00Z")
+    run("2024-08-09T00:05:00Z")
+    run("2024-08-09T00:05:00Z")                               # re-run of the same cycle
+    assert PERP_SYMBOLS["BTC"] in LedgerStore(db).load_books()[Sleeve.TREND_2].perps
+
+    original, failed = Store.save_execution, []
+
+    def flaky(self, orders, fills, *args, **kwargs):
+        if any(f.reason == "hard_stop" for f in fills) and not failed:
+            failed.append(True)
+            raise ConnectionError("database went away while booking the stop")
+        return original(self, orders, fills, *args, **kwargs)
+
+    monkeypatch.setattr(Store, "save_execution", flaky)
+    run("2024-08-10T00:05:00Z")
+    assert failed == [True]
+    with db.connect() as conn:
+        fired = conn.execute(select(FillRow.price).where(FillRow.reason == "hard_stop")).scalars().all()
+    assert fired == [61_659.8]
+    assert PERP_SYMBOLS["BTC"] not in LedgerStore(db).load_books()[Sleeve.TREND_2].perps or \
+        LedgerStore(db).load_books()[Sleeve.TREND_2].perps[PERP_SYMBOLS["BTC"]].entry_price != 55_102.9
+
+
+def test_a_sleeve_weighted_zero_is_not_decided_for(db, monkeypatch):
+    """CORE at 0 (its 60 % moved to FUNDING): the cycle runs the TREND sleeves and skips CORE."""
+    monkeypatch.setenv("ETERNAL_WEIGHTS__CORE", "0")
+    monkeypatch.setenv("ETERNAL_WEIGHTS__FUNDING", "0.75")
+    report = run()
+    assert report["orders"] == 0
+    assert count(db, EngineStateRow, EngineStateRow.sleeve == "core") == 0
+    assert LedgerStore(db).load_books()[Sleeve.CORE].cash == 0.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import pandas as pd
 import pytest
 
 from eternal.config import FundingParams, load_settings
@@ -235,6 +236,19 @@ def test_funding_backfill_2021_2025_reconciles_every_close(funding_backfill):
     assert set(r.summary["exit_reasons"]) <= {"HOLDING_MAX_DAYS", "FUNDING_NEGATIVE", "BASIS_WIDE", "end"}
     # nothing rejected: entries are never sent twice while they rest until the next open
     assert not [e for e in r.events if e.kind == "order_rejected"]
+    # held 14 days, fill to fill: decided at the 00:00 tick 14 days on, filled at that open (a
+    # compound order resting at that same open can leave a remainder, closed the next day)
+    t = r.trades[r.trades.market == "perp"]
+    held = []
+    for sym, g in t.groupby("symbol"):
+        opened = None
+        for _, x in g.iterrows():
+            if x.reason == "entry":
+                opened = pd.Timestamp(x.timestamp)
+            elif x.reason == "HOLDING_MAX_DAYS" and opened is not None:
+                held.append(pd.Timestamp(x.timestamp) - opened)
+                opened = None
+    assert held and set(held) == {pd.Timedelta(days=14)}
 
 
 def test_sol_settlements_every_2_hours_in_the_ftx_crash_are_handled_as_they_come(dataset, markets):

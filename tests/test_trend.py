@@ -245,3 +245,11 @@ def test_trend_2_enters_on_sma_20_100_where_trend_1_on_50_200_does_not(markets, 
     assert (s.trend_2.fast_sma, s.trend_2.slow_sma) == (20, 100)
     assert [x.side for x in trend.decide(None, snap2, s.trend_2, Sleeve.TREND_2).intents] == [Side.BUY]
     assert trend.decide(None, snap2, s.trend_1, S).intents == []
+
+
+def test_time_stop_counts_from_the_fill_day_for_a_paper_fill_at_0005(markets, corr):
+    # paper fills at the 00:05 cycle: the position still belongs to the day of that open
+    book, state, *_ = long_btc(markets, "2020-07-27", "2020-07-28")
+    state["assets"]["BTC"]["opened_at"] = "2020-07-28T00:05:00+00:00"
+    d = trend.decide(state, snap(markets, corr, "2020-08-26", book, ("BTC",)), P, S)
+    assert [i.reason for i in d.intents] == [ExitReason.TIME_STOP]

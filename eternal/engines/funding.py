@@ -159,8 +159,10 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
 
         # what happened since the last tick (orders may still rest until the next open)
         pending = awaiting_fill(st.sent_at, tick.ts, tick.fills_deferred)
+        perp_pos = book.perps.get(PERP_SYMBOLS[asset])
+        fill_time = utc(perp_pos.opened_at) if perp_pos is not None else tick.ts   # held from the fill
         if st.phase == "ENTERING" and held:
-            st.opened_at, st.sent_at = st.opened_at or tick.ts, None
+            st.opened_at, st.sent_at = fill_time, None
             move(st, asset, "FUNDING_COLLECTING", f"spot {spot_qty:.6g} / perp -{perp_qty:.6g} filled")
         elif st.phase == "ENTERING" and pending:
             continue
@@ -173,7 +175,7 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         elif st.phase == "EXITING" and pending:
             continue
         if st.phase in ("MONITORING", "OPPORTUNITY_DETECTED") and held:   # hand-placed or left over
-            st.opened_at = st.opened_at or tick.ts
+            st.opened_at = fill_time
             move(st, asset, "FUNDING_COLLECTING", "found an open hedge")
 
         if st.phase in ("FUNDING_COLLECTING", "EXITING") and held:

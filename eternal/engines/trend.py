@@ -54,6 +54,11 @@ class TrendState(BaseModel):
     assets: dict[str, AssetState] = {}
 
 
+def _day(ts: datetime) -> datetime:
+    """The UTC day of a fill: a paper fill at 00:05 belongs to the day whose open it took."""
+    return ts.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
 def _ok(*values: float) -> bool:
     return all(v is not None and not math.isnan(v) for v in values)
 
@@ -148,7 +153,7 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
                     and rate > params.funding_exit_rate_8h:
                 reason = ExitReason.FUNDING_EXIT
                 why = f"latest funding {rate:.6f} > {params.funding_exit_rate_8h}"
-            elif next_open >= utc(st.opened_at) + timedelta(days=params.time_stop_days):
+            elif next_open >= _day(utc(st.opened_at)) + timedelta(days=params.time_stop_days):
                 reason = ExitReason.TIME_STOP
                 why = f"held {params.time_stop_days} days at the next open"
             if reason is not None:
