@@ -15,7 +15,7 @@ from eternal.config import Mode, Settings
 from eternal.errors import ConfigError, InsufficientFunds
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import ExecutionResult, client_order_id, execute
-from eternal.models import Event, Fill, Plan, Quote, utc
+from eternal.models import Event, Fill, Plan, Quote, Sleeve, utc
 from eternal.store.ledger import LedgerStore
 from eternal.store.locks import exclusive
 from eternal.store.models import FillRow
@@ -167,23 +167,24 @@ def _sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
 
 def _accrue_staking(exchange: PaperExchange, ledger: LedgerStore, s: Settings, plan: Plan,
                     now: datetime) -> list[tuple]:
-    """Paper staking rewards, once per day: the exchange remembers the day it accrued through, so
-    a retried task pays nothing twice. Returns the operations for our ledger to repeat."""
+    """Paper staking rewards, once per day: the exchange remembers the day it accrued through and
+    each sleeve's accrual under a key, so a retried task pays nothing twice at the exchange and
+    still hands our ledger the same operations to repeat (those already applied are skipped)."""
     apy = s.core.staking_apy
     through = exchange.accrued_through
     day = utc(plan.day)
-    ops: list[tuple] = []
+    prefix = f"accrue|{day.isoformat()}|"
     if through is not None and apy >= s.core.staking_min_apy and (days := (day - utc(through)).days) > 0:
         events = []
         for sleeve, book in exchange.books.items():
             reward = books_ledger.accrue_staking(book, "ETH", apy, days)
             if reward:
-                ops.append((f"accrue|{day.isoformat()}|{sleeve.value}|ETH", "accrue", sleeve, "ETH",
-                            (apy, days)))
+                exchange.stake_ops[f"{prefix}{sleeve.value}|ETH"] = float(days)
                 events.append(Event(now, "staking_reward", f"{reward:.8f} ETH over {days} days at "
                                     f"{apy:.2%} APY", sleeve, data={"eth": reward, "days": days}))
         ledger.append_events(events)
     if through is None or day > utc(through):
         exchange.accrued_through = day.isoformat()
         exchange.persist_now()
-    return ops
+    return [(key, "accrue", Sleeve(key.split("|")[2]), "ETH", (apy, days))
+            for key, days in exchange.stake_ops.items() if key.startswith(prefix)]

@@ -221,7 +221,19 @@ def test_staking_is_applied_once_across_a_crash_retry_and_a_rerun_and_rewards_ma
     assert ours.holdings["ETH"] == 0.0
 
     load_market(db, dataset, "2024-01-01", "2024-01-02")    # the next day: one day of rewards
+    import tasks.execution as task_module
+
+    real_execute, boom = task_module.execute, []
+
+    def fail_once(*args, **kwargs):              # the reward is paid at the exchange, then a failure
+        if not boom:
+            boom.append(True)
+            raise ConnectionError("lost after the staking reward was paid")
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(task_module, "execute", fail_once)
     run("2024-01-02T00:05:00Z")
+    assert boom == [True]
     exchange = PaperExchange.from_state(ledger.load_exchange_state("paper"), None, None)
     ours = ledger.load_books()[Sleeve.CORE]
     assert ours.staked["ETH"] == exchange.books[Sleeve.CORE].staked["ETH"] == pytest.approx(
