@@ -183,3 +183,39 @@ def test_deposit_is_deployed_to_the_underweight_assets_next_cycle(dataset):
     assert spent == pytest.approx(110_000 * 0.95 - 95_000)
     btc = next(i for i in d.intents if i.symbol == "BTC/USDT")
     assert btc.qty * btc.limit_price == pytest.approx(110_000 * P.targets["BTC"] - 100_000 * P.targets["BTC"])
+
+
+def test_a_deposit_is_deployed_even_while_a_due_rebalance_is_paused(dataset):
+    # 2018-12-31 closes a quarter, but ETH is 94 % below its ATH: no rebalance; the new cash still goes in
+    s0 = snap(dataset, "2018-12-31", SleeveBook(Sleeve.CORE))
+    book = book_at_weights(s0, P.targets["BTC"], P.targets["ETH"])
+    book.cash += 15_000.0
+    d = core_hodl.decide(steady_state("2018-12-30"), snap(dataset, "2018-12-31", book, 15_000.0), P)
+    assert any(e.kind == "core_rebalance_paused" for e in d.events)
+    assert {i.side for i in d.intents} == {Side.BUY}
+    assert all(i.reason.startswith("deposit") for i in d.intents)
+    assert d.state["pending_inflow_usdt"] == 0.0
+
+
+def test_usdt_drifting_more_than_10_points_triggers_a_rebalance(dataset):
+    # BTC 0.55 and ETH 0.25 are within 10 points of target, but USDT at 0.20 is 15 points over 0.05
+    s0 = snap(dataset, "2023-02-01", SleeveBook(Sleeve.CORE))
+    book = book_at_weights(s0, 0.55, 0.25)
+    d = core_hodl.decide(steady_state("2023-02-01"), snap(dataset, "2023-02-01", book), P)
+    assert {i.side for i in d.intents} == {Side.BUY} and "USDT 0.2000 vs target 0.0500" in d.intents[0].reason
+
+
+def test_a_deposit_during_initialisation_waits_for_the_tranches_to_finish(dataset):
+    book = SleeveBook(Sleeve.CORE, 60_000.0)
+    d = core_hodl.decide(None, snap(dataset, "2020-01-01", book), P)
+    book.cash += 5_000.0                                     # arrives on day 3, mid-initialisation
+    d = core_hodl.decide(d.state, snap(dataset, "2020-01-04", book, 5_000.0), P)
+    assert d.intents == [] and d.state["pending_inflow_usdt"] == 5_000.0
+    state = {**d.state, "phase": "ACCUMULATING", "tranches_done": 4,
+             "quarter_handled": "2019-12-31T00:00:00+00:00"}
+    s = snap(dataset, "2020-02-01", SleeveBook(Sleeve.CORE))
+    steady = book_at_weights(s, P.targets["BTC"], P.targets["ETH"], 60_000.0)
+    steady.cash += 5_000.0
+    d = core_hodl.decide(state, snap(dataset, "2020-02-01", steady), P)   # no new inflow this cycle
+    assert sum(i.qty * i.limit_price for i in d.intents) == pytest.approx(65_000 * 0.95 - 57_000)
+    assert d.state["pending_inflow_usdt"] == 0.0

@@ -47,6 +47,7 @@ class CoreState(BaseModel):
     ath: dict[str, float] = {}
     quarter_handled: datetime | None = None   # last quarter end already rebalanced (or skipped)
     last_rebalance_day: datetime | None = None
+    pending_inflow_usdt: float = 0.0          # deposits not deployed yet (arrived while initialising)
 
 
 def quarter_end_on_or_before(day: datetime) -> datetime:
@@ -94,6 +95,10 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: CoreParams
               phase=Phase.INITIALIZING, investable_usdt=investable)
 
     if state.phase == Phase.INITIALIZING:
+        if (inflow := snap.inflows.get(SLEEVE, 0.0)) > 0:
+            state.pending_inflow_usdt += inflow
+            event("core_deposit", f"{inflow:.2f} USDT deposited while initialising: deployed once the "
+                  "tranches are done", inflow_usdt=inflow)
         elapsed = (day - utc(state.start_day)).days
         due = state.tranches_done * params.tranche_interval_days
         if elapsed >= due:
@@ -117,14 +122,21 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: CoreParams
         state.phase = steady
     equity, w = weights(book, closes)
     targets = params.targets
+    cash_weight = book.cash / equity if equity > 0 else 0.0
+    cash_target = params.cash_buffer
     quarter_end = quarter_end_on_or_before(day)
     quarter_due = params.quarterly_rebalance and (
         state.quarter_handled is None or quarter_end > utc(state.quarter_handled))
     drifted = {a: w[a] - targets[a] for a in ASSETS if abs(w[a] - targets[a]) > params.drift_threshold}
+    if abs(cash_weight - cash_target) > params.drift_threshold:      # USDT is a target too
+        drifted["USDT"] = cash_weight - cash_target
+    inflow = snap.inflows.get(SLEEVE, 0.0) + state.pending_inflow_usdt
+    deployed = False
     if quarter_due or drifted:
         why = []
         if drifted:
-            why.append("drift " + ", ".join(f"{a} {w[a]:.4f} vs target {targets[a]:.4f}" for a in drifted))
+            why.append("drift " + ", ".join(
+                f"{a} {w.get(a, cash_weight):.4f} vs target {targets.get(a, cash_target):.4f}" for a in drifted))
         if quarter_due:
             why.append(f"quarter ended {quarter_end:%Y-%m-%d}")
         reason = "; ".join(why)
@@ -138,14 +150,20 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: CoreParams
                 "warning", drawdowns=crashed)
         else:
             intents += _rebalance(book, closes, equity, targets, snap, params, reason, stake)
+            deployed = True                        # back to target: new cash included
             if intents:
                 state.phase = Phase.REBALANCING
                 state.last_rebalance_day = day
                 event("core_rebalance", f"REBALANCING: {reason}", weights=w, targets=targets)
-    elif (inflow := snap.inflows.get(SLEEVE, 0.0)) > params.min_order_usdt:
-        intents += _deploy_cash(book, closes, equity, targets, snap, params, inflow)
-        if intents:
+    if not deployed and inflow > params.min_order_usdt:
+        # deploying new cash is not rebalancing: it happens even while a rebalance is paused
+        buys = _deploy_cash(book, closes, equity, targets, snap, params, inflow)
+        intents += buys
+        if buys:
             event("core_deposit", f"deploying {inflow:.2f} USDT of new cash to underweight assets")
+        deployed = bool(buys)
+    # deployed: nothing left pending; otherwise carry it (too small yet, or no asset underweight)
+    state.pending_inflow_usdt = 0.0 if deployed else inflow
 
     if steady == Phase.EARN_OPTIMIZING:
         free_eth = book.holdings.get("ETH", 0.0) + stake.get("ETH", 0.0)
