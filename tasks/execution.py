@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from prefect import get_run_logger, task
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from eternal import ledger as books_ledger
 from eternal.config import Mode, Settings
@@ -22,6 +22,7 @@ from eternal.store.models import FillRow
 from tasks.context import stores
 
 PAPER = "paper"
+EXCHANGE_FILL_REASONS = ("hard_stop", "trailing_stop", "liquidation")   # fills the exchange makes itself
 LEDGER_OP = "ledger_op"   # event kind recording a keyed stake/accrual our books have applied
 
 
@@ -127,11 +128,9 @@ def _sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
     if s.mode != Mode.PAPER:
         return []
     market, ledger = stores(s)
-    state = ledger.load_exchange_state(PAPER)
-    if state is None:
+    if ledger.load_exchange_state(PAPER) is None:      # nothing traded yet
         return []
-    exchange = PaperExchange.from_state(state, s.fees, FillPolicy.IMMEDIATE,
-                                        lambda ex: ledger.save_exchange_state(PAPER, ex.to_state(), now))
+    exchange = open_paper_exchange(ledger, s, now)
     bars = {}
     for symbol in {sym for b in exchange.books.values() for sym in b.perps}:
         candle = market.load_candles(symbol, "1d", start=day, end=day + timedelta(days=1))
@@ -148,8 +147,11 @@ def _sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
         exchange.persist_now()
     # Book every stop/liquidation fill the exchange has that our ledger lacks, not only this
     # call's: a retry after the exchange saved its fills but before our ledger did must book them.
-    fills = list(exchange.events_fills)
+    # Only those since the latest one our ledger holds can be missing: the scan stays short.
     with ledger.engine.connect() as conn:
+        booked_to = conn.execute(select(func.max(FillRow.ts)).where(
+            FillRow.reason.in_(EXCHANGE_FILL_REASONS))).scalar()
+        fills = [f for f in exchange.events_fills if booked_to is None or f.ts >= booked_to]
         seen = set(conn.execute(select(FillRow.trade_id).where(
             FillRow.trade_id.in_([f.trade_id for f in fills]))).scalars()) if fills else set()
     new = [f for f in {f.trade_id: f for f in fills}.values() if f.trade_id not in seen]
@@ -160,7 +162,7 @@ def _sync_exchange(day: datetime, s: Settings, now: datetime) -> list[Fill]:
         events = [Event(now, "stop_filled" if f.reason != "liquidation" else "liquidation",
                         f"{f.symbol} {f.side} {f.qty:.8g} at {f.price:.2f} ({f.reason})", f.sleeve,
                         "warning", {"trade_id": f.trade_id}) for f in new if f.reason in
-                  ("hard_stop", "trailing_stop", "liquidation")]
+                  EXCHANGE_FILL_REASONS]
         ledger.save_execution([], new, events, books.values(), now, f"sync {day:%Y-%m-%d}")
     return new
 
