@@ -152,6 +152,9 @@ def print_summary(summary: dict, out: Path) -> None:
         rows.append(("perp exits", ", ".join(f"{k} {v}" for k, v in summary["exit_reasons"].items())))
     if summary.get("funding"):
         rows.append(("funding", f"{summary['funding']:,.2f} USDT (> 0 received)"))
+    if tac := summary.get("tactical_sleeve"):
+        rows.append(("tactical", f"{len(tac['deployments'])} deployments, {len(tac['exits'])} exits, "
+                                 f"{tac['returned_to_core_usdt']:,.2f} USDT returned to CORE"))
     rows += [(f"  {k}", f"{v:,.2f} USDT") for k, v in summary["final_equity_by_sleeve"].items()]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))

@@ -130,7 +130,9 @@ class TacticalParams(BaseModel, frozen=True):
     drawdown_level_2: Fraction = 0.70
     fear_greed_below: int = Field(20, ge=0, le=100)
     negative_funding_rate_8h: float = -0.0005
+    negative_funding_days: int = Field(3, ge=1)     # every settlement of these last days below the rate
     volatility_annualised: float = Field(0.80, gt=0)
+    volatility_window_days: int = Field(30, ge=2)   # daily log returns, annualised with sqrt(365)
     deploy_level_1: Fraction = 0.50
     deploy_level_2: Fraction = 0.50
     deploy_signal: Fraction = 0.25
@@ -141,6 +143,8 @@ class TacticalParams(BaseModel, frozen=True):
     partial_exit_gain: float = Field(0.5, gt=0)
     partial_exit_window_days: int = Field(90, ge=1)
     max_lot_age_days: int = Field(365, ge=1)
+    partial_exit_to_core: bool = True     # a partial exit's proceeds go to CORE too (False: stay as cash)
+    min_deploy_usdt: float = Field(20.0, ge=0)   # a deployment smaller than this waits for more cash
 
 
 class RiskParams(BaseModel, frozen=True):

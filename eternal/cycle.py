@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from eternal.config import Settings
-from eternal.engines import core_hodl, funding, trend
+from eternal.engines import core_hodl, funding, tactical, trend
 from eternal.models import EngineDecision, FundingTick, Plan, Sleeve, Snapshot
 
 
@@ -16,10 +16,15 @@ def _trend(state, snap: Snapshot, settings: Settings, sleeve: Sleeve) -> EngineD
     return trend.decide(state, snap, getattr(settings, sleeve.weight_field), sleeve)
 
 
+def _tactical(state, snap: Snapshot, settings: Settings, sleeve: Sleeve) -> EngineDecision:
+    return tactical.decide(state, snap, settings.tactical)
+
+
 ENGINES: dict[Sleeve, Callable[..., EngineDecision]] = {
     Sleeve.CORE: _core,
     Sleeve.TREND_1: _trend,
     Sleeve.TREND_2: _trend,
+    Sleeve.TACTICAL: _tactical,
 }
 """Daily engines implemented so far, in the order the cycle runs them."""
 
@@ -46,6 +51,7 @@ def daily(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...] | None
         decision = engine(snap.states.get(sleeve), snap, settings, sleeve)
         plan.intents += decision.intents
         plan.events += decision.events
+        plan.transfers += decision.transfers
         plan.states[sleeve] = decision.state
         if decision.stake:
             plan.stakes[sleeve] = decision.stake

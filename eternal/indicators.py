@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -52,10 +52,47 @@ class PerpMarket:
 
     def settlements(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         """Settlements with start <= ts < end, in time order (irregular ones included)."""
-        lo = np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(start).tz_convert(None), "ns"))
-        hi = np.searchsorted(self.funding_ts, np.datetime64(pd.Timestamp(end).tz_convert(None), "ns"))
-        return [(pd.Timestamp(t, tz="UTC").to_pydatetime(), float(r))
-                for t, r in zip(self.funding_ts[lo:hi], self.funding_rate[lo:hi])]
+        return settlements_between(self.funding_ts, self.funding_rate, start, end)
+
+
+def _ns(at: datetime) -> np.datetime64:
+    return np.datetime64(pd.Timestamp(at).tz_convert(None), "ns")
+
+
+def settlements_between(ts: np.ndarray, rates: np.ndarray, start: datetime,
+                        end: datetime) -> list[tuple[datetime, float]]:
+    """Settlements with start <= ts < end from sorted arrays, in time order."""
+    lo, hi = np.searchsorted(ts, _ns(start)), np.searchsorted(ts, _ns(end))
+    return [(pd.Timestamp(t, tz="UTC").to_pydatetime(), float(r)) for t, r in zip(ts[lo:hi], rates[lo:hi])]
+
+
+@dataclass(frozen=True)
+class FundingHistory:
+    """One perpetual's funding settlements alone (no candles needed: TACTICAL reads BTC's funding
+    over years where the perp has no usable price history yet)."""
+
+    ts: np.ndarray                          # datetime64[ns], naive UTC, sorted
+    rate: np.ndarray
+
+    @classmethod
+    def of(cls, funding: pd.DataFrame | None) -> FundingHistory:
+        if funding is None or not len(funding):
+            return cls(np.array([], dtype="datetime64[ns]"), np.array([], dtype=float))
+        return cls(funding.index.tz_convert(None).to_numpy(dtype="datetime64[ns]"),
+                   funding["funding_rate"].to_numpy(dtype=float))
+
+    def window(self, end: datetime, days: int) -> tuple[float, ...]:
+        """Rates settled in (end - days, end], oldest first: what is known at `end`."""
+        hi = int(np.searchsorted(self.ts, _ns(end), side="right"))
+        lo = int(np.searchsorted(self.ts, _ns(end - timedelta(days=days)), side="right"))
+        return tuple(float(r) for r in self.rate[lo:hi])
+
+
+def realised_volatility(close: pd.Series, window: int = 30, periods_per_year: int = 365) -> pd.Series:
+    """Rolling standard deviation (ddof 1) of daily log returns over `window` returns, annualised
+    with sqrt(periods_per_year); NaN until `window` returns exist."""
+    returns = np.log(close.astype(float)).diff()
+    return returns.rolling(window, min_periods=window).std(ddof=1) * np.sqrt(periods_per_year)
 
 
 def perp_market(asset: str, symbol: str, candles: pd.DataFrame, funding: pd.DataFrame | None = None,

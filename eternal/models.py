@@ -273,11 +273,15 @@ class Snapshot:
     quotes: dict[str, Quote]                 # asset -> best bid/ask now (replay: the close)
     books: dict[Sleeve, SleeveBook]
     states: dict[Sleeve, dict[str, Any]]     # persisted engine states (JSON)
-    inflows: dict[Sleeve, float] = field(default_factory=dict)  # USDT added since the last cycle
+    inflows: dict[Sleeve, float] = field(default_factory=dict)  # USDT received since the last cycle
     perps: dict[str, Any] = field(default_factory=dict)        # asset -> PerpMarket (indicators)
     perp_index: dict[str, int] = field(default_factory=dict)   # asset -> position of `day` in it
     marks: dict[str, float] = field(default_factory=dict)      # perp symbol -> close of `day`
     btc_eth_correlation: float | None = None   # 30-day correlation of daily perp returns at `day`
+    fear_greed: int | None = None              # Fear & Greed index of `day`; None: missing (no signal)
+    volatility: dict[str, float] = field(default_factory=dict)  # asset -> 30-day realised vol, annualised
+    recent_funding: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    """asset -> perp funding rates settled in the last days up to `day`'s close, oldest first"""
 
 
 @dataclass

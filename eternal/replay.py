@@ -29,9 +29,10 @@ from eternal.data.quality import validate_market_data
 from eternal.errors import DataError, EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import execute, scaled_event, sync_record
-from eternal.indicators import PerpMarket, perp_market, return_correlation
+from eternal.indicators import FundingHistory, PerpMarket, perp_market, realised_volatility, return_correlation
 from eternal.models import (
     PERP_SYMBOLS,
+    QUOTE,
     FundingTick,
     Transfer,
     base_of,
@@ -50,7 +51,8 @@ from eternal.models import (
 from eternal.store.ledger import LedgerStore
 
 FLOW = "backfill"
-SPOT_NEEDS = {Sleeve.CORE: ("BTC", "ETH"), Sleeve.FUNDING: ("BTC", "ETH", "SOL")}  # spot an engine trades
+SPOT_NEEDS = {Sleeve.CORE: ("BTC", "ETH"), Sleeve.FUNDING: ("BTC", "ETH", "SOL"),
+              Sleeve.TACTICAL: ("BTC", "ETH")}                                      # spot an engine trades
 PERP_NEEDS = {Sleeve.TREND_1: ("BTC", "ETH"), Sleeve.TREND_2: ("BTC", "ETH"),
               Sleeve.FUNDING: ("BTC", "ETH", "SOL")}                                 # perps it trades
 ALIASES = {"trend": (Sleeve.TREND_1, Sleeve.TREND_2)}
@@ -86,10 +88,7 @@ def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
         except ValueError:
             raise BackfillError(f"--engines: unknown engine {name!r}; known: "
                                 f"{', '.join([*(s.value for s in Sleeve), *ALIASES])}") from None
-        if sleeve not in cycle.ENGINES and sleeve not in cycle.TICK_ENGINES:
-            raise BackfillError(f"--engines: engine {name!r} is not implemented yet; available: "
-                                f"{', '.join(s.value for s in [*cycle.ENGINES, *cycle.TICK_ENGINES])}")
-        chosen.append(sleeve)
+        chosen.append(sleeve)          # every sleeve has an engine now
     return tuple(dict.fromkeys(chosen))
 
 
@@ -160,9 +159,18 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     correlation = (return_correlation(markets["BTC"], markets["ETH"], settings.trend_1.correlation_window_days)
                    .reindex(days).to_numpy(float) if {"BTC", "ETH"} <= set(perp_assets) else None)
 
+    tactical = settings.tactical
+    vol = (realised_volatility(frames[SPOT_SYMBOLS["BTC"]]["close"], tactical.volatility_window_days)
+           .reindex(days).to_numpy(float) if "BTC" in spot_assets else None)
+    fear_greed = (data.fear_greed["value"].reindex(days).to_numpy(float)
+                  if data.fear_greed is not None and Sleeve.TACTICAL in sleeves else None)
+    btc_funding = FundingHistory.of(data.funding.get(PERP_SYMBOLS["BTC"]))
+
     shares = allocate(capital, settings, sleeves)
     if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:
         shares[Sleeve.TACTICAL] = 0.0          # receives half of the funding collected
+    if Sleeve.TACTICAL in sleeves and Sleeve.CORE not in shares:
+        shares[Sleeve.CORE] = 0.0              # receives TACTICAL's exits
     books = {s: SleeveBook(s, capital * w) for s, w in shares.items()}
     exchange = PaperExchange(settings.fees, FillPolicy.NEXT_OPEN, books)
     store = LedgerStore(engine) if engine is not None else None
@@ -189,6 +197,16 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         fills.extend(new)
 
     transfers: list[Transfer] = []
+    received: dict[Sleeve, float] = {}       # USDT received per sleeve since the last daily decision
+
+    def book_transfers(new: list[Transfer]) -> None:
+        for t in new:
+            exchange.transfer(t)
+            ledger.apply_transfer(books, t)
+            transfers.append(t)
+            if t.asset == QUOTE:
+                received[t.to_sleeve] = received.get(t.to_sleeve, 0.0) + t.qty
+
     funding_assets = PERP_NEEDS[Sleeve.FUNDING] if Sleeve.FUNDING in sleeves else ()
 
     def settle(ts_from: datetime, ts_to: datetime, opens: dict[str, float]) -> None:
@@ -218,10 +236,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         plan = cycle.funding_tick(tick, settings)
         states = {**states, **plan.states}
         events.extend(plan.events)
-        for t in plan.transfers:
-            exchange.transfer(t)
-            ledger.apply_transfer(books, t)
-            transfers.append(t)
+        book_transfers(plan.transfers)
         result = execute(plan.intents, exchange, flow=f"{FLOW}-funding", scheduled=ts, now=ts,
                          known=records, known_trades=trade_ids)
         for rec in result.orders:
@@ -274,12 +289,18 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         closes = {a: float(cols[a]["close"][i]) for a in spot_assets}    # 6. decisions at the close
         marks = {markets[a].symbol: float(markets[a].close[perp_pos[a][i]]) for a in perp_assets}
         snap = Snapshot(next_day, day, closes, {a: float(cols[a]["ath"][i]) for a in spot_assets},
-                        {a: Quote(c, c, c) for a, c in closes.items()}, books, states, {},
+                        {a: Quote(c, c, c) for a, c in closes.items()}, books, states, dict(received),
                         markets, {a: int(perp_pos[a][i]) for a in perp_assets}, marks,
-                        float(correlation[i]) if correlation is not None else None)
+                        float(correlation[i]) if correlation is not None else None,
+                        fear_greed=(None if fear_greed is None or np.isnan(fear_greed[i])
+                                    else int(fear_greed[i])),
+                        volatility={"BTC": float(vol[i])} if vol is not None and not np.isnan(vol[i]) else {},
+                        recent_funding={"BTC": btc_funding.window(next_day, tactical.negative_funding_days)})
+        received.clear()
         plan = cycle.daily(snap, settings, sleeves)
         states = {**states, **plan.states}
         events += plan.events
+        book_transfers(plan.transfers)
         for s, moves in plan.stakes.items():
             for asset, qty in moves.items():
                 ledger.stake(books[s], asset, exchange.stake(s, asset, qty))
@@ -321,6 +342,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     summary["funding"] = float(sum(p.amount for p in payments))
     if funding_assets:
         summary["funding_sleeve"] = funding_summary(trades, payments, transfers, utilisation)
+    if Sleeve.TACTICAL in sleeves:
+        summary["tactical_sleeve"] = tactical_summary(events)
 
     if store is not None:
         with engine.begin() as conn:
@@ -336,6 +359,22 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return BackfillResult(summary, trades, equity, events, out_dir, payments)
+
+
+def tactical_summary(events: list[Event]) -> dict:
+    """Every TACTICAL deployment (day, triggers, amount) and exit, from the audit trail."""
+    lots = {e.data["lot"]: e for e in events if e.kind == "tactical_lot_opened"}
+    deployments = [{"decided": f"{e.ts - timedelta(days=1):%Y-%m-%d}", "lot": e.data["lot"],
+                    "triggers": e.data["triggers"], "planned_usdt": e.data["usdt"],
+                    "cost_usdt": lots[e.data["lot"]].data["cost_usdt"] if e.data["lot"] in lots else None,
+                    "reason": e.message.split(": ", 2)[-1]}
+                   for e in events if e.kind == "tactical_deploy"]
+    exits = [{"decided": f"{e.ts - timedelta(days=1):%Y-%m-%d}", "lot": e.data["lot"], "kind": e.data["kind"],
+              "gain": e.data["gain"], "value_usdt": e.data["value_usdt"]}
+             for e in events if e.kind == "tactical_exit"]
+    return {"deployments": deployments, "exits": exits,
+            "returned_to_core_usdt": float(sum(e.data["proceeds_usdt"] for e in events
+                                               if e.kind == "tactical_exit_filled"))}
 
 
 def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transfers: list[Transfer],

@@ -34,7 +34,7 @@ def daily_cycle(asof: datetime | None = None) -> dict:
     run_id = ledger.start_run(FLOW, scheduled, s.mode.value, now)
     try:
         sync_exchange(last_closed_day(asof), s, now)     # stops that fired during the closed day
-        snap = gather_snapshot(asof, s)
+        snap, transfers_seen = gather_snapshot(asof, s)
         plan = cycle.daily(snap, s, tuple(active_sleeves(s)))   # a sleeve weighted 0 is not decided for
         execute = execute_plan.with_options(retries=s.execution.retries,
                                             retry_delay_seconds=list(s.execution.retry_delays_s))
@@ -42,6 +42,7 @@ def daily_cycle(asof: datetime | None = None) -> dict:
         quotes |= {sym: Quote(m, m, m) for sym, m in snap.marks.items()}   # perps: the mark
         result = execute(plan, quotes, FLOW, scheduled, s, now)
         report = record_cycle(snap, plan, result, s, str(scheduled), now)
+        report["transfers_seen"] = transfers_seen      # the next cycle's inflows start after it
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": str(exc)}, datetime.now(UTC))
         raise

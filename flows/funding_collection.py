@@ -1,6 +1,7 @@
 """Funding collection, every 8 hours: settle -> book -> FUNDING decides (pure) -> execute -> record."""
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from prefect import flow, runtime
@@ -34,7 +35,8 @@ def funding_collection(asof: datetime | None = None) -> dict:
         decision = decide_funding(fm, payments, s, now)   # pure engine; transfers + state, once
         execute = execute_plan.with_options(retries=s.execution.retries,
                                             retry_delay_seconds=list(s.execution.retry_delays_s))
-        result = execute(decision.plan, fm.quotes(), FLOW, fm.ts, s, now, accrue_staking=False)
+        orders = replace(decision.plan, transfers=[])  # its transfers were made with the decision
+        result = execute(orders, fm.quotes(), FLOW, fm.ts, s, now, accrue_staking=False)
         report = record_funding(fm, payments, decision, result, s)
     except BaseException as exc:
         run_id = run_id if run_id is not None else ledger.start_run(FLOW, asof, s.mode.value, now)

@@ -73,6 +73,10 @@ def _execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: da
         for asset, qty in moves.items():
             key = f"stake|{scheduled.isoformat()}|{sleeve.value}|{asset}"
             book_ops.append((key, "stake", sleeve, asset, exchange.stake(sleeve, asset, qty, key)))
+    for n, t in enumerate(plan.transfers):        # between sleeves (TACTICAL's exits to CORE), once
+        key = (f"transfer|{scheduled.isoformat()}|{n}|{t.from_sleeve}|{t.to_sleeve}|{t.asset}")
+        exchange.transfer(t, key)
+        book_ops.append((key, "transfer", t.to_sleeve, t.asset, t))
     for sleeve, levels in plan.stops.items():     # stops kept in step with the engines' levels
         for symbol, level in levels.items():
             exchange.set_stop(sleeve, symbol, level)
@@ -96,11 +100,14 @@ def _persist(ledger: LedgerStore, result: ExecutionResult, book_ops: list[tuple]
              run_key: str) -> None:
     books = ledger.load_books()
     done = ledger.applied_ops([op[0] for op in book_ops])
-    op_events = []
+    op_events, transfers = [], []
     for key, op, sleeve, asset, amount in book_ops:
         if key in done:            # a retry or re-run: our books already hold it
             continue
-        if op == "stake":
+        if op == "transfer":
+            books_ledger.apply_transfer(books, amount)
+            transfers.append(amount)
+        elif op == "stake":
             books_ledger.stake(books[sleeve], asset, amount)
         else:
             books_ledger.accrue_staking(books[sleeve], asset, amount[0], amount[1])
@@ -108,7 +115,7 @@ def _persist(ledger: LedgerStore, result: ExecutionResult, book_ops: list[tuple]
     for fill in result.fills:
         books_ledger.apply_fill(books[fill.sleeve], fill)
     ledger.save_execution(result.orders, result.fills, result.events + op_events, books.values(), now,
-                          run_key)
+                          run_key, transfers=transfers)
 
 
 @task(name="sync-exchange", retries=3, retry_delay_seconds=[1, 5, 15])

@@ -9,7 +9,8 @@ from eternal import cycle
 from eternal.config import Mode, Settings
 from eternal.data.quality import validate_market_data
 from eternal.errors import DataQualityError
-from eternal.indicators import return_correlation
+from eternal.errors import DataError
+from eternal.indicators import FundingHistory, realised_volatility, return_correlation
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Quote, Sleeve, Snapshot, last_closed_day
 from eternal.replay import PERP_NEEDS, SPOT_NEEDS, perp_markets
 from tasks.context import stores
@@ -27,11 +28,14 @@ def needed_assets(sleeves) -> tuple[list[str], list[str]]:
 
 
 @task(name="gather-snapshot")
-def gather_snapshot(asof: datetime, s: Settings) -> Snapshot:
+def gather_snapshot(asof: datetime, s: Settings) -> tuple[Snapshot, int | None]:
+    """The snapshot, and the newest transfer row its inflows counted (the next cycle counts the
+    rows after it; the flow records it with the run)."""
     log = get_run_logger()
     market, ledger = stores(s)
     day = last_closed_day(asof)
-    spot, perp = needed_assets(active_sleeves(s))
+    sleeves = active_sleeves(s)
+    spot, perp = needed_assets(sleeves)
     symbols = [SPOT_SYMBOLS[a] for a in spot] + [PERP_SYMBOLS[a] for a in perp]
     stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or datetime.min.replace(
         tzinfo=day.tzinfo)) < day]
@@ -72,8 +76,33 @@ def gather_snapshot(asof: datetime, s: Settings) -> Snapshot:
         c = return_correlation(markets["BTC"], markets["ETH"], s.trend_1.correlation_window_days)
         corr = float(c.iloc[-1]) if len(c) else None
     last_ok = ledger.last_run("daily-cycle", "completed")
-    inflows = ledger.inflows_since(last_ok.started_at if last_ok else None)
+    inflows, seen = ledger.inflows_after((last_ok.summary or {}).get("transfers_seen") if last_ok else None)
     # Paper mode: no order book is stored, so the best bid and ask are the last close.
     quotes = {a: Quote(c, c, c) for a, c in closes.items()}
+    signals = tactical_signals(s, market, frames, day, asof, log) if Sleeve.TACTICAL in sleeves else {}
     return Snapshot(asof, day, closes, ath, quotes, ledger.load_books(), ledger.load_states(), inflows,
-                    markets, index, marks, corr)
+                    markets, index, marks, corr, **signals), seen
+
+
+def tactical_signals(s: Settings, market, frames, day: datetime, asof: datetime, log) -> dict:
+    """What TACTICAL reads besides prices: Fear & Greed of `day` (refreshed in live-like modes; a
+    missing reading is no signal, never a failed cycle), BTC's realised volatility, BTC funding."""
+    from eternal.data.fear_greed import fear_greed_on, update_fear_greed
+
+    p = s.tactical
+    fg = market.load_fear_greed()
+    if s.mode != Mode.REPLAY and s.data.refresh_before_cycle and (not len(fg) or fg.index[-1] < day):
+        try:
+            update_fear_greed(market, s.data.fear_greed_url, timeout_s=s.data.fear_greed_timeout_s,
+                              retries=s.data.fear_greed_retries)
+            fg = market.load_fear_greed()
+        except DataError as exc:
+            log.warning("Fear & Greed not refreshed, no signal from it today: %s", exc)
+    reading = fear_greed_on(fg, day) if len(fg) else None
+    vol = realised_volatility(frames[SPOT_SYMBOLS["BTC"]]["close"], p.volatility_window_days)
+    close_time = day + timedelta(days=1)
+    funding = market.load_funding(PERP_SYMBOLS["BTC"], start=close_time - timedelta(days=p.negative_funding_days),
+                                  end=close_time + timedelta(seconds=1))
+    return {"fear_greed": reading,
+            "volatility": {"BTC": float(vol.iloc[-1])} if len(vol) and vol.notna().iloc[-1] else {},
+            "recent_funding": {"BTC": FundingHistory.of(funding).window(close_time, p.negative_funding_days)}}

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from eternal.config import load_settings
-from eternal.models import utc
+from eternal.models import Sleeve, utc
 from eternal.replay import BackfillError, parse_sleeves, run_backfill
 from eternal.store.db import connect
 from eternal.store.ledger import LedgerStore
@@ -100,11 +100,10 @@ def test_a_window_outside_the_data_is_refused_with_the_data_range(dataset):
                      progress=False)
 
 
-def test_unknown_or_unimplemented_engines_are_refused_by_name():
+def test_unknown_engines_are_refused_by_name_and_every_sleeve_has_an_engine():
     with pytest.raises(BackfillError, match="unknown engine 'nosuch'"):
         parse_sleeves("core,nosuch")
-    with pytest.raises(BackfillError, match="'tactical' is not implemented"):
-        parse_sleeves("tactical")
+    assert parse_sleeves(None) == (Sleeve.CORE, Sleeve.TREND_1, Sleeve.TREND_2, Sleeve.TACTICAL, Sleeve.FUNDING)
 
 
 def test_a_single_selected_sleeve_receives_the_whole_capital(dataset):

@@ -226,8 +226,13 @@ class PaperExchange(PerpDesk):
         self._changed()
         return moved
 
-    def transfer(self, t: Transfer) -> None:
-        """Move money between two sleeves' accounts (a sub-account transfer on a real venue)."""
+    def transfer(self, t: Transfer, key: str | None = None) -> None:
+        """Move money between two sleeves' accounts (a sub-account transfer on a real venue); a
+        keyed transfer is made once, a repeat of the key is a no-op."""
+        if key is not None:
+            if key in self.stake_ops:
+                return
+            self.stake_ops[key] = t.qty
         for sleeve in (t.from_sleeve, t.to_sleeve):
             if sleeve is not None:
                 self.books.setdefault(sleeve, SleeveBook(sleeve))

@@ -242,11 +242,12 @@ class LedgerStore:
 
     def save_execution(self, orders: Sequence[OrderRecord], fills: Sequence[Fill], events: Sequence[Event],
                        books: Iterable[SleeveBook] | None, now: datetime, run_key: str | None = None,
-                       conn: Connection | None = None) -> None:
-        """Orders, their new fills, the books those fills changed and events, in one transaction."""
+                       conn: Connection | None = None, transfers: Sequence[Transfer] = ()) -> None:
+        """Orders, their new fills, transfers, the books they changed and events, in one transaction."""
         if conn is None:
             with self.engine.begin() as conn:
-                return self.save_execution(orders, fills, events, books, now, run_key, conn)
+                return self.save_execution(orders, fills, events, books, now, run_key, conn, transfers)
+        self.save_transfers(transfers, conn)
         upsert(conn, OrderRow.__table__, [order_row(o) for o in orders], ["client_order_id"])
         if fills:
             upsert(conn, FillRow.__table__, [fill_row(f) for f in fills], ["trade_id"])
@@ -292,20 +293,24 @@ class LedgerStore:
                 {**asdict(t), "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
                  "to_sleeve": t.to_sleeve.value} for t in transfers])
 
-    def inflows_since(self, since: datetime | None) -> dict[Sleeve, float]:
-        """USDT transferred into each sleeve after `since` (deposits to deploy)."""
-        q = select(TransferRow).where(TransferRow.asset == QUOTE)
-        if since is not None:
-            q = q.where(TransferRow.ts > since)
+    def inflows_after(self, seen: int | None) -> tuple[dict[Sleeve, float], int | None]:
+        """USDT received by each sleeve in transfers recorded after row `seen` (deposits and other
+        sleeves' transfers, to deploy or to account for), and the newest row counted.
+
+        Counted by row, not by time: a transfer stamped with an earlier time but recorded after a
+        cycle read the table (a funding settlement booked late) is still counted exactly once."""
+        q = select(TransferRow).where(TransferRow.asset == QUOTE).order_by(TransferRow.id)
+        if seen is not None:
+            q = q.where(TransferRow.id > seen)
         out: dict[Sleeve, float] = {}
+        last = seen
         with Session(self.engine) as session:
             for t in session.scalars(q):
+                last = t.id
                 if t.reason.startswith("initial allocation"):
                     continue
                 out[Sleeve(t.to_sleeve)] = out.get(Sleeve(t.to_sleeve), 0.0) + t.qty
-                if t.from_sleeve:
-                    out[Sleeve(t.from_sleeve)] = out.get(Sleeve(t.from_sleeve), 0.0) - t.qty
-        return out
+        return out, last
 
     # runs ------------------------------------------------------------------------------------
     def start_run(self, flow: str, scheduled: datetime, mode: str, now: datetime) -> int:
