@@ -23,6 +23,16 @@ def _date(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _not_negative(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    return v
+
+
 def _positive(value: str) -> float:
     try:
         v = float(value)
@@ -51,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--engines", help="comma-separated engines: core, trend-1, trend-2, or trend for both "
                     "(default: all implemented); one sleeve alone receives the whole capital")
     bf.add_argument("--capital", type=_positive, help="starting capital in USDT (default: settings)")
+    bf.add_argument("--monthly-deposit", type=_not_negative, default=0.0, metavar="USDT",
+                    help="deposited on the first day of each month through the deposit rules (default 0)")
     bf.add_argument("--data-dir", type=Path, help="CSV directory (default: ETERNAL_DATA_DIR, else the database)")
     bf.add_argument("--out", type=Path, default=Path("out/backfill"), help="output directory")
     bf.add_argument("--database-url", help="where the replay's ledger goes (default: OUT/backfill.db)")
@@ -112,7 +124,8 @@ def cmd_backfill(args, s) -> int:
 
     summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
                        data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
-                       database_url=args.database_url, progress=not args.no_progress)
+                       database_url=args.database_url, progress=not args.no_progress,
+                       monthly_deposit_usdt=args.monthly_deposit)
     print_summary(summary, args.out)
     return 0
 
@@ -141,8 +154,9 @@ def print_summary(summary: dict, out: Path) -> None:
     rows = [("window", f"{summary['start']} .. {summary['end_exclusive']} ({summary['days']} days)"),
             ("sleeves", ", ".join(summary["sleeves"])),
             ("initial capital", f"{summary['initial_capital']:,.2f} USDT"),
+            ("deposits", f"{summary.get('deposits', 0.0):,.2f} USDT"),
             ("final equity", f"{summary['final_equity']:,.2f} USDT"),
-            ("total return", f"{summary['total_return']:.2%}"),
+            ("total return", f"{summary['total_return']:.2%}" + (" (time-weighted)" if summary.get("deposits") else "")),
             ("CAGR", f"{summary['cagr']:.2%}" if summary["cagr"] is not None else "n/a"),
             ("max drawdown", f"{summary['max_drawdown']:.2%}"),
             ("Sharpe (daily, sqrt 365)", f"{summary['sharpe']:.2f}" if summary["sharpe"] is not None else "n/a"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -147,6 +148,44 @@ class TacticalParams(BaseModel, frozen=True):
     min_deploy_usdt: float = Field(20.0, ge=0)   # a deployment smaller than this waits for more cash
 
 
+class RegimeWeights(BaseModel, frozen=True):
+    """Target weights of one regime: CORE / TREND (both sleeves) / FUNDING / TACTICAL."""
+
+    core: Fraction
+    trend: Fraction
+    funding: Fraction
+    tactical: Fraction
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> RegimeWeights:
+        total = self.core + self.trend + self.funding + self.tactical
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"regime weights must sum to 1, got {total:.6g} ({self.model_dump()})")
+        return self
+
+
+class AllocationParams(BaseModel, frozen=True):
+    """Capital orchestration (spec chapter 6): regimes, targets, rebalancing, deposits."""
+
+    strong_bull_adx: float = 40.0             # ADX(14) above this and close > SMA200
+    high_volatility: float = Field(0.80, gt=0)   # 30-day realised volatility, annualised with sqrt(365)
+    volatility_window_days: int = Field(30, ge=2)
+    pre_halving_days: int = Field(180, ge=0)
+    # BTC halvings are data; the 2028 date is an estimate that ETERNAL_ALLOCATION__HALVINGS can correct
+    halvings: tuple[date, ...] = (date(2016, 7, 9), date(2020, 5, 11), date(2024, 4, 20), date(2028, 4, 17))
+    band: Fraction = 0.10                     # a sleeve this far above its target gives the excess away
+    trend_1_share: Fraction = 0.75            # TREND splits 3:1 between TREND-1 and TREND-2
+    harvest_to: dict[str, Fraction] = {"core": 0.5, "funding": 0.3, "tactical": 0.2}   # TREND's excess
+    min_transfer_usdt: float = Field(10.0, ge=0)
+    targets: dict[str, RegimeWeights] = {
+        "base": RegimeWeights(core=0.60, trend=0.20, funding=0.15, tactical=0.05),
+        "strong_bull": RegimeWeights(core=0.50, trend=0.35, funding=0.10, tactical=0.05),
+        "bear": RegimeWeights(core=0.70, trend=0.05, funding=0.15, tactical=0.10),
+        "high_volatility": RegimeWeights(core=0.55, trend=0.15, funding=0.25, tactical=0.05),
+        "pre_halving": RegimeWeights(core=0.50, trend=0.30, funding=0.15, tactical=0.05),
+    }
+
+
 class RiskParams(BaseModel, frozen=True):
     breakers_enabled: bool = True
 
@@ -192,6 +231,7 @@ class Settings(BaseSettings):
     trend_2: Trend2Params = Trend2Params()
     funding: FundingParams = FundingParams()
     tactical: TacticalParams = TacticalParams()
+    allocation: AllocationParams = AllocationParams()
     risk: RiskParams = RiskParams()
     data: DataSettings = DataSettings()
     execution: ExecutionSettings = ExecutionSettings()

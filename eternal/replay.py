@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine
 
-from eternal import cycle, ledger
+from eternal import allocation, cycle, ledger
 from eternal.config import Settings
 from eternal.data.csv_files import DataSet
 from eternal.data.quality import validate_market_data
@@ -114,12 +114,17 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
                  engine: Engine | None = None, progress: bool = True,
-                 on_day: Callable[..., None] | None = None) -> BackfillResult:
-    """`on_day(day, books, exchange_books, closes, marks)` is called after each replayed close."""
+                 on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0) -> BackfillResult:
+    """`on_day(day, books, exchange_books, closes, marks)` is called after each replayed close.
+    `monthly_deposit`: USDT deposited on the first day of each month through the deposit rules.
+    With every sleeve selected, the orchestration layer (regimes, band and quarterly rebalancing)
+    runs before the engines at each close; a partial selection keeps its sleeves apart."""
     sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
     if not capital > 0:
         raise BackfillError(f"--capital must be positive, got {capital}")
+    if not monthly_deposit >= 0:
+        raise BackfillError(f"--monthly-deposit must be zero or positive, got {monthly_deposit}")
     spot_assets = sorted({a for s in sleeves for a in SPOT_NEEDS.get(s, ())})
     perp_assets = sorted({a for s in sleeves for a in PERP_NEEDS.get(s, ())})
     frames = {SPOT_SYMBOLS[a]: data.daily(SPOT_SYMBOLS[a]) for a in spot_assets}
@@ -165,6 +170,12 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     fear_greed = (data.fear_greed["value"].reindex(days).to_numpy(float)
                   if data.fear_greed is not None and Sleeve.TACTICAL in sleeves else None)
     btc_funding = FundingHistory.of(data.funding.get(PERP_SYMBOLS["BTC"]))
+    orchestrated = set(sleeves) == set(Sleeve)      # the whole portfolio: allocation between sleeves
+    regime_btc = (perp_market("BTC", SPOT_SYMBOLS["BTC"], frames[SPOT_SYMBOLS["BTC"]], None, (50, 200))
+                  if orchestrated else None)
+    regime_pos = regime_btc.days.get_indexer(days) if regime_btc is not None else None
+    alloc_state: dict | None = None
+    deposited: list[tuple[datetime, float]] = []
 
     shares = allocate(capital, settings, sleeves)
     if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:
@@ -201,11 +212,13 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
 
     def book_transfers(new: list[Transfer]) -> None:
         for t in new:
-            exchange.transfer(t)
+            exchange.transfer(t)             # from None: a deposit from outside
             ledger.apply_transfer(books, t)
             transfers.append(t)
             if t.asset == QUOTE:
                 received[t.to_sleeve] = received.get(t.to_sleeve, 0.0) + t.qty
+                if t.reason.startswith("allocation") and t.from_sleeve is not None:
+                    received[t.from_sleeve] = received.get(t.from_sleeve, 0.0) - t.qty   # taken by others
 
     funding_assets = PERP_NEEDS[Sleeve.FUNDING] if Sleeve.FUNDING in sleeves else ()
 
@@ -288,6 +301,25 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
 
         closes = {a: float(cols[a]["close"][i]) for a in spot_assets}    # 6. decisions at the close
         marks = {markets[a].symbol: float(markets[a].close[perp_pos[a][i]]) for a in perp_assets}
+        deposit = monthly_deposit if next_day.day == 1 else 0.0
+        extra_intents = []
+        if deposit > 0:
+            deposited.append((next_day, deposit))
+        if orchestrated:                                                 # 6a. allocation first
+            k = int(regime_pos[i])
+            x = (allocation.MarketRegimeInputs(day, closes["BTC"], float(regime_btc.sma[50][k]),
+                                               float(regime_btc.sma[200][k]), float(regime_btc.adx[k]),
+                                               float(vol[i])) if k >= 0 else None)
+            orch = allocation.orchestrate(alloc_state, day, next_day, books,
+                                          {s: b.equity(closes, marks) for s, b in books.items()}, closes, x,
+                                          settings.allocation, deposit)
+            alloc_state = orch.state
+            events.extend(orch.events)
+            book_transfers(orch.transfers)
+            extra_intents = orch.intents
+        elif deposit > 0:
+            book_transfers([Transfer(next_day, None, s, QUOTE, deposit * w, f"deposit of {deposit:,.2f} USDT")
+                            for s, w in shares.items() if w > 0])
         snap = Snapshot(next_day, day, closes, {a: float(cols[a]["ath"][i]) for a in spot_assets},
                         {a: Quote(c, c, c) for a, c in closes.items()}, books, states, dict(received),
                         markets, {a: int(perp_pos[a][i]) for a in perp_assets}, marks,
@@ -307,8 +339,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         for s, levels in plan.stops.items():
             for sym, level in levels.items():
                 exchange.set_stop(s, sym, level)
-        result = execute(plan.intents, exchange, flow=FLOW, scheduled=next_day, now=next_day, known=records,
-                         known_trades=trade_ids)
+        result = execute(extra_intents + plan.intents, exchange, flow=FLOW, scheduled=next_day, now=next_day,
+                         known=records, known_trades=trade_ids)
         for rec in result.orders:
             records[rec.client_order_id] = rec
         events += result.events
@@ -338,7 +370,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         "timestamp": f.ts.isoformat(), "sleeve": f.sleeve.value, "symbol": f.symbol, "market": f.market.value,
         "side": f.side.value, "qty": f.qty, "price": f.price, "fee": f.fee, "reason": f.reason,
         "client_order_id": f.client_order_id} for f in fills], columns=TRADE_COLUMNS)
-    summary = summarise(equity, trades, capital, start, end, sleeves)
+    summary = summarise(equity, trades, capital, start, end, sleeves, deposited)
     summary["funding"] = float(sum(p.amount for p in payments))
     if funding_assets:
         summary["funding_sleeve"] = funding_summary(trades, payments, transfers, utilisation)
@@ -393,21 +425,34 @@ def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transf
 
 
 def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
-              end: datetime, sleeves: tuple[Sleeve, ...]) -> dict:
+              end: datetime, sleeves: tuple[Sleeve, ...], deposits: list[tuple[datetime, float]] = ()) -> dict:
+    """Returns are time-weighted: a deposit is not a gain (each day's return excludes the money
+    that arrived at its close); `total_return` and CAGR compare the final equity with the capital
+    plus every deposit only when there are none, else they are the chained daily returns."""
     total = equity["total"]
     final = float(total.iloc[-1])
     years = len(total) / 365.0
-    daily = total.pct_change().dropna()
+    flows = pd.Series(0.0, index=total.index)
+    for ts, usdt in deposits:                       # deposited at the cycle on `ts`: the close before
+        day = pd.Timestamp(ts - timedelta(days=1))
+        if day in flows.index:
+            flows[day] += usdt
+    daily = ((total - flows) / total.shift(1) - 1.0).dropna()
+    growth = float((1.0 + daily).prod()) if len(daily) else 1.0
     sd = float(daily.std(ddof=1)) if len(daily) > 1 else 0.0
-    drawdown = float((total / total.cummax() - 1.0).min())
+    nav = (1.0 + daily).cumprod() if deposits else total
+    drawdown = float((nav / nav.cummax() - 1.0).min())
+    invested = capital + sum(usdt for _, usdt in deposits)
+    ret = growth - 1.0 if deposits else final / capital - 1.0
     return {
         "start": f"{start:%Y-%m-%d}", "end_exclusive": f"{end:%Y-%m-%d}", "days": len(total),
         "sleeves": [s.value for s in sleeves],
         "initial_capital": capital,
+        "deposits": invested - capital,
         "final_equity": final,
         "final_equity_by_sleeve": {c: float(equity[c].iloc[-1]) for c in equity.columns if c != "total"},
-        "total_return": final / capital - 1.0,
-        "cagr": (final / capital) ** (1.0 / years) - 1.0 if years > 0 and final > 0 else None,
+        "total_return": ret,                     # time-weighted when there are deposits
+        "cagr": (1.0 + ret) ** (1.0 / years) - 1.0 if years > 0 and ret > -1.0 else None,
         "max_drawdown": drawdown,
         "sharpe": float(daily.mean() / sd * math.sqrt(365)) if sd > 0 else None,
         "trades": int(len(trades)),

@@ -5,7 +5,7 @@ from datetime import datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from eternal.config import load_settings
 from eternal.data.csv_files import read_dir
@@ -33,7 +33,9 @@ def load_data(data_dir: Path | None, database_url: str):
 @flow(name="backfill")
 def backfill(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
              capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
-             database_url: str | None = None, progress: bool = True) -> dict:
+             database_url: str | None = None, progress: bool = True,
+             monthly_deposit_usdt: float = 0.0) -> dict:
+    """The replay as one Prefect run: parameters from the UI form, progress shown as an artifact."""
     s = load_settings()
     log = get_run_logger()
     sleeves = parse_sleeves(engines)
@@ -44,8 +46,24 @@ def backfill(start: datetime | None = None, end: datetime | None = None, engines
     if db_url.startswith("sqlite:///") and (out_dir / "backfill.db").exists() and database_url is None:
         for suffix in ("", "-wal", "-shm"):
             Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
+    bar = create_progress_artifact(0.0, key="backfill-progress", description="days replayed")
+    done = {"days": 0, "shown": 0.0}
+    first = start
+
+    def on_day(day, *_):
+        nonlocal first
+        first = first or day
+        done["days"] += 1
+        total = ((end or day) - first).days or 1
+        pct = min(100.0, 100.0 * done["days"] / total)
+        if pct - done["shown"] >= 2.0:                 # about 50 updates per run
+            update_progress_artifact(bar, pct)
+            done["shown"] = pct
+
     result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
-                                          out_dir=out_dir, engine=connect(db_url), progress=progress)
+                                          out_dir=out_dir, engine=connect(db_url), progress=progress,
+                                          on_day=on_day, monthly_deposit=monthly_deposit_usdt)
+    update_progress_artifact(bar, 100.0)
     log.info("backfill done: final equity %.2f, %d trades", result.summary["final_equity"],
              result.summary["trades"])
     create_markdown_artifact(summary_markdown(result.summary), key="backfill-summary",

@@ -130,7 +130,8 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: CoreParams
     drifted = {a: w[a] - targets[a] for a in ASSETS if abs(w[a] - targets[a]) > params.drift_threshold}
     if abs(cash_weight - cash_target) > params.drift_threshold:      # USDT is a target too
         drifted["USDT"] = cash_weight - cash_target
-    inflow = snap.inflows.get(SLEEVE, 0.0) + state.pending_inflow_usdt
+    # net of what the allocation layer took from CORE since the last cycle; never below nothing
+    inflow = max(0.0, snap.inflows.get(SLEEVE, 0.0) + state.pending_inflow_usdt)
     deployed = False
     if quarter_due or drifted:
         why = []
