@@ -14,19 +14,26 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from prefect import serve  # noqa: E402
 from prefect.schedules import Cron  # noqa: E402
 
+from flows.backfill import backfill  # noqa: E402
 from flows.daily_cycle import daily_cycle  # noqa: E402
+from flows.deposit_intake import deposit_intake  # noqa: E402
 from flows.funding_collection import funding_collection  # noqa: E402
+from flows.quarterly_rebalance import quarterly_rebalance  # noqa: E402
 
-SCHEDULES = {
-    "daily-cycle": (daily_cycle, "5 0 * * *"),   # 00:05 UTC, after the daily candle has closed
-    "funding-collection": (funding_collection, "5 0,8,16 * * *"),   # 5 min after each settlement
+SCHEDULES = {   # name -> (flow, cron or None for manual runs only, whether it places orders)
+    "daily-cycle": (daily_cycle, "5 0 * * *", True),   # 00:05 UTC, after the daily candle has closed
+    "funding-collection": (funding_collection, "5 0,8,16 * * *", True),   # 5 min after each settlement
+    "quarterly-rebalance": (quarterly_rebalance, "15 0 1 1,4,7,10 *", True),   # after the daily cycle
+    "deposit-intake": (deposit_intake, None, True),
+    "backfill": (backfill, None, False),
 }
 
 
 def deployments() -> list:
-    return [fn.to_deployment(name=name, schedule=Cron(cron, timezone="UTC"),
+    return [fn.to_deployment(name=name, schedule=Cron(cron, timezone="UTC") if cron else None,
+                             concurrency_limit=1 if trades else None,
                              description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else None)
-            for name, (fn, cron) in SCHEDULES.items()]
+            for name, (fn, cron, trades) in SCHEDULES.items()]
 
 
 def main() -> None:

@@ -86,11 +86,22 @@ def detect_regime(x: MarketRegimeInputs, params: AllocationParams) -> tuple[Regi
     return Regime.BASE, []
 
 
-def targets(regime: Regime | str, params: AllocationParams) -> dict[Sleeve, float]:
+def targets(regime: Regime | str, params: AllocationParams,
+            base: dict[Sleeve, float] | None = None) -> dict[Sleeve, float]:
+    """The regime's targets. `base`: the configured sleeve weights (ETERNAL_WEIGHTS__*), which are
+    the Base regime's targets; a sleeve weighted 0 there is switched off in every regime (the
+    others share its target in proportion)."""
+    if base is not None and Regime(regime) == Regime.BASE:
+        return dict(base)
     w = params.targets[Regime(regime).value]
-    return {Sleeve.CORE: w.core, Sleeve.TREND_1: w.trend * params.trend_1_share,
-            Sleeve.TREND_2: w.trend * (1 - params.trend_1_share), Sleeve.FUNDING: w.funding,
-            Sleeve.TACTICAL: w.tactical}
+    out = {Sleeve.CORE: w.core, Sleeve.TREND_1: w.trend * params.trend_1_share,
+           Sleeve.TREND_2: w.trend * (1 - params.trend_1_share), Sleeve.FUNDING: w.funding,
+           Sleeve.TACTICAL: w.tactical}
+    if base is not None:
+        out = {s: (v if base.get(s, 0.0) > 0 else 0.0) for s, v in out.items()}
+        total = sum(out.values())
+        out = {s: v / total for s, v in out.items()} if total > 0 else dict(base)
+    return out
 
 
 def _groups(values: dict[Sleeve, float]) -> dict[str, float]:
@@ -234,7 +245,9 @@ class Orchestration:
 
 def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: dict[Sleeve, SleeveBook],
                 equity: dict[Sleeve, float], closes: dict[str, float], regime_inputs: MarketRegimeInputs | None,
-                params: AllocationParams, deposit_usdt: float = 0.0, rebalance: bool = True) -> Orchestration:
+                params: AllocationParams, deposit_usdt: float = 0.0, rebalance: bool = True,
+                quarterly_allowed: bool = True, prefix: str = "allocation:",
+                base: dict[Sleeve, float] | None = None) -> Orchestration:
     """One cycle of the orchestration layer, before the engines decide: record the regime, split a
     deposit, pay what earlier rebalances still owe, and on the quarter's first cycle (or when a
     sleeve crosses the band) move value between sleeves. Transfers take the givers' free cash;
@@ -253,8 +266,8 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
               previous=state.regime, regime=regime, conditions=why)
         state.regime, state.regime_since = regime, day
     if state.active is None:
-        state.active = regime
-    target = targets(state.active, params)
+        state.active = Regime.BASE                # the starting weights are the base targets
+    target = targets(state.active, params, base)
     moves: list[Move] = []
     equity = dict(equity)
     if deposit_usdt > 0:
@@ -267,7 +280,7 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
     quarter_end = quarter_end_on_or_before(day)
     if state.quarter_handled is None:
         state.quarter_handled = quarter_end          # the first cycle is not a quarter end
-    quarterly = quarter_end > state.quarter_handled
+    quarterly = quarterly_allowed and quarter_end > state.quarter_handled
     if rebalance and state.owed and not quarterly:
         moves += [Move(Sleeve(m["from"]), Sleeve(m["to"]), m["usdt"], m["reason"]) for m in state.owed]
     elif rebalance:
@@ -278,7 +291,7 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
             if state.active != regime:
                 event("targets_applied", f"targets of the {regime} regime now in force (were {state.active})",
                       regime=regime, previous=state.active)
-            state.active, target = regime, targets(regime, params)
+            state.active, target = regime, targets(regime, params, base)
         new = band_moves(equity, target, params, quarterly) if quarterly or crossed else []
         if quarterly:
             state.quarter_handled = quarter_end
@@ -291,7 +304,7 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
                   usdt=m.usdt, from_sleeve=m.from_sleeve, to_sleeve=m.to_sleeve)
         moves += new
     now, owed = cash_transfers([Move(m.from_sleeve, m.to_sleeve, m.usdt,
-                                     m.reason if m.from_sleeve is None else f"allocation: {m.reason}")
+                                     m.reason if m.from_sleeve is None else f"{prefix} {m.reason}")
                                 for m in moves], books, asof)
     intents: list[OrderIntent] = []
     core_owes = sum(m.usdt for m in owed if m.from_sleeve == Sleeve.CORE)
@@ -300,8 +313,39 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
         book.cash = 0.0                              # its free cash already went to the transfers now
         intents = raise_cash(book, core_owes, closes, "allocation", f"allocation: raising {core_owes:,.2f} USDT")
     state.owed = [{"from": m.from_sleeve.value, "to": m.to_sleeve.value, "usdt": m.usdt,
-                   "reason": m.reason.removeprefix("allocation: ")} for m in owed if m.from_sleeve is not None]
+                   "reason": m.reason.removeprefix(f"{prefix} ")} for m in owed if m.from_sleeve is not None]
     return Orchestration(now, intents, events, state.model_dump(mode="json"), regime, target)
+
+
+def with_transfers(snap, transfers: list[Transfer]):
+    """The snapshot the engines see after this cycle's allocation: books moved, and what each
+    sleeve received (or had taken) added to its inflows."""
+    from dataclasses import replace
+
+    from eternal import ledger
+
+    books = {s: b.copy() for s, b in snap.books.items()}
+    inflows = dict(snap.inflows)
+    for t in transfers:
+        ledger.apply_transfer(books, t)
+        if t.asset == QUOTE:
+            inflows[t.to_sleeve] = inflows.get(t.to_sleeve, 0.0) + t.qty
+            if t.from_sleeve is not None:
+                inflows[t.from_sleeve] = inflows.get(t.from_sleeve, 0.0) - t.qty
+    return replace(snap, books=books, inflows=inflows)
+
+
+def merged(orch: Orchestration, plan):
+    """The cycle's plan with the allocation's transfers, sales and events first."""
+    for i in orch.intents:       # coins sold to raise cash are not staked by the engine first
+        stakes = plan.stakes.get(i.sleeve, {})
+        asset = i.symbol.split("/")[0]
+        if stakes.get(asset, 0.0) > 0:
+            del stakes[asset]
+    plan.intents = orch.intents + plan.intents
+    plan.transfers = orch.transfers + plan.transfers
+    plan.events = orch.events + plan.events
+    return plan
 
 
 def weights_of(equity: dict[Sleeve, float]) -> dict[Sleeve, float]:

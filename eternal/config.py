@@ -41,6 +41,11 @@ class SleeveWeights(BaseModel, frozen=True):
     funding: Fraction = 0.15
     tactical: Fraction = 0.05
 
+    def by_sleeve(self) -> dict:
+        from eternal.models import Sleeve
+
+        return {s: getattr(self, s.weight_field) for s in Sleeve}
+
     @model_validator(mode="after")
     def _sum_to_one(self) -> SleeveWeights:
         total = sum(self.model_dump().values())

@@ -282,6 +282,7 @@ class Snapshot:
     volatility: dict[str, float] = field(default_factory=dict)  # asset -> 30-day realised vol, annualised
     recent_funding: dict[str, tuple[float, ...]] = field(default_factory=dict)
     """asset -> perp funding rates settled in the last days up to `day`'s close, oldest first"""
+    regime_inputs: Any = None                  # allocation.MarketRegimeInputs of BTC on `day`
 
 
 @dataclass

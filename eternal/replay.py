@@ -312,7 +312,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                                                float(vol[i])) if k >= 0 else None)
             orch = allocation.orchestrate(alloc_state, day, next_day, books,
                                           {s: b.equity(closes, marks) for s, b in books.items()}, closes, x,
-                                          settings.allocation, deposit)
+                                          settings.allocation, deposit, base=settings.weights.by_sleeve())
             alloc_state = orch.state
             events.extend(orch.events)
             book_transfers(orch.transfers)

@@ -73,8 +73,8 @@ def _execute_plan(plan: Plan, quotes: dict[str, Quote], flow: str, scheduled: da
         for asset, qty in moves.items():
             key = f"stake|{scheduled.isoformat()}|{sleeve.value}|{asset}"
             book_ops.append((key, "stake", sleeve, asset, exchange.stake(sleeve, asset, qty, key)))
-    for n, t in enumerate(plan.transfers):        # between sleeves (TACTICAL's exits to CORE), once
-        key = (f"transfer|{scheduled.isoformat()}|{n}|{t.from_sleeve}|{t.to_sleeve}|{t.asset}")
+    for t in plan.transfers:     # between sleeves, once: the same decision makes the same key
+        key = f"transfer|{scheduled.isoformat()}|{t.from_sleeve}|{t.to_sleeve}|{t.asset}|{t.qty!r}"
         exchange.transfer(t, key)
         book_ops.append((key, "transfer", t.to_sleeve, t.asset, t))
     for sleeve, levels in plan.stops.items():     # stops kept in step with the engines' levels

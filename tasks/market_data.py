@@ -81,7 +81,23 @@ def gather_snapshot(asof: datetime, s: Settings) -> tuple[Snapshot, int | None]:
     quotes = {a: Quote(c, c, c) for a, c in closes.items()}
     signals = tactical_signals(s, market, frames, day, asof, log) if Sleeve.TACTICAL in sleeves else {}
     return Snapshot(asof, day, closes, ath, quotes, ledger.load_books(), ledger.load_states(), inflows,
-                    markets, index, marks, corr, **signals), seen
+                    markets, index, marks, corr, **signals,
+                    regime_inputs=regime_inputs(market, day, s)), seen
+
+
+def regime_inputs(market, day: datetime, s: Settings):
+    """BTC's close, SMA50/200, ADX(14) and realised volatility on `day`, from a year of spot candles."""
+    from eternal.allocation import MarketRegimeInputs
+    from eternal.indicators import perp_market
+
+    frame = market.load_candles(SPOT_SYMBOLS["BTC"], "1d", start=day - timedelta(days=400),
+                                end=day + timedelta(days=1))
+    if not len(frame) or frame.index[-1] != day:
+        return None
+    m = perp_market("BTC", SPOT_SYMBOLS["BTC"], frame, None, (50, 200))
+    vol = realised_volatility(frame["close"], s.allocation.volatility_window_days)
+    return MarketRegimeInputs(day, float(m.close[-1]), float(m.sma[50][-1]), float(m.sma[200][-1]),
+                              float(m.adx[-1]), float(vol.iloc[-1]))
 
 
 def tactical_signals(s: Settings, market, frames, day: datetime, asof: datetime, log) -> dict:

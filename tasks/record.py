@@ -15,11 +15,13 @@ from tasks.context import stores
 
 @task(name="record-cycle")
 def record_cycle(snap: Snapshot, plan: Plan, result: ExecutionResult, s: Settings, run_key: str,
-                 now: datetime) -> dict:
+                 now: datetime, allocation_state: dict | None = None) -> dict:
     _, ledger = stores(s)
     books = ledger.load_books()
     with ledger.engine.begin() as conn:
         ledger.save_states(plan.states, now, conn)
+        if allocation_state is not None:
+            ledger.save_allocation_state(allocation_state, now, conn)
         ledger.append_events(plan.events, run_key, conn)
         ledger.save_equity([{"day": snap.day, "sleeve": sl.value, "equity": b.equity(snap.closes),
                              "cash": b.cash} for sl, b in books.items()], conn)

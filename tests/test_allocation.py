@@ -216,3 +216,11 @@ def test_four_engine_replay_takes_monthly_deposits_and_rebalances_each_quarter(d
     assert "pre_halving" in quarterly[0].message            # 2024-03-31 is 20 days before the halving
     regimes = [e.data["regime"] for e in r.events if e.kind == "regime_change"]
     assert regimes[0] in set(Regime)
+
+
+def test_the_configured_weights_are_the_base_targets_and_a_zero_weight_sleeve_stays_off():
+    base = {C: 0.0, T1: 0.15, T2: 0.05, F: 0.75, TA: 0.05}
+    assert al.targets(Regime.BASE, P, base) == base
+    bear = al.targets(Regime.BEAR, P, base)          # 70/5/15/10 without CORE: 3.75/1.25/15/10 of 30
+    assert bear[C] == 0.0 and sum(bear.values()) == pytest.approx(1.0)
+    assert bear[F] == pytest.approx(0.15 / 0.30) and bear[TA] == pytest.approx(0.10 / 0.30)

@@ -12,7 +12,9 @@ from tests.conftest import ROOT
 SCHEDULES = {
     "daily-cycle": ("5 0 * * *", "daily-cycle"),                     # 00:05 UTC, after the daily close
     "funding-collection": ("5 0,8,16 * * *", "funding-collection"),  # 5 min after each 8-hourly settlement
+    "quarterly-rebalance": ("15 0 1 1,4,7,10 *", "quarterly-rebalance"),   # quarter's first day, 00:15
 }
+MANUAL = {"deposit-intake": "deposit-intake", "backfill": "backfill"}       # no schedule
 
 
 def _prefect_yaml() -> dict:
@@ -40,4 +42,37 @@ def test_deployment_is_scheduled_in_utc_in_prefect_yaml_and_served_alike(name):
 def test_prefect_yaml_and_serve_deploy_the_same_flows():
     from deployments.serve import deployments
 
-    assert set(_prefect_yaml()) == {d.name for d in deployments()} == set(SCHEDULES)
+    assert set(_prefect_yaml()) == {d.name for d in deployments()} == set(SCHEDULES) | set(MANUAL)
+
+
+@pytest.mark.parametrize("name", list(MANUAL))
+def test_manual_deployments_have_no_schedule_and_typed_parameters(name):
+    deployment = _prefect_yaml()[name]
+    assert deployment["schedules"] == []
+    from deployments.serve import deployments
+
+    served = {d.name: d for d in deployments()}[name]
+    assert served.schedules in (None, []) and served.flow_name == MANUAL[name]
+    from prefect.utilities.callables import parameter_schema
+
+    props = parameter_schema(served.flow if hasattr(served, "flow") else _flow(deployment)).model_dump()["properties"]
+    wanted = {"deposit-intake": {"amount_usdt": "number"}, "backfill": {"monthly_deposit_usdt": "number"}}[name]
+    for param, kind in wanted.items():
+        assert props[param]["type"] == kind
+
+
+def _flow(deployment: dict):
+    path, fn = deployment["entrypoint"].split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), fn)
+
+
+def test_trading_deployments_never_overlap_with_themselves():
+    from deployments.serve import deployments
+
+    spec = _prefect_yaml()
+    for d in deployments():
+        trades = d.name != "backfill"
+        assert (spec[d.name].get("concurrency_limit") == 1) is trades
+        limit = d.concurrency_limit
+        limit = getattr(limit, "limit", limit)
+        assert (limit == 1) is trades

@@ -33,6 +33,7 @@ from eternal.store.models import (
     BalanceRow,
     CycleRunRow,
     DepositRow,
+    RiskStateRow,
     EngineStateRow,
     EquitySnapshotRow,
     EventRow,
@@ -91,6 +92,11 @@ def funding_row(p: FundingPayment) -> dict[str, Any]:
 def event_row(e: Event, run_key: str | None) -> dict[str, Any]:
     return {"ts": e.ts, "kind": e.kind, "level": e.level, "sleeve": e.sleeve.value if e.sleeve else None,
             "message": e.message, "data": _jsonable(e.data), "run_key": run_key}
+
+
+ALLOCATION_ROW = 1              # the orchestration layer's state, in risk_state
+IN_CYCLE = "allocation:"        # transfers the daily cycle made and counted itself (eternal.allocation)
+REBALANCE = "rebalance:"        # transfers of the quarterly-rebalance flow: counted by the next cycle
 
 
 class LedgerStore:
@@ -293,6 +299,22 @@ class LedgerStore:
                 {**asdict(t), "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
                  "to_sleeve": t.to_sleeve.value} for t in transfers])
 
+    def load_allocation_state(self) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            row = session.get(RiskStateRow, ALLOCATION_ROW)
+            return row.state if row is not None else None
+
+    def save_allocation_state(self, state: dict[str, Any], now: datetime, conn: Connection) -> None:
+        upsert(conn, RiskStateRow.__table__, [{"id": ALLOCATION_ROW, "state": _jsonable(state),
+                                               "updated_at": now}], ["id"])
+
+    def deposit_seen(self, reference: str) -> bool:
+        with Session(self.engine) as session:
+            return session.scalars(select(DepositRow.id).where(DepositRow.note == reference)).first() is not None
+
+    def save_deposit(self, ts: datetime, amount: float, reference: str, conn: Connection) -> None:
+        conn.execute(insert(DepositRow), [{"ts": ts, "asset": QUOTE, "amount": amount, "note": reference}])
+
     def inflows_after(self, seen: int | None) -> tuple[dict[Sleeve, float], int | None]:
         """USDT received by each sleeve in transfers recorded after row `seen` (deposits and other
         sleeves' transfers, to deploy or to account for), and the newest row counted.
@@ -307,9 +329,12 @@ class LedgerStore:
         with Session(self.engine) as session:
             for t in session.scalars(q):
                 last = t.id
-                if t.reason.startswith("initial allocation"):
+                # the initial allocation is no deposit; an in-cycle allocation was counted by its cycle
+                if t.reason.startswith(("initial allocation", IN_CYCLE)):
                     continue
                 out[Sleeve(t.to_sleeve)] = out.get(Sleeve(t.to_sleeve), 0.0) + t.qty
+                if t.from_sleeve and t.reason.startswith(REBALANCE):      # taken by the rebalance flow
+                    out[Sleeve(t.from_sleeve)] = out.get(Sleeve(t.from_sleeve), 0.0) - t.qty
         return out, last
 
     # runs ------------------------------------------------------------------------------------
