@@ -13,7 +13,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench server serve
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/replay.py
+
+# A local Prefect server (UI at http://127.0.0.1:4200) and, in another terminal, every deployment
+# served in one process on it (see deployments/README.md for production).
+server: install
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+serve: install
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/prefect global-concurrency-limit \
+	  create eternal-orders --limit 1 >/dev/null 2>&1 || true; \
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m deployments.serve
 
 clean:
 	rm -rf $(VENV) var out

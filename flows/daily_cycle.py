@@ -9,7 +9,7 @@ from eternal import allocation, cycle
 from eternal.config import load_settings
 from eternal.models import SPOT_SYMBOLS, UTC, Quote, last_closed_day, utc
 from tasks.allocation import allocate
-from tasks.context import stores
+from tasks.context import orders_slot, stores
 from tasks.execution import execute_plan, sync_exchange
 from tasks.market_data import active_sleeves, gather_snapshot
 from tasks.record import record_cycle
@@ -34,19 +34,20 @@ def daily_cycle(asof: datetime | None = None) -> dict:
     _, ledger = stores(s)
     run_id = ledger.start_run(FLOW, scheduled, s.mode.value, now)
     try:
-        sync_exchange(last_closed_day(asof), s, now)     # stops that fired during the closed day
-        snap, transfers_seen = gather_snapshot(asof, s)
-        orch = allocate(snap, s)                         # regime, band, what earlier rebalances owe
-        snap = allocation.with_transfers(snap, orch.transfers)
-        plan = cycle.daily(snap, s, tuple(active_sleeves(s)))   # a sleeve weighted 0 is not decided for
-        plan = allocation.merged(orch, plan)
-        execute = execute_plan.with_options(retries=s.execution.retries,
-                                            retry_delay_seconds=list(s.execution.retry_delays_s))
-        quotes = {SPOT_SYMBOLS[a]: q for a, q in snap.quotes.items()}
-        quotes |= {sym: Quote(m, m, m) for sym, m in snap.marks.items()}   # perps: the mark
-        result = execute(plan, quotes, FLOW, scheduled, s, now)
-        report = record_cycle(snap, plan, result, s, str(scheduled), now, orch.state)
-        report["transfers_seen"] = transfers_seen      # the next cycle's inflows start after it
+        with orders_slot():                              # one order-placing flow at a time
+            sync_exchange(last_closed_day(asof), s, now)     # stops that fired during the closed day
+            snap, transfers_seen = gather_snapshot(asof, s)
+            orch = allocate(snap, s)                         # regime, band, what earlier rebalances owe
+            snap = allocation.with_transfers(snap, orch.transfers)
+            plan = cycle.daily(snap, s, tuple(active_sleeves(s)))   # a sleeve weighted 0 is not decided for
+            plan = allocation.merged(orch, plan)
+            execute = execute_plan.with_options(retries=s.execution.retries,
+                                                retry_delay_seconds=list(s.execution.retry_delays_s))
+            quotes = {SPOT_SYMBOLS[a]: q for a, q in snap.quotes.items()}
+            quotes |= {sym: Quote(m, m, m) for sym, m in snap.marks.items()}   # perps: the mark
+            result = execute(plan, quotes, FLOW, scheduled, s, now)
+            report = record_cycle(snap, plan, result, s, str(scheduled), now, orch.state)
+            report["transfers_seen"] = transfers_seen      # the next cycle's inflows start after it
     except BaseException as exc:
         ledger.finish_run(run_id, "failed", {"error": str(exc)}, datetime.now(UTC))
         raise

@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 
 from eternal.config import load_settings
 from eternal.models import UTC
+from tasks.context import orders_slot
 from tasks.deposits import take_deposit
 
 FLOW = "deposit-intake"
@@ -21,7 +22,8 @@ def deposit_intake(amount_usdt: float, reference: str | None = None) -> dict:
     s = load_settings()
     now = datetime.now(UTC)
     ref = reference or f"run {runtime.flow_run.id or now.isoformat()}"
-    report = take_deposit(amount_usdt, ref, s, now)
+    with orders_slot():
+        report = take_deposit(amount_usdt, ref, s, now)
     rows = [{"sleeve": sl, "usdt": round(v, 8), "target": report["targets"].get(sl)}
             for sl, v in report["split"].items()] if not report["duplicate"] else [
         {"sleeve": "none", "usdt": 0.0, "target": None}]

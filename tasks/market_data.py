@@ -36,6 +36,9 @@ def gather_snapshot(asof: datetime, s: Settings) -> tuple[Snapshot, int | None]:
     day = last_closed_day(asof)
     sleeves = active_sleeves(s)
     spot, perp = needed_assets(sleeves)
+    # every coin any sleeve holds is priced too (FUNDING's SOL leg): equity is mark to market
+    held = {a for b in ledger.load_books().values() for a in (*b.holdings, *b.staked) if b.qty(a)}
+    spot = sorted(set(spot) | held)
     symbols = [SPOT_SYMBOLS[a] for a in spot] + [PERP_SYMBOLS[a] for a in perp]
     stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or datetime.min.replace(
         tzinfo=day.tzinfo)) < day]

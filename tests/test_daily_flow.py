@@ -319,3 +319,14 @@ def test_a_sleeve_weighted_zero_is_not_decided_for(db, monkeypatch):
     assert report["orders"] == 0
     assert count(db, EngineStateRow, EngineStateRow.sleeve == "core") == 0
     assert LedgerStore(db).load_books()[Sleeve.CORE].cash == 0.0
+
+
+def test_a_second_overlapping_daily_cycle_run_executes_no_orders(db):
+    """Two runs of the same cycle at once (a manual trigger beside the schedule): the order-placing
+    steps are serialised and the second finds the first's orders by their ids: 2 orders, not 4."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda _: run(), range(2)))
+    assert sorted(r["sent"] for r in reports) == [0, 2]
+    assert len(exchange_orders(db)) == 2 and count(db, OrderRow) == 2 and count(db, FillRow) == 2
