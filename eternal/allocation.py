@@ -8,7 +8,7 @@ as transfers; a sleeve that lacks the cash raises it by its own rules first (`ra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -19,6 +19,7 @@ from eternal.errors import RiskHalt
 from eternal.models import (
     QUOTE,
     SPOT_SYMBOLS,
+    base_of,
     Event,
     Market,
     OrderIntent,
@@ -194,20 +195,29 @@ def withdrawal_allowed(breaker_active: bool) -> None:
         raise RiskHalt("withdrawals are refused while a circuit breaker is active; resume first")
 
 
-def raise_cash(book: SleeveBook, usdt: float, closes: dict[str, float], key: str,
-               reason: str) -> list[OrderIntent]:
-    """Spot sales that free `usdt` beyond the sleeve's cash, pro rata to its holdings (CORE's rule,
-    and TACTICAL's and FUNDING's spot legs). Perp legs are left to their engines; the transfer takes
-    what is free at each cycle until the amount is paid."""
+def raise_cash(book: SleeveBook, usdt: float, closes: dict[str, float], key: str, reason: str,
+               marks: dict[str, float] | None = None) -> list[OrderIntent]:
+    """Orders that free `usdt` beyond the sleeve's cash by reducing every position by the same
+    fraction: CORE sells its coins pro rata, TREND reduces both perps pro rata (reduce-only), FUNDING
+    unwinds both legs together (spot and short alike, so the hedge stays whole). A perp frees its
+    margin plus its unrealised P&L. The transfer takes what is free at each cycle until paid."""
     need = usdt - book.cash
-    held = {a: book.holdings.get(a, 0.0) * closes[a] for a in SPOT_SYMBOLS if book.holdings.get(a, 0.0) > 0
-            and a in closes}
-    value = sum(held.values())
+    spot = {a: book.holdings.get(a, 0.0) * closes[a] for a in SPOT_SYMBOLS
+            if book.holdings.get(a, 0.0) > 0 and a in closes}
+    perps = {sym: max(0.0, p.margin + p.unrealised((marks or {}).get(sym, closes.get(base_of(sym), p.entry_price))))
+             for sym, p in book.perps.items() if p.qty}
+    value = sum(spot.values()) + sum(perps.values())
     if need <= 0 or value <= 0:
         return []
     frac = min(1.0, need / value)
-    return [OrderIntent(book.sleeve, SPOT_SYMBOLS[a], Market.SPOT, Side.SELL, book.holdings[a] * frac,
-                        OrderType.MARKET, reason, f"{key}:{a}:sell") for a in held]
+    intents = [OrderIntent(book.sleeve, SPOT_SYMBOLS[a], Market.SPOT, Side.SELL, book.holdings[a] * frac,
+                           OrderType.MARKET, reason, f"{key}:{a}:sell") for a in spot]
+    for sym, p in book.perps.items():
+        if sym in perps:
+            intents.append(OrderIntent(book.sleeve, sym, Market.PERP, Side.SELL if p.qty > 0 else Side.BUY,
+                                       abs(p.qty) * frac, OrderType.MARKET, reason, f"{key}:{base_of(sym)}:reduce",
+                                       reduce_only=True))
+    return intents
 
 
 def cash_transfers(moves: list[Move], books: dict[Sleeve, SleeveBook], ts: datetime):
@@ -241,17 +251,19 @@ class Orchestration:
     state: dict
     regime: Regime
     targets: dict[Sleeve, float]
+    requests: dict[Sleeve, float] = field(default_factory=dict)   # owed by sleeves that sell themselves
 
 
 def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: dict[Sleeve, SleeveBook],
                 equity: dict[Sleeve, float], closes: dict[str, float], regime_inputs: MarketRegimeInputs | None,
                 params: AllocationParams, deposit_usdt: float = 0.0, rebalance: bool = True,
                 quarterly_allowed: bool = True, prefix: str = "allocation:",
-                base: dict[Sleeve, float] | None = None) -> Orchestration:
+                base: dict[Sleeve, float] | None = None, marks: dict[str, float] | None = None) -> Orchestration:
     """One cycle of the orchestration layer, before the engines decide: record the regime, split a
     deposit, pay what earlier rebalances still owe, and on the quarter's first cycle (or when a
     sleeve crosses the band) move value between sleeves. Transfers take the givers' free cash;
-    CORE sells pro rata for the rest, paid at the next cycle."""
+    the givers reduce their positions pro rata for the rest (`raise_cash`; TACTICAL, whose coins
+    are its engine's lots, pays from cash as it frees), paid at the next cycles."""
     from eternal.engines.core_hodl import quarter_end_on_or_before
 
     state = AllocationState.model_validate(state_json or {})
@@ -307,17 +319,20 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
                                      m.reason if m.from_sleeve is None else f"{prefix} {m.reason}")
                                 for m in moves], books, asof)
     intents: list[OrderIntent] = []
-    core_owes = sum(m.usdt for m in owed if m.from_sleeve == Sleeve.CORE)
-    if core_owes > 0:
-        book = books[Sleeve.CORE].copy()
+    for giver in dict.fromkeys(m.from_sleeve for m in owed if m.from_sleeve is not None):
+        if giver == Sleeve.TACTICAL:    # its coins are lots its engine accounts for: it pays in cash
+            continue
+        owes = sum(m.usdt for m in owed if m.from_sleeve == giver)
+        book = books[giver].copy()
         book.cash = 0.0                              # its free cash already went to the transfers now
-        intents = raise_cash(book, core_owes, closes, "allocation", f"allocation: raising {core_owes:,.2f} USDT")
+        intents += raise_cash(book, owes, closes, "allocation", f"allocation: raising {owes:,.2f} USDT", marks)
     state.owed = [{"from": m.from_sleeve.value, "to": m.to_sleeve.value, "usdt": m.usdt,
                    "reason": m.reason.removeprefix(f"{prefix} ")} for m in owed if m.from_sleeve is not None]
-    return Orchestration(now, intents, events, state.model_dump(mode="json"), regime, target)
+    requests = {Sleeve.TACTICAL: owes} if (owes := sum(m.usdt for m in owed if m.from_sleeve == Sleeve.TACTICAL)) else {}
+    return Orchestration(now, intents, events, state.model_dump(mode="json"), regime, target, requests)
 
 
-def with_transfers(snap, transfers: list[Transfer]):
+def with_transfers(snap, transfers: list[Transfer], requests: dict[Sleeve, float] | None = None):
     """The snapshot the engines see after this cycle's allocation: books moved, and what each
     sleeve received (or had taken) added to its inflows."""
     from dataclasses import replace
@@ -332,7 +347,7 @@ def with_transfers(snap, transfers: list[Transfer]):
             inflows[t.to_sleeve] = inflows.get(t.to_sleeve, 0.0) + t.qty
             if t.from_sleeve is not None:
                 inflows[t.from_sleeve] = inflows.get(t.from_sleeve, 0.0) - t.qty
-    return replace(snap, books=books, inflows=inflows)
+    return replace(snap, books=books, inflows=inflows, cash_requests=dict(requests or {}))
 
 
 def merged(orch: Orchestration, plan):

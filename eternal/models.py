@@ -283,6 +283,8 @@ class Snapshot:
     recent_funding: dict[str, tuple[float, ...]] = field(default_factory=dict)
     """asset -> perp funding rates settled in the last days up to `day`'s close, oldest first"""
     regime_inputs: Any = None                  # allocation.MarketRegimeInputs of BTC on `day`
+    cash_requests: dict[Sleeve, float] = field(default_factory=dict)
+    """USDT the allocation still needs a sleeve to free for a rebalance (a sleeve sells by its rules)"""
 
 
 @dataclass

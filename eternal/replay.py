@@ -302,7 +302,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         closes = {a: float(cols[a]["close"][i]) for a in spot_assets}    # 6. decisions at the close
         marks = {markets[a].symbol: float(markets[a].close[perp_pos[a][i]]) for a in perp_assets}
         deposit = monthly_deposit if next_day.day == 1 else 0.0
-        extra_intents = []
+        extra_intents, requests = [], {}
         if deposit > 0:
             deposited.append((next_day, deposit))
         if orchestrated:                                                 # 6a. allocation first
@@ -312,11 +312,13 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                                                float(vol[i])) if k >= 0 else None)
             orch = allocation.orchestrate(alloc_state, day, next_day, books,
                                           {s: b.equity(closes, marks) for s, b in books.items()}, closes, x,
-                                          settings.allocation, deposit, base=settings.weights.by_sleeve())
+                                          settings.allocation, deposit, base=settings.weights.by_sleeve(),
+                                          marks=marks)
             alloc_state = orch.state
             events.extend(orch.events)
             book_transfers(orch.transfers)
             extra_intents = orch.intents
+            requests = orch.requests
         elif deposit > 0:
             book_transfers([Transfer(next_day, None, s, QUOTE, deposit * w, f"deposit of {deposit:,.2f} USDT")
                             for s, w in shares.items() if w > 0])
@@ -327,7 +329,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                         fear_greed=(None if fear_greed is None or np.isnan(fear_greed[i])
                                     else int(fear_greed[i])),
                         volatility={"BTC": float(vol[i])} if vol is not None and not np.isnan(vol[i]) else {},
-                        recent_funding={"BTC": btc_funding.window(next_day, tactical.negative_funding_days)})
+                        recent_funding={"BTC": btc_funding.window(next_day, tactical.negative_funding_days)},
+                        cash_requests=requests)
         received.clear()
         plan = cycle.daily(snap, settings, sleeves)
         states = {**states, **plan.states}

@@ -38,7 +38,7 @@ def daily_cycle(asof: datetime | None = None) -> dict:
             sync_exchange(last_closed_day(asof), s, now)     # stops that fired during the closed day
             snap, transfers_seen = gather_snapshot(asof, s)
             orch = allocate(snap, s)                         # regime, band, what earlier rebalances owe
-            snap = allocation.with_transfers(snap, orch.transfers)
+            snap = allocation.with_transfers(snap, orch.transfers, orch.requests)
             plan = cycle.daily(snap, s, tuple(active_sleeves(s)))   # a sleeve weighted 0 is not decided for
             plan = allocation.merged(orch, plan)
             execute = execute_plan.with_options(retries=s.execution.retries,

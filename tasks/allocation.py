@@ -18,4 +18,4 @@ def allocate(snap: Snapshot, s: Settings, *, quarterly: bool = False,
     equity = {sl: b.equity(snap.closes, snap.marks) for sl, b in snap.books.items()}
     return allocation.orchestrate(ledger.load_allocation_state(), snap.day, snap.asof, snap.books, equity,
                                   snap.closes, snap.regime_inputs, s.allocation, quarterly_allowed=quarterly,
-                                  prefix=prefix, base=s.weights.by_sleeve())
+                                  prefix=prefix, base=s.weights.by_sleeve(), marks=snap.marks)

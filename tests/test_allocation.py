@@ -224,3 +224,22 @@ def test_the_configured_weights_are_the_base_targets_and_a_zero_weight_sleeve_st
     bear = al.targets(Regime.BEAR, P, base)          # 70/5/15/10 without CORE: 3.75/1.25/15/10 of 30
     assert bear[C] == 0.0 and sum(bear.values()) == pytest.approx(1.0)
     assert bear[F] == pytest.approx(0.15 / 0.30) and bear[TA] == pytest.approx(0.10 / 0.30)
+
+
+def test_trend_reduces_both_perps_and_funding_unwinds_both_legs_pro_rata_to_raise_cash():
+    from eternal.models import PerpPosition
+
+    closes = {"BTC": 50_000.0, "ETH": 2_500.0}
+    marks = {"BTC/USDT:USDT": 50_000.0, "ETH/USDT:USDT": 2_500.0}
+    opened = utc("2024-01-01")
+    trend = SleeveBook(T1, 1_000.0, perps={
+        "BTC/USDT:USDT": PerpPosition("BTC/USDT:USDT", 0.4, 45_000.0, 9_000.0, 2.0, opened),     # +2,000 open
+        "ETH/USDT:USDT": PerpPosition("ETH/USDT:USDT", -4.0, 2_500.0, 5_000.0, 2.0, opened)})   # flat
+    # frees margin + unrealised: 11,000 + 5,000 = 16,000; 4,000 beyond the cash is a quarter
+    intents = al.raise_cash(trend, 5_000.0, closes, "allocation", "test", marks)
+    assert {(i.symbol, i.side, i.reduce_only): i.qty for i in intents} == pytest.approx({
+        ("BTC/USDT:USDT", Side.SELL, True): 0.1, ("ETH/USDT:USDT", Side.BUY, True): 1.0})
+    funding = SleeveBook(F, 0.0, {"ETH": 4.0}, perps={
+        "ETH/USDT:USDT": PerpPosition("ETH/USDT:USDT", -4.0, 2_500.0, 10_000.0, 1.0, opened)})
+    legs = {(i.symbol, i.side): i.qty for i in al.raise_cash(funding, 2_000.0, closes, "allocation", "t", marks)}
+    assert legs == pytest.approx({("ETH/USDT", Side.SELL): 0.4, ("ETH/USDT:USDT", Side.BUY): 0.4})   # 10 % of each

@@ -233,3 +233,26 @@ def test_tactical_backfill_2018_2025_conserves_money_and_books_every_lot_at_its_
     held = r.equity  # equity of both sleeves at the last close
     assert held["tactical"].iloc[-1] + held["core"].iloc[-1] == pytest.approx(held["total"].iloc[-1])
     assert btc_bought > btc_sold > 0
+
+
+def test_a_rebalance_taking_from_tactical_sells_lots_oldest_first_and_keeps_the_cash(dataset):
+    """The allocation asks TACTICAL to free 3,000 USDT it does not hold: the older lot goes whole,
+    the newer one in part; the proceeds stay in the sleeve for the allocation to transfer."""
+    snap = snapshot(dataset, "2023-12-31", cash=0.0, holdings={"BTC": 0.1, "ETH": 1.0})
+    btc, eth = snap.closes["BTC"], snap.closes["ETH"]
+    older = {"id": "lot-20230101", "opened": "2023-01-02T00:00:00Z", "triggers": ["fear_greed"],
+             "planned_usdt": 2_500.0, "cost_usdt": 2_500.0, "qty": {"BTC": 0.04, "ETH": 0.4}}   # +4 %: no exit
+    newer = {**older, "id": "lot-20230601", "opened": "2023-06-02T00:00:00Z", "cost_usdt": 3_800.0,
+             "qty": {"BTC": 0.06, "ETH": 0.6}}
+    from dataclasses import replace
+
+    snap = replace(snap, cash_requests={Sleeve.TACTICAL: 3_000.0})
+    d = tactical.decide({"ath": 69_000.0, "lots": [newer, older]}, snap, DRAWDOWN_ONLY)
+    old_value = 0.04 * btc + 0.4 * eth
+    share = (3_000.0 - old_value) / (0.06 * btc + 0.6 * eth)
+    sells = {i.symbol: i.qty for i in d.intents}
+    assert sells == pytest.approx({"BTC/USDT": 0.04 + 0.06 * share, "ETH/USDT": 0.4 + 0.6 * share})
+    released = {e.data["lot"]: e.data["value_usdt"] for e in d.events if e.kind == "tactical_exit"}
+    assert released == pytest.approx({"lot-20230101": old_value, "lot-20230601": 3_000.0 - old_value})
+    assert [e.data["lot"] for e in d.events if e.kind == "tactical_exit"] == ["lot-20230101", "lot-20230601"]
+    assert d.transfers == [] and d.state["pending"]["kind"] == "exit"

@@ -65,7 +65,7 @@ class Lot(BaseModel):
 
 class PlannedExit(BaseModel):
     lot: str
-    kind: Literal["target", "partial"]
+    kind: Literal["target", "partial", "release"]     # release: cash the allocation asked for
     qty: dict[str, float]                    # what is sold of the lot
     cost_share: float                        # fraction of the lot's cost basis it carries
     value_usdt: float                        # at the decision close, to split the proceeds
@@ -175,6 +175,19 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TacticalPa
             event("tactical_exit", f"{lot.id}: held {age} days (>= {params.max_lot_age_days}), {gain:+.1%}: "
                   f"transferred in kind to CORE", lot=lot.id, kind="in_kind", gain=gain, value_usdt=value,
                   cost_usdt=lot.cost_usdt, qty=lot.qty)
+    request = snap.cash_requests.get(SLEEVE, 0.0)
+    if request > 0 and not planned:          # a rebalance takes from TACTICAL: lots are sold oldest first
+        for lot in sorted(state.lots, key=lambda lot: utc(lot.opened)):
+            value = sum(q * closes[a] for a, q in lot.qty.items())
+            if request <= 0 or value <= 0:
+                break
+            share = min(1.0, request / value)
+            planned.append(PlannedExit(lot=lot.id, kind="release", qty={a: q * share for a, q in lot.qty.items()},
+                                       cost_share=share, value_usdt=value * share))
+            request -= value * share
+            event("tactical_exit", f"{lot.id}: selling {share:.1%} of it for the rebalance "
+                  f"({value * share:,.2f} USDT)", lot=lot.id, kind="release",
+                  gain=value / lot.cost_usdt - 1.0 if lot.cost_usdt > 0 else 0.0, value_usdt=value * share)
     if planned:
         sell = {a: sum(p.qty.get(a, 0.0) for p in planned) for a in ASSETS}
         for a, q in sell.items():
@@ -183,7 +196,8 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TacticalPa
                 intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[a], Market.SPOT, Side.SELL, q, OrderType.MARKET,
                                            "tactical exit: " + ", ".join(f"{p.lot} {p.kind}" for p in planned),
                                            f"exit:{a}"))
-        move(Phase.PROFIT_TARGET_HIT, ", ".join(f"{p.lot} {p.kind}" for p in planned))
+        if any(p.kind != "release" for p in planned):
+            move(Phase.PROFIT_TARGET_HIT, ", ".join(f"{p.lot} {p.kind}" for p in planned))
 
     # 4. Triggers, on every close; one deployment per cooldown, never beside an exit.
     fired = triggers(state, snap, params)
@@ -278,7 +292,7 @@ def _settle(state: TacticalState, snap: Snapshot, params: TacticalParams, event,
             lot.qty[a] = max(0.0, lot.qty.get(a, 0.0) - q * fill_ratio[a])
         lot.cost_usdt -= lot.cost_usdt * x.cost_share * sold_share
         proceeds = max(0.0, cash_moved) * x.value_usdt / total_value
-        if x.kind == "target" or params.partial_exit_to_core:
+        if x.kind == "target" or (x.kind == "partial" and params.partial_exit_to_core):
             to_core += proceeds
         event("tactical_exit_filled", f"{lot.id} {x.kind}: {proceeds:,.2f} USDT received", lot=lot.id,
               kind=x.kind, proceeds_usdt=proceeds)
@@ -289,4 +303,5 @@ def _settle(state: TacticalState, snap: Snapshot, params: TacticalParams, event,
         move(Phase.RETURNING_TO_CORE, f"{to_core:,.2f} USDT of proceeds to CORE")
         transfers.append(Transfer(snap.asof, SLEEVE, Sleeve.CORE, QUOTE, to_core, "tactical exit proceeds"))
         state.returned_to_core_usdt += to_core
-    move(Phase.ACCUMULATING_CASH, "exit complete")
+    if state.phase != Phase.MONITORING_MARKETS:      # a release alone leaves the phase as it was
+        move(Phase.ACCUMULATING_CASH, "exit complete")
