@@ -119,7 +119,7 @@ def test_a_missing_fear_greed_reading_is_no_signal(dataset):
 
 def test_realised_volatility_above_80_percent_in_march_2020_deploys_25_percent(dataset):
     """COVID crash: BTC's 30-day volatility of daily log returns (annualised with sqrt 365) was
-    1.45 on 2020-03-13, computed here by hand from the closes."""
+    1.92 on 2020-03-13, computed here by hand from the closes."""
     c = dataset.daily("BTC/USDT")["close"][:"2020-03-13"].to_numpy()
     by_hand = np.std(np.diff(np.log(c[-31:])), ddof=1) * np.sqrt(365)
     snap = snapshot(dataset, "2020-03-13")
