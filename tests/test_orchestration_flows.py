@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from eternal import allocation
 from eternal.config import load_settings
-from eternal.models import Sleeve
+from eternal.models import Sleeve, utc
 from eternal.store.db import connect
 from eternal.store.ledger import LedgerStore
 from eternal.store.models import DepositRow, EventRow, TransferRow
@@ -87,3 +87,25 @@ def test_the_quarterly_rebalance_brings_every_sleeve_to_the_regime_target_once(d
     assert reasons and all(r.startswith("rebalance: quarterly") for r in reasons)
     again = quarterly_rebalance(asof="2024-01-01T00:15:00Z")
     assert again["transfers"] == 0 and again["weights_after"] == pytest.approx(report["weights_after"])
+
+
+def test_coins_no_daily_sleeve_trades_are_priced_too(db, dataset):
+    """FUNDING holding SOL (its spot leg): the quarterly flow values it at SOL's close of the day."""
+    from eternal.data.store import MarketStore
+    from flows.quarterly_rebalance import quarterly_rebalance
+
+    sol = dataset.daily("SOL/USDT")
+    MarketStore(db).upsert_candles("SOL/USDT", "1d", sol[(sol.index >= "2023-01-01") & (sol.index < "2024-01-01")])
+    daily("2023-12-31T00:05:00Z")
+    ledger = LedgerStore(db)
+    books = ledger.load_books()
+    books[Sleeve.FUNDING].cash -= 1_000.0                      # as if its spot leg had bought 1,000 of SOL
+    books[Sleeve.FUNDING].holdings["SOL"] = 1_000.0 / float(sol.loc["2023-12-30", "close"])
+    with db.begin() as conn:
+        ledger.save_books([books[Sleeve.FUNDING]], utc("2023-12-31T00:06:00Z"), conn)
+    report = quarterly_rebalance(asof="2024-01-01T00:15:00Z")
+    sol_value = books[Sleeve.FUNDING].holdings["SOL"] * float(sol.loc["2023-12-31", "close"])
+    total = sum(b.equity({"BTC": float(dataset.daily("BTC/USDT").loc["2023-12-31", "close"]),
+                          "ETH": float(dataset.daily("ETH/USDT").loc["2023-12-31", "close"]),
+                          "SOL": float(sol.loc["2023-12-31", "close"])}) for b in books.values())
+    assert report["weights_before"]["funding"] == pytest.approx((14_000.0 + sol_value) / total)
