@@ -2,8 +2,9 @@
 
 CORE over all loaded history (2017-08-17 .. 2026-01-05, 3,064 days): in memory, with the ledger
 persisted in bulk to SQLite, and to PostgreSQL when reachable; TREND-1 alone and CORE + both TREND
-sleeves over 2020-01-01 .. 2026-01-01 (2,192 days); every engine (CORE, TREND-1, TREND-2, FUNDING)
-over 2021-01-01 .. 2026-01-01 (1,826 days); plus the data-quality suite alone.
+sleeves over 2020-01-01 .. 2026-01-01 (2,192 days); TACTICAL alone over 2018-01-01 .. 2026-01-01
+(2,922 days); every sleeve with the orchestration layer over 2021-01-01 .. 2026-01-01 (1,826 days),
+without and with a 1,000 USDT monthly deposit; plus the data-quality suite alone.
 Prints median wall times of N runs, days per second, and the ratios between them.
 """
 from __future__ import annotations
@@ -44,7 +45,8 @@ def main() -> int:
     cold = timed(lambda: validate_market_data(frames, {}, None))
     results: dict[str, list[float]] = {"quality suite (warm)": [], "replay, in memory": [],
                                        "replay + SQLite ledger": [], "TREND-1 2020-2025": [],
-                                       "CORE + TREND 2020-2025": [], "all engines 2021-2025": []}
+                                       "CORE + TREND 2020-2025": [], "TACTICAL 2018-2025": [],
+                                       "all engines 2021-2025": [], "all + deposits 2021-2025": []}
     window = {"start": utc("2020-01-01"), "end": utc("2026-01-01"), "progress": False}
     pg_ok = True
     try:
@@ -61,9 +63,15 @@ def main() -> int:
             timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("trend-1"), **window)))
         results["CORE + TREND 2020-2025"].append(
             timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("core,trend"), **window)))
+        results["TACTICAL 2018-2025"].append(
+            timed(lambda: run_backfill(data, settings, sleeves=parse_sleeves("tactical"), start=utc("2018-01-01"),
+                                       end=utc("2026-01-01"), progress=False)))
         results["all engines 2021-2025"].append(
             timed(lambda: run_backfill(data, settings, start=utc("2021-01-01"), end=utc("2026-01-01"),
                                        progress=False)))
+        results["all + deposits 2021-2025"].append(
+            timed(lambda: run_backfill(data, settings, start=utc("2021-01-01"), end=utc("2026-01-01"),
+                                       progress=False, monthly_deposit=1_000.0)))
         with tempfile.TemporaryDirectory() as tmp:
             engine = connect(f"sqlite:///{tmp}/bench.db")
             results["replay + SQLite ledger"].append(
@@ -85,7 +93,8 @@ def main() -> int:
     print(f"{'case':30} {'median s':>9} {'days/s':>9} {'x in-memory':>12}")
     for name, xs in results.items():
         m = statistics.median(xs)
-        n = 2192 if "2020-2025" in name else 1826 if "2021-2025" in name else days
+        n = (2192 if "2020-2025" in name else 1826 if "2021-2025" in name else 2922 if "2018-2025" in name
+             else days)
         print(f"{name:30} {m:9.3f} {n / m:9.0f} {m / base:12.2f}")
     return 0
 
