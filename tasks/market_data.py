@@ -85,17 +85,19 @@ def gather_snapshot(asof: datetime, s: Settings) -> tuple[Snapshot, int | None]:
     signals = tactical_signals(s, market, frames, day, asof, log) if Sleeve.TACTICAL in sleeves else {}
     return Snapshot(asof, day, closes, ath, quotes, ledger.load_books(), ledger.load_states(), inflows,
                     markets, index, marks, corr, **signals,
-                    regime_inputs=regime_inputs(market, day, s)), seen
+                    regime_inputs=regime_inputs(frames.get(SPOT_SYMBOLS["BTC"]), day, s)), seen
 
 
-def regime_inputs(market, day: datetime, s: Settings):
-    """BTC's close, SMA50/200, ADX(14) and realised volatility on `day`, from a year of spot candles."""
+def regime_inputs(frame, day: datetime, s: Settings):
+    """BTC's close, SMA50/200, ADX(14) and realised volatility on `day`, from the spot candles the
+    snapshot already loaded (the last 400 days are plenty for SMA200 and ADX)."""
     from eternal.allocation import MarketRegimeInputs
     from eternal.indicators import perp_market
 
-    frame = market.load_candles(SPOT_SYMBOLS["BTC"], "1d", start=day - timedelta(days=400),
-                                end=day + timedelta(days=1))
-    if not len(frame) or frame.index[-1] != day:
+    if frame is None or not len(frame) or frame.index[-1] != day:
+        return None
+    frame = frame[frame.index > day - timedelta(days=400)]
+    if not len(frame):
         return None
     m = perp_market("BTC", SPOT_SYMBOLS["BTC"], frame, None, (50, 200))
     vol = realised_volatility(frame["close"], s.allocation.volatility_window_days)

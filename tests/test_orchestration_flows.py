@@ -11,23 +11,19 @@ from eternal.store.db import connect
 from eternal.store.ledger import LedgerStore
 from eternal.store.models import DepositRow, EventRow, TransferRow
 
+from tests.test_daily_flow import load_market
+from tests.test_daily_flow import run as daily
+
 pytestmark = [pytest.mark.db, pytest.mark.flow]
 
 
 @pytest.fixture
 def db(db_url, dataset, monkeypatch, prefect_harness):
-    from tests.test_daily_flow import load_market
-
+    """A year of real BTC/ETH candles and funding up to 2023-12-31, and settings pointing at it."""
     monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
     engine = connect(db_url)
     load_market(engine, dataset, "2023-01-01", "2024-01-01")
     return engine
-
-
-def daily(asof: str) -> dict:
-    from flows.daily_cycle import daily_cycle
-
-    return daily_cycle(asof=asof)
 
 
 def test_a_deposit_goes_to_the_most_underweight_sleeve_once_and_the_next_cycle_deploys_it(db, dataset):
