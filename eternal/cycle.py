@@ -58,3 +58,35 @@ def daily(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...] | None
         if decision.stops:
             plan.stops[sleeve] = decision.stops
     return plan
+
+
+def at_close(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...], allocation_state: dict | None,
+             deposit_usdt: float, orchestrated: bool, shares: dict[Sleeve, float]
+             ) -> tuple[Plan, dict[Sleeve, float], dict | None]:
+    """Everything decided at a daily close, pure: the orchestration layer first (regime, deposit
+    split, band and quarterly rebalancing, spec 5.x), then the daily engines on the books it left.
+    Without orchestration (a partial backfill) a deposit is split by `shares`.
+
+    Returns the plan (the allocation's transfers, sales and events first), the USDT each sleeve
+    will have received by the next close (this plan's engine transfers), and the allocation state.
+    """
+    from eternal import allocation
+    from eternal.models import QUOTE, Transfer
+
+    if orchestrated:
+        equity = {s: b.equity(snap.closes, snap.marks) for s, b in snap.books.items()}
+        orch = allocation.orchestrate(allocation_state, snap.day, snap.asof, snap.books, equity, snap.closes,
+                                      snap.regime_inputs, settings.allocation, deposit_usdt,
+                                      base=settings.weights.by_sleeve(), marks=snap.marks)
+        decided = daily(allocation.with_transfers(snap, orch.transfers, orch.requests), settings, sleeves)
+        plan, first, state = allocation.merged(orch, decided), len(orch.transfers), orch.state
+    else:
+        moves = ([Transfer(snap.asof, None, s, QUOTE, deposit_usdt * w, f"deposit of {deposit_usdt:,.2f} USDT")
+                  for s, w in shares.items() if w > 0] if deposit_usdt > 0 else [])
+        plan = daily(allocation.with_transfers(snap, moves), settings, sleeves)
+        plan.transfers, first, state = moves + plan.transfers, len(moves), allocation_state
+    received: dict[Sleeve, float] = {}
+    for t in plan.transfers[first:]:             # the engines' own transfers count at the next close
+        if t.asset == QUOTE:
+            received[t.to_sleeve] = received.get(t.to_sleeve, 0.0) + t.qty
+    return plan, received, state

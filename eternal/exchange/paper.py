@@ -88,6 +88,17 @@ class PaperExchange(PerpDesk):
         self.stops: dict[tuple[Sleeve, str], StopLevel] = {}
         self.events_fills: list[Fill] = []        # fills of stops, liquidations and close_all
         self.funding_last: dict[str, dict[str, Any]] = {}   # symbol -> last settlement and its payments
+        # The account journal: every change the venue made to a book by itself or by a fill, in
+        # order (kind "fill", "funding" or "reward"), numbered from 1. Our ledger books it from a
+        # cursor (`journal_since`), as it would read a real venue's transaction log.
+        self.journal: list[tuple[int, str, Any]] = []
+        self.journal_seq = 0
+        self.market_clock: str | None = None      # last market event this venue has lived through
+        self._open: dict[str, ExchangeOrder] = {}     # resting orders, by client order id
+        self._dirty_orders: set[str] = set()          # changed since the last save (row persistence)
+        self._new_keys: dict[str, float] = {}
+        self._lookup: Callable[[str], ExchangeOrder | None] | None = None   # orders not in memory
+        self._journal_loader: Callable[[int, int], list[tuple[int, str, Any]]] | None = None
 
     # prices ----------------------------------------------------------------------------------
     def set_quotes(self, quotes: Mapping[str, Quote]) -> None:
@@ -120,14 +131,32 @@ class PaperExchange(PerpDesk):
                 price, liquidity = intent.limit_price, "maker"
             self._fill(order, price, liquidity, now)   # raises InsufficientFunds: nothing recorded
         self.orders[client_order_id] = order
+        if order.status == OrderStatus.OPEN:
+            self._open[client_order_id] = order
+        self._dirty_orders.add(client_order_id)
         self._changed()
         return order
 
     def fetch_order(self, client_order_id: str, sleeve: Sleeve | None = None) -> ExchangeOrder | None:
-        return self.orders.get(client_order_id)
+        order = self.orders.get(client_order_id)
+        if order is None and self._lookup is not None:
+            order = self._lookup(client_order_id)
+        return order
 
     def open_orders(self) -> list[ExchangeOrder]:
-        return [o for o in self.orders.values() if o.status == OrderStatus.OPEN]
+        """Resting orders in the order they were placed (kept apart: no scan of the history)."""
+        return list(self._open.values())
+
+    def journal_since(self, seq: int) -> list[tuple[int, str, Any]]:
+        """Journal entries numbered above `seq`, oldest first: ("fill", Fill), ("funding",
+        FundingPayment) or ("reward", (sleeve, asset, qty))."""
+        first = self.journal[0][0] if self.journal else self.journal_seq + 1
+        older = self._journal_loader(seq, first) if self._journal_loader and seq + 1 < first else []
+        return older + [e for e in self.journal if e[0] > seq]
+
+    def _journal(self, kind: str, item: Any) -> None:
+        self.journal_seq += 1
+        self.journal.append((self.journal_seq, kind, item))
 
     def on_bar(self, ts: datetime, opens: Mapping[str, float]) -> list[ExchangeOrder]:
         """NEXT_OPEN policy: fill resting orders at these opens, spot sells and perp closes first.
@@ -143,6 +172,9 @@ class PaperExchange(PerpDesk):
                 self._fill(order, price, liquidity, ts)
             except InsufficientFunds as exc:
                 order.status, order.error = OrderStatus.REJECTED, str(exc)
+            if order.status != OrderStatus.OPEN:
+                self._open.pop(order.client_order_id, None)
+            self._dirty_orders.add(order.client_order_id)
             changed.append(order)
         if changed:
             self._changed()
@@ -161,6 +193,8 @@ class PaperExchange(PerpDesk):
         cancelled = self.open_orders()
         for o in cancelled:
             o.status, o.error = OrderStatus.CANCELLED, reason
+            self._open.pop(o.client_order_id, None)
+            self._dirty_orders.add(o.client_order_id)
         if cancelled:
             self._changed()
         return cancelled
@@ -197,12 +231,12 @@ class PaperExchange(PerpDesk):
         ledger.apply_fill(book, fill)
         self._record_fill(order, fill)
 
-    @staticmethod
-    def _record_fill(order: ExchangeOrder, fill: Fill) -> None:
+    def _record_fill(self, order: ExchangeOrder, fill: Fill) -> None:
         order.fills.append(fill)
         order.filled_qty += fill.qty
         order.fee += fill.fee
         order.status = OrderStatus.FILLED
+        self._journal("fill", fill)
 
     def _apply(self, book: SleeveBook, fill: Fill) -> None:
         """Book a perp fill; a position that closes or flips loses its stop."""
@@ -223,6 +257,7 @@ class PaperExchange(PerpDesk):
         moved = ledger.stake(self.books[sleeve], asset, qty)
         if key is not None:
             self.stake_ops[key] = moved
+            self._new_keys[key] = moved
         self._changed()
         return moved
 
@@ -233,11 +268,39 @@ class PaperExchange(PerpDesk):
             if key in self.stake_ops:
                 return
             self.stake_ops[key] = t.qty
+            self._new_keys[key] = t.qty
         for sleeve in (t.from_sleeve, t.to_sleeve):
             if sleeve is not None:
                 self.books.setdefault(sleeve, SleeveBook(sleeve))
         ledger.apply_transfer(self.books, t)
         self._changed()
+
+    # the venue living through time (paper only: a real venue does this by itself) -------------
+    def on_market(self, key: str, ts: datetime, *, opens: Mapping[str, float] | None = None,
+                  bars: Mapping[str, Bar] | None = None,
+                  settlements: Mapping[str, tuple[float, float]] | None = None,
+                  staking_apy: float | None = None) -> bool:
+        """Live through one market event, once: `key` orders events (ISO time | rank) and one at or
+        before `market_clock` changes nothing (returns False: a re-run after a crash).
+        `opens` (symbol -> open): resting orders fill there (`on_bar`). `bars` (perp symbol ->
+        (open, high, low)) of a day that closed: stops, then liquidations, then a day of staking
+        rewards at `staking_apy`. `settlements` (perp symbol -> (rate, price)): funding paid."""
+        if self.market_clock is not None and key <= self.market_clock:
+            return False
+        if opens:
+            self.on_bar(ts, opens)
+        if bars:
+            self.check_stops(ts, bars)
+            self.check_liquidations(ts, bars)
+        if staking_apy:
+            for sleeve, book in sorted(self.books.items()):
+                if book.staked.get("ETH"):
+                    self._journal("reward", (sleeve, "ETH", ledger.accrue_staking(book, "ETH", staking_apy)))
+        for symbol, (rate, price) in sorted((settlements or {}).items()):
+            self.settle_funding(ts, symbol, rate, price)
+        self.market_clock = key
+        self._changed()
+        return True
 
     def persist_now(self) -> None:
         self._changed()
@@ -261,6 +324,8 @@ class PaperExchange(PerpDesk):
             "stops": [[s.value, sym, lv.price, lv.reason] for (s, sym), lv in self.stops.items()],
             "events_fills": [_fill_to_dict(f) for f in self.events_fills],
             "funding_last": {sym: dict(v) for sym, v in self.funding_last.items()},
+            "journal_seq": self.journal_seq,
+            "market_clock": self.market_clock,
         }
 
     @classmethod
@@ -279,4 +344,7 @@ class PaperExchange(PerpDesk):
         ex.stops = {(Sleeve(s), sym): StopLevel(price, reason) for s, sym, price, reason in state.get("stops", [])}
         ex.events_fills = [_fill_from_dict(f) for f in state.get("events_fills", [])]
         ex.funding_last = {sym: dict(v) for sym, v in state.get("funding_last", {}).items()}
+        ex.journal_seq = state.get("journal_seq", 0)
+        ex.market_clock = state.get("market_clock")
+        ex._open = {cid: o for cid, o in ex.orders.items() if o.status == OrderStatus.OPEN}
         return ex

@@ -218,6 +218,8 @@ class PerpDesk:
                     if (pos := self.books[s].perps.get(symbol)) is not None and utc(pos.opened_at) <= ts
                     and (p := ledger.settle_funding(self.books[s], symbol, rate, price, ts)) is not None]
         self.funding_last[symbol] = {"ts": ts.isoformat(), "payments": [_payment_to_dict(p) for p in payments]}
+        for p in payments:
+            self._journal("funding", p)
         self._changed()
         return payments
 
@@ -233,6 +235,7 @@ class PerpDesk:
                     reason=str(reason), leverage=pos.leverage)
         self._apply(book, fill)
         self.events_fills.append(fill)
+        self._journal("fill", fill)
         return fill
 
     def _check_perp(self, sleeve: Sleeve, symbol: str) -> None:

@@ -1,0 +1,493 @@
+"""The one cycle driver: advances the portfolio through time-ordered market events, live and in replay.
+
+Time is a schedule of events (`Due`), ordered by (time, kind):
+
+* ``CLOSE`` of day D at D+1 00:00: the venue checks D's range against the resting stops and
+  liquidation prices and pays a day of staking; we book what it did, then the orchestration layer
+  (regime, deposits, band and quarterly rebalancing) and the daily engines decide on D's close;
+* ``SETTLEMENT`` at each funding time in the data (irregular ones too): the venue pays funding on
+  the positions held, we book it, FUNDING decides;
+* ``OPEN`` of day D at D 00:00: orders decided before it fill at D's open (the first price after
+  their decision), spot sells and perp closes first.
+
+A run processes every event due since the ledger's clock, in order, so a missed run is caught up
+by the next run of any flow and a run for an older slot does nothing. Each decision is stored
+before anything is sent (write-ahead); a run first finishes a stored, unfinished plan (every
+transfer and stake is keyed, every order resolved by its client order id before it is sent), then
+reconciles the ledger with the venue per sleeve, then decides anew. Our books change only from the
+venue's journal (fills, funding, staking rewards) and from the plan's keyed transfers and stakes.
+
+The driver does no I/O of its own: the market view, the exchange and the ledger are ports (in
+memory for a backfill, the database for the flows). The decisions are `eternal.cycle`'s, pure.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import IntEnum
+from typing import Any, Protocol
+
+from eternal import cycle
+from eternal import ledger as books
+from eternal.config import Settings
+from eternal.errors import EternalError
+from eternal.exchange.paper_state import _intent_to_dict, intent_from_dict
+from eternal.execution import execute, scaled_event, sync_record
+from eternal.market import MarketView
+from eternal.models import (
+    QUOTE,
+    Event,
+    Fill,
+    FundingPayment,
+    FundingTick,
+    OrderRecord,
+    Plan,
+    Sleeve,
+    SleeveBook,
+    StopLevel,
+    Transfer,
+    base_of,
+    utc,
+)
+
+
+class ClockError(EternalError):
+    """A run asked to act at a time the ledger has already passed."""
+
+
+class Kind(IntEnum):
+    CLOSE = 0
+    SETTLEMENT = 1
+    OPEN = 2
+
+
+FLOW_OF = {Kind.CLOSE: "daily-close", Kind.SETTLEMENT: "funding", Kind.OPEN: "open"}
+"""Names the decisions of each kind in client order ids (with the event's time)."""
+
+
+@dataclass(frozen=True, order=True)
+class Due:
+    """One event of the schedule; `key` orders events as text (stored as the ledger's clock)."""
+
+    ts: datetime
+    kind: Kind
+
+    @property
+    def key(self) -> str:
+        return f"{self.ts:%Y-%m-%dT%H:%M:%S}|{int(self.kind)}"
+
+    @property
+    def day(self) -> datetime:
+        """The candle the event reads: the day that closed (CLOSE), that opens (OPEN), of the settlement."""
+        midnight = self.ts.replace(hour=0, minute=0, second=0, microsecond=0)
+        return midnight - timedelta(days=1) if self.kind == Kind.CLOSE else midnight
+
+    @classmethod
+    def from_key(cls, key: str) -> Due:
+        ts, kind = key.split("|")
+        return cls(utc(ts), Kind(int(kind)))
+
+    def __str__(self) -> str:
+        what = {Kind.CLOSE: f"close of {self.day:%Y-%m-%d}", Kind.OPEN: f"open of {self.day:%Y-%m-%d}",
+                Kind.SETTLEMENT: f"funding settlement {self.ts:%Y-%m-%d %H:%M}Z"}
+        return what[self.kind]
+
+
+def clock_before(start: datetime) -> str:
+    """The clock of a portfolio that starts on day `start`: its first events are that day's
+    settlements and open, its first decision is on that day's close (the previous close is not
+    its to decide)."""
+    return Due(utc(start), Kind.CLOSE).key
+
+
+def due_events(view: MarketView, after: str, until: str) -> list[Due]:
+    """Every event with after < key <= until that the data can serve, in order."""
+    start = Due.from_key(after).ts
+    end = Due.from_key(until).ts
+    if view.first_day is None:
+        return []
+    first = max(view.first_day, start.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1))
+    out: list[Due] = []
+    day = first
+    while day <= view.last_day and day <= end:
+        out += [Due(day, Kind.OPEN), Due(day + timedelta(days=1), Kind.CLOSE)]
+        day += timedelta(days=1)
+    out += [Due(ts, Kind.SETTLEMENT) for ts in view.settlements_in(max(start, view.first_day),
+                                                                   min(end, view.last_day + timedelta(days=1)) +
+                                                                   timedelta(seconds=1))]
+    return sorted(d for d in out if after < d.key <= until)
+
+
+@dataclass
+class Portfolio:
+    """Our side of the world, as the driver changes it; the ledger port persists it."""
+
+    books: dict[Sleeve, SleeveBook]
+    states: dict[Sleeve, dict] = field(default_factory=dict)
+    allocation: dict | None = None
+    clock: str = ""                                     # key of the last event fully processed
+    journal_seq: int = 0                                # the venue's journal booked up to here
+    received: dict[Sleeve, float] = field(default_factory=dict)   # USDT in since the last close
+    halted: dict[str, str] = field(default_factory=dict)          # sleeve -> why (reconciliation)
+    deposits: list[dict] = field(default_factory=list)            # waiting for the next close
+    open_orders: dict[str, OrderRecord] = field(default_factory=dict)
+    stops: dict[Sleeve, dict[str, StopLevel]] = field(default_factory=dict)
+
+    def doc(self) -> dict[str, Any]:
+        """The small part persisted as one document (books, states and orders have their tables)."""
+        return {"clock": self.clock, "journal_seq": self.journal_seq,
+                "received": {s.value: v for s, v in self.received.items()}, "halted": dict(self.halted),
+                "deposits": list(self.deposits),
+                "stops": {s.value: {sym: [lv.price, lv.reason] for sym, lv in lv_.items()}
+                          for s, lv_ in self.stops.items()}}
+
+    def load_doc(self, doc: dict[str, Any]) -> None:
+        self.clock = doc.get("clock", "")
+        self.journal_seq = doc.get("journal_seq", 0)
+        self.received = {Sleeve(s): v for s, v in doc.get("received", {}).items()}
+        self.halted = dict(doc.get("halted", {}))
+        self.deposits = list(doc.get("deposits", []))
+        self.stops = {Sleeve(s): {sym: StopLevel(p, r) for sym, (p, r) in lv.items()}
+                      for s, lv in doc.get("stops", {}).items()}
+
+
+@dataclass
+class Batch:
+    """What one event changed, written by the ledger in one transaction with the new clock."""
+
+    due: Due | None
+    orders: list[OrderRecord] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    transfers: list[Transfer] = field(default_factory=list)
+    payments: list[FundingPayment] = field(default_factory=list)
+    equity: list[dict] = field(default_factory=list)
+    plan_key: str | None = None
+    deposits_taken: list[dict] = field(default_factory=list)
+
+
+class Ledger(Protocol):
+    """Where the portfolio lives between runs (memory in a backfill, the database in flows)."""
+
+    def load(self) -> Portfolio | None: ...
+    def initialise(self, portfolio: Portfolio, capital: float, shares: dict[Sleeve, float], ts: datetime) -> None: ...
+    def pending_plan(self) -> tuple[str, dict] | None: ...
+    def store_plan(self, key: str, plan: dict) -> None: ...
+    def commit(self, portfolio: Portfolio, batch: Batch) -> None: ...
+
+
+@dataclass
+class RunReport:
+    processed: list[Due] = field(default_factory=list)
+    finished_plan: str | None = None
+    adopted: list[Fill] = field(default_factory=list)
+    differences: dict[str, list[str]] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    orders: list[OrderRecord] = field(default_factory=list)
+    payments: list[FundingPayment] = field(default_factory=list)
+    clock: str = ""
+
+    def line(self) -> str:
+        if not self.processed:
+            return f"nothing due: the ledger is at {Due.from_key(self.clock) if self.clock else 'its start'}"
+        return (f"{len(self.processed)} events from the {self.processed[0]} to the {self.processed[-1]}: "
+                f"{len(self.orders)} orders, {len(self.payments)} funding payments")
+
+
+# plans as JSON (write-ahead) -------------------------------------------------------------------
+def _event_to_dict(e: Event) -> dict:
+    from eternal.store.ledger import _jsonable
+
+    return {"ts": e.ts.isoformat(), "kind": e.kind, "message": e.message,
+            "sleeve": e.sleeve.value if e.sleeve else None, "level": e.level, "data": _jsonable(e.data)}
+
+
+def _event_from_dict(d: dict) -> Event:
+    return Event(utc(d["ts"]), d["kind"], d["message"], Sleeve(d["sleeve"]) if d["sleeve"] else None,
+                 d["level"], d["data"])
+
+
+def _transfer_to_dict(t: Transfer) -> dict:
+    return {"ts": t.ts.isoformat(), "from": t.from_sleeve.value if t.from_sleeve else None,
+            "to": t.to_sleeve.value, "asset": t.asset, "qty": t.qty, "reason": t.reason}
+
+
+def _transfer_from_dict(d: dict) -> Transfer:
+    return Transfer(utc(d["ts"]), Sleeve(d["from"]) if d["from"] else None, Sleeve(d["to"]), d["asset"],
+                    d["qty"], d["reason"])
+
+
+def plan_to_json(plan: Plan, received: dict[Sleeve, float], allocation: dict | None,
+                 deposits: list[dict]) -> dict:
+    from eternal.store.ledger import _jsonable
+
+    return {"intents": [{**_intent_to_dict(i), "leverage": i.leverage} for i in plan.intents],
+            "transfers": [_transfer_to_dict(t) for t in plan.transfers],
+            "stakes": {s.value: m for s, m in plan.stakes.items()},
+            "stops": {s.value: {sym: [lv.price, lv.reason] for sym, lv in lv_.items()} for s, lv_ in plan.stops.items()},
+            "states": {s.value: _jsonable(st) for s, st in plan.states.items()},
+            "events": [_event_to_dict(e) for e in plan.events],
+            "received": {s.value: v for s, v in received.items()}, "allocation": allocation,
+            "deposits": deposits, "asof": plan.asof.isoformat(), "day": plan.day.isoformat()}
+
+
+def plan_from_json(d: dict) -> tuple[Plan, dict[Sleeve, float], dict | None, list[dict]]:
+    from dataclasses import replace
+
+    intents = [replace(intent_from_dict(i), leverage=i.get("leverage")) for i in d["intents"]]
+    plan = Plan(utc(d["asof"]), utc(d["day"]), intents, {Sleeve(s): st for s, st in d["states"].items()},
+                [_event_from_dict(e) for e in d["events"]],
+                stakes={Sleeve(s): m for s, m in d["stakes"].items()},
+                stops={Sleeve(s): {sym: StopLevel(p, r) for sym, (p, r) in lv.items()} for s, lv in d["stops"].items()},
+                transfers=[_transfer_from_dict(t) for t in d["transfers"]])
+    return plan, {Sleeve(s): v for s, v in d["received"].items()}, d["allocation"], d["deposits"]
+
+
+# reconciliation --------------------------------------------------------------------------------
+def book_differences(ours: SleeveBook, theirs: SleeveBook | None, tolerance: float = 1e-6) -> list[str]:
+    """What differs between our book of a sleeve and the venue's, one line per item (empty: equal)."""
+    theirs = theirs or SleeveBook(ours.sleeve)
+
+    def differ(a: float, b: float) -> bool:
+        return not math.isclose(a, b, rel_tol=1e-9, abs_tol=tolerance)
+
+    out = []
+    if differ(ours.cash, theirs.cash):
+        out.append(f"cash: ledger {ours.cash:.8f} USDT, exchange {theirs.cash:.8f}")
+    for asset in sorted(set(ours.holdings) | set(theirs.holdings) | set(ours.staked) | set(theirs.staked)):
+        for what, a, b in (("free", ours.holdings.get(asset, 0.0), theirs.holdings.get(asset, 0.0)),
+                           ("staked", ours.staked.get(asset, 0.0), theirs.staked.get(asset, 0.0))):
+            if differ(a, b):
+                out.append(f"{asset} {what}: ledger {a:.10g}, exchange {b:.10g}")
+    for sym in sorted(set(ours.perps) | set(theirs.perps)):
+        a, b = ours.perps.get(sym), theirs.perps.get(sym)
+        qa, qb = (a.qty if a else 0.0), (b.qty if b else 0.0)
+        if differ(qa, qb):
+            out.append(f"{sym} position: ledger {qa:+.10g}, exchange {qb:+.10g}")
+    return out
+
+
+# the driver ------------------------------------------------------------------------------------
+class Driver:
+    """One portfolio, one market view, one exchange, one ledger; `run` advances them together."""
+
+    def __init__(self, view: MarketView, exchange, ledger: Ledger, settings: Settings,
+                 sleeves: Iterable[Sleeve], *, orchestrated: bool,
+                 on_close: Callable[[datetime, Portfolio, dict, dict], None] | None = None):
+        self.view, self.exchange, self.ledger, self.settings = view, exchange, ledger, settings
+        self.sleeves = tuple(sleeves)
+        self.daily_sleeves = tuple(s for s in self.sleeves if s in cycle.ENGINES)
+        self.funding_active = Sleeve.FUNDING in self.sleeves
+        self.orchestrated = orchestrated
+        self.on_close = on_close
+
+    # the run -----------------------------------------------------------------------------------
+    def open(self, capital: float, shares: dict[Sleeve, float], start: datetime) -> Portfolio:
+        """The stored portfolio, or a new one with `capital` split by `shares` from `start` on."""
+        p = self.ledger.load()
+        if p is None:
+            p = Portfolio({s: SleeveBook(s, capital * w) for s, w in shares.items()}, clock=clock_before(start))
+            self.ledger.initialise(p, capital, shares, utc(start))
+        return p
+
+    def run(self, p: Portfolio, until: str) -> RunReport:
+        """Finish any stored plan, reconcile, then process every event due up to the key `until`."""
+        report = RunReport()
+        pending = self.ledger.pending_plan()
+        if pending is not None:
+            key, stored = pending
+            self.process(p, Due.from_key(key), report, stored=stored)
+            report.finished_plan = key
+        self.reconcile(p, report)
+        for due in due_events(self.view, p.clock, until):
+            self.process(p, due, report)
+        report.clock = p.clock
+        return report
+
+    def reconcile(self, p: Portfolio, report: RunReport) -> None:
+        """Spec 7.3: book what the venue did that our ledger missed (a fill of one of our orders,
+        a settlement, a reward: adopted with an event), then compare every sleeve's book; a sleeve
+        that still differs is halted (no new orders for it) with an alert holding both sides."""
+        batch = Batch(None)
+        adopted = self.sync(p, batch)
+        for f in adopted:
+            batch.events.append(Event(f.ts, "fill_adopted", f"{f.client_order_id}: {f.symbol} {f.side} {f.qty:.8g} "
+                                      f"at {f.price:.2f} was filled by {self.exchange.name} while our ledger "
+                                      "was not running; booked now", f.sleeve, "warning",
+                                      {"trade_id": f.trade_id}))
+        report.adopted += adopted
+        for sleeve, book in p.books.items():
+            diff = book_differences(book, self.exchange.books.get(sleeve))
+            if diff and sleeve.value not in p.halted:
+                p.halted[sleeve.value] = "; ".join(diff)
+                batch.events.append(Event(utc(Due.from_key(p.clock).ts), "reconciliation_failed",
+                                          f"{sleeve}: ledger and exchange differ ({'; '.join(diff)}): sleeve "
+                                          "halted, no new orders until an operator resolves it", sleeve,
+                                          "alert", {"differences": diff}))
+                report.differences[sleeve.value] = diff
+        if batch.events or batch.fills or batch.orders:
+            self.ledger.commit(p, batch)
+            report.events += batch.events
+
+    def process(self, p: Portfolio, due: Due, report: RunReport, stored: dict | None = None) -> None:
+        """One event: the venue lives through it, we book what it did, decide, store, act, commit."""
+        view, ex, s = self.view, self.exchange, self.settings
+        i = view.index(due.day)
+        if i is None:
+            raise EternalError(f"no market data for the {due}: it cannot be processed")
+        batch = Batch(due)
+        if due.kind == Kind.OPEN:
+            ex.on_market(due.key, due.day, opens=view.opens(i))
+        elif due.kind == Kind.CLOSE:
+            apy = s.core.staking_apy if s.core.staking_apy >= s.core.staking_min_apy else None
+            ex.on_market(due.key, due.day, bars=view.perp_bars(i), staking_apy=apy)
+        else:
+            opens = view.opens(i)
+            ex.on_market(due.key, due.ts, settlements={sym: (rate, opens[sym]) for sym, rate in
+                                                      view.settlement_rates[due.ts].items() if sym in opens})
+        self.sync(p, batch)
+        plan = None
+        if due.kind == Kind.CLOSE:
+            plan, received, allocation, deposits = (plan_from_json(stored) if stored is not None
+                                                    else self.decide_close(p, due, i))
+        elif due.kind == Kind.SETTLEMENT and self.funding_active:
+            plan, received, allocation, deposits = (plan_from_json(stored) if stored is not None
+                                                    else self.decide_tick(p, due, i, batch))
+        if plan is not None:
+            if stored is None:
+                self.ledger.store_plan(due.key, plan_to_json(plan, received, allocation, deposits))
+            self.act(p, due, plan, batch)
+            p.received, p.allocation = received, allocation if allocation is not None else p.allocation
+            taken = {d["reference"] for d in deposits}
+            p.deposits = [d for d in p.deposits if d["reference"] not in taken]
+            batch.deposits_taken, batch.plan_key = deposits, due.key
+        if due.kind == Kind.CLOSE:
+            closes, marks = view.closes(i), view.marks(i)
+            batch.equity = [{"day": due.day, "sleeve": sl.value, "equity": b.equity(closes, marks), "cash": b.cash}
+                            for sl, b in p.books.items()]
+            if self.on_close is not None:
+                self.on_close(due.day, p, closes, marks)
+        p.clock = due.key
+        self.ledger.commit(p, batch)
+        report.processed.append(due)
+        report.events += batch.events
+        report.orders += batch.orders
+        report.payments += batch.payments
+
+    # what the venue did ------------------------------------------------------------------------
+    def sync(self, p: Portfolio, batch: Batch) -> list[Fill]:
+        """Book the venue's journal since our cursor and refresh our open orders from it; returns
+        the fills booked."""
+        fills = []
+        for seq, kind, item in self.exchange.journal_since(p.journal_seq):
+            if kind == "fill":
+                books.apply_fill(p.books[item.sleeve], item)
+                fills.append(item)
+                if item.reason in ("hard_stop", "trailing_stop", "liquidation"):
+                    batch.events.append(Event(item.ts, "liquidation" if item.reason == "liquidation" else "stop_filled",
+                                              f"{item.symbol} {item.side} {item.qty:.8g} at {item.price:.2f} "
+                                              f"({item.reason})", item.sleeve,
+                                              "alert" if item.reason == "liquidation" else "warning",
+                                              {"trade_id": item.trade_id, "qty": item.qty}))
+            elif kind == "funding":
+                books.apply_funding(p.books[item.sleeve], item)
+                batch.payments.append(item)
+            else:
+                sleeve, asset, reward = item
+                book = p.books[sleeve]
+                book.staked[asset] = book.staked.get(asset, 0.0) + reward
+                if reward:
+                    when = batch.due.ts if batch.due is not None else Due.from_key(p.clock).ts
+                    batch.events.append(Event(when, "staking_reward", f"{reward:.8f} {asset} staking reward", sleeve,
+                                              data={"asset": asset, "qty": reward}))
+            p.journal_seq = seq
+        batch.fills += fills
+        for cid in list(p.open_orders):
+            rec = p.open_orders[cid]
+            order = self.exchange.fetch_order(cid, rec.intent.sleeve)
+            if order is None or order.status == rec.status:
+                continue
+            sync_record(rec, order, set())
+            rec.updated_at = order.fills[-1].ts if order.fills else rec.updated_at
+            batch.orders.append(rec)
+            if (scaled := scaled_event(rec, rec.updated_at)) is not None:
+                batch.events.append(scaled)
+            if order.error:
+                batch.events.append(Event(rec.updated_at, "order_rejected", order.error, rec.intent.sleeve,
+                                          "alert", {"client_order_id": cid}))
+            if rec.status.is_final:
+                del p.open_orders[cid]
+        return fills
+
+    # decisions (pure, in eternal.cycle) -----------------------------------------------------------
+    def decide_close(self, p: Portfolio, due: Due, i: int):
+        deposits = [d for d in p.deposits if utc(d["ts"]) <= due.ts]
+        usdt = math.fsum(d["usdt"] for d in deposits)
+        snap = self.view.snapshot(i, p.books, p.states, p.received)
+        plan, received, allocation = cycle.at_close(snap, self.settings, self.daily_sleeves, p.allocation, usdt,
+                                                    self.orchestrated, self.shares(p))
+        return plan, received, allocation, deposits
+
+    def shares(self, p: Portfolio) -> dict[Sleeve, float]:
+        """How a deposit is split when the orchestration layer is off: by the sleeves' weights."""
+        raw = {sl: getattr(self.settings.weights, sl.weight_field) for sl in self.sleeves}
+        total = sum(raw.values())
+        return {sl: w / total for sl, w in raw.items()} if total > 0 else {}
+
+    def decide_tick(self, p: Portfolio, due: Due, i: int, batch: Batch):
+        view = self.view
+        opens = view.opens(i)
+        assets = [a for a in ("BTC", "ETH", "SOL") if a in view.perp_assets and a in view.spot_assets]
+        received: dict[str, float] = {}
+        for pay in batch.payments:
+            if pay.sleeve == Sleeve.FUNDING:
+                received[base_of(pay.symbol)] = received.get(base_of(pay.symbol), 0.0) + pay.amount
+        from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS
+
+        tick = FundingTick(due.ts, {a: opens[SPOT_SYMBOLS[a]] for a in assets},
+                           {a: opens[PERP_SYMBOLS[a]] for a in assets},
+                           {a: view.latest_rate(a, due.ts) for a in assets},
+                           {a: view.recent_rates(a, due.ts) for a in assets},
+                           p.books, p.states.get(Sleeve.FUNDING), received, fills_deferred=True)
+        plan = cycle.funding_tick(tick, self.settings)
+        carried = dict(p.received)
+        for t in plan.transfers:
+            if t.asset == QUOTE:
+                carried[t.to_sleeve] = carried.get(t.to_sleeve, 0.0) + t.qty
+        return plan, carried, None, []
+
+    # acting -------------------------------------------------------------------------------------
+    def act(self, p: Portfolio, due: Due, plan: Plan, batch: Batch) -> None:
+        """The plan at the venue and in our books: transfers and stakes under keys, stops, orders
+        under client order ids (each looked up before it is sent). Safe to repeat after a crash."""
+        ex = self.exchange
+        for n, t in enumerate(plan.transfers):
+            ex.transfer(t, f"transfer|{due.key}|{n}")
+            books.apply_transfer(p.books, t)
+            batch.transfers.append(t)
+        for sleeve, moves in plan.stakes.items():
+            for asset, qty in moves.items():
+                moved = ex.stake(sleeve, asset, qty, f"stake|{due.key}|{sleeve.value}|{asset}")
+                books.stake(p.books[sleeve], asset, moved)
+        for sleeve, levels in plan.stops.items():
+            for symbol, level in levels.items():
+                ex.set_stop(sleeve, symbol, level)
+            p.stops[sleeve] = dict(levels)
+        intents = []
+        for intent in plan.intents:
+            if intent.sleeve.value in p.halted:
+                batch.events.append(Event(due.ts, "order_blocked", f"{intent.sleeve} is halted "
+                                          f"({p.halted[intent.sleeve.value]}): {intent.key} not sent",
+                                          intent.sleeve, "alert", {"intent": intent.key}))
+            else:
+                intents.append(intent)
+        result = execute(intents, ex, flow=FLOW_OF[due.kind], scheduled=due.ts, now=due.ts, known={},
+                         known_trades=set())
+        p.states.update(plan.states)
+        batch.events += plan.events + result.events
+        for rec in result.orders:
+            batch.orders.append(rec)
+            if not rec.status.is_final:
+                p.open_orders[rec.client_order_id] = rec
