@@ -104,6 +104,16 @@ def cmd_config(args, s) -> int:
 
 
 def cmd_run(args, s) -> int:
+    if args.asof is not None:          # an operator's time: never behind the ledger's clock
+        from eternal.driver import ClockError, Due, Kind
+        from eternal.store.db import connect
+        from eternal.store.driver_store import SqlLedger
+
+        clock = SqlLedger(connect(s.database_url)).clock()
+        if clock is not None and Due(args.asof, Kind.OPEN).key < clock:
+            raise ClockError(f"--asof {args.asof:%Y-%m-%dT%H:%MZ} is before the ledger's clock "
+                             f"({Due.from_key(clock)}): a ledger never goes back in time; run without "
+                             "--asof to catch up to now")
     if args.flow == "funding":
         from flows.funding_collection import funding_collection
 

@@ -27,7 +27,7 @@ from eternal.data.quality import validate_market_data
 from eternal.driver import Batch, Driver, Due, Kind, Portfolio
 from eternal.errors import EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
-from eternal.market import PERP_NEEDS, SPOT_NEEDS, MarketView, perp_markets  # noqa: F401  (engines' needs)
+from eternal.market import PERP_NEEDS, SPOT_NEEDS, MarketView, perp_markets  # noqa: F401  (re-exported)
 from eternal.models import (
     PERP_SYMBOLS,
     SPOT_SYMBOLS,

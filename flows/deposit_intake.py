@@ -1,32 +1,36 @@
-"""Deposit intake: a deposit split between the sleeves by the allocation rules, booked once."""
+"""Deposit intake: a deposit waits in the ledger for the next daily close, which splits it."""
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from prefect import flow, runtime
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from eternal.config import load_settings
 from eternal.models import UTC
-from tasks.context import orders_slot
-from tasks.deposits import take_deposit
+from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
+from eternal.store.locks import exclusive
+from tasks.context import stores
 
 FLOW = "deposit-intake"
 
 
 @flow(name=FLOW, log_prints=True)
 def deposit_intake(amount_usdt: float, reference: str | None = None) -> dict:
-    """Take a deposit of `amount_usdt` USDT: the most underweight sleeve first, up to its target,
-    the rest by target weights. `reference` names it (default: this flow run), so a retried or
-    re-triggered run never books it twice; the next daily cycle deploys it."""
+    """Take a deposit of `amount_usdt` USDT. At the next daily close the orchestration layer splits
+    it (the most underweight sleeve first, up to its target, the rest by target weights) before the
+    engines decide, the same point as in a backfill. `reference` names it (default: this flow run):
+    a retried or re-triggered run never books it twice."""
+    if not (math.isfinite(amount_usdt) and amount_usdt > 0):
+        raise ValueError(f"amount_usdt must be a positive number of USDT, got {amount_usdt}")
     s = load_settings()
     now = datetime.now(UTC)
     ref = reference or f"run {runtime.flow_run.id or now.isoformat()}"
-    with orders_slot():
-        report = take_deposit(amount_usdt, ref, s, now)
-    rows = [{"sleeve": sl, "usdt": round(v, 8), "target": report["targets"].get(sl)}
-            for sl, v in report["split"].items()] if not report["duplicate"] else [
-        {"sleeve": "none", "usdt": 0.0, "target": None}]
-    create_table_artifact(rows, key="deposit-intake", description=(
-        f"deposit {ref}: {amount_usdt:,.2f} USDT" + (" (already taken: nothing booked)" if report["duplicate"] else "")))
-    return report
+    _, store = stores(s)
+    with exclusive(store.engine, DRIVER_LOCK):
+        added = SqlLedger(store.engine).add_deposit(now, amount_usdt, ref)
+    create_markdown_artifact(f"deposit {ref}: {amount_usdt:,.2f} USDT " +
+                             ("waits for the next daily close" if added else "was taken before: nothing booked"),
+                             key="deposit-intake", description="deposit intake")
+    return {"reference": ref, "amount_usdt": amount_usdt, "duplicate": not added}

@@ -1,36 +1,51 @@
-"""Record: engine states, the audit trail, equity snapshots and the run's artifacts."""
+"""Record: what a driver run did, as Prefect artifacts and a short report (the ledger already holds it)."""
 from __future__ import annotations
 
-from datetime import datetime
-
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from eternal.config import Settings
-from eternal.execution import ExecutionResult
-from eternal.models import Plan, Snapshot
+from eternal.driver import Kind
 from eternal.reporting import cycle_markdown, order_rows
-from tasks.context import stores
+from eternal.models import base_of
 
 
-@task(name="record-cycle")
-def record_cycle(snap: Snapshot, plan: Plan, result: ExecutionResult, s: Settings, run_key: str,
-                 now: datetime, allocation_state: dict | None = None) -> dict:
-    _, ledger = stores(s)
-    books = ledger.load_books()
-    with ledger.engine.begin() as conn:
-        ledger.save_states(plan.states, now, conn)
-        if allocation_state is not None:
-            ledger.save_allocation_state(allocation_state, now, conn)
-        ledger.append_events(plan.events, run_key, conn)
-        ledger.save_equity([{"day": snap.day, "sleeve": sl.value, "equity": b.equity(snap.closes),
-                             "cash": b.cash} for sl, b in books.items()], conn)
-    key = f"daily-cycle-{snap.day:%Y-%m-%d}"
-    create_markdown_artifact(cycle_markdown(snap.day, books, snap.closes, plan.events + result.events),
-                             key=key, description="portfolio by sleeve and asset, decisions with reasons")
-    create_table_artifact(order_rows(result.orders) or [{"client_order_id": "none", "status": "no orders"}],
-                          key=f"{key}-orders", description="orders of this cycle")
-    equity = {sl.value: b.equity(snap.closes) for sl, b in books.items()}
-    return {"day": f"{snap.day:%Y-%m-%d}", "orders": len(result.orders), "sent": result.sent,
-            "fills": len(result.fills), "decisions": [e.message for e in plan.events],
-            "equity": equity, "total_equity": sum(equity.values())}
+def record_run(d, flow: str) -> dict:
+    """Artifacts of the run: the portfolio and decisions at the last close processed, the orders
+    and the funding settled; returns the run's report (one line, equity by sleeve)."""
+    r, view, p = d.report, d.view, d.portfolio
+    closes_done = [e for e in r.processed if e.kind == Kind.CLOSE]
+    report = {"line": r.line(), "clock": r.clock, "events": len(r.processed), "orders": len(r.orders),
+              "payments": len(r.payments), "finished_plan": r.finished_plan, "adopted": len(r.adopted),
+              "halted": dict(p.halted), "closes": [f"{e.day:%Y-%m-%d}" for e in closes_done],
+              "decisions": [e.message for e in r.events if e.kind not in ("staking_reward",)]}
+    if r.differences:
+        rows = [{"sleeve": sl, "difference": line} for sl, lines in r.differences.items() for line in lines]
+        create_table_artifact(rows, key="reconciliation", description="ledger vs exchange: sleeves halted")
+    if closes_done:
+        last = closes_done[-1]
+        i = view.index(last.day)
+        closes, marks = view.closes(i), view.marks(i)
+        equity = {sl.value: b.equity(closes, marks) for sl, b in p.books.items()}
+        report |= {"day": f"{last.day:%Y-%m-%d}", "equity": equity, "total_equity": sum(equity.values())}
+        key = f"{flow}-{last.day:%Y-%m-%d}"
+        create_markdown_artifact(cycle_markdown(last.day, p.books, closes, r.events), key=key,
+                                 description="portfolio by sleeve and asset, decisions with reasons")
+    if flow == "quarterly-rebalance" and "equity" in report:
+        from eternal import allocation
+
+        state = allocation.AllocationState.model_validate(p.allocation or {})
+        targets = allocation.targets(state.active or allocation.Regime.BASE, d.settings.allocation,
+                                     d.settings.weights.by_sleeve())
+        total = report["total_equity"]
+        create_table_artifact([{"sleeve": sl, "target": round(targets.get(allocation.Sleeve(sl), 0.0), 6),
+                                "actual": round(v / total, 6) if total else None}
+                               for sl, v in report["equity"].items()], key="quarterly-rebalance-weights",
+                              description=f"{state.active or 'base'} targets vs actual weights after the run")
+        report["regime"] = state.active.value if state.active else None
+    if r.orders:
+        create_table_artifact(order_rows(r.orders), key=f"{flow}-orders", description="orders of this run")
+    if r.payments:
+        create_table_artifact([{"ts": x.ts.isoformat(), "sleeve": x.sleeve.value, "asset": base_of(x.symbol),
+                                "qty": x.qty, "price": x.price, "rate": x.rate, "realised": x.amount,
+                                "expected": x.expected} for x in r.payments],
+                              key=f"{flow}-funding", description="funding settled: realised vs expected")
+    return report

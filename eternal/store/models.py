@@ -249,3 +249,49 @@ class FearGreedRow(Base):
 
 
 Index("ix_orders_scheduled", OrderRow.flow, OrderRow.scheduled)
+
+
+class DriverStateRow(Base):
+    """The driver's small state: its clock (last event processed), journal cursor, pending deposits."""
+
+    __tablename__ = "driver_state"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    doc: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PlanRow(Base):
+    """A decision stored before anything of it is sent (write-ahead); `done` once committed."""
+
+    __tablename__ = "plans"
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class PaperOrderRow(Base):
+    """The paper exchange's orders, one row each (only changed rows are written)."""
+
+    __tablename__ = "paper_orders"
+    client_order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+
+
+class PaperJournalRow(Base):
+    """The paper exchange's account journal: fills, funding payments, staking rewards, in order."""
+
+    __tablename__ = "paper_journal"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict] = mapped_column(JSON)
+
+
+class PaperKeyRow(Base):
+    """Keyed transfers and stakes the paper exchange has made (a repeat of a key is a no-op)."""
+
+    __tablename__ = "paper_keys"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)

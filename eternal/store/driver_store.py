@@ -1,0 +1,211 @@
+"""The driver's ports on a database: our ledger (`SqlLedger`) and the paper exchange's own rows.
+
+`SqlLedger` keeps the portfolio in the ledger tables (balances, positions, engine states, orders,
+fills, events, transfers, funding, equity) plus the driver's clock and write-ahead plans; one event
+is committed in one transaction. The paper exchange stands for a venue that outlives our process:
+it persists itself on every change, in rows (only what changed is written: a small document for
+books, leverage, stops and counters, one row per order, per journal entry and per keyed operation).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.orm import Session
+
+from eternal.config import FeeParams
+from eternal.driver import Batch, Portfolio
+from eternal.errors import EternalError
+from eternal.exchange.paper import FillPolicy, PaperExchange
+from eternal.exchange.paper_state import (
+    _fill_from_dict,
+    _fill_to_dict,
+    _order_from_dict,
+    _order_to_dict,
+    _payment_from_dict,
+    _payment_to_dict,
+)
+from eternal.models import OrderStatus, Sleeve, SleeveBook, utc
+from eternal.store.ledger import LedgerStore, _jsonable, _record
+from eternal.store.models import (
+    DriverStateRow,
+    OrderRow,
+    PaperJournalRow,
+    PaperKeyRow,
+    PaperOrderRow,
+    PlanRow,
+)
+from eternal.store.upsert import upsert
+
+PAPER = "paper"
+DRIVER_LOCK = "driver"      # one driver run at a time per database (flows never race)
+OPEN_STATUSES = [s.value for s in OrderStatus if not s.is_final]
+
+
+class SqlLedger:
+    """The driver's ledger port on the database."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.store = LedgerStore(engine)
+
+    def load(self) -> Portfolio | None:
+        if not self.store.is_initialised():
+            return None
+        with Session(self.engine) as session:
+            doc = session.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar()
+            open_rows = session.scalars(select(OrderRow).where(OrderRow.status.in_(OPEN_STATUSES))).all()
+        if doc is None:
+            raise EternalError("this ledger was written before the cycle driver (no clock): start a new "
+                               "database, or replay the history with `eternal backfill`")
+        p = Portfolio(self.store.load_books(), self.store.load_states(), self.store.load_allocation_state())
+        p.load_doc(doc)
+        p.open_orders = {r.client_order_id: _record(r) for r in open_rows}
+        return p
+
+    def clock(self) -> str | None:
+        with self.engine.connect() as conn:
+            doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar()
+        return doc.get("clock") if doc else None
+
+    def initialise(self, portfolio: Portfolio, capital: float, shares: dict[Sleeve, float], ts: datetime) -> None:
+        self.store.initialise(capital, shares, ts)
+        with self.engine.begin() as conn:
+            upsert(conn, DriverStateRow.__table__, [{"id": 1, "doc": portfolio.doc(), "updated_at": ts}], ["id"])
+
+    def pending_plan(self) -> tuple[str, dict] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(PlanRow.key, PlanRow.payload).where(PlanRow.status == "stored")
+                               .order_by(PlanRow.key).limit(1)).first()
+        return (row.key, row.payload) if row is not None else None
+
+    def store_plan(self, key: str, plan: dict) -> None:
+        from eternal.driver import Due
+
+        with self.engine.begin() as conn:
+            upsert(conn, PlanRow.__table__, [{"key": key, "status": "stored", "payload": _jsonable(plan),
+                                              "created_at": Due.from_key(key).ts, "finished_at": None}], ["key"])
+
+    def commit(self, p: Portfolio, batch: Batch) -> None:
+        now = batch.due.ts if batch.due is not None else _clock_ts(p)
+        run_key = batch.due.key if batch.due is not None else "reconcile"
+        with self.engine.begin() as conn:
+            self.store.save_execution(batch.orders, batch.fills, batch.events, None, now, run_key, conn,
+                                      transfers=batch.transfers)
+            self.store._save_books(conn, p.books.values(), now, p.stops)
+            if p.states:
+                self.store.save_states(p.states, now, conn)
+            if p.allocation is not None:
+                self.store.save_allocation_state(p.allocation, now, conn)
+            self.store.save_funding(batch.payments, conn)
+            if batch.equity:
+                self.store.save_equity(batch.equity, conn)
+            for d in batch.deposits_taken:
+                self.store.save_deposit(utc(d["ts"]), d["usdt"], d["reference"], conn)
+            upsert(conn, DriverStateRow.__table__, [{"id": 1, "doc": _jsonable(p.doc()), "updated_at": now}], ["id"])
+            if batch.plan_key is not None:
+                conn.execute(update(PlanRow).where(PlanRow.key == batch.plan_key).values(status="done",
+                                                                                       finished_at=now))
+
+    def add_deposit(self, ts: datetime, usdt: float, reference: str) -> bool:
+        """A deposit waiting for the next close; False when the reference was taken before."""
+        with self.engine.begin() as conn:
+            doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar()
+            if doc is None:
+                raise EternalError("no portfolio yet: run the daily cycle once before a deposit")
+            if self.store.deposit_seen(reference) or any(d["reference"] == reference for d in doc.get("deposits", [])):
+                return False
+            doc = {**doc, "deposits": [*doc.get("deposits", []), {"ts": utc(ts).isoformat(), "usdt": usdt,
+                                                                   "reference": reference}]}
+            upsert(conn, DriverStateRow.__table__, [{"id": 1, "doc": doc, "updated_at": ts}], ["id"])
+        return True
+
+
+def _clock_ts(p: Portfolio) -> datetime:
+    from eternal.driver import Due
+
+    return Due.from_key(p.clock).ts
+
+
+# the paper exchange in rows ---------------------------------------------------------------------
+def _journal_to_dict(kind: str, item: Any) -> dict:
+    if kind == "fill":
+        return _fill_to_dict(item)
+    if kind == "funding":
+        return _payment_to_dict(item)
+    sleeve, asset, qty = item
+    return {"sleeve": sleeve.value, "asset": asset, "qty": qty}
+
+
+def _journal_from_dict(kind: str, d: dict) -> Any:
+    if kind == "fill":
+        return _fill_from_dict(d)
+    if kind == "funding":
+        return _payment_from_dict(d)
+    return Sleeve(d["sleeve"]), d["asset"], d["qty"]
+
+
+def _doc(ex: PaperExchange) -> dict:
+    state = ex.to_state()
+    for big in ("orders", "stake_ops", "events_fills"):
+        state.pop(big)
+    return state
+
+
+def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, SleeveBook] | None = None
+                        ) -> PaperExchange:
+    """The paper exchange stored in this database (a new one holding copies of `books` when there
+    is none), saving itself after every change; orders it does not hold in memory are looked up."""
+    store = LedgerStore(engine)
+    state = store.load_exchange_state(PAPER)
+    if state is None:
+        ex = PaperExchange(fees, FillPolicy.NEXT_OPEN, books or {})
+    else:
+        with engine.connect() as conn:
+            rows = conn.execute(select(PaperOrderRow.client_order_id, PaperOrderRow.payload)
+                                .where(PaperOrderRow.status == OrderStatus.OPEN.value)).all()
+            keys = conn.execute(select(PaperKeyRow.key, PaperKeyRow.value)).all()
+        ex = PaperExchange.from_state({**state, "orders": {r.client_order_id: r.payload for r in rows}},
+                                      fees, FillPolicy.NEXT_OPEN)
+        ex.stake_ops = {k: v for k, v in keys}
+    flushed = {"seq": ex.journal_seq}
+
+    def lookup(cid: str):
+        with engine.connect() as conn:
+            payload = conn.execute(select(PaperOrderRow.payload).where(
+                PaperOrderRow.client_order_id == cid)).scalar()
+        return _order_from_dict(cid, payload) if payload is not None else None
+
+    def journal(after: int, before: int) -> list:
+        with engine.connect() as conn:
+            rows = conn.execute(select(PaperJournalRow).where(PaperJournalRow.seq > after,
+                                                              PaperJournalRow.seq < before)
+                                .order_by(PaperJournalRow.seq)).scalars().all()
+        return [(r.seq, r.kind, _journal_from_dict(r.kind, r.payload)) for r in rows]
+
+    def save(ex: PaperExchange) -> None:
+        new = [e for e in ex.journal if e[0] > flushed["seq"]]
+        with engine.begin() as conn:
+            store.save_exchange_state(PAPER, _doc(ex), datetime.now().astimezone(), conn)
+            if ex._dirty_orders:
+                upsert(conn, PaperOrderRow.__table__, [
+                    {"client_order_id": cid, "status": ex.orders[cid].status.value,
+                     "payload": _jsonable(_order_to_dict(ex.orders[cid]))} for cid in sorted(ex._dirty_orders)],
+                    ["client_order_id"])
+            if new:
+                conn.execute(insert(PaperJournalRow), [{"seq": seq, "kind": kind, "payload":
+                                                        _jsonable(_journal_to_dict(kind, item))}
+                                                       for seq, kind, item in new])
+            if ex._new_keys:
+                upsert(conn, PaperKeyRow.__table__, [{"key": k, "value": v} for k, v in ex._new_keys.items()],
+                       ["key"])
+        ex._dirty_orders.clear()
+        ex._new_keys.clear()
+        if new:
+            flushed["seq"] = new[-1][0]
+
+    ex._lookup, ex._journal_loader, ex._on_change = lookup, journal, save
+    if state is None:
+        save(ex)
+    return ex

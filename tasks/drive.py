@@ -1,0 +1,187 @@
+"""The imperative shell every order-placing flow shares: the driver over everything due up to `asof`.
+
+One run, whatever flow started it: take the driver lock (one run per database at a time), mark
+runs found dead as crashed, load the stored market data up to `asof` (refreshed first in live-like
+modes), then `Driver.run`: finish a stored plan, reconcile, process every due event in time order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy import update
+
+from eternal import cycle
+from eternal.config import Mode, Settings
+from eternal.data.csv_files import DataSet
+from eternal.data.quality import validate_market_data
+from eternal.driver import ClockError, Driver, Due, Kind, Portfolio, RunReport
+from eternal.errors import ConfigError, DataError, DataQualityError
+from eternal.market import MarketView, needed_assets
+from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Sleeve, SleeveBook, last_closed_day, utc
+from eternal.store.driver_store import DRIVER_LOCK, SqlLedger, open_paper_exchange
+from eternal.store.locks import exclusive
+from eternal.store.models import CycleRunRow
+from tasks.context import stores
+
+
+@dataclass
+class Drive:
+    """What a flow reports on: the run, the view it read and the portfolio after it."""
+
+    report: RunReport
+    view: MarketView
+    portfolio: Portfolio
+    settings: Settings
+
+
+def active_sleeves(s: Settings) -> list[Sleeve]:
+    """Sleeves with an engine and a weight above zero: the ones the driver decides for."""
+    return [sl for sl in (*cycle.ENGINES, *cycle.TICK_ENGINES) if getattr(s.weights, sl.weight_field) > 0]
+
+
+def require_paper(s: Settings) -> None:
+    if s.mode != Mode.PAPER:
+        raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: only the paper exchange is wired to the flows so "
+                          "far; use paper, or `eternal backfill` for replay")
+
+
+def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
+    """The market view over every stored candle and settlement (indicators are causal and the
+    driver reads no event after `asof`, exactly as a backfill over the same rows); the days closed
+    by `asof` and the settlements up to it are validated by the same Great Expectations suite as an
+    import or a backfill. Both are remembered in the process while the stored rows are the same."""
+    market, ledger = stores(s)
+    spot, perp = needed_assets(sleeves)
+    held = {a for b in ledger.load_books().values() for a in (*b.holdings, *b.staked) if b.qty(a)}
+    symbols = [SPOT_SYMBOLS[a] for a in sorted(set(spot) | held)] + [PERP_SYMBOLS[a] for a in perp]
+    day = last_closed_day(asof)
+    if s.mode != Mode.REPLAY and s.data.refresh_before_cycle:
+        stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or utc("1970-01-01")) < day]
+        if stale:
+            from eternal.data.download import download_market_data, make_bybit_public
+
+            get_run_logger().info("refreshing %s up to %s from Bybit", stale, day.date())
+            download_market_data(market, since=day - timedelta(days=400), now=asof, progress=False,
+                                 exchange=make_bybit_public(s.exchange.public_url))
+        _refresh_fear_greed(s, market, day)
+    stored_rows = _stored_rows(market.engine)
+    if _ROWS.get("key") != (stored_rows, tuple(symbols), tuple(perp)):   # re-read only what changed
+        _ROWS.update(key=(stored_rows, tuple(symbols), tuple(perp)),
+                     frames={sym: market.load_candles(sym, "1d") for sym in symbols},
+                     funding={PERP_SYMBOLS[a]: f for a in perp if len(f := market.load_funding(PERP_SYMBOLS[a]))},
+                     fg=market.load_fear_greed())
+    frames, funding, fg = _ROWS["frames"], _ROWS["funding"], _ROWS["fg"]
+    closed = {sym: f[f.index <= day] for sym, f in frames.items()}
+    settled = {sym: f[f.index <= asof] for sym, f in funding.items()}
+    # candles once per closed day, funding once per settlement (the suite's rules are per series)
+    for part, at in (({"candles": closed}, asof), ({"funding": {k: f for k, f in settled.items() if len(f)}}, None)):
+        series = next(iter(part.values()))
+        fingerprint = tuple((sym, len(f), f.index[-1] if len(f) else None) for sym, f in series.items())
+        if fingerprint in _VALIDATED:
+            continue
+        try:
+            validate_market_data(part.get("candles", {}), part.get("funding", {}), at,
+                                 max_daily_move=s.data.max_daily_move, max_funding_rate=s.data.max_funding_rate_8h)
+        except DataQualityError as exc:
+            ledger.append_events([Event(asof, "data_quality_failed", str(exc), None, "alert",
+                                        {"failures": exc.failures})])
+            raise
+        _VALIDATED.add(fingerprint)
+    stored = (tuple((sym, len(f), f.index[-1] if len(f) else None, float(f["close"].sum())) for sym, f in frames.items())
+              + tuple((sym, len(f), f.index[-1], float(f["funding_rate"].sum())) for sym, f in funding.items())
+              + ((len(fg), fg.index[-1] if len(fg) else None), s.model_dump_json(), tuple(sleeves)))
+    if _VIEW.get("key") != stored:
+        _VIEW.update(key=stored, view=MarketView.build(
+            DataSet({(sym, "1d"): f for sym, f in frames.items() if len(f)}, funding, fg if len(fg) else None),
+            s, sleeves))
+    return _VIEW["view"]
+
+
+_VALIDATED: set = set()
+_VIEW: dict = {}
+_ROWS: dict = {}
+
+
+def _stored_rows(engine) -> tuple:
+    """Count and newest time of every stored series: equal means nothing was added or removed."""
+    from sqlalchemy import func, select
+
+    from eternal.store.models import CandleRow, FearGreedRow, FundingRateRow
+
+    with engine.connect() as conn:
+        return (str(engine.url),
+                tuple(conn.execute(select(CandleRow.symbol, func.count(), func.max(CandleRow.ts), func.sum(CandleRow.close))
+                                   .where(CandleRow.timeframe == "1d").group_by(CandleRow.symbol)
+                                   .order_by(CandleRow.symbol)).all()),
+                tuple(conn.execute(select(FundingRateRow.symbol, func.count(), func.max(FundingRateRow.ts),
+                                          func.sum(FundingRateRow.funding_rate))
+                                   .group_by(FundingRateRow.symbol).order_by(FundingRateRow.symbol)).all()),
+                tuple(conn.execute(select(func.count(), func.max(FearGreedRow.ts), func.sum(FearGreedRow.value))).one()))
+
+
+def _refresh_fear_greed(s: Settings, market, day: datetime) -> None:
+    from eternal.data.fear_greed import update_fear_greed
+
+    fg = market.load_fear_greed()
+    if len(fg) and fg.index[-1] >= day:
+        return
+    try:
+        update_fear_greed(market, s.data.fear_greed_url, timeout_s=s.data.fear_greed_timeout_s,
+                          retries=s.data.fear_greed_retries)
+    except DataError as exc:
+        get_run_logger().warning("Fear & Greed not refreshed, no signal from it today: %s", exc)
+
+
+def mark_crashed(engine, now: datetime) -> int:
+    """Runs still `running` while we hold the driver lock died (killed, power cut): mark them."""
+    with engine.begin() as conn:
+        return conn.execute(update(CycleRunRow).where(CycleRunRow.status == "running").values(
+            status="crashed", finished_at=now)).rowcount
+
+
+@task(name="drive", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> dict:
+    """Every event due up to `asof`, once. A slot older than the ledger's clock does nothing (one
+    line in the log); with `explicit` (a time typed by an operator) it is refused instead."""
+    require_paper(s)
+    log = get_run_logger()
+    asof = utc(asof)
+    _, store = stores(s)
+    engine = store.engine
+    until = Due(asof, Kind.OPEN).key                 # every event at or before asof
+    with exclusive(engine, DRIVER_LOCK):
+        if crashed := mark_crashed(engine, asof):
+            log.warning("%d earlier run(s) found dead and marked crashed", crashed)
+        ledger = SqlLedger(engine)
+        clock = ledger.clock()
+        if explicit and clock is not None and until < clock:
+            raise ClockError(f"--asof {asof:%Y-%m-%dT%H:%MZ} is before the ledger's clock ({Due.from_key(clock)}): "
+                             "a ledger never goes back in time; run without --asof to catch up to now")
+        run_id = store.start_run(flow, asof, s.mode.value, asof)
+        try:
+            sleeves = active_sleeves(s)
+            view = stored_market(s, asof, sleeves)
+            p = ledger.load()
+            weights = {sl: getattr(s.weights, sl.weight_field) for sl in Sleeve}
+            # a new venue account holds the starting capital as our ledger will (created first:
+            # a crash between the two leaves a venue that the ledger then starts from)
+            exchange = open_paper_exchange(engine, s.fees, None if p is not None else
+                                           {sl: SleeveBook(sl, s.initial_capital * w) for sl, w in weights.items()})
+            driver = Driver(view, exchange, ledger, s, sleeves, orchestrated=set(sleeves) == set(Sleeve))
+            if p is None:
+                p = driver.open(s.initial_capital, weights, last_closed_day(asof))
+                log.info("portfolio started with %.2f USDT; its first decision is on the close of %s",
+                         s.initial_capital, f"{last_closed_day(asof):%Y-%m-%d}")
+            report = driver.run(p, until)
+            log.info(report.line())
+        except BaseException as exc:
+            store.finish_run(run_id, "failed", {"error": str(exc)}, asof)
+            raise
+        store.finish_run(run_id, "completed", {"line": report.line(), "clock": report.clock,
+                                               "events": len(report.processed)}, asof)
+    from tasks.record import record_run
+
+    return record_run(Drive(report, view, p, s), flow)
