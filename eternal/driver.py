@@ -53,6 +53,27 @@ from eternal.models import (
 )
 
 
+def _crash_point(name: str) -> None:
+    """Fault injection for the crash tests: ETERNAL_TEST_KILL_AT=name[:n] makes this process kill
+    itself with SIGKILL the n-th time (default 1st) it passes the boundary `name`. Unset: nothing."""
+    import os
+
+    target = os.environ.get("ETERNAL_TEST_KILL_AT")
+    if not target:
+        return
+    want, _, nth = target.partition(":")
+    if want != name:
+        return
+    _CRASH_COUNT[name] = _CRASH_COUNT.get(name, 0) + 1
+    if _CRASH_COUNT[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CRASH_COUNT: dict[str, int] = {}
+
+
 class ClockError(EternalError):
     """A run asked to act at a time the ledger has already passed."""
 
@@ -96,10 +117,10 @@ class Due:
 
 
 def clock_before(start: datetime) -> str:
-    """The clock of a portfolio that starts on day `start`: its first events are that day's
-    settlements and open, its first decision is on that day's close (the previous close is not
-    its to decide)."""
-    return Due(utc(start), Kind.CLOSE).key
+    """The clock of a portfolio that starts on day `start`: its first event is that day's close
+    (its first decision), then the next day's settlements and open. A live portfolio starts on the
+    last day closed at its first run, so nothing is ever decided in hindsight."""
+    return Due(utc(start) + timedelta(days=1) - timedelta(seconds=1), Kind.OPEN).key
 
 
 def due_events(view: MarketView, after: str, until: str) -> list[Due]:
@@ -340,6 +361,7 @@ class Driver:
         batch = Batch(due)
         if due.kind == Kind.OPEN:
             ex.on_market(due.key, due.day, opens=view.opens(i))
+            _crash_point("filled_not_booked")
         elif due.kind == Kind.CLOSE:
             apy = s.core.staking_apy if s.core.staking_apy >= s.core.staking_min_apy else None
             ex.on_market(due.key, due.day, bars=view.perp_bars(i), staking_apy=apy)
@@ -358,6 +380,7 @@ class Driver:
         if plan is not None:
             if stored is None:
                 self.ledger.store_plan(due.key, plan_to_json(plan, received, allocation, deposits))
+                _crash_point("plan_stored")
             self.act(p, due, plan, batch)
             p.received, p.allocation = received, allocation if allocation is not None else p.allocation
             taken = {d["reference"] for d in deposits}
@@ -370,6 +393,7 @@ class Driver:
             if self.on_close is not None:
                 self.on_close(due.day, p, closes, marks)
         p.clock = due.key
+        _crash_point("before_record")
         self.ledger.commit(p, batch)
         report.processed.append(due)
         report.events += batch.events

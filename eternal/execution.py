@@ -90,6 +90,9 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
                 exchange.set_leverage(intent.sleeve, intent.symbol, intent.leverage)
             try:
                 ex_order = exchange.place_order(cid, intent, now)
+                from eternal.driver import _crash_point
+
+                _crash_point("order_sent")
             except DuplicateOrder:
                 ex_order = exchange.fetch_order(cid, intent.sleeve)
                 if ex_order is None:

@@ -7,7 +7,7 @@ from prefect import flow, runtime
 
 from eternal.config import load_settings
 from eternal.models import UTC, last_closed_day, utc
-from tasks.drive import drive
+from tasks.drive import drive_flow
 
 FLOW = "daily-cycle"
 
@@ -28,4 +28,4 @@ def daily_cycle(asof: datetime | None = None) -> dict:
     included): at each close the day's stops, then allocation and the engines decide; each
     decision is stored before it is sent. A slot the ledger has passed does nothing."""
     s = load_settings()
-    return drive(FLOW, run_time(asof), s)
+    return drive_flow(FLOW, run_time(asof), s)

@@ -7,7 +7,7 @@ from prefect import flow
 
 from eternal.config import load_settings
 from flows.daily_cycle import run_time
-from tasks.drive import drive
+from tasks.drive import drive_flow
 
 FLOW = "funding-collection"
 
@@ -17,4 +17,4 @@ def funding_collection(asof: datetime | None = None) -> dict:
     """Every event due up to the run's slot: each settlement is booked as the exchange paid it and
     FUNDING decides after it; a daily close that fell due is processed too, in its place in time."""
     s = load_settings()
-    return drive(FLOW, run_time(asof), s)
+    return drive_flow(FLOW, run_time(asof), s)

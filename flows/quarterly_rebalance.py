@@ -12,7 +12,7 @@ from prefect import flow
 
 from eternal.config import load_settings
 from flows.daily_cycle import run_time
-from tasks.drive import drive
+from tasks.drive import drive_flow
 
 FLOW = "quarterly-rebalance"
 
@@ -21,4 +21,4 @@ FLOW = "quarterly-rebalance"
 def quarterly_rebalance(asof: datetime | None = None) -> dict:
     """Every event due up to the run's slot (the quarter's first close among them), then a table
     of each sleeve's target and actual weight."""
-    return drive(FLOW, run_time(asof), load_settings())
+    return drive_flow(FLOW, run_time(asof), load_settings())

@@ -185,3 +185,9 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
     from tasks.record import record_run
 
     return record_run(Drive(report, view, p, s), flow)
+
+
+def drive_flow(flow: str, asof: datetime, s: Settings) -> dict:
+    """`drive` with the settings' retries (ETERNAL_EXECUTION__RETRIES, __RETRY_DELAYS_S)."""
+    return drive.with_options(retries=s.execution.retries,
+                              retry_delay_seconds=list(s.execution.retry_delays_s))(flow, asof, s)

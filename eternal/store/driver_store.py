@@ -179,9 +179,9 @@ def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, Sle
 
     def journal(after: int, before: int) -> list:
         with engine.connect() as conn:
-            rows = conn.execute(select(PaperJournalRow).where(PaperJournalRow.seq > after,
-                                                              PaperJournalRow.seq < before)
-                                .order_by(PaperJournalRow.seq)).scalars().all()
+            rows = conn.execute(select(PaperJournalRow.seq, PaperJournalRow.kind, PaperJournalRow.payload)
+                                .where(PaperJournalRow.seq > after, PaperJournalRow.seq < before)
+                                .order_by(PaperJournalRow.seq)).all()
         return [(r.seq, r.kind, _journal_from_dict(r.kind, r.payload)) for r in rows]
 
     def save(ex: PaperExchange) -> None:
