@@ -135,9 +135,10 @@ def due_events(view: MarketView, after: str, until: str) -> list[Due]:
     while day <= view.last_day and day <= end:
         out += [Due(day, Kind.OPEN), Due(day + timedelta(days=1), Kind.CLOSE)]
         day += timedelta(days=1)
+    # a settlement is paid at its day's open: only days the data has (the next one waits)
     out += [Due(ts, Kind.SETTLEMENT) for ts in view.settlements_in(max(start, view.first_day),
-                                                                   min(end, view.last_day + timedelta(days=1)) +
-                                                                   timedelta(seconds=1))]
+                                                                   min(end + timedelta(seconds=1),
+                                                                       view.last_day + timedelta(days=1)))]
     return sorted(d for d in out if after < d.key <= until)
 
 

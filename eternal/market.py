@@ -72,8 +72,12 @@ class MarketView:
     settings: Settings
 
     @classmethod
-    def build(cls, data: DataSet, settings: Settings, sleeves, *, with_regime: bool = True) -> MarketView:
+    def build(cls, data: DataSet, settings: Settings, sleeves, *, with_regime: bool = True,
+              without: set[str] = frozenset()) -> MarketView:
+        """`without`: assets left out (no stored series yet): the engines skip them."""
         spot_assets, perp_assets = needed_assets(sleeves)
+        spot_assets = [a for a in spot_assets if a not in without]
+        perp_assets = [a for a in perp_assets if a not in without]
         frames = {SPOT_SYMBOLS[a]: data.daily(SPOT_SYMBOLS[a]) for a in spot_assets}
         frames |= {PERP_SYMBOLS[a]: data.daily(PERP_SYMBOLS[a]) for a in perp_assets}
         if not frames:

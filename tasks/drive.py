@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import update
@@ -56,8 +57,17 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
     market, ledger = stores(s)
     spot, perp = needed_assets(sleeves)
     held = {a for b in ledger.load_books().values() for a in (*b.holdings, *b.staked) if b.qty(a)}
-    symbols = [SPOT_SYMBOLS[a] for a in sorted(set(spot) | held)] + [PERP_SYMBOLS[a] for a in perp]
     day = last_closed_day(asof)
+    stored_symbols = set(market.candle_symbols("1d"))
+    missing = {a for a in (*spot, *perp) if (a in spot and SPOT_SYMBOLS[a] not in stored_symbols)
+               or (a in perp and PERP_SYMBOLS[a] not in stored_symbols)} - held
+    if missing and not (s.mode != Mode.REPLAY and s.data.refresh_before_cycle):
+        get_run_logger().warning("no candles stored for %s: the engines skip %s (import or download them)",
+                                 ", ".join(sorted(missing)), "it" if len(missing) == 1 else "them")
+    else:
+        missing = set()
+    spot, perp = [a for a in spot if a not in missing], [a for a in perp if a not in missing]
+    symbols = [SPOT_SYMBOLS[a] for a in sorted(set(spot) | held)] + [PERP_SYMBOLS[a] for a in perp]
     if s.mode != Mode.REPLAY and s.data.refresh_before_cycle:
         stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or utc("1970-01-01")) < day]
         if stale:
@@ -79,7 +89,8 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
     # candles once per closed day, funding once per settlement (the suite's rules are per series)
     for part, at in (({"candles": closed}, asof), ({"funding": {k: f for k, f in settled.items() if len(f)}}, None)):
         series = next(iter(part.values()))
-        fingerprint = tuple((sym, len(f), f.index[-1] if len(f) else None) for sym, f in series.items())
+        fingerprint = (at and last_closed_day(at), *((sym, int(pd.util.hash_pandas_object(f).sum()))
+                                                     for sym, f in series.items()))
         if fingerprint in _VALIDATED:
             continue
         try:
@@ -92,11 +103,11 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
         _VALIDATED.add(fingerprint)
     stored = (tuple((sym, len(f), f.index[-1] if len(f) else None, float(f["close"].sum())) for sym, f in frames.items())
               + tuple((sym, len(f), f.index[-1], float(f["funding_rate"].sum())) for sym, f in funding.items())
-              + ((len(fg), fg.index[-1] if len(fg) else None), s.model_dump_json(), tuple(sleeves)))
+              + ((len(fg), fg.index[-1] if len(fg) else None), s.model_dump_json(), tuple(sleeves), tuple(sorted(missing))))
     if _VIEW.get("key") != stored:
         _VIEW.update(key=stored, view=MarketView.build(
             DataSet({(sym, "1d"): f for sym, f in frames.items() if len(f)}, funding, fg if len(fg) else None),
-            s, sleeves))
+            s, sleeves, without=missing))
     return _VIEW["view"]
 
 
@@ -113,7 +124,9 @@ def _stored_rows(engine) -> tuple:
 
     with engine.connect() as conn:
         return (str(engine.url),
-                tuple(conn.execute(select(CandleRow.symbol, func.count(), func.max(CandleRow.ts), func.sum(CandleRow.close))
+                tuple(conn.execute(select(CandleRow.symbol, func.count(), func.max(CandleRow.ts), func.sum(CandleRow.open),
+                                          func.sum(CandleRow.high), func.sum(CandleRow.low), func.sum(CandleRow.close),
+                                          func.sum(CandleRow.volume))
                                    .where(CandleRow.timeframe == "1d").group_by(CandleRow.symbol)
                                    .order_by(CandleRow.symbol)).all()),
                 tuple(conn.execute(select(FundingRateRow.symbol, func.count(), func.max(FundingRateRow.ts),

@@ -310,23 +310,27 @@ class PaperExchange(PerpDesk):
             self._on_change(self)
 
     # persistence -----------------------------------------------------------------------------
-    def to_state(self) -> dict[str, Any]:
+    def to_doc(self) -> dict[str, Any]:
+        """The exchange's small state (books, leverage, stops, counters), without the growing
+        parts (orders, keyed operations, fills), which a store keeps in rows."""
         return {
             "seq": self._seq,
             "accrued_through": self.accrued_through,
-            "stake_ops": dict(self.stake_ops),
             "stops_checked_through": self.stops_checked_through,
             "books": {s.value: {"cash": b.cash, "holdings": dict(b.holdings), "staked": dict(b.staked),
                                 "perps": {sym: _position_to_dict(p) for sym, p in b.perps.items()}}
                       for s, b in self.books.items()},
-            "orders": {cid: _order_to_dict(o) for cid, o in self.orders.items()},
             "leverage": [[s.value, sym, lev] for (s, sym), lev in self.leverage.items()],
             "stops": [[s.value, sym, lv.price, lv.reason] for (s, sym), lv in self.stops.items()],
-            "events_fills": [_fill_to_dict(f) for f in self.events_fills],
             "funding_last": {sym: dict(v) for sym, v in self.funding_last.items()},
             "journal_seq": self.journal_seq,
             "market_clock": self.market_clock,
         }
+
+    def to_state(self) -> dict[str, Any]:
+        return {**self.to_doc(), "stake_ops": dict(self.stake_ops),
+                "orders": {cid: _order_to_dict(o) for cid, o in self.orders.items()},
+                "events_fills": [_fill_to_dict(f) for f in self.events_fills]}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], fees: FeeParams, policy: FillPolicy,

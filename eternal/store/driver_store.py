@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from eternal.config import FeeParams
@@ -146,11 +146,8 @@ def _journal_from_dict(kind: str, d: dict) -> Any:
     return Sleeve(d["sleeve"]), d["asset"], d["qty"]
 
 
-def _doc(ex: PaperExchange) -> dict:
-    state = ex.to_state()
-    for big in ("orders", "stake_ops", "events_fills"):
-        state.pop(big)
-    return state
+def _seq_of(order) -> int:
+    return int(order.exchange_order_id.rsplit("-", 1)[1])
 
 
 def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, SleeveBook] | None = None
@@ -166,10 +163,12 @@ def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, Sle
             rows = conn.execute(select(PaperOrderRow.client_order_id, PaperOrderRow.payload)
                                 .where(PaperOrderRow.status == OrderStatus.OPEN.value)).all()
             keys = conn.execute(select(PaperKeyRow.key, PaperKeyRow.value)).all()
+            top = conn.execute(select(func.max(PaperOrderRow.seq))).scalar() or 0
         ex = PaperExchange.from_state({**state, "orders": {r.client_order_id: r.payload for r in rows}},
                                       fees, FillPolicy.NEXT_OPEN)
         ex.stake_ops = {k: v for k, v in keys}
-    flushed = {"seq": ex.journal_seq}
+        ex._seq = max(ex._seq, top)         # order ids after the last saved document
+    flushed = {"seq": ex.journal_seq, "doc": None}
 
     def lookup(cid: str):
         with engine.connect() as conn:
@@ -186,11 +185,16 @@ def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, Sle
 
     def save(ex: PaperExchange) -> None:
         new = [e for e in ex.journal if e[0] > flushed["seq"]]
+        doc = ex.to_doc()
+        # the document only when something besides the order counter changed (a new order
+        # carries its own number: the counter is recovered from the order rows)
+        same = _jsonable({**doc, "seq": None})
         with engine.begin() as conn:
-            store.save_exchange_state(PAPER, _doc(ex), datetime.now().astimezone(), conn)
+            if same != flushed["doc"]:
+                store.save_exchange_state(PAPER, _jsonable(doc), datetime.now().astimezone(), conn)
             if ex._dirty_orders:
                 upsert(conn, PaperOrderRow.__table__, [
-                    {"client_order_id": cid, "status": ex.orders[cid].status.value,
+                    {"client_order_id": cid, "seq": _seq_of(ex.orders[cid]), "status": ex.orders[cid].status.value,
                      "payload": _jsonable(_order_to_dict(ex.orders[cid]))} for cid in sorted(ex._dirty_orders)],
                     ["client_order_id"])
             if new:
@@ -200,6 +204,7 @@ def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, Sle
             if ex._new_keys:
                 upsert(conn, PaperKeyRow.__table__, [{"key": k, "value": v} for k, v in ex._new_keys.items()],
                        ["key"])
+        flushed["doc"] = same
         ex._dirty_orders.clear()
         ex._new_keys.clear()
         if new:

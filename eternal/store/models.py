@@ -276,6 +276,7 @@ class PaperOrderRow(Base):
 
     __tablename__ = "paper_orders"
     client_order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)           # the number in its exchange order id
     status: Mapped[str] = mapped_column(String(16), index=True)
     payload: Mapped[dict] = mapped_column(JSON)
 

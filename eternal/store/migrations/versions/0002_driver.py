@@ -30,6 +30,7 @@ def upgrade() -> None:
     op.create_index('ix_plans_status', 'plans', ['status'])
     op.create_table('paper_orders',
     sa.Column('client_order_id', sa.String(length=64), nullable=False),
+    sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('payload', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('client_order_id'))
