@@ -70,6 +70,10 @@ class SqlLedger:
         return doc.get("clock") if doc else None
 
     def initialise(self, portfolio: Portfolio, capital: float, shares: dict[Sleeve, float], ts: datetime) -> None:
+        """Starting capital and the driver's clock; deposits taken before the first run wait on."""
+        with self.engine.connect() as conn:
+            early = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar() or {}
+        portfolio.deposits = [*early.get("deposits", []), *portfolio.deposits]
         self.store.initialise(capital, shares, ts)
         with self.engine.begin() as conn:
             upsert(conn, DriverStateRow.__table__, [{"id": 1, "doc": portfolio.doc(), "updated_at": ts}], ["id"])
@@ -108,18 +112,26 @@ class SqlLedger:
                 conn.execute(update(PlanRow).where(PlanRow.key == batch.plan_key).values(status="done",
                                                                                        finished_at=now))
 
+    def deposit_known(self, reference: str) -> bool:
+        """Taken at a close, or waiting for the next one."""
+        return self.store.deposit_seen(reference) or any(d["reference"] == reference for d in _pending(self.engine))
+
     def add_deposit(self, ts: datetime, usdt: float, reference: str) -> bool:
         """A deposit waiting for the next close; False when the reference was taken before."""
         with self.engine.begin() as conn:
-            doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar()
-            if doc is None:
-                raise EternalError("no portfolio yet: run the daily cycle once before a deposit")
-            if self.store.deposit_seen(reference) or any(d["reference"] == reference for d in doc.get("deposits", [])):
+            doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar() or {}
+            if self.deposit_known(reference):
                 return False
             doc = {**doc, "deposits": [*doc.get("deposits", []), {"ts": utc(ts).isoformat(), "usdt": usdt,
                                                                    "reference": reference}]}
             upsert(conn, DriverStateRow.__table__, [{"id": 1, "doc": doc, "updated_at": ts}], ["id"])
         return True
+
+
+def _pending(engine: Engine) -> list[dict]:
+    with engine.connect() as conn:
+        doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar() or {}
+    return doc.get("deposits", [])
 
 
 def _clock_ts(p: Portfolio) -> datetime:
