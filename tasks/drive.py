@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pandas as pd
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy import update
 
@@ -149,10 +149,27 @@ def _refresh_fear_greed(s: Settings, market, day: datetime) -> None:
 
 
 def mark_crashed(engine, now: datetime) -> int:
-    """Runs still `running` while we hold the driver lock died (killed, power cut): mark them."""
+    """Runs still `running` while we hold the driver lock died (killed, power cut): mark them
+    crashed in `cycle_runs` and, where the Prefect run is known, in Prefect too."""
+    from sqlalchemy import select
+
     with engine.begin() as conn:
-        return conn.execute(update(CycleRunRow).where(CycleRunRow.status == "running").values(
-            status="crashed", finished_at=now)).rowcount
+        dead = conn.execute(select(CycleRunRow.id, CycleRunRow.summary).where(CycleRunRow.status == "running")).all()
+        conn.execute(update(CycleRunRow).where(CycleRunRow.id.in_([r.id for r in dead])).values(
+            status="crashed", finished_at=now))
+    ids = [r.summary.get("prefect_flow_run") for r in dead if (r.summary or {}).get("prefect_flow_run")]
+    if ids:
+        try:
+            from prefect.client.orchestration import get_client
+            from prefect.states import Crashed
+
+            with get_client(sync_client=True) as client:
+                for flow_run_id in ids:
+                    client.set_flow_run_state(flow_run_id, Crashed(message="found dead by the next run "
+                                                                   "(its process was killed)"), force=True)
+        except Exception as exc:      # the ledger is marked; the UI can be fixed by hand
+            get_run_logger().warning("could not mark %d Prefect run(s) crashed: %s", len(ids), exc)
+    return len(dead)
 
 
 @task(name="drive", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
@@ -174,6 +191,8 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
             raise ClockError(f"--asof {asof:%Y-%m-%dT%H:%MZ} is before the ledger's clock ({Due.from_key(clock)}): "
                              "a ledger never goes back in time; run without --asof to catch up to now")
         run_id = store.start_run(flow, asof, s.mode.value, asof)
+        if (prefect_run := runtime.flow_run.id) is not None:
+            store.finish_run(run_id, "running", {"prefect_flow_run": str(prefect_run)}, None)
         try:
             sleeves = active_sleeves(s)
             view = stored_market(s, asof, sleeves)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
-from eternal.models import Fill, OrderIntent, OrderStatus, Quote, Sleeve, StopLevel
+from eternal.models import Fill, OrderIntent, OrderStatus, Quote, Sleeve, SleeveBook, StopLevel, Transfer
 
 
 @dataclass
@@ -30,7 +30,23 @@ class ExchangeOrder:
 
 
 class Exchange(Protocol):
+    """The venue as the driver sees it (issue 10): orders under client order ids, the account
+    journal, books, leverage, stops, keyed transfers and stakes. The paper exchange implements it
+    (and `on_market`, living through market events, which a real venue does by itself)."""
+
     name: str
+    books: dict[Sleeve, SleeveBook]
+    """The venue's own balances and positions per sleeve (sub-account), for reconciliation."""
+
+    def journal_since(self, seq: int) -> list[tuple[int, str, Any]]:
+        """Account entries numbered above `seq`, oldest first: ("fill", Fill), ("funding",
+        FundingPayment), ("reward", (sleeve, asset, qty)): what our ledger books."""
+
+    def transfer(self, t: Transfer, key: str | None = None) -> None:
+        """Move money between sleeves' accounts; a repeated key moves nothing."""
+
+    def on_market(self, key: str, ts: datetime, **market: Any) -> bool:
+        """Paper only: live through one market event once (a real venue: a no-op)."""
 
     def place_order(self, client_order_id: str, intent: OrderIntent, now: datetime) -> ExchangeOrder:
         """Send one order. Raises DuplicateOrder for a reused id, InsufficientFunds, ExchangeError."""
