@@ -1,335 +1,288 @@
-"""The daily-cycle flow end to end on the paper exchange, on SQLite and PostgreSQL."""
+"""The daily-cycle flow end to end: the driver on the paper exchange in rows, on SQLite and PostgreSQL.
+
+A portfolio starts with its first run. The run of 2024-01-02 00:05 decides on the close of
+2024-01-01 (BTC 44,179.55, ETH 2,352.04); its orders rest until the next event that can fill them,
+the open of 2024-01-02 at 00:00 (BTC 44,179.55, ETH 2,352.05), which the same run processes because
+the 2024-01-02 candle is stored.
+"""
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import delete, func, select, update
+from concurrent.futures import ThreadPoolExecutor
 
-from eternal.data.store import MarketStore
-from eternal.errors import DataQualityError, InsufficientFunds, StaleDataError
+import pytest
+from sqlalchemy import update
+
+from eternal.config import load_settings
+from eternal.errors import DataQualityError, StaleDataError
 from eternal.exchange.paper import PaperExchange
-from eternal.models import Sleeve
+from eternal.indicators import perp_market
+from eternal.models import PERP_SYMBOLS, Sleeve, utc
 from eternal.store.db import connect
+from eternal.store.driver_store import SqlLedger, open_paper_exchange
 from eternal.store.ledger import LedgerStore
-from eternal.store.models import CandleRow, CycleRunRow, EngineStateRow, EventRow, FillRow, OrderRow
+from eternal.store.models import (
+    CandleRow,
+    CycleRunRow,
+    DriverStateRow,
+    EngineStateRow,
+    EventRow,
+    FillRow,
+    OrderRow,
+    PaperOrderRow,
+    PlanRow,
+)
+from tests.flow_support import (
+    count,
+    daily,
+    latest_artifact,
+    ledger_vs_exchange,
+    rows,
+    store_market,
+    table_rows,
+)
 
 pytestmark = [pytest.mark.db, pytest.mark.flow]
-ASOF = "2024-01-01T00:05:00Z"        # decides on the close of 2023-12-31
-
-
-def load_market(engine, dataset, start: str, end: str) -> None:
-    """Real BTC/ETH spot and perp daily candles and perp funding with start <= ts < end."""
-    market = MarketStore(engine)
-    for sym in ("BTC/USDT", "ETH/USDT", "BTC/USDT:USDT", "ETH/USDT:USDT"):
-        df = dataset.daily(sym)
-        market.upsert_candles(sym, "1d", df[(df.index >= start) & (df.index < end)])
-    for sym in ("BTC/USDT:USDT", "ETH/USDT:USDT"):
-        f = dataset.funding[sym]
-        market.upsert_funding(sym, f[(f.index >= start) & (f.index <= end)])
+FIRST = "2024-01-02T00:05:00Z"         # the portfolio's first run: decides on the close of 2024-01-01
+TRANCHE = 60_000 * 0.95 / 4            # CORE: 95 % of its 60,000 USDT in 4 tranches (spec 2)
+EQUAL = {s.value: [] for s in Sleeve}   # ledger_vs_exchange of books that agree
 
 
 @pytest.fixture
 def db(db_url, dataset, monkeypatch, prefect_harness):
-    """A database holding a year of real daily candles up to 2023-12-31, and settings pointing at it."""
+    """Every real series from 2023-01-01 to 2024-01-09 stored, and the settings pointing at it."""
     monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
     engine = connect(db_url)
-    load_market(engine, dataset, "2023-01-01", "2024-01-01")
+    store_market(engine, dataset, "2023-01-01", "2024-01-10")
     return engine
 
 
-def run(asof: str = ASOF) -> dict:
-    from flows.daily_cycle import daily_cycle
-
-    return daily_cycle(asof=asof)
+def day_prices(dataset, day: str, column: str) -> dict[str, float]:
+    return {a: float(dataset.daily(f"{a}/USDT").loc[day, column]) for a in ("BTC", "ETH")}
 
 
-def count(engine, model, *where) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+def test_first_cycle_buys_cores_first_tranche_at_the_next_days_open_at_the_maker_fee(db, dataset):
+    report = daily(FIRST)
+    close, open_ = day_prices(dataset, "2024-01-01", "close"), day_prices(dataset, "2024-01-02", "open")
+    assert close == {"BTC": 44_179.55, "ETH": 2_352.04} and open_ == {"BTC": 44_179.55, "ETH": 2_352.05}
+    assert report["closes"] == ["2024-01-01"]
+    qty = {"BTC": TRANCHE * 2 / 3 / close["BTC"], "ETH": TRANCHE / 3 / close["ETH"]}   # 2:1, sized at the close
+    fills = {f.symbol: f for f in rows(db, FillRow, where=[FillRow.sleeve == "core"])}
+    assert set(fills) == {"BTC/USDT", "ETH/USDT"}
+    for a in ("BTC", "ETH"):
+        f = fills[f"{a}/USDT"]
+        assert (utc(f.ts), f.price, f.liquidity, f.side) == (utc("2024-01-02"), open_[a], "maker", "buy")
+        assert f.qty == pytest.approx(qty[a], rel=1e-12)
+        assert f.fee == pytest.approx(qty[a] * open_[a] * 0.001, rel=1e-12)      # 0.10 % maker
+    core = LedgerStore(db).load_books()[Sleeve.CORE]
+    assert core.holdings == pytest.approx(qty, rel=1e-12)
+    assert core.cash == pytest.approx(60_000 - sum(qty[a] * open_[a] * 1.001 for a in qty), rel=1e-12)
+    orders = rows(db, OrderRow, where=[OrderRow.sleeve == "core"])
+    assert {(o.symbol, o.order_type, o.post_only, o.limit_price, o.status, o.flow) for o in orders} == {
+        ("BTC/USDT", "limit", True, close["BTC"], "filled", "daily-close"),
+        ("ETH/USDT", "limit", True, close["ETH"], "filled", "daily-close")}
+    assert all(len(o.client_order_id) <= 36 for o in orders)
+    state = LedgerStore(db).load_states()[Sleeve.CORE]
+    assert state["phase"] == "INITIALIZING" and state["tranches_done"] == 1
+    assert [r.status for r in rows(db, CycleRunRow.status)] == ["completed"]
+    assert ledger_vs_exchange(db) == EQUAL
+
+    # the run's artifacts: the portfolio at the close with the decisions, and the orders
+    md = latest_artifact("daily-cycle-2024-01-01").data
+    assert "# Daily cycle, close of 2024-01-01 UTC" in md
+    assert f"| core | BTC | {qty['BTC']:.8g} | {qty['BTC'] * close['BTC']:,.2f} |" in md   # valued at the close
+    assert "- `core_tranche` (core): tranche 1/4 on day 0: 14250.00 USDT split 2:1 BTC:ETH" in md
+    table = table_rows(latest_artifact("daily-cycle-orders"))
+    ours = {r.client_order_id for r in rows(db, OrderRow.client_order_id)}
+    assert {r["client_order_id"] for r in table} == ours and len(ours) == 8
+    assert {r["symbol"]: (r["status"], r["avg_price"], r["reason"]) for r in table if r["sleeve"] == "core"} == {
+        "BTC/USDT": ("filled", open_["BTC"], "tranche 1/4"), "ETH/USDT": ("filled", open_["ETH"], "tranche 1/4")}
 
 
-def exchange_orders(engine) -> dict:
-    return LedgerStore(engine).load_exchange_state("paper")["orders"]
+def books_of(engine) -> dict:
+    return {s: (b.cash, dict(b.holdings), {k: p.qty for k, p in b.perps.items()})
+            for s, b in LedgerStore(engine).load_books().items()}
 
 
-def test_first_cycle_buys_the_first_tranche_at_the_bid_with_maker_fee(db, dataset):
-    report = run()
-    btc_close = float(dataset.daily("BTC/USDT").loc["2023-12-31", "close"])   # 42,283.58
-    eth_close = float(dataset.daily("ETH/USDT").loc["2023-12-31", "close"])   # 2,281.87
-    assert (btc_close, eth_close) == (42283.58, 2281.87)
-    tranche = 60_000 * 0.95 / 4
-    books = LedgerStore(db).load_books()
-    core = books[Sleeve.CORE]
-    assert core.holdings["BTC"] == pytest.approx(tranche * 2 / 3 / btc_close)
-    assert core.holdings["ETH"] == pytest.approx(tranche / 3 / eth_close)
-    assert core.cash == pytest.approx(60_000 - tranche * 1.001)             # 0.10 % maker fee
-    assert {s.value: b.cash for s, b in books.items() if s.value != "core"} == {
-        "trend-1": 15_000.0, "trend-2": 5_000.0, "funding": 15_000.0, "tactical": 5_000.0}
-    assert report["fills"] == 2 and report["sent"] == 2
-    with db.connect() as conn:
-        orders = conn.execute(select(OrderRow)).all()
-        assert {o.status for o in orders} == {"filled"}
-        assert all(len(o.client_order_id) <= 36 and o.post_only for o in orders)
-        state = conn.execute(select(EngineStateRow.state).where(EngineStateRow.sleeve == "core")).scalar_one()
-        assert state["phase"] == "INITIALIZING" and state["tranches_done"] == 1
-        kinds = set(conn.execute(select(EventRow.kind)).scalars())
-        assert {"core_phase", "core_tranche"} <= kinds
-        run_row = conn.execute(select(CycleRunRow.status, CycleRunRow.summary)).one()
-        assert run_row.status == "completed" and run_row.summary["fills"] == 2
+def test_rerunning_the_same_slot_places_no_second_order(db):
+    daily(FIRST)
+    before = books_of(db)
+    again = daily(FIRST)
+    assert again["line"] == "nothing due: the ledger is at open of 2024-01-02"
+    assert (again["events"], again["orders"], again["closes"]) == (0, 0, [])
+    assert count(db, OrderRow) == count(db, PaperOrderRow) == count(db, FillRow) == 8
+    assert books_of(db) == before
+    assert [r.status for r in rows(db, CycleRunRow.status)] == ["completed", "completed"]
 
 
-def test_cycle_artifacts_show_portfolio_decisions_and_orders(db):
-    import asyncio
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    run()
-
-    async def read(key):
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-
-    def latest(key):          # the session's server holds other tests' runs of the same day too
-        return max(asyncio.run(read(key)), key=lambda a: a.created)
-
-    md = latest("daily-cycle-2023-12-31")
-    assert "| core | BTC |" in md.data and "tranche 1/4" in md.data
-    table = latest("daily-cycle-2023-12-31-orders")
-    assert "filled" in str(table.data) and "BTC/USDT" in str(table.data)
-
-
-def test_rerunning_the_same_cycle_places_no_second_order(db):
-    run()
-    cash_after_first = LedgerStore(db).load_books()
-    # The second run must re-decide the same orders: forget the engine state, as if the first
-    # run had crashed right after execution, before recording its state.
-    with db.begin() as conn:
-        conn.execute(delete(EngineStateRow))
-    report = run()
-    assert report["sent"] == 0 and report["orders"] == 2
-    assert len(exchange_orders(db)) == 2
-    assert count(db, OrderRow) == 2 and count(db, FillRow) == 2
-    again = LedgerStore(db).load_books()
-    assert {s: b.cash for s, b in again.items()} == {s: b.cash for s, b in cash_after_first.items()}
-    # and a plain third run of the same day decides nothing new
-    assert run()["sent"] == 0 and count(db, FillRow) == 2
-
-
-def test_failure_after_the_exchange_accepted_is_retried_without_a_second_order(db, monkeypatch):
-    original = PaperExchange.place_order
-    calls = []
+def test_a_response_lost_after_the_exchange_accepted_an_order_is_retried_without_a_second_order(db, monkeypatch):
+    original, sent = PaperExchange.place_order, []
 
     def lost_response(self, cid, intent, now):
         order = original(self, cid, intent, now)
-        calls.append(cid)
-        if len(calls) == 1:
+        sent.append(cid)
+        if len(sent) == 1:
             raise ConnectionError("response lost after the exchange accepted the order")
         return order
 
     monkeypatch.setattr(PaperExchange, "place_order", lost_response)
-    report = run()
-    assert len(calls) == 2 and len(set(calls)) == 2          # each order sent exactly once
-    assert len(exchange_orders(db)) == 2
-    assert count(db, OrderRow, OrderRow.status == "filled") == 2 and count(db, FillRow) == 2
-    assert count(db, EventRow, EventRow.kind == "order_recovered") == 1
-    assert report["fills"] == 2
+    report = daily(FIRST)
+    assert len(sent) == len(set(sent)) == 8                     # each order sent exactly once
+    assert report["finished_plan"] == "2024-01-02T00:00:00|0"   # the retry finished the stored plan
+    recovered = rows(db, EventRow.data, where=[EventRow.kind == "order_recovered"])
+    assert [r.data["client_order_id"] for r in recovered] == [sent[0]]
+    assert count(db, OrderRow) == count(db, PaperOrderRow) == count(db, FillRow) == 8
+    assert ledger_vs_exchange(db) == EQUAL
+    assert [r.status for r in sorted(rows(db, CycleRunRow.id, CycleRunRow.status))] == ["failed", "completed"]
 
 
-def test_insufficient_funds_fails_the_run_with_an_alert_and_no_retry(db, monkeypatch):
-    original = PaperExchange.place_order
-    calls = []
-
-    def broke(self, cid, intent, now):
-        calls.append(cid)
-        self.books[intent.sleeve].cash = 0.0                  # the account was emptied elsewhere
-        return original(self, cid, intent, now)
-
-    monkeypatch.setattr(PaperExchange, "place_order", broke)
-    with pytest.raises(InsufficientFunds, match="core cannot buy"):
-        run()
-    assert len(calls) == 1                                    # not retried
-    assert count(db, EventRow, EventRow.kind == "insufficient_funds", EventRow.level == "alert") == 1
-    assert count(db, OrderRow, OrderRow.status == "rejected") == 1
-    assert count(db, FillRow) == 0 and count(db, EngineStateRow) == 0
-    with db.connect() as conn:
-        assert conn.execute(select(CycleRunRow.status)).scalar_one() == "failed"
-
-
-def test_bad_candle_stops_the_cycle_before_any_decision(db):
-    with db.begin() as conn:   # 2023-12-20: high pushed below the close
-        conn.execute(update(CandleRow).where(CandleRow.symbol == "ETH/USDT",
-                                             CandleRow.ts == _ts("2023-12-20")).values(high=1.0))
+def test_a_bad_candle_stops_the_run_with_a_data_quality_error_before_any_decision(db):
+    daily(FIRST)
+    clock, plans, orders, events = SqlLedger(db).clock(), count(db, PlanRow), count(db, OrderRow), count(db, EventRow)
+    with db.begin() as conn:     # the candles of 2024-01-02 (the next close) arrive corrupt
+        for symbol, values in (("ETH/USDT", {"close": -2_355.34}),                        # real: 2,355.34
+                               ("BTC/USDT:USDT", {"close": 44_230.2 * 1.7, "high": 44_230.2 * 1.7})):  # +70 %
+            conn.execute(update(CandleRow).where(CandleRow.symbol == symbol, CandleRow.timeframe == "1d",
+                                                 CandleRow.ts == utc("2024-01-02")).values(**values))
     with pytest.raises(DataQualityError) as err:
-        run()
-    msg = str(err.value)
-    assert "ETH/USDT" in msg and "high >= max(open, close)" in msg and "2023-12-20" in msg
-    assert count(db, EventRow, EventRow.kind == "data_quality_failed") == 1
-    assert count(db, OrderRow) == 0 and count(db, EngineStateRow) == 0
+        daily("2024-01-03T00:05:00Z")                           # would decide on the close of 2024-01-02
+    expected = ["ETH/USDT: close > 0 failed on 2024-01-02T00:00:00+00:00",
+                "BTC/USDT:USDT: |close-to-close move| < 0.6 failed on 2024-01-02T00:00:00+00:00"]
+    assert type(err.value) is DataQualityError and all(e in str(err.value) for e in expected)
+    assert clock == SqlLedger(db).clock() == "2024-01-02T00:00:00|2"   # not one event processed
+    assert count(db, PlanRow) == plans and count(db, OrderRow) == orders == count(db, PaperOrderRow)
+    failed = count(db, CycleRunRow, CycleRunRow.status == "failed")
+    alerts = rows(db, EventRow.message, where=[EventRow.kind == "data_quality_failed", EventRow.level == "alert"])
+    assert failed >= 1 and len(alerts) == failed                # one alert per failed attempt ...
+    assert all(e in a.message for a in alerts for e in expected)
+    assert count(db, EventRow) == events + len(alerts)          # ... and no other event
 
 
-def test_stale_data_fails_the_cycle(db):
-    with pytest.raises(StaleDataError, match="BTC/USDT"):
-        run("2024-01-04T00:05:00Z")                            # the 2024-01-03 candle is missing
-    assert count(db, OrderRow) == 0
+def test_stale_data_fails_the_run_by_the_freshness_rule(db_url, dataset, monkeypatch, prefect_harness):
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, "2023-01-01", "2024-01-02")   # the feed stopped after 2024-01-01
+    with pytest.raises(StaleDataError) as err:
+        daily("2024-01-04T00:05:00Z")                           # needs the close of 2024-01-03
+    assert isinstance(err.value, DataQualityError)
+    assert "last candle is the last closed UTC day 2024-01-03T00:00:00+00:00 failed on 2024-01-01" in str(err.value)
+    assert {(f["series"], f["rule"]) for f in err.value.failures} == {
+        (sym, "last_closed_day") for sym in ("BTC/USDT", "ETH/USDT", "SOL/USDT",
+                                             "BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT")}
+    assert count(engine, DriverStateRow) == 0 and count(engine, PlanRow) == 0 and count(engine, OrderRow) == 0
 
 
-def _ts(day: str):
-    from eternal.models import utc
-
-    return utc(day)
-
-
-def test_staking_is_applied_once_across_a_crash_retry_and_a_rerun_and_rewards_match(db, dataset, monkeypatch):
-    """CORE steady at target weights with a 3 % APY: it stakes all free ETH. A crash after the
-    exchange staked, the task's retry, and a re-run of the same cycle leave our ledger equal to
-    the exchange's book, to the last bit; the next day's reward is paid once on both."""
-    from eternal.models import SleeveBook, utc
-    from eternal.store.models import EngineStateRow
-    from eternal.store.upsert import upsert
-
+def test_eth_is_staked_once_although_the_first_commit_failed_and_a_days_reward_follows(db, monkeypatch):
+    """CORE in one tranche reaches EARN_OPTIMIZING on the close of 2024-01-01 and buys its ETH at the
+    open of 2024-01-02; at a 3 % APY the close of 2024-01-02 stakes all of it. Our ledger fails to
+    commit that close once, after the exchange staked: the task's retry finishes the stored plan and
+    the stake counts once on both sides. The close of 2024-01-03 pays one day of reward, once."""
+    monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "1")
     monkeypatch.setenv("ETERNAL_CORE__STAKING_APY", "0.03")
-    ledger = LedgerStore(db)
-    weights = {s: w for s, w in zip(Sleeve, (0.60, 0.15, 0.05, 0.15, 0.05))}
-    ledger.initialise(100_000.0, weights, utc("2023-12-31"))
-    btc = float(dataset.daily("BTC/USDT").loc["2023-12-31", "close"])
-    eth = float(dataset.daily("ETH/USDT").loc["2023-12-31", "close"])
-    core = SleeveBook(Sleeve.CORE, 3_000.0, {"BTC": 38_000.0 / btc, "ETH": 19_000.0 / eth})
-    ledger.save_books([core], utc("2023-12-31"))
-    with db.begin() as conn:
-        upsert(conn, EngineStateRow.__table__, [{"sleeve": "core", "updated_at": utc("2023-12-31"), "state": {
-            "phase": "EARN_OPTIMIZING", "start_day": "2023-11-01T00:00:00+00:00", "tranches_done": 4,
-            "tranche_usdt": 1.0, "quarter_handled": "2023-12-31T00:00:00+00:00"}}], ["sleeve"])
+    daily(FIRST)
+    eth = LedgerStore(db).load_books()[Sleeve.CORE].holdings["ETH"]
+    assert eth == pytest.approx(60_000 * 0.95 / 3 / 2_352.04, rel=1e-12)
 
-    original, crashed = PaperExchange.stake, []
+    original, failed = SqlLedger.commit, []
 
-    def stake_then_crash(self, sleeve, asset, qty, key=None):
-        moved = original(self, sleeve, asset, qty, key)
-        if not crashed:
-            crashed.append(moved)
-            raise ConnectionError("lost after the exchange staked")
-        return moved
+    def commit_lost_once(self, p, batch):
+        if batch.plan_key == "2024-01-03T00:00:00|0" and not failed:
+            failed.append(batch.plan_key)
+            raise ConnectionError("database lost after the exchange staked")
+        return original(self, p, batch)
 
-    monkeypatch.setattr(PaperExchange, "stake", stake_then_crash)
-    run()                                                   # crash, retry, done
-    with db.begin() as conn:                                # re-run the same cycle from scratch
-        conn.execute(delete(EngineStateRow))
-        upsert(conn, EngineStateRow.__table__, [{"sleeve": "core", "updated_at": utc("2023-12-31"), "state": {
-            "phase": "EARN_OPTIMIZING", "start_day": "2023-11-01T00:00:00+00:00", "tranches_done": 4,
-            "tranche_usdt": 1.0, "quarter_handled": "2023-12-31T00:00:00+00:00"}}], ["sleeve"])
-    run()
-    exchange = PaperExchange.from_state(ledger.load_exchange_state("paper"), None, None)
-    ours = ledger.load_books()[Sleeve.CORE]
-    assert crashed == [19_000.0 / eth]                      # all free ETH, staked once
-    assert ours.staked == exchange.books[Sleeve.CORE].staked == {"ETH": 19_000.0 / eth}
-    assert ours.holdings["ETH"] == 0.0
+    monkeypatch.setattr(SqlLedger, "commit", commit_lost_once)
+    report = daily("2024-01-03T00:05:00Z")
+    assert failed and report["finished_plan"] == "2024-01-03T00:00:00|0"
+    fees = load_settings().fees
+    ours, venue = LedgerStore(db).load_books()[Sleeve.CORE], open_paper_exchange(db, fees).books[Sleeve.CORE]
+    assert ours.staked == venue.staked == {"ETH": pytest.approx(eth, rel=1e-12)}
+    assert ours.holdings["ETH"] == venue.holdings["ETH"] == 0.0
 
-    load_market(db, dataset, "2024-01-01", "2024-01-02")    # the next day: one day of rewards
-    import tasks.execution as task_module
-
-    real_execute, boom = task_module.execute, []
-
-    def fail_once(*args, **kwargs):              # the reward is paid at the exchange, then a failure
-        if not boom:
-            boom.append(True)
-            raise ConnectionError("lost after the staking reward was paid")
-        return real_execute(*args, **kwargs)
-
-    monkeypatch.setattr(task_module, "execute", fail_once)
-    run("2024-01-02T00:05:00Z")
-    assert boom == [True]
-    exchange = PaperExchange.from_state(ledger.load_exchange_state("paper"), None, None)
-    ours = ledger.load_books()[Sleeve.CORE]
-    assert ours.staked["ETH"] == exchange.books[Sleeve.CORE].staked["ETH"] == pytest.approx(
-        19_000.0 / eth * (1 + 0.03 / 365))
-    assert count(db, EventRow, EventRow.kind == "staking_reward") == 1
+    daily("2024-01-04T00:05:00Z")
+    ours, venue = LedgerStore(db).load_books()[Sleeve.CORE], open_paper_exchange(db, fees).books[Sleeve.CORE]
+    assert ours.staked["ETH"] == venue.staked["ETH"] == pytest.approx(eth * (1 + 0.03 / 365), rel=1e-12)
+    rewards = rows(db, EventRow.data, where=[EventRow.kind == "staking_reward"])
+    assert [r.data["qty"] for r in rewards] == [pytest.approx(eth * 0.03 / 365, rel=1e-9)]
+    assert ledger_vs_exchange(db) == EQUAL
 
 
-def test_trend_position_stop_is_kept_at_the_exchange_and_fires_on_the_next_days_range(db, dataset):
-    """Paper mode, 2024-08: TREND-2 shorts BTC on the close of 08-07 (filled at the mark, 55,102.90);
-    the next cycle sets the hard stop at the exchange (fill + 2 x ATR of 08-07, valid from 08-09,
-    the day after the fill); the cycle after books the stop that fired on 08-09's range, at the
-    gap open 61,659.80 -- the same fill the replay makes."""
-    from eternal.models import PERP_SYMBOLS
-    from eternal.store.models import FillRow
+@pytest.fixture
+def august_2024(db_url, dataset, monkeypatch, prefect_harness):
+    """Every real series from 2023-08-01 to 2024-08-11."""
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, "2023-08-01", "2024-08-12")
+    return engine
 
-    load_market(db, dataset, "2023-08-01", "2024-08-10")
-    run("2024-08-08T00:05:00Z")
-    books = LedgerStore(db).load_books()
-    pos = books[Sleeve.TREND_2].perps[PERP_SYMBOLS["BTC"]]
-    assert pos.qty < 0 and pos.entry_price == 55_102.9 and pos.margin == pytest.approx(-pos.qty * 55_102.9 / 2)
 
-    run("2024-08-09T00:05:00Z")
-    state = LedgerStore(db).load_exchange_state("paper")
-    stop = PaperExchange.from_state(state, None, None).stops[(Sleeve.TREND_2, PERP_SYMBOLS["BTC"])]
-    from eternal.indicators import perp_market
+BTC_PERP = PERP_SYMBOLS["BTC"]
 
-    m = perp_market("BTC", PERP_SYMBOLS["BTC"], dataset.daily(PERP_SYMBOLS["BTC"]))
-    atr_0807 = float(m.atr[m.index_of(_ts("2024-08-07"))])
-    assert stop.reason == "hard_stop" and stop.price == pytest.approx(55_102.9 + 2 * atr_0807)
+
+def test_a_trend_stop_kept_at_the_exchange_fires_on_the_days_range_and_is_booked_once(august_2024, dataset,
+                                                                                     monkeypatch):
+    """TREND-2 decides a BTC short on the close of 2024-08-07; it fills at the open of 08-08,
+    55,102.90. The close of 08-08 sets its hard stop at the exchange, fill + 2 ATR(08-07) =
+    61,467.15, which 08-08's own high (62,737.20) never tests: the stop did not exist that day.
+    08-09 opens at 61,659.80, through the stop: the exchange fills it at that open, on 08-09's
+    range, and the close of 08-09 books it, once, although our first commit of that close fails."""
+    db, perp = august_2024, dataset.daily(BTC_PERP)
+    daily("2024-08-08T00:05:00Z")
+    pos = LedgerStore(db).load_books()[Sleeve.TREND_2].perps[BTC_PERP]
+    assert pos.qty < 0 and pos.entry_price == float(perp.loc["2024-08-08", "open"]) == 55_102.9
+
+    daily("2024-08-09T00:05:00Z")
+    stop = open_paper_exchange(db, load_settings().fees).stops[(Sleeve.TREND_2, BTC_PERP)]
+    m = perp_market("BTC", BTC_PERP, perp[(perp.index >= "2023-08-01") & (perp.index < "2024-08-12")])
+    atr_0807 = float(m.atr[m.index_of(utc("2024-08-07"))])
+    assert stop.reason == "hard_stop" and stop.price == pytest.approx(55_102.9 + 2 * atr_0807, rel=1e-12)
     assert stop.price == pytest.approx(61_467.15, abs=0.01)
-    assert PERP_SYMBOLS["BTC"] in LedgerStore(db).load_books()[Sleeve.TREND_2].perps    # not on 08-08
+    assert stop.price < float(perp.loc["2024-08-08", "high"]) == 62_737.2
+    assert LedgerStore(db).load_books()[Sleeve.TREND_2].perps[BTC_PERP].qty == pos.qty     # survived 08-08
 
-    run("2024-08-10T00:05:00Z")
-    with db.connect() as conn:
-        fired = conn.execute(select(FillRow.price, FillRow.reason, FillRow.sleeve).where(
-            FillRow.reason == "hard_stop")).all()
-    assert [(f.price, f.sleeve) for f in fired] == [(61_659.8, "trend-2")]
-    assert count(db, EventRow, EventRow.kind == "stop_filled") == 1
-    ours = LedgerStore(db).load_books()
-    theirs = PaperExchange.from_state(LedgerStore(db).load_exchange_state("paper"), None, None).books
-    for sleeve in (Sleeve.TREND_1, Sleeve.TREND_2):
-        assert ours[sleeve].cash == pytest.approx(theirs[sleeve].cash, abs=1e-9)
-        assert {s: p.qty for s, p in ours[sleeve].perps.items()} == {s: p.qty for s, p in theirs[sleeve].perps.items()}
+    original, failed = SqlLedger.commit, []
 
-
-def test_rerun_never_tests_new_stops_on_the_old_day_and_a_retry_books_a_fired_stop(db, dataset, monkeypatch):
-    """Re-running the 2024-08-09 cycle must not test the stop set at 08-08's close (61,467.15)
-    against 08-08's own range (high 62,737.20); and when our ledger fails to save the stop fill
-    the exchange already made on 08-09, the task's retry still books it."""
-    from eternal.models import PERP_SYMBOLS
-    from eternal.store.ledger import LedgerStore as Store
-    from eternal.store.models import FillRow
-
-    load_market(db, dataset, "2023-08-01", "2024-08-10")
-    run("2024-08-08T00:05:00Z")
-    run("2024-08-09T00:05:00Z")
-    run("2024-08-09T00:05:00Z")                               # re-run of the same cycle
-    assert PERP_SYMBOLS["BTC"] in LedgerStore(db).load_books()[Sleeve.TREND_2].perps
-
-    original, failed = Store.save_execution, []
-
-    def flaky(self, orders, fills, *args, **kwargs):
-        if any(f.reason == "hard_stop" for f in fills) and not failed:
-            failed.append(True)
+    def commit_lost_once(self, p, batch):
+        if any(f.reason == "hard_stop" for f in batch.fills) and not failed:
+            failed.append(batch.due.key)
             raise ConnectionError("database went away while booking the stop")
-        return original(self, orders, fills, *args, **kwargs)
+        return original(self, p, batch)
 
-    monkeypatch.setattr(Store, "save_execution", flaky)
-    run("2024-08-10T00:05:00Z")
-    assert failed == [True]
-    with db.connect() as conn:
-        fired = conn.execute(select(FillRow.price).where(FillRow.reason == "hard_stop")).scalars().all()
-    assert fired == [61_659.8]
-    assert PERP_SYMBOLS["BTC"] not in LedgerStore(db).load_books()[Sleeve.TREND_2].perps or \
-        LedgerStore(db).load_books()[Sleeve.TREND_2].perps[PERP_SYMBOLS["BTC"]].entry_price != 55_102.9
+    monkeypatch.setattr(SqlLedger, "commit", commit_lost_once)
+    report = daily("2024-08-10T00:05:00Z")
+    assert failed == ["2024-08-10T00:00:00|0"] and report["finished_plan"] == failed[0]   # the close of 08-09
+    assert report["closes"] == ["2024-08-09"]
+    fired = rows(db, FillRow.ts, FillRow.sleeve, FillRow.side, FillRow.qty, FillRow.price,
+                 where=[FillRow.reason == "hard_stop"])
+    assert [(utc(f.ts), f.sleeve, f.side, f.price) for f in fired] == [(utc("2024-08-09"), "trend-2", "buy", 61_659.8)]
+    assert fired[0].qty == pytest.approx(-pos.qty, rel=1e-12)
+    assert float(perp.loc["2024-08-09", "open"]) == 61_659.8 > stop.price      # a gap fills at the open
+    assert count(db, EventRow, EventRow.kind == "stop_filled", EventRow.sleeve == "trend-2") == 1
+    assert ledger_vs_exchange(db) == EQUAL
 
 
-def test_a_sleeve_weighted_zero_is_not_decided_for(db, monkeypatch):
-    """CORE at 0 (its 60 % moved to FUNDING): the cycle runs the TREND sleeves and skips CORE."""
+def test_a_sleeve_weighted_zero_is_not_decided_for(db, dataset, monkeypatch):
+    """CORE at 0, its 60 % moved to FUNDING: nothing is decided for CORE, FUNDING hedges with 5 % of 75,000."""
     monkeypatch.setenv("ETERNAL_WEIGHTS__CORE", "0")
     monkeypatch.setenv("ETERNAL_WEIGHTS__FUNDING", "0.75")
-    report = run()
-    assert report["orders"] == 0
+    report = daily(FIRST)
+    assert report["closes"] == ["2024-01-01"] and report["orders"] > 0
+    assert count(db, OrderRow, OrderRow.sleeve == "core") == 0
     assert count(db, EngineStateRow, EngineStateRow.sleeve == "core") == 0
-    assert LedgerStore(db).load_books()[Sleeve.CORE].cash == 0.0
+    assert count(db, EventRow, EventRow.sleeve == "core") == 0
+    core = LedgerStore(db).load_books()[Sleeve.CORE]
+    assert core.cash == 0.0 and not any(core.holdings.values())
+    (hedge,) = rows(db, FillRow.qty, FillRow.price, where=[FillRow.sleeve == "funding", FillRow.symbol == "BTC/USDT"])
+    assert hedge.price == float(dataset.daily("BTC/USDT").loc["2024-01-02", "open"])
+    assert hedge.qty * hedge.price == pytest.approx(0.05 * 75_000, rel=1e-12)
 
 
-def test_a_second_overlapping_daily_cycle_run_executes_no_orders(db):
-    """Two runs of the same cycle at once (a manual trigger beside the schedule): the order-placing
-    steps are serialised and the second finds the first's orders by their ids: 2 orders, not 4."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def test_two_overlapping_runs_of_the_same_slot_execute_no_duplicate_order(db):
+    """A manual trigger beside the schedule: the driver lock serialises them, the second finds
+    the ledger past its slot: 8 orders, not 16."""
     with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda _: run(), range(2)))
-    assert sorted(r["sent"] for r in reports) == [0, 2]
-    assert len(exchange_orders(db)) == 2 and count(db, OrderRow) == 2 and count(db, FillRow) == 2
+        reports = list(pool.map(lambda _: daily(FIRST), range(2)))
+    assert sorted(r["events"] for r in reports) == [0, 3]
+    assert "nothing due: the ledger is at open of 2024-01-02" in {r["line"] for r in reports}
+    assert count(db, OrderRow) == count(db, PaperOrderRow) == count(db, FillRow) == 8
+    assert len({r.trade_id for r in rows(db, FillRow.trade_id)}) == 8
+    assert ledger_vs_exchange(db) == EQUAL

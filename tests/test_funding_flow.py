@@ -1,301 +1,251 @@
-"""The funding-collection flow end to end on the paper exchange, on SQLite and PostgreSQL, with real
-Binance settlements and daily closes from ../shared/data."""
+"""The funding-collection flow end to end: the driver over funding settlements on the paper exchange,
+on SQLite and PostgreSQL, with real Binance settlements and candles from ../shared/data.
+
+The exchange pays each settlement on the positions held at it, at the perp's open of the
+settlement's day (a long pays rate x qty x price, a short receives it); our ledger books the
+payment from the exchange's journal, then FUNDING decides.
+"""
 from __future__ import annotations
 
-import asyncio
-import json
-
 import pytest
-from sqlalchemy import func, select
 
-from eternal import ledger as books_ledger
-from eternal.config import load_settings
-from eternal.data.store import MarketStore
 from eternal.errors import ConfigError
-from eternal.exchange.paper import FillPolicy, PaperExchange
-from eternal.models import (
-    PERP_SYMBOLS,
-    SPOT_SYMBOLS,
-    Fill,
-    Market,
-    Side,
-    Sleeve,
-    base_of,
-    utc,
-)
+from eternal.exchange.paper import PaperExchange
+from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Sleeve, utc
 from eternal.store.db import connect
+from eternal.store.driver_store import SqlLedger
 from eternal.store.ledger import LedgerStore
 from eternal.store.models import (
+    CandleRow,
     CycleRunRow,
-    EngineStateRow,
+    DriverStateRow,
     EventRow,
+    ExchangeStateRow,
     FillRow,
     FundingPaymentRow,
     OrderRow,
+    PaperOrderRow,
+    PlanRow,
     TransferRow,
+)
+from tests.flow_support import (
+    count,
+    daily,
+    funding,
+    latest_artifact,
+    ledger_vs_exchange,
+    rows,
+    store_market,
+    table_rows,
 )
 
 pytestmark = [pytest.mark.db, pytest.mark.flow]
 ASSETS = ("BTC", "ETH", "SOL")
+EQUAL = {s.value: [] for s in Sleeve}
 
 
-def load_market(engine, dataset, start: str, end: str, funding_end: str | None = None) -> None:
-    """Real spot and perp daily candles and perp funding of BTC/ETH/SOL with start <= ts < end."""
-    market = MarketStore(engine)
-    for a in ASSETS:
-        for sym in (SPOT_SYMBOLS[a], PERP_SYMBOLS[a]):
-            df = dataset.daily(sym)
-            market.upsert_candles(sym, "1d", df[(df.index >= start) & (df.index < end)])
-        f = dataset.funding[PERP_SYMBOLS[a]]
-        market.upsert_funding(PERP_SYMBOLS[a], f[(f.index >= start) & (f.index < (funding_end or end))])
+def engine_with(db_url, dataset, monkeypatch, start: str, end: str):
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, start, end)
+    return engine
 
 
 @pytest.fixture
-def db(db_url, monkeypatch, prefect_harness):
-    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
-    return connect(db_url)
+def august_2024(db_url, dataset, monkeypatch, prefect_harness):
+    """Every real series from 2023-08-01 to 2024-08-10."""
+    return engine_with(db_url, dataset, monkeypatch, "2023-08-01", "2024-08-11")
 
 
-def run(asof: str) -> dict:
-    from flows.funding_collection import funding_collection
-
-    return funding_collection(asof=asof)
-
-
-def count(engine, model, *where) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(model).where(*where)).scalar_one()
+@pytest.fixture
+def january_2024(db_url, dataset, monkeypatch, prefect_harness):
+    """Every real series from 2023-01-01 to 2024-01-03."""
+    return engine_with(db_url, dataset, monkeypatch, "2023-01-01", "2024-01-04")
 
 
-def exchange_books(engine) -> dict:
-    return PaperExchange.from_state(LedgerStore(engine).load_exchange_state("paper"), None, None).books
-
-
-def assert_ledger_equals_exchange(engine) -> None:
-    ours, theirs = LedgerStore(engine).load_books(), exchange_books(engine)
-    for sleeve, book in ours.items():
-        assert book.cash == theirs[sleeve].cash, sleeve                  # the same arithmetic, to the bit
-        assert {a: q for a, q in book.holdings.items() if q} == {
-            a: q for a, q in theirs[sleeve].holdings.items() if q}, sleeve
-        assert {s: p.qty for s, p in book.perps.items()} == {s: p.qty for s, p in theirs[sleeve].perps.items()}
-
-
-def open_trend_positions(engine) -> None:
-    """A fresh portfolio whose TREND-2 is short 0.1 BTC and TREND-1 long 3 ETH, both 2x, opened at the
-    2024-08-08 perp opens (55,102.90 and 2,341.40), in our ledger and at the paper exchange alike."""
-    s = load_settings()
-    ledger = LedgerStore(engine)
-    at = utc("2024-08-08")
-    books = ledger.initialise(s.initial_capital, {sl: getattr(s.weights, sl.weight_field) for sl in Sleeve}, at)
-    for sleeve, sym, side, qty, price in ((Sleeve.TREND_2, PERP_SYMBOLS["BTC"], Side.SELL, 0.1, 55_102.9),
-                                          (Sleeve.TREND_1, PERP_SYMBOLS["ETH"], Side.BUY, 3.0, 2_341.4)):
-        books_ledger.apply_fill(books[sleeve], Fill(
-            f"seed-{sleeve.value}", at, sleeve, sym, Market.PERP, side, qty, price, qty * price * s.fees.perp_taker,
-            "USDT", "taker", f"seed-{sleeve.value}-1", "entry", 2.0))
-    ledger.save_books(books.values(), at)
-    ledger.save_exchange_state("paper", PaperExchange(s.fees, FillPolicy.IMMEDIATE, books).to_state(), at)
-
-
-def test_trend_short_receives_and_long_pays_the_btc_eth_settlement_of_2024_08_09_0800(db, dataset):
-    load_market(db, dataset, "2024-08-01", "2024-08-10")
-    open_trend_positions(db)
-    before = LedgerStore(db).load_books()
-    report = run("2024-08-09T08:05:00Z")
-
-    ts = utc("2024-08-09T08:00:00Z")
-    rates = {"BTC": 0.00002184, "ETH": 0.00004212}                    # Binance, 2024-08-09 08:00
-    closes = {"BTC": 61_659.8, "ETH": 2_681.59}                       # perp closes of 2024-08-08
-    assert report["ts"] == ts.isoformat()
-    assert {base_of(s): r for s, r in report["rates"].items() if base_of(s) in rates} == rates
-    stored = {p.sleeve: p for p in LedgerStore(db).load_funding()}
-    assert set(stored) == {Sleeve.TREND_1, Sleeve.TREND_2}
-    short, long_ = stored[Sleeve.TREND_2], stored[Sleeve.TREND_1]
-    assert (short.ts, short.symbol, short.qty, short.price, short.rate) == (
-        ts, PERP_SYMBOLS["BTC"], -0.1, closes["BTC"], rates["BTC"])
-    assert (long_.ts, long_.symbol, long_.qty, long_.price, long_.rate) == (
-        ts, PERP_SYMBOLS["ETH"], 3.0, closes["ETH"], rates["ETH"])
-    assert short.amount == short.expected == -rates["BTC"] * -0.1 * closes["BTC"]   # received: 0.1347
-    assert long_.amount == long_.expected == -rates["ETH"] * 3.0 * closes["ETH"]    # paid: 0.3388
-    assert short.amount == pytest.approx(0.134665, abs=1e-6) and long_.amount == pytest.approx(-0.338846, abs=1e-6)
-
-    after = LedgerStore(db).load_books()
-    assert after[Sleeve.TREND_2].cash == before[Sleeve.TREND_2].cash + short.amount
-    assert after[Sleeve.TREND_1].cash == before[Sleeve.TREND_1].cash + long_.amount
-    assert_ledger_equals_exchange(db)
-    assert report["sent"] == 0 and count(db, OrderRow) == 0         # FUNDING saw no opportunity (< 0.0001)
-    with db.connect() as conn:
-        runs = conn.execute(select(CycleRunRow.flow, CycleRunRow.scheduled, CycleRunRow.status)).all()
-    assert [(r.flow, utc(r.scheduled), r.status) for r in runs] == [("funding-collection", ts, "completed")]
-
-
-def test_artifact_lists_realised_vs_expected_per_sleeve_and_asset(db, dataset):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    load_market(db, dataset, "2024-08-01", "2024-08-10")
-    open_trend_positions(db)
+def test_the_settlement_of_2024_08_09_0800_is_booked_for_trend_positions_realised_equal_to_expected(
+        august_2024, dataset):
+    """TREND-2 went short BTC and ETH at the open of 2024-08-08, TREND-1 short ETH at the open of
+    08-09 (both from the daily runs). Binance settled BTC at 0.00002184 and ETH at 0.00004212 at
+    08:00; the exchange pays on each short at the perp opens of 08-09 (61,659.80 and 2,681.59).
+    The funding run of 08:05 books exactly that, run from the CLI; its artifact lists it."""
     from eternal.cli import main
 
-    assert main(["run", "funding", "--asof", "2024-08-09T08:05:00Z"]) == 0     # the CLI runs the flow
+    db = august_2024
+    daily("2024-08-08T00:05:00Z")
+    daily("2024-08-09T00:05:00Z")
+    before = LedgerStore(db).load_books()
+    held = {(s.value, sym): p.qty for s, b in before.items() for sym, p in b.perps.items() if p.qty}
+    assert set(held) == {("trend-2", PERP_SYMBOLS["BTC"]), ("trend-2", PERP_SYMBOLS["ETH"]),
+                         ("trend-1", PERP_SYMBOLS["ETH"])} and all(q < 0 for q in held.values())
 
-    async def read(key):
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    assert main(["run", "funding", "--asof", "2024-08-09T08:05:00Z"]) == 0
+    ts = utc("2024-08-09T08:00:00Z")
+    rate = {a: float(dataset.funding[PERP_SYMBOLS[a]].loc[ts, "funding_rate"]) for a in ("BTC", "ETH")}
+    price = {a: float(dataset.daily(PERP_SYMBOLS[a]).loc["2024-08-09", "open"]) for a in ("BTC", "ETH")}
+    assert rate == {"BTC": 0.00002184, "ETH": 0.00004212} and price == {"BTC": 61_659.8, "ETH": 2_681.59}
+    paid = rows(db, FundingPaymentRow, where=[FundingPaymentRow.ts == ts])
+    assert {(p.sleeve, p.symbol) for p in paid} == set(held)
+    for p in paid:
+        a = p.symbol.split("/")[0]
+        assert (p.qty, p.price, p.rate) == (held[(p.sleeve, p.symbol)], price[a], rate[a])
+        assert p.amount == p.expected == pytest.approx(-rate[a] * p.qty * price[a], rel=1e-12) > 0   # shorts receive
+    by_sleeve = {s: sum(p.amount for p in paid if p.sleeve == s) for s in ("trend-1", "trend-2")}
+    after = LedgerStore(db).load_books()
+    for s, amount in by_sleeve.items():
+        assert after[Sleeve(s)].cash == pytest.approx(before[Sleeve(s)].cash + amount, abs=1e-9)
+    assert ledger_vs_exchange(db) == EQUAL
+    assert count(db, OrderRow, OrderRow.flow == "funding") == 0      # FUNDING was flat: nothing to decide
 
-    table = asyncio.run(read("funding-2024-08-09-0800"))[-1]
-    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
-    by = {(r["sleeve"], r["asset"]): r for r in rows}
-    assert set(by) == {("trend-2", "BTC"), ("trend-1", "ETH")}
-    for r in rows:
-        assert set(r) == {"sleeve", "asset", "qty", "price", "rate", "realised", "expected", "difference"}
-        assert r["realised"] == r["expected"] and r["difference"] == 0.0     # the paper exchange pays exactly
-    assert by[("trend-2", "BTC")]["realised"] > 0 > by[("trend-1", "ETH")]["realised"]
-
-
-def _snapshot(engine) -> dict:
-    """Everything a repeated tick must leave alone."""
-    ledger = LedgerStore(engine)
-    state = ledger.load_exchange_state("paper")
-    with engine.connect() as conn:
-        transfers = conn.execute(select(TransferRow.ts, TransferRow.from_sleeve, TransferRow.to_sleeve,
-                                        TransferRow.qty).order_by(TransferRow.id)).all()
-    return {"payments": ledger.load_funding(), "transfers": [tuple(t) for t in transfers],
-            "orders": count(engine, OrderRow), "fills": count(engine, FillRow),
-            "books": {s: (b.cash, dict(b.holdings), {k: p.qty for k, p in b.perps.items()})
-                      for s, b in ledger.load_books().items()},
-            "exchange_books": state["books"], "exchange_orders": sorted(state["orders"]),
-            "funding_last": state["funding_last"], "states": ledger.load_states(),
-            "decisions": count(engine, EventRow, EventRow.kind == "funding_tick")}
-
-
-FUNDING_ENTRY = "2024-11-07T08:05:00Z"      # ETH predicted 0.00014885, last two 0.0001 / 0.00014885
-FUNDING_COLLECT = "2024-11-07T16:05:00Z"    # ETH settles 0.0001 on the new short
+    table = table_rows(latest_artifact("funding-collection-funding"))
+    mine = {(r["sleeve"], r["asset"]): r for r in table if r["ts"] == ts.isoformat()}
+    assert set(mine) == {("trend-2", "BTC"), ("trend-2", "ETH"), ("trend-1", "ETH")}
+    for r in mine.values():
+        assert set(r) == {"ts", "sleeve", "asset", "qty", "price", "rate", "realised", "expected"}
+        assert r["realised"] == r["expected"] > 0 and r["price"] == price[r["asset"]]
 
 
-def test_funding_opens_eth_hedge_at_2024_11_07_0800_and_sends_half_the_next_funding_to_tactical(db, dataset):
-    load_market(db, dataset, "2024-11-01", "2024-11-08")
-    spot, perp = 2_721.87, 2_722.49                 # ETH closes of 2024-11-06: basis 0.0228 % < 2 %
-    entry = run(FUNDING_ENTRY)
-    # BTC and SOL settle exactly 0.0001 at 08:00: not above the 0.0001 threshold, so only ETH opens
-    assert entry["rates"] == {PERP_SYMBOLS["BTC"]: 0.0001, PERP_SYMBOLS["ETH"]: 0.00014885,
-                              PERP_SYMBOLS["SOL"]: 0.0001}
-    assert entry["sent"] == 2 and entry["fills"] == 2 and entry["payments"] == 0
+def test_funding_hedges_at_the_2024_01_02_settlement_and_sends_half_its_funding_to_tactical(january_2024, dataset):
+    """At the settlement of 2024-01-02 00:00 the predicted rates (BTC 0.000658, ETH 0.000535, SOL
+    0.000575) are above the 0.0001 threshold: FUNDING buys 5 % of its 15,000 USDT of each coin at the
+    spot open and shorts the same quantity at the perp open. The 08:00 settlement pays the shorts;
+    half of each payment moves to TACTICAL, the other half stays to compound."""
+    db = january_2024
+    daily("2024-01-02T00:05:00Z")
+    spot = {a: float(dataset.daily(SPOT_SYMBOLS[a]).loc["2024-01-02", "open"]) for a in ASSETS}
+    perp = {a: float(dataset.daily(PERP_SYMBOLS[a]).loc["2024-01-02", "open"]) for a in ASSETS}
     books = LedgerStore(db).load_books()
     fund = books[Sleeve.FUNDING]
-    qty = 0.05 * 15_000.0 / spot                    # 5 % of the sleeve's equity (all cash: 15,000)
-    assert fund.holdings == {"ETH": qty}
-    assert {s: p.qty for s, p in fund.perps.items()} == {PERP_SYMBOLS["ETH"]: -qty}    # spot qty == short qty
-    assert fund.perps[PERP_SYMBOLS["ETH"]].entry_price == perp
-    assert_ledger_equals_exchange(db)
-    state = LedgerStore(db).load_states()[Sleeve.FUNDING]
-    assert state["assets"]["ETH"]["phase"] == "ENTERING"
+    qty = {a: 0.05 * 15_000 / spot[a] for a in ASSETS}
+    assert fund.holdings == pytest.approx(qty, rel=1e-12)
+    assert {s: p.qty for s, p in fund.perps.items()} == pytest.approx({PERP_SYMBOLS[a]: -qty[a] for a in ASSETS},
+                                                                      rel=1e-12)
+    assert {s: p.entry_price for s, p in fund.perps.items()} == {PERP_SYMBOLS[a]: perp[a] for a in ASSETS}
+    legs = rows(db, FillRow.symbol, FillRow.price, FillRow.ts, where=[FillRow.sleeve == "funding"])
+    assert {f.symbol: f.price for f in legs} == {**{SPOT_SYMBOLS[a]: spot[a] for a in ASSETS},
+                                                 **{PERP_SYMBOLS[a]: perp[a] for a in ASSETS}}
+    assert {utc(f.ts) for f in legs} == {utc("2024-01-02")}
+    cash_before, tactical_before = fund.cash, books[Sleeve.TACTICAL].cash
+    assert tactical_before == 5_000.0
 
-    tactical_before, funding_cash_before = books[Sleeve.TACTICAL].cash, fund.cash
-    collect = run(FUNDING_COLLECT)
-    (payment,) = LedgerStore(db).load_funding(sleeve=Sleeve.FUNDING)
-    assert (payment.ts, payment.symbol, payment.qty, payment.price, payment.rate) == (
-        utc("2024-11-07T16:00:00Z"), PERP_SYMBOLS["ETH"], -qty, perp, 0.0001)
-    assert payment.amount == payment.expected == -0.0001 * -qty * perp > 0          # 0.0750 USDT received
+    report = funding("2024-01-02T08:05:00Z")
+    assert report["events"] == 1 and report["payments"] == 3
+    ts = utc("2024-01-02T08:00:00Z")
+    paid = {p.symbol: p for p in rows(db, FundingPaymentRow, where=[FundingPaymentRow.sleeve == "funding"])}
+    assert set(paid) == {PERP_SYMBOLS[a] for a in ASSETS}
+    for a in ASSETS:
+        p = paid[PERP_SYMBOLS[a]]
+        rate = float(dataset.funding[PERP_SYMBOLS[a]].loc[ts, "funding_rate"])
+        assert (utc(p.ts), p.rate, p.price) == (ts, rate, perp[a])
+        assert p.amount == p.expected == pytest.approx(rate * qty[a] * perp[a], rel=1e-12) > 0
+    moved = rows(db, TransferRow.ts, TransferRow.to_sleeve, TransferRow.asset, TransferRow.qty,
+                 where=[TransferRow.from_sleeve == "funding"])
+    halves = sorted(p.amount / 2 for p in paid.values())
+    assert sorted(t.qty for t in moved) == pytest.approx(halves, rel=1e-12)
+    assert {(utc(t.ts), t.to_sleeve, t.asset) for t in moved} == {(ts, "tactical", "USDT")}
     books = LedgerStore(db).load_books()
-    half = payment.amount * 0.5
-    assert books[Sleeve.TACTICAL].cash == tactical_before + half                    # exactly half, moved
-    assert books[Sleeve.FUNDING].cash == funding_cash_before + payment.amount - half
-    with db.connect() as conn:
-        (t,) = conn.execute(select(TransferRow.ts, TransferRow.to_sleeve, TransferRow.asset, TransferRow.qty,
-                                   TransferRow.reason).where(TransferRow.from_sleeve == "funding")).all()
-    assert (utc(t.ts), t.to_sleeve, t.asset, t.qty) == (payment.ts, "tactical", "USDT", half)
-    assert "TACTICAL" in t.reason
-    state = LedgerStore(db).load_states()[Sleeve.FUNDING]["assets"]["ETH"]
-    assert state["phase"] == "FUNDING_COLLECTING" and state["compound_pending_usdt"] == half   # kept to compound
-    assert collect["sent"] == 0 and collect["transfers"] == [{"from": "funding", "to": "tactical", "qty": half}]
-    assert_ledger_equals_exchange(db)
+    total = sum(p.amount for p in paid.values())
+    assert books[Sleeve.TACTICAL].cash == pytest.approx(tactical_before + total / 2, abs=1e-9)
+    assert books[Sleeve.FUNDING].cash == pytest.approx(cash_before + total / 2, abs=1e-9)
+    states = LedgerStore(db).load_states()[Sleeve.FUNDING]["assets"]
+    assert {a: states[a]["phase"] for a in ASSETS} == {a: "FUNDING_COLLECTING" for a in ASSETS}
+    assert ledger_vs_exchange(db) == EQUAL
 
 
-def test_rerunning_ticks_books_no_payment_transfer_or_order_twice(db, dataset):
-    load_market(db, dataset, "2024-11-01", "2024-11-08")
-    run(FUNDING_ENTRY)
-    first = run(FUNDING_COLLECT)
-    done = _snapshot(db)
-    assert done["transfers"][-1][1:3] == ("funding", "tactical") and done["orders"] == 2
-    again = run(FUNDING_COLLECT)                    # the same tick: settlement repeated at the exchange
-    assert again["decided_now"] is False and again["sent"] == 0 and again["payments"] == first["payments"]
-    run(FUNDING_ENTRY)                              # an older tick: the exchange settled past it
-    assert _snapshot(db) == done
-    assert_ledger_equals_exchange(db)
-    with db.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(FundingPaymentRow)).scalar_one() == 1
-        assert set(conn.execute(select(CycleRunRow.status)).scalars()) == {"completed"}
+def snapshot(engine) -> dict:
+    """Everything a repeated settlement run must leave alone."""
+    ledger = LedgerStore(engine)
+    return {"payments": count(engine, FundingPaymentRow), "transfers": count(engine, TransferRow),
+            "orders": count(engine, OrderRow), "venue_orders": count(engine, PaperOrderRow),
+            "fills": count(engine, FillRow), "events": count(engine, EventRow),
+            "books": {s: (b.cash, dict(b.holdings), {k: p.qty for k, p in b.perps.items()})
+                      for s, b in ledger.load_books().items()},
+            "states": ledger.load_states(), "clock": SqlLedger(engine).clock()}
 
 
-def test_crash_before_the_orders_resumes_the_recorded_decision_once(db, dataset, monkeypatch):
-    """The exchange is unreachable for the whole execute task (4 tries): the run fails after the
-    engine decided. The re-run sends the decided orders once and does not decide again."""
-    load_market(db, dataset, "2024-11-01", "2024-11-08")
+def test_rerunning_a_settlement_slot_books_no_payment_transfer_or_order_twice(january_2024):
+    db = january_2024
+    daily("2024-01-02T00:05:00Z")
+    funding("2024-01-02T08:05:00Z")
+    done = snapshot(db)
+    assert done["payments"] == 3 and done["clock"] == "2024-01-02T08:00:00|1"
+    for asof in ("2024-01-02T08:05:00Z", "2024-01-02T00:05:00Z"):       # the same slot, then an older one
+        report = funding(asof)
+        assert report["line"] == "nothing due: the ledger is at funding settlement 2024-01-02 08:00Z"
+        assert (report["events"], report["payments"], report["orders"]) == (0, 0, 0)
+    assert snapshot(db) == done
+    assert ledger_vs_exchange(db) == EQUAL
 
-    def down(self, cid, intent, now):
-        raise ConnectionError("exchange unreachable")
+
+def test_an_exchange_down_for_a_whole_run_leaves_the_decision_stored_and_the_next_run_sends_it_once(
+        january_2024, monkeypatch):
+    """FUNDING's orders of the 2024-01-02 00:00 settlement cannot reach the exchange in any of the
+    task's 4 attempts: the run fails with its decision stored (write-ahead). The next run finishes
+    that stored plan, sending each of its 6 orders once, and does not decide again."""
+    db = january_2024
+    original = PaperExchange.place_order
+
+    def down_for_funding(self, cid, intent, now):
+        if intent.sleeve == Sleeve.FUNDING:
+            raise ConnectionError("exchange unreachable")
+        return original(self, cid, intent, now)
 
     with monkeypatch.context() as m:
-        m.setattr(PaperExchange, "place_order", down)
+        m.setattr(PaperExchange, "place_order", down_for_funding)
         with pytest.raises(ConnectionError):
-            run(FUNDING_ENTRY)
-    assert count(db, FillRow) == 0 and count(db, EventRow, EventRow.kind == "funding_tick") == 1
-    state = LedgerStore(db).load_states()[Sleeve.FUNDING]
-    assert state["assets"]["ETH"]["phase"] == "ENTERING"
-    decisions = count(db, EventRow, EventRow.kind == "funding_state")     # OPPORTUNITY_DETECTED, ENTERING
-    report = run(FUNDING_ENTRY)
-    assert report["decided_now"] is False and report["sent"] == 2 and report["fills"] == 2
-    assert count(db, EventRow, EventRow.kind == "funding_tick") == 1
-    assert count(db, EventRow, EventRow.kind == "funding_state") == decisions == 2
-    assert LedgerStore(db).load_states()[Sleeve.FUNDING] == state                 # not decided again
-    assert run(FUNDING_ENTRY)["sent"] == 0 and count(db, FillRow) == 2
-    assert_ledger_equals_exchange(db)
-    with db.connect() as conn:
-        assert [r for r in conn.execute(select(CycleRunRow.status).order_by(CycleRunRow.id)).scalars()] == [
-            "failed", "completed", "completed"]
+            funding("2024-01-02T00:05:00Z")
+    tick = "2024-01-02T00:00:00|1"
+    assert SqlLedger(db).clock() == "2024-01-02T00:00:00|0"          # the close is done, the tick not
+    assert [(r.key, r.status) for r in rows(db, PlanRow.key, PlanRow.status, where=[PlanRow.key == tick])] == [
+        (tick, "stored")]
+    assert count(db, PaperOrderRow) == 2 and count(db, OrderRow, OrderRow.sleeve == "funding") == 0  # CORE's only
+    assert [r.status for r in rows(db, CycleRunRow.status)] == ["failed"] * 4
+
+    report = funding("2024-01-02T00:05:00Z")
+    assert report["finished_plan"] == tick and report["clock"] == "2024-01-02T00:00:00|2"
+    assert count(db, OrderRow, OrderRow.sleeve == "funding") == count(db, FillRow, FillRow.sleeve == "funding") == 6
+    assert count(db, PaperOrderRow) == count(db, OrderRow) == 8
+    decided = [r.message for r in rows(db, EventRow.message, where=[EventRow.kind == "funding_state"])]
+    assert len(decided) == 6 and len(set(decided)) == 6                 # decided once: 3 detected, 3 entering
+    assert ledger_vs_exchange(db) == EQUAL
+    assert count(db, PlanRow, PlanRow.status == "stored") == 0
 
 
-def test_staking_accrual_is_left_to_the_daily_cycle(db, dataset):
-    """A funding tick executes through the daily cycle's task, but never moves the day the paper
-    exchange has accrued staking through (a 08:00 tick would otherwise swallow 16 hours)."""
-    load_market(db, dataset, "2024-11-01", "2024-11-08")
-    ledger = LedgerStore(db)
-    s = load_settings()
-    ledger.initialise(s.initial_capital, {sl: getattr(s.weights, sl.weight_field) for sl in Sleeve},
-                      utc("2024-11-06"))
-    ex = PaperExchange(s.fees, FillPolicy.IMMEDIATE, ledger.load_books())
-    ex.accrued_through = "2024-11-06T00:00:00+00:00"
-    ledger.save_exchange_state("paper", ex.to_state(), utc("2024-11-07"))
-    assert run(FUNDING_ENTRY)["sent"] == 2
-    assert ledger.load_exchange_state("paper")["accrued_through"] == "2024-11-06T00:00:00+00:00"
-
-
-def test_other_modes_are_refused_before_the_exchange_is_touched(db, dataset, monkeypatch):
-    load_market(db, dataset, "2024-11-01", "2024-11-08")
+def test_other_modes_are_refused_before_the_exchange_is_touched(january_2024, monkeypatch):
+    db = january_2024
     monkeypatch.setenv("ETERNAL_MODE", "demo")
     with pytest.raises(ConfigError, match="ETERNAL_MODE='demo'"):
-        run(FUNDING_ENTRY)
-    assert LedgerStore(db).load_exchange_state("paper") is None
-    with db.connect() as conn:
-        assert conn.execute(select(CycleRunRow.status)).scalar_one() == "failed"
-    assert count(db, EngineStateRow) == 0 and count(db, EventRow) == 0 and not LedgerStore(db).is_initialised()
+        funding("2024-01-02T08:05:00Z")
+    assert count(db, ExchangeStateRow) == 0 and count(db, PaperOrderRow) == 0
+    assert count(db, DriverStateRow) == 0 and count(db, EventRow) == 0 and count(db, CycleRunRow) == 0
+    assert not LedgerStore(db).is_initialised()
 
 
-def test_a_settlement_missing_from_the_store_is_downloaded_before_the_tick(db, dataset, monkeypatch):
-    """Paper mode refreshes like the daily cycle: at 08:05 the store holds settlements up to 00:00
-    only, so the flow first fetches the 08:00 one from Bybit (the local V5 emulator, fed with the
-    real Binance history) and then acts on it."""
+def test_a_close_missing_from_the_store_is_downloaded_from_bybit_before_the_run(
+        db_url, dataset, monkeypatch, prefect_harness):
+    """Paper mode refreshes the store first: at 2024-01-02 08:05 it holds candles up to 2023-12-31
+    only, so the run first fetches the close of 2024-01-01 (and the settlements) from Bybit (the
+    local V5 emulator, fed with the real Binance history), then decides on it."""
     from tests.bybit_stub import BybitStub
 
-    load_market(db, dataset, "2024-11-01", "2024-11-07", funding_end="2024-11-07T00:00:01Z")
-    with BybitStub(now=utc(FUNDING_ENTRY)) as stub:
+    db = engine_with(db_url, dataset, monkeypatch, "2023-01-01", "2024-01-01")
+    fg = dataset.fear_greed
+    from eternal.data.store import MarketStore
+
+    MarketStore(db).upsert_fear_greed(fg[(fg.index >= "2024-01-01") & (fg.index < "2024-01-02")])
+    asof = "2024-01-02T08:05:00Z"
+    with BybitStub(now=utc(asof)) as stub:
         for a in ASSETS:
             for category, sym in (("spot", SPOT_SYMBOLS[a]), ("linear", PERP_SYMBOLS[a])):
-                stub.set_klines(category, f"{a}USDT", dataset.daily(sym).loc["2024-10-25":"2024-11-07"])
-            stub.set_funding("linear", f"{a}USDT", dataset.funding[PERP_SYMBOLS[a]].loc["2024-10-25":"2024-11-07"])
+                stub.set_klines(category, f"{a}USDT", dataset.daily(sym).loc["2022-11-01":"2024-01-01"])
+            stub.set_funding("linear", f"{a}USDT", dataset.funding[PERP_SYMBOLS[a]].loc["2022-11-01":"2024-01-02 08:00"])
         monkeypatch.setenv("ETERNAL_DATA__REFRESH_BEFORE_CYCLE", "true")
         monkeypatch.setenv("ETERNAL_EXCHANGE__PUBLIC_URL", stub.url)
-        report = run(FUNDING_ENTRY)
-    assert not stub.unknown and stub.counts["/v5/market/funding/history"] >= 3
-    assert report["ts"] == "2024-11-07T08:00:00+00:00" and report["notes"] == []
-    assert report["rates"][PERP_SYMBOLS["ETH"]] == 0.00014885 and report["sent"] == 2
+        report = funding(asof)
+    assert not stub.unknown and stub.counts["/v5/market/kline"] >= 6
+    assert report["closes"] == ["2024-01-01"]                  # the downloaded close, decided on
+    stored = rows(db, CandleRow.close, where=[CandleRow.symbol == "BTC/USDT", CandleRow.ts == utc("2024-01-01")])
+    assert [r.close for r in stored] == [44_179.55]
+    core = {r.symbol: r.limit_price for r in rows(db, OrderRow.symbol, OrderRow.limit_price,
+                                                  where=[OrderRow.sleeve == "core"])}
+    assert core == {"BTC/USDT": 44_179.55, "ETH/USDT": 2_352.04}   # CORE's tranche at that close
