@@ -242,6 +242,16 @@ def cmd_status(args, s) -> int:
     if not ledger.is_initialised():
         print("no portfolio yet: run `eternal run daily` to start one")
         return 0
+    from eternal.driver import Due
+    from eternal.store.driver_store import SqlLedger
+
+    p = SqlLedger(engine).load()
+    if p is not None:
+        print(f"clock: {Due.from_key(p.clock)} (the last event processed)")
+        for sleeve, why in p.halted.items():
+            print(f"HALTED {sleeve}: {why}")
+        for d in p.deposits:
+            print(f"deposit waiting for the next close: {d['usdt']:,.2f} USDT ({d['reference']})")
     books = ledger.load_books()
     prices = {}
     for sym in ("BTC/USDT", "ETH/USDT", "SOL/USDT"):

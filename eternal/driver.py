@@ -215,7 +215,7 @@ class RunReport:
         if not self.processed:
             return f"nothing due: the ledger is at {Due.from_key(self.clock) if self.clock else 'its start'}"
         return (f"{len(self.processed)} events from the {self.processed[0]} to the {self.processed[-1]}: "
-                f"{len(self.orders)} orders, {len(self.payments)} funding payments")
+                f"{len({o.client_order_id for o in self.orders})} orders, {len(self.payments)} funding payments")
 
 
 # plans as JSON (write-ahead) -------------------------------------------------------------------

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from eternal.config import load_settings
 from eternal.data.csv_files import read_dir
 from eternal.data.store import MarketStore
-from eternal.models import SPOT_SYMBOLS
+from eternal.models import PERP_SYMBOLS
 from eternal.replay import BackfillResult, parse_sleeves, run_backfill
 from eternal.store.db import connect
 
@@ -23,10 +23,13 @@ def load_data(data_dir: Path | None, database_url: str):
 
     store = MarketStore(connect(database_url))
     data = DataSet()
-    for sym in SPOT_SYMBOLS.values():
-        df = store.load_candles(sym, "1d")
-        if len(df):
-            data.candles[(sym, "1d")] = df
+    for sym in store.candle_symbols("1d"):           # spot and perp candles
+        data.candles[(sym, "1d")] = store.load_candles(sym, "1d")
+    for sym in PERP_SYMBOLS.values():
+        if len(f := store.load_funding(sym)):
+            data.funding[sym] = f
+    fg = store.load_fear_greed()
+    data.fear_greed = fg if len(fg) else None
     return data
 
 

@@ -172,7 +172,17 @@ def mark_crashed(engine, now: datetime) -> int:
     return len(dead)
 
 
-@task(name="drive", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE)
+def _retry_transient(task, task_run, state) -> bool:
+    """Retry what a retry can fix (the exchange, the database); never bad data, a bad setting,
+    a time the ledger has passed."""
+    from eternal.errors import EternalError, ExchangeError
+
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, EternalError) or isinstance(exc, ExchangeError)
+
+
+@task(name="drive", retries=3, retry_delay_seconds=[1, 5, 15], cache_policy=NO_CACHE,
+      retry_condition_fn=_retry_transient)
 def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> dict:
     """Every event due up to `asof`, once. A slot older than the ledger's clock does nothing (one
     line in the log); with `explicit` (a time typed by an operator) it is refused instead."""
@@ -209,6 +219,8 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
                          s.initial_capital, f"{last_closed_day(asof):%Y-%m-%d}")
             report = driver.run(p, until)
             log.info(report.line())
+            for sleeve, why in p.halted.items():
+                log.warning("sleeve %s is halted, none of its orders are sent: %s", sleeve, why)
         except BaseException as exc:
             store.finish_run(run_id, "failed", {"error": str(exc)}, asof)
             raise

@@ -13,7 +13,8 @@ def record_run(d, flow: str) -> dict:
     and the funding settled; returns the run's report (one line, equity by sleeve)."""
     r, view, p = d.report, d.view, d.portfolio
     closes_done = [e for e in r.processed if e.kind == Kind.CLOSE]
-    report = {"line": r.line(), "clock": r.clock, "events": len(r.processed), "orders": len(r.orders),
+    report = {"line": r.line(), "clock": r.clock, "events": len(r.processed),
+              "orders": len({o.client_order_id for o in r.orders}),
               "payments": len(r.payments), "finished_plan": r.finished_plan, "adopted": len(r.adopted),
               "halted": dict(p.halted), "closes": [f"{e.day:%Y-%m-%d}" for e in closes_done],
               "decisions": [e.message for e in r.events if e.kind not in ("staking_reward",)]}

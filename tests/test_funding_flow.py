@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from eternal.data.store import MarketStore
 from eternal.errors import ConfigError
 from eternal.exchange.paper import PaperExchange
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Sleeve, utc
@@ -89,7 +90,8 @@ def test_the_settlement_of_2024_08_09_0800_is_booked_for_trend_positions_realise
     for p in paid:
         a = p.symbol.split("/")[0]
         assert (p.qty, p.price, p.rate) == (held[(p.sleeve, p.symbol)], price[a], rate[a])
-        assert p.amount == p.expected == pytest.approx(-rate[a] * p.qty * price[a], rel=1e-12) > 0   # shorts receive
+        assert p.amount == p.expected == pytest.approx(-rate[a] * p.qty * price[a], rel=1e-12)
+        assert p.amount > 0                                      # a short receives a positive rate
     by_sleeve = {s: sum(p.amount for p in paid if p.sleeve == s) for s in ("trend-1", "trend-2")}
     after = LedgerStore(db).load_books()
     for s, amount in by_sleeve.items():
@@ -137,7 +139,8 @@ def test_funding_hedges_at_the_2024_01_02_settlement_and_sends_half_its_funding_
         p = paid[PERP_SYMBOLS[a]]
         rate = float(dataset.funding[PERP_SYMBOLS[a]].loc[ts, "funding_rate"])
         assert (utc(p.ts), p.rate, p.price) == (ts, rate, perp[a])
-        assert p.amount == p.expected == pytest.approx(rate * qty[a] * perp[a], rel=1e-12) > 0
+        assert p.amount == p.expected == pytest.approx(rate * qty[a] * perp[a], rel=1e-12)
+        assert p.amount > 0
     moved = rows(db, TransferRow.ts, TransferRow.to_sleeve, TransferRow.asset, TransferRow.qty,
                  where=[TransferRow.from_sleeve == "funding"])
     halves = sorted(p.amount / 2 for p in paid.values())
@@ -223,22 +226,21 @@ def test_other_modes_are_refused_before_the_exchange_is_touched(january_2024, mo
 
 def test_a_close_missing_from_the_store_is_downloaded_from_bybit_before_the_run(
         db_url, dataset, monkeypatch, prefect_harness):
-    """Paper mode refreshes the store first: at 2024-01-02 08:05 it holds candles up to 2023-12-31
-    only, so the run first fetches the close of 2024-01-01 (and the settlements) from Bybit (the
-    local V5 emulator, fed with the real Binance history), then decides on it."""
+    """Paper mode refreshes the store first: at 2024-01-02 08:05 it holds candles and settlements up
+    to 2023-12-31 only, so the run first fetches the days since from Bybit (the local V5 emulator,
+    fed with the real Binance history), then starts the portfolio on the close of 2024-01-01."""
     from tests.bybit_stub import BybitStub
 
     db = engine_with(db_url, dataset, monkeypatch, "2023-01-01", "2024-01-01")
-    fg = dataset.fear_greed
-    from eternal.data.store import MarketStore
-
+    fg = dataset.fear_greed                        # Fear & Greed is current: its own refresh is not under test
     MarketStore(db).upsert_fear_greed(fg[(fg.index >= "2024-01-01") & (fg.index < "2024-01-02")])
     asof = "2024-01-02T08:05:00Z"
     with BybitStub(now=utc(asof)) as stub:
         for a in ASSETS:
             for category, sym in (("spot", SPOT_SYMBOLS[a]), ("linear", PERP_SYMBOLS[a])):
                 stub.set_klines(category, f"{a}USDT", dataset.daily(sym).loc["2022-11-01":"2024-01-01"])
-            stub.set_funding("linear", f"{a}USDT", dataset.funding[PERP_SYMBOLS[a]].loc["2022-11-01":"2024-01-02 08:00"])
+            rates = dataset.funding[PERP_SYMBOLS[a]]
+            stub.set_funding("linear", f"{a}USDT", rates.loc["2022-11-01":"2024-01-02 08:00"])
         monkeypatch.setenv("ETERNAL_DATA__REFRESH_BEFORE_CYCLE", "true")
         monkeypatch.setenv("ETERNAL_EXCHANGE__PUBLIC_URL", stub.url)
         report = funding(asof)

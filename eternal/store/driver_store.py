@@ -121,6 +121,10 @@ class SqlLedger:
         with self.engine.begin() as conn:
             doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar() or {}
             if self.deposit_known(reference):
+                known = [d["usdt"] for d in doc.get("deposits", []) if d["reference"] == reference]
+                if known and known[0] != usdt:
+                    raise EternalError(f"deposit {reference!r} was taken as {known[0]:,.2f} USDT; "
+                                       f"{usdt:,.2f} under the same reference is refused (use a new reference)")
                 return False
             doc = {**doc, "deposits": [*doc.get("deposits", []), {"ts": utc(ts).isoformat(), "usdt": usdt,
                                                                    "reference": reference}]}
