@@ -86,21 +86,31 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
     frames, funding, fg = _ROWS["frames"], _ROWS["funding"], _ROWS["fg"]
     closed = {sym: f[f.index <= day] for sym, f in frames.items()}
     settled = {sym: f[f.index <= asof] for sym, f in funding.items()}
-    # candles once per closed day, funding once per settlement (the suite's rules are per series)
-    for part, at in (({"candles": closed}, asof), ({"funding": {k: f for k, f in settled.items() if len(f)}}, None)):
-        series = next(iter(part.values()))
-        fingerprint = (at and last_closed_day(at), *((sym, int(pd.util.hash_pandas_object(f).sum()))
-                                                     for sym, f in series.items()))
-        if fingerprint in _VALIDATED:
+    # The same suite as an import or a backfill, on what is new since the last run of this
+    # process: a series that extends one validated before is checked from its last validated row
+    # on (the rules are per row or between neighbours), a series that changed is checked whole.
+    for kind, series, at in (("candles", closed, asof), ("funding", settled, None)):
+        todo, seen = {}, {}
+        for sym, f in series.items():
+            if not len(f):
+                continue
+            done = _VALIDATED.get((kind, sym))
+            if done is not None and len(f) >= done[0] and _digest(f.iloc[:done[0]]) == done[1]:
+                if len(f) == done[0] and (at is None or last_closed_day(at) == done[2]):
+                    continue
+                f = f.iloc[done[0] - 1:] if len(f) > done[0] else f.iloc[-1:]
+            todo[sym] = f
+            seen[sym] = (len(series[sym]), _digest(series[sym]), at and last_closed_day(at))
+        if not todo:
             continue
         try:
-            validate_market_data(part.get("candles", {}), part.get("funding", {}), at,
+            validate_market_data(todo if kind == "candles" else {}, todo if kind == "funding" else {}, at,
                                  max_daily_move=s.data.max_daily_move, max_funding_rate=s.data.max_funding_rate_8h)
         except DataQualityError as exc:
             ledger.append_events([Event(asof, "data_quality_failed", str(exc), None, "alert",
                                         {"failures": exc.failures})])
             raise
-        _VALIDATED.add(fingerprint)
+        _VALIDATED.update({(kind, sym): v for sym, v in seen.items()})
     stored = (tuple((sym, len(f), f.index[-1] if len(f) else None, float(f["close"].sum())) for sym, f in frames.items())
               + tuple((sym, len(f), f.index[-1], float(f["funding_rate"].sum())) for sym, f in funding.items())
               + ((len(fg), fg.index[-1] if len(fg) else None), s.model_dump_json(), tuple(sleeves), tuple(sorted(missing))))
@@ -111,7 +121,11 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
     return _VIEW["view"]
 
 
-_VALIDATED: set = set()
+_VALIDATED: dict = {}
+
+
+def _digest(f) -> int:
+    return int(pd.util.hash_pandas_object(f).sum())
 _VIEW: dict = {}
 _ROWS: dict = {}
 

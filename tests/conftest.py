@@ -26,7 +26,25 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
-PG_URL = os.environ.get("ETERNAL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+PG_BASE_URL = os.environ.get("ETERNAL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+# pytest-xdist: each worker has a database of its own (test_gw0, ...), never a schema another drops
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+PG_URL = f"{PG_BASE_URL}_{_WORKER}" if _WORKER else PG_BASE_URL
+
+
+def _ensure_worker_database() -> None:
+    if not _WORKER:
+        return
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
+    name = make_url(PG_URL).database
+    try:
+        with admin.connect() as conn:
+            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +85,10 @@ def dataset(shared_data):
 
 
 def _reset_postgres() -> None:
+    try:
+        _ensure_worker_database()
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL at {PG_BASE_URL} is unreachable ({exc.__class__.__name__}: {exc})")
     engine = create_engine(PG_URL)
     try:
         with engine.begin() as conn:

@@ -33,10 +33,10 @@ def test_prefect_deploy_all_then_every_deployment_runs_to_completion(db_url, dat
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
-    from tests.test_funding_flow import load_market
+    from tests.flow_support import store_market
 
     monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
-    load_market(connect(db_url), dataset, "2023-01-01", "2024-01-01")
+    store_market(connect(db_url), dataset, "2023-01-01", "2024-01-01")
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), ETERNAL_HOME=str(ROOT),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     prefect("work-pool", "create", "eternal", "--type", "process", "--overwrite", env=env)
