@@ -23,7 +23,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from eternal.config import load_settings  # noqa: E402
-from eternal.driver import Batch, Driver, Due, Kind, plan_to_json  # noqa: E402
+from eternal.driver import Batch, Driver, Due, Kind  # noqa: E402
+from eternal.plans import plan_to_json  # noqa: E402
 from eternal.models import Market, OrderIntent, OrderType, Plan, Side, Sleeve, SleeveBook, utc  # noqa: E402
 from eternal.store.db import connect  # noqa: E402
 from eternal.store.driver_store import SqlLedger, open_paper_exchange  # noqa: E402
