@@ -218,6 +218,14 @@ class RunReport:
                 f"{len({o.client_order_id for o in self.orders})} orders, {len(self.payments)} funding payments")
 
 
+def equity_rows(day: datetime, books: dict[Sleeve, SleeveBook], closes: dict[str, float],
+                marks: dict[str, float]) -> list[dict]:
+    """One row per sleeve at a close: equity marked to market (spot at the close, perps at the
+    mark) and cash, in USDT."""
+    return [{"day": day, "sleeve": sl.value, "equity": b.equity(closes, marks), "cash": b.cash}
+            for sl, b in books.items()]
+
+
 # reconciliation --------------------------------------------------------------------------------
 def book_differences(ours: SleeveBook, theirs: SleeveBook | None, tolerance: float = 1e-6) -> list[str]:
     """What differs between our book of a sleeve and the venue's, one line per item (empty: equal)."""
@@ -248,13 +256,17 @@ class Driver:
 
     def __init__(self, view: MarketView, exchange, ledger: Ledger, settings: Settings,
                  sleeves: Iterable[Sleeve], *, orchestrated: bool,
-                 on_close: Callable[[datetime, Portfolio, dict, dict], None] | None = None):
+                 on_close: Callable[[datetime, Portfolio, dict, dict], None] | None = None,
+                 deposit_shares: dict[Sleeve, float] | None = None):
+        """`deposit_shares`: how a deposit is split when the orchestration layer is off (a partial
+        backfill: the selected sleeves' weights); with it on, the allocation rules split it."""
         self.view, self.exchange, self.ledger, self.settings = view, exchange, ledger, settings
         self.sleeves = tuple(sleeves)
         self.daily_sleeves = tuple(s for s in self.sleeves if s in cycle.ENGINES)
         self.funding_active = Sleeve.FUNDING in self.sleeves
         self.orchestrated = orchestrated
         self.on_close = on_close
+        self.deposit_shares = dict(deposit_shares or {})
 
     # the run -----------------------------------------------------------------------------------
     def open(self, capital: float, shares: dict[Sleeve, float], start: datetime) -> Portfolio:
@@ -340,8 +352,7 @@ class Driver:
             batch.deposits_taken, batch.plan_key = deposits, due.key
         if due.kind == Kind.CLOSE:
             closes, marks = view.closes(i), view.marks(i)
-            batch.equity = [{"day": due.day, "sleeve": sl.value, "equity": b.equity(closes, marks), "cash": b.cash}
-                            for sl, b in p.books.items()]
+            batch.equity = equity_rows(due.day, p.books, closes, marks)
             if self.on_close is not None:
                 self.on_close(due.day, p, closes, marks)
         p.clock = due.key
@@ -403,14 +414,8 @@ class Driver:
         usdt = math.fsum(d["usdt"] for d in deposits)
         snap = self.view.snapshot(i, p.books, p.states, p.received)
         plan, received, allocation = cycle.at_close(snap, self.settings, self.daily_sleeves, p.allocation, usdt,
-                                                    self.orchestrated, self.shares(p))
+                                                    self.orchestrated, self.deposit_shares)
         return plan, received, allocation, deposits
-
-    def shares(self, p: Portfolio) -> dict[Sleeve, float]:
-        """How a deposit is split when the orchestration layer is off: by the sleeves' weights."""
-        raw = {sl: getattr(self.settings.weights, sl.weight_field) for sl in self.sleeves}
-        total = sum(raw.values())
-        return {sl: w / total for sl, w in raw.items()} if total > 0 else {}
 
     def decide_tick(self, p: Portfolio, due: Due, i: int, batch: Batch):
         view = self.view

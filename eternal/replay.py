@@ -24,10 +24,10 @@ from eternal import cycle
 from eternal.config import Settings
 from eternal.data.csv_files import DataSet
 from eternal.data.quality import validate_market_data
-from eternal.driver import Batch, Driver, Due, Kind, Portfolio
+from eternal.driver import Batch, Driver, Due, Kind, Portfolio, equity_rows
 from eternal.errors import EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
-from eternal.market import PERP_NEEDS, SPOT_NEEDS, MarketView, perp_markets  # noqa: F401  (re-exported)
+from eternal.market import MarketView
 from eternal.models import (
     PERP_SYMBOLS,
     SPOT_SYMBOLS,
@@ -195,7 +195,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     ledger = MemoryLedger()
     exchange = PaperExchange(settings.fees, FillPolicy.NEXT_OPEN,
                              {s: SleeveBook(s, capital * w) for s, w in shares.items()})
-    driver = Driver(view, exchange, ledger, settings, sleeves, orchestrated=orchestrated, on_close=after_close)
+    driver = Driver(view, exchange, ledger, settings, sleeves, orchestrated=orchestrated, on_close=after_close,
+                    deposit_shares=shares)
     p = driver.open(capital, shares, start)
     deposited: list[tuple[datetime, float]] = []
     if monthly_deposit > 0:
@@ -218,14 +219,13 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     last_day = end - timedelta(days=1)           # the last close's equity is after that exit
     closes, marks = view.closes(last_i), view.marks(last_i)
     ledger.equity = [r for r in ledger.equity if r["day"] != last_day]
-    closing.equity = [{"day": last_day, "sleeve": sl.value, "equity": b.equity(closes, marks), "cash": b.cash}
-                      for sl, b in p.books.items()]
+    closing.equity = equity_rows(last_day, p.books, closes, marks)
     ledger.commit(p, closing)
 
     fills, events, payments, transfers = ledger.fills, ledger.events, ledger.payments, ledger.transfers
-    equity_rows = [r for r in ledger.equity if r["day"] >= start]
-    equity = (pd.DataFrame(equity_rows).pivot(index="day", columns="sleeve", values="equity")
-              if equity_rows else pd.DataFrame())
+    kept = [r for r in ledger.equity if r["day"] >= start]
+    equity = (pd.DataFrame(kept).pivot(index="day", columns="sleeve", values="equity")
+              if kept else pd.DataFrame())
     equity = equity[[s.value for s in p.books]]
     equity.insert(0, "total", equity.sum(axis=1))
     equity.index = pd.DatetimeIndex(equity.index, name="date")

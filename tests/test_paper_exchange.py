@@ -259,7 +259,7 @@ def _busy_exchange(dataset) -> PaperExchange:
     ex.place_order("d-resting", intent(Side.BUY, 0.1, limit=close(dataset, BTC, "2024-01-12")), NOW)
     ex.stake(Sleeve.CORE, "ETH", 3.0)
     ledger.accrue_staking(ex.books[Sleeve.CORE], "ETH", 0.03)
-    ex.accrued_through = "2024-01-12T00:00:00+00:00"
+    ex.market_clock = "2024-01-12T00:00:00|2"          # it has lived through the open of 2024-01-12
     return ex
 
 
@@ -271,7 +271,7 @@ def test_state_round_trips_orders_and_books_exactly_through_json(dataset):
     back = PaperExchange.from_state(json.loads(json.dumps(ex.to_state())), SPLIT_FEES, FillPolicy.NEXT_OPEN)
     assert back.books == ex.books
     assert back.orders == ex.orders
-    assert back.accrued_through == "2024-01-12T00:00:00+00:00"
+    assert back.market_clock == "2024-01-12T00:00:00|2" and back.journal_seq == ex.journal_seq
     # the sequence survives too: the next order does not reuse an exchange order id
     assert back.place_order("e", intent(Side.BUY, 0.01), NOW).exchange_order_id == "paper-5"
 

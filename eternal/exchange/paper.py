@@ -79,9 +79,7 @@ class PaperExchange(PerpDesk):
         self.quotes: dict[str, Quote] = {}
         self._on_change = on_change   # persists the exchange's own state (survives our crashes)
         self._seq = 0
-        self.accrued_through: str | None = None   # staking rewards paid up to this day
         self.stake_ops: dict[str, float] = {}     # keyed stake requests already applied
-        self.stops_checked_through: str | None = None   # last day whose range the stops were tested on
         # perps: leverage per (sleeve, symbol), default 1x; positions handed over keep theirs
         self.leverage: dict[tuple[Sleeve, str], float] = {
             (s, sym): p.leverage for s, b in self.books.items() for sym, p in b.perps.items()}
@@ -315,8 +313,6 @@ class PaperExchange(PerpDesk):
         parts (orders, keyed operations, fills), which a store keeps in rows."""
         return {
             "seq": self._seq,
-            "accrued_through": self.accrued_through,
-            "stops_checked_through": self.stops_checked_through,
             "books": {s.value: {"cash": b.cash, "holdings": dict(b.holdings), "staked": dict(b.staked),
                                 "perps": {sym: _position_to_dict(p) for sym, p in b.perps.items()}}
                       for s, b in self.books.items()},
@@ -340,9 +336,7 @@ class PaperExchange(PerpDesk):
                  for s, b in state.get("books", {}).items()}
         ex = cls(fees, policy, books, on_change)
         ex._seq = state.get("seq", 0)
-        ex.accrued_through = state.get("accrued_through")
         ex.stake_ops = dict(state.get("stake_ops", {}))
-        ex.stops_checked_through = state.get("stops_checked_through")
         ex.orders = {cid: _order_from_dict(cid, d) for cid, d in state.get("orders", {}).items()}
         ex.leverage |= {(Sleeve(s), sym): lev for s, sym, lev in state.get("leverage", [])}
         ex.stops = {(Sleeve(s), sym): StopLevel(price, reason) for s, sym, price, reason in state.get("stops", [])}

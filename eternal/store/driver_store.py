@@ -26,7 +26,7 @@ from eternal.exchange.paper_state import (
     _payment_from_dict,
     _payment_to_dict,
 )
-from eternal.models import OrderStatus, Sleeve, SleeveBook, utc
+from eternal.models import UTC, OrderStatus, Sleeve, SleeveBook, utc
 from eternal.store.ledger import LedgerStore, _jsonable, _record
 from eternal.store.models import (
     DriverStateRow,
@@ -207,7 +207,7 @@ def open_paper_exchange(engine: Engine, fees: FeeParams, books: dict[Sleeve, Sle
         same = _jsonable({**doc, "seq": None})
         with engine.begin() as conn:
             if same != flushed["doc"]:
-                store.save_exchange_state(PAPER, _jsonable(doc), datetime.now().astimezone(), conn)
+                store.save_exchange_state(PAPER, _jsonable(doc), datetime.now(UTC), conn)
             if ex._dirty_orders:
                 upsert(conn, PaperOrderRow.__table__, [
                     {"client_order_id": cid, "seq": _seq_of(ex.orders[cid]), "status": ex.orders[cid].status.value,
