@@ -113,8 +113,8 @@ def test_high_below_close_fails_high_ge_max_open_close_on_that_date():
         validate_market_data(data, {}, ASOF_AFTER_SPOT)
     assert type(error.value) is DataQualityError
     assert str(error.value) == (
-        "data quality failed, nothing was traded:\n"
-        "  BTC/USDT: high >= max(open, close) failed on 2021-11-10T00:00:00+00:00 (1 row)"
+        "data quality failed: "
+        "BTC/USDT: high >= max(open, close) failed on 2021-11-10T00:00:00+00:00 (1 row)"
     )
     assert error.value.failures == [
         {
@@ -179,8 +179,8 @@ def test_nan_close_fails_close_is_not_null_and_nothing_else():
     data["BTC/USDT"].loc[ts("2022-11-21"), "close"] = np.nan  # real: 15,781.29
     with pytest.raises(DataQualityError) as error:
         validate_market_data(data, {}, ASOF_AFTER_SPOT)
-    assert str(error.value).splitlines()[1:] == [
-        "  BTC/USDT: close is not null failed on 2022-11-21T00:00:00+00:00 (1 row)"
+    assert str(error.value).removeprefix("data quality failed: ").split("; ") == [
+        "BTC/USDT: close is not null failed on 2022-11-21T00:00:00+00:00 (1 row)"
     ]
 
 
@@ -238,7 +238,7 @@ def test_empty_series_fails_with_no_data():
     data["ETH/USDT"] = data["ETH/USDT"].iloc[:0]
     with pytest.raises(DataQualityError) as error:
         validate_market_data(data, {}, ASOF_AFTER_SPOT)
-    assert str(error.value).splitlines()[1:] == ["  ETH/USDT: series has data failed: no data"]
+    assert str(error.value).removeprefix("data quality failed: ").split("; ") == ["ETH/USDT: series has data failed: no data"]
 
 
 def test_naive_timestamps_are_refused_not_guessed():
@@ -267,8 +267,8 @@ def test_candles_three_days_old_raise_stale_data_error_naming_each_series_and_it
     asof = ASOF_AFTER_SPOT + timedelta(days=3)  # last closed day 2026-01-08, data ends 2026-01-05
     with pytest.raises(StaleDataError) as error:
         validate_market_data(spot(), {}, asof)
-    assert str(error.value).splitlines()[1:] == [
-        f"  {series}: last candle is the last closed UTC day 2026-01-08T00:00:00+00:00 failed on "
+    assert str(error.value).removeprefix("data quality failed: ").split("; ") == [
+        f"{series}: last candle is the last closed UTC day 2026-01-08T00:00:00+00:00 failed on "
         f"{LAST_SPOT_DAY} (1 row)"
         for series in ("BTC/USDT", "ETH/USDT")
     ]
@@ -305,8 +305,8 @@ def test_funding_rate_of_five_percent_fails_the_funding_rate_bound():
     btc.loc[ts("2022-11-21 16:00"), "funding_rate"] = -0.05
     with pytest.raises(DataQualityError) as error:
         validate_market_data({}, {"BTC/USDT:USDT": btc}, None)
-    assert str(error.value).splitlines()[1:] == [
-        "  BTC/USDT:USDT: |funding_rate| <= 0.03 failed on 2021-11-10T08:00:00+00:00, "
+    assert str(error.value).removeprefix("data quality failed: ").split("; ") == [
+        "BTC/USDT:USDT: |funding_rate| <= 0.03 failed on 2021-11-10T08:00:00+00:00, "
         "2022-11-21T16:00:00+00:00 (2 rows)"
     ]
     assert error.value.failures[0]["kind"] == "funding"
@@ -337,12 +337,11 @@ def test_failures_of_several_series_and_rules_are_all_reported_in_one_error():
     sol.loc[ts("2022-11-10 04:00"), "funding_rate"] = 0.05  # real: -0.02
     with pytest.raises(DataQualityError) as error:
         validate_market_data(data, {"SOL/USDT:USDT": sol}, ASOF_AFTER_SPOT)
-    assert str(error.value).splitlines() == [
-        "data quality failed, nothing was traded:",
-        "  BTC/USDT: high >= max(open, close) failed on 2021-11-10T00:00:00+00:00 (1 row)",
-        "  ETH/USDT: no missing day (candles exactly 1 day apart) failed on 2022-11-22T00:00:00+00:00 (1 row)",
-        "  SOL/USDT: series has data failed: no data",
-        "  SOL/USDT:USDT: |funding_rate| <= 0.03 failed on 2022-11-10T04:00:00+00:00 (1 row)",
+    assert str(error.value).removeprefix("data quality failed: ").split("; ") == [
+        "BTC/USDT: high >= max(open, close) failed on 2021-11-10T00:00:00+00:00 (1 row)",
+        "ETH/USDT: no missing day (candles exactly 1 day apart) failed on 2022-11-22T00:00:00+00:00 (1 row)",
+        "SOL/USDT: series has data failed: no data",
+        "SOL/USDT:USDT: |funding_rate| <= 0.03 failed on 2022-11-10T04:00:00+00:00 (1 row)",
     ]
     assert len(error.value.failures) == 4
 

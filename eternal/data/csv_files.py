@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from eternal.errors import DataError
+from eternal.errors import DataError, DataQualityError
 
 _CANDLES = re.compile(r"^ohlcv_(?P<tf>\d+[mhd])_(?P<base>[A-Z0-9]+)-(?P<quote>[A-Z0-9]+)_(?P<market>spot|perp)\.csv$")
 _FUNDING = re.compile(r"^funding_\d+h_(?P<base>[A-Z0-9]+?)(?P<quote>USDT|USDC)_perp\.csv$")
@@ -27,11 +27,13 @@ def candle_symbol(base: str, quote: str, market: str) -> str:
 
 @dataclass
 class DataSet:
-    """Market data in memory, keyed like the database: (symbol, timeframe) and symbol."""
+    """Market data in memory, keyed like the database: (symbol, timeframe) and symbol.
+    `files`: the file each series was read from ("BTC/USDT" or "fear_greed" -> file name)."""
 
     candles: dict[tuple[str, str], pd.DataFrame] = field(default_factory=dict)
     funding: dict[str, pd.DataFrame] = field(default_factory=dict)
     fear_greed: pd.DataFrame | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
     def daily(self, symbol: str) -> pd.DataFrame:
         try:
@@ -41,29 +43,66 @@ class DataSet:
                             f"(have: {sorted(s for s, tf in self.candles if tf == '1d')})") from None
 
 
-def _read(path: Path, columns: list[str]) -> pd.DataFrame:
+_UTC_SUFFIX = re.compile(r"(?:Z|[+-]00:?00)$")
+
+
+def _read(path: Path, columns: list[str], numeric: list[str]) -> pd.DataFrame:
+    """The file's rows as text checked to be UTC times and numbers; every problem one line naming the
+    file, the row's timestamp and the rule (a DataQualityError, as the validation suite raises).
+    Values that are missing (a NaN, a truncated last line) stay NaN for the suite to report."""
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     missing = [c for c in ["timestamp", *columns] if c not in df.columns]
     if missing:
-        raise DataError(f"{path.name}: missing columns {missing} (has {list(df.columns)})")
-    idx = pd.DatetimeIndex(pd.to_datetime(df["timestamp"], utc=True), name="timestamp")
-    out = df[columns].set_axis(idx)
+        _refuse(path, "columns", f"columns {', '.join(['timestamp', *columns])} present",
+                detail=f"missing {', '.join(missing)} (has {', '.join(df.columns)})")
+    raw = df["timestamp"].str.strip()
+    stamps = pd.to_datetime(raw, utc=True, format="ISO8601", errors="coerce")
+    bad = raw[stamps.isna()]
+    if len(bad):
+        _refuse(path, "timestamp", "timestamp is an ISO-8601 time", rows=list(bad))
+    naive = raw[~raw.str.contains(_UTC_SUFFIX)]
+    if len(naive):
+        _refuse(path, "utc_index", "timestamps are UTC (end in Z or +00:00)", rows=list(naive))
+    out = df[columns].set_axis(pd.DatetimeIndex(stamps, name="timestamp"))
+    for column in numeric:
+        text = out[column].str.strip()
+        values = pd.to_numeric(text.replace("", None), errors="coerce")
+        not_numbers = text[values.isna() & ~text.str.lower().isin(["", "nan", "null", "none"])]
+        if len(not_numbers):
+            _refuse(path, "numeric", f"{column} is a number",
+                    rows=[t.isoformat() for t in not_numbers.index],
+                    detail=f"got {', '.join(map(repr, not_numbers.iloc[:3]))}")
+        out[column] = values.astype("float64")
     return out
 
 
+def _refuse(path: Path, rule: str, expectation: str, rows: list[str] = (), detail: str = ""):
+    from eternal.data.quality import Failure
+
+    failure = Failure(path.name, expectation, list(rows)[:10], len(rows), max(len(rows) - 10, 0), rule, detail=detail)
+    raise DataQualityError(f"data quality failed: {failure.describe()}", [failure.to_dict()])
+
+
 def read_candles(path: Path) -> pd.DataFrame:
-    return _read(path, CANDLE_COLUMNS).astype("float64")
+    return _read(path, CANDLE_COLUMNS, CANDLE_COLUMNS)
 
 
 def read_funding(path: Path) -> pd.DataFrame:
-    return _read(path, ["funding_rate"]).astype("float64")
+    return _read(path, ["funding_rate"], ["funding_rate"])
 
 
 def read_fear_greed(path: Path) -> pd.DataFrame:
-    df = _read(path, ["value", "classification"])
+    """`value` stays float here (a NaN or 2.5 must reach the suite, which wants an integer 0..100);
+    `as_fear_greed` makes it int64 once validated."""
+    df = _read(path, ["value", "classification"], ["value"])
+    return df.astype({"classification": "str"})
+
+
+def as_fear_greed(df: pd.DataFrame) -> pd.DataFrame:
+    """A validated index frame with int64 values, as the store and the engines hold it."""
     return df.astype({"value": "int64", "classification": "str"})
 
 
@@ -78,10 +117,14 @@ def read_dir(directory: Path | str, timeframes: tuple[str, ...] = ("1d",)) -> Da
             if m["tf"] in timeframes:
                 sym = candle_symbol(m["base"], m["quote"], m["market"])
                 data.candles[(sym, m["tf"])] = read_candles(path)
+                data.files[sym if m["tf"] == "1d" else f"{sym} {m['tf']}"] = path.name
         elif m := _FUNDING.match(path.name):
-            data.funding[candle_symbol(m["base"], m["quote"], "perp")] = read_funding(path)
+            sym = candle_symbol(m["base"], m["quote"], "perp")
+            data.funding[sym] = read_funding(path)
+            data.files[f"{sym} funding"] = path.name
         elif path.name == _FEAR_GREED:
             data.fear_greed = read_fear_greed(path)
+            data.files["fear_greed"] = path.name
     if not data.candles and not data.funding:
         raise DataError(f"no market data files found in {directory} (expected ohlcv_1d_BTC-USDT_spot.csv ...)")
     return data

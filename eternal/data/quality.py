@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +39,9 @@ os.environ["GX_ANALYTICS_ENABLED"] = "False"
 CANDLE_COLUMNS = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
 FUNDING_COLUMNS = ("funding_rate",)
+FEAR_GREED_COLUMNS = ("value",)
+FEAR_GREED = "Fear & Greed"   # the series name of the index in failures
+MAX_FUNDING_GAP = 1.5         # a gap over 1.5 of the series' own settlement interval is an error
 MAX_ROWS_SHOWN = 10
 DAY = pd.Timedelta(days=1)
 
@@ -74,6 +77,46 @@ class Failure:
         return text
 
 
+@dataclass(frozen=True)
+class HistoryNeed:
+    """History an engine declares it needs of one series (spec: SMA warm-up, all-time highs).
+
+    `starts_by`: the series must start on or before this UTC day (all-time highs come from the
+    whole history). `rows_before`: (day, n): at least n candles before `day` (indicator warm-up
+    before the first decision). `why`: who needs it, in words ("SMA 200 warm-up of TREND-1").
+    """
+
+    series: str
+    why: str
+    starts_by: datetime | None = None
+    rows_before: tuple[datetime, int] | None = None
+
+
+def history_problems(candles: Mapping[str, pd.DataFrame], needs: list[HistoryNeed]) -> list[Failure]:
+    """The needs the given series do not meet, as failures (rule `history`)."""
+    failures = []
+    for need in needs:
+        data = candles.get(need.series)
+        if data is None or not len(data) or not isinstance(data.index, pd.DatetimeIndex):
+            continue   # reported as "series has data" or by the shape rules
+        first = data.index[0]
+        if need.starts_by is not None and first > pd.Timestamp(need.starts_by):
+            failures.append(Failure(
+                need.series, f"history from {need.starts_by:%Y-%m-%d} ({need.why})", [first.isoformat()], 1,
+                rule="history", detail=f"the series starts {first:%Y-%m-%d}: import the full history "
+                                        f"(eternal data import DIR)"))
+        if need.rows_before is not None:
+            day, n = need.rows_before
+            have = int((data.index < pd.Timestamp(day)).sum())
+            if have < n:
+                earliest = first + pd.Timedelta(days=n)
+                failures.append(Failure(
+                    need.series, f"{n} daily candles before {day:%Y-%m-%d} ({need.why})", [first.isoformat()],
+                    1, rule="history", detail=f"it has {have} (from {first:%Y-%m-%d}): start on or after "
+                                              f"{earliest:%Y-%m-%d} or add older candles"))
+    return failures
+
+
 def validate_market_data(
     candles: Mapping[str, pd.DataFrame],
     funding: Mapping[str, pd.DataFrame],
@@ -81,6 +124,10 @@ def validate_market_data(
     *,
     max_daily_move: float = 0.60,
     max_funding_rate: float = 0.03,
+    fear_greed: pd.DataFrame | None = None,
+    needs: list[HistoryNeed] = (),
+    names: Mapping[str, str] | None = None,
+    funding_intervals: Mapping[str, float] | None = None,
 ) -> None:
     """Raise if any series fails its expectations; return None when all data is fit to trade on.
 
@@ -92,9 +139,17 @@ def validate_market_data(
     `max_daily_move`: bound on |close / previous close - 1| (0.60: above any real BTC/ETH/SOL day
     since 2017, the largest being ~0.51, SOL perp on 2022-11-09).
     `max_funding_rate`: bound on |funding_rate| per settlement (0.03; the real extreme is 0.02).
+    `fear_greed`: the index (int `value` 0..100, one row per UTC day, days may be missing).
+    `needs`: history the engines need (`HistoryNeed`). `names`: how to call a series in the message
+    (the CSV file it came from). `funding_intervals`: hours between settlements per funding series
+    (default: the most common gap of the series given); a gap over 1.5 intervals is an error.
+
+    Raises one DataQualityError (StaleDataError when staleness is the only problem) whose message is
+    one line: "data quality failed: <series>: <rule> failed on <timestamps>; <next failure>...".
     """
     expected_last = last_closed_day(asof) if asof is not None else None
     params = {
+        "max_funding_gap": MAX_FUNDING_GAP,
         "max_daily_move": max_daily_move,
         "max_funding_rate": max_funding_rate,
         "min_funding_rate": -max_funding_rate,
@@ -103,11 +158,15 @@ def validate_market_data(
     if expected_last is not None:
         labels["last_closed_day"] = expected_last.isoformat()
 
-    failures: list[Failure] = []
-    for kind, series in (("candles", candles), ("funding", funding)):
+    failures: list[Failure] = history_problems(candles, list(needs))
+    groups = [("candles", candles), ("funding", funding)]
+    if fear_greed is not None:
+        groups.append(("fear_greed", {FEAR_GREED: fear_greed}))
+    columns = {"candles": CANDLE_COLUMNS, "funding": FUNDING_COLUMNS, "fear_greed": FEAR_GREED_COLUMNS}
+    for kind, series in groups:
         frames = []
         for name, data in series.items():
-            problem = _shape_problem(data, CANDLE_COLUMNS if kind == "candles" else FUNDING_COLUMNS)
+            problem = _shape_problem(data, columns[kind])
             if problem is not None:
                 rule, expectation, detail = problem
                 failures.append(
@@ -115,8 +174,11 @@ def validate_market_data(
                 )
             elif kind == "candles":
                 frames.append(_candle_frame(str(name), data, expected_last))
+            elif kind == "funding":
+                hours = (funding_intervals or {}).get(name)
+                frames.append(_funding_frame(str(name), data, hours))
             else:
-                frames.append(_funding_frame(str(name), data))
+                frames.append(_fear_greed_frame(str(name), data))
         if frames:
             suite = "candles_fresh" if kind == "candles" and expected_last is not None else kind
             stacked = pd.concat(frames, ignore_index=True)
@@ -125,11 +187,11 @@ def validate_market_data(
         return
 
     # Report series by series, in the order given, rules in the order they are written.
-    position = {str(name): i for i, name in enumerate([*candles, *funding])}
+    position = {str(name): i for i, name in enumerate([*candles, *funding, FEAR_GREED])}
     failures.sort(key=lambda f: (position.get(f.series, len(position)), f.kind != "candles"))
-    message = "data quality failed, nothing was traded:\n" + "\n".join(
-        "  " + failure.describe() for failure in failures
-    )
+    names = names or {}
+    shown = [replace(f, series=names[f.series]) if f.series in names else f for f in failures]
+    message = "data quality failed: " + "; ".join(failure.describe() for failure in shown)
     only_stale = all(failure.rule == STALE for failure in failures)
     error = StaleDataError if only_stale else DataQualityError
     raise error(message, [failure.to_dict() for failure in failures])
@@ -183,11 +245,35 @@ def _candle_frame(name: str, candles: pd.DataFrame, expected_last: datetime | No
     return frame
 
 
-def _funding_frame(name: str, funding: pd.DataFrame) -> pd.DataFrame:
+def funding_interval_hours(funding: pd.DataFrame) -> float:
+    """The series' own settlement interval in hours: the gap that covers most of its time (a few
+    shortened intervals, like SOL's 2-hourly settlements in Nov 2022, do not make it 2 h; a few
+    holes do not make it 16 h); 8 when the series has no gap to measure."""
+    gaps = funding.index.to_series().diff().dropna() / pd.Timedelta(hours=1)
+    gaps = gaps[gaps > 0]
+    if not len(gaps):
+        return 8.0
+    return float(gaps.groupby(gaps).sum().idxmax())
+
+
+def _funding_frame(name: str, funding: pd.DataFrame, interval_hours: float | None) -> pd.DataFrame:
     frame = pd.DataFrame({"series": name, "timestamp": funding.index.tz_convert("UTC")})
     frame["funding_rate"] = funding["funding_rate"].to_numpy()
-    # settlements are irregular (SOL every 2 h in Nov 2022), so only their order is checked
     frame["gap_hours"] = frame["timestamp"].diff() / pd.Timedelta(hours=1)
+    # settlements may come sooner than the interval (SOL every 2 h in Nov 2022), never much later
+    interval = interval_hours or funding_interval_hours(funding)
+    frame["gap_intervals"] = frame["gap_hours"] / interval
+    return frame
+
+
+def _fear_greed_frame(name: str, index: pd.DataFrame) -> pd.DataFrame:
+    frame = pd.DataFrame({"series": name, "timestamp": index.index.tz_convert("UTC")})
+    value = pd.to_numeric(index["value"], errors="coerce").astype("float64")
+    frame["value"] = value.to_numpy()
+    frame["fraction_part"] = (value - value.round()).abs().to_numpy()
+    timestamp = frame["timestamp"]
+    frame["seconds_into_day"] = (timestamp - timestamp.dt.floor("D")).dt.total_seconds()
+    frame["gap_days"] = timestamp.diff() / DAY   # days the index did not publish may be missing
     return frame
 
 
@@ -265,6 +351,7 @@ def _gx() -> SimpleNamespace:
         "candles": _suite(gx, "candles", _candle_rules(fresh=False)),
         "candles_fresh": _suite(gx, "candles_fresh", _candle_rules(fresh=True)),
         "funding": _suite(gx, "funding", _funding_rules()),
+        "fear_greed": _suite(gx, "fear_greed", _fear_greed_rules()),
     }
     # COMPLETE: every offending row, so a series is never hidden behind another's many failures
     result_format = {
@@ -393,5 +480,37 @@ def _funding_rules() -> list[tuple[str, str, Any]]:
             "increasing_timestamp",
             "funding timestamps strictly increasing",
             between(column="gap_hours", min_value=0, strict_min=True),
+        ),
+        (
+            "funding_gap",
+            "no missing settlement (gap <= {max_funding_gap:g} of the series' interval)",
+            between(column="gap_intervals", max_value=_param("max_funding_gap")),
+        ),
+    ]
+
+
+def _fear_greed_rules() -> list[tuple[str, str, Any]]:
+    import great_expectations.expectations as gxe
+
+    between = gxe.ExpectColumnValuesToBeBetween
+    return [
+        ("not_null", "index date is not null", gxe.ExpectColumnValuesToNotBeNull(column="timestamp")),
+        ("not_null", "value is a number", gxe.ExpectColumnValuesToNotBeNull(column="value")),
+        ("integer", "value is an integer", between(column="fraction_part", max_value=0)),
+        ("fear_greed_range", "value in 0..100", between(column="value", min_value=0, max_value=100)),
+        (
+            "unique_timestamp",
+            "index dates unique",
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["series", "timestamp"]),
+        ),
+        (
+            "increasing_timestamp",
+            "index dates strictly increasing",
+            between(column="gap_days", min_value=0, strict_min=True),
+        ),
+        (
+            "daily_open_time",
+            "index date at 00:00 UTC",
+            between(column="seconds_into_day", min_value=0, max_value=0),
         ),
     ]
