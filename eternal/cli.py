@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from eternal.config import load_settings  # noqa: E402
+from eternal.config import ENV_PREFIX, load_settings  # noqa: E402
 from eternal.errors import EternalError  # noqa: E402
 from eternal.models import UTC, utc  # noqa: E402
+from eternal.secrets import SecretUrl, register, reveal, scrub  # noqa: E402
 
 
 def _date(value: str) -> datetime:
@@ -23,24 +27,32 @@ def _date(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
-def _not_negative(value: str) -> float:
+def _number(value: str) -> float:
+    """A finite number: float() also reads 'inf' and 'nan', which no amount of USDT is."""
     try:
         v = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not v >= 0:
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    return v
+
+
+def _not_negative(value: str) -> float:
+    if not (v := _number(value)) >= 0:
         raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
     return v
 
 
 def _positive(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not v > 0:
+    if not (v := _number(value)) > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return v
+
+
+def _secret_url(value: str) -> SecretUrl:
+    register(value := SecretUrl(value))    # argparse may echo it in an error: scrubbed from now on
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="deposited on the first day of each month through the deposit rules (default 0)")
     bf.add_argument("--data-dir", type=Path, help="CSV directory (default: ETERNAL_DATA_DIR, else the database)")
     bf.add_argument("--out", type=Path, default=Path("out/backfill"), help="output directory")
-    bf.add_argument("--database-url", help="where the replay's ledger goes (default: OUT/backfill.db)")
+    bf.add_argument("--database-url", type=_secret_url, help="where the replay's ledger goes (default: "
+                    "ETERNAL_BACKFILL_DATABASE_URL, else OUT/backfill.db); a secret, never a flow parameter")
     bf.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     data = sub.add_parser("data", help="market data: import, download, validate")
@@ -94,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()          # invalid settings stop everything, before any work
         return COMMANDS[args.command](args, settings)
     except EternalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -132,12 +145,31 @@ def cmd_backfill(args, s) -> int:
     parse_sleeves(args.engines)  # a bad --engines is refused here, before a Prefect flow run starts
     from flows.backfill import backfill
 
-    summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
-                       data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
-                       database_url=args.database_url, progress=not args.no_progress,
-                       monthly_deposit_usdt=args.monthly_deposit)
+    # the URL reaches the flow as a setting, never as a parameter (Prefect stores those in the clear)
+    with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
+        load_settings()
+        summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
+                           data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
+                           progress=not args.no_progress, monthly_deposit_usdt=args.monthly_deposit)
     print_summary(summary, args.out)
     return 0
+
+
+@contextmanager
+def _setting(name: str, value: str | None) -> Iterator[None]:
+    """ETERNAL_<name>=value while the block runs (nothing when value is None), then as before."""
+    var = ENV_PREFIX + name
+    before = os.environ.get(var)
+    if value is not None:
+        os.environ[var] = value
+    try:
+        yield
+    finally:
+        if value is not None:
+            if before is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = before
 
 
 def cmd_demo(args, s) -> int:
@@ -152,7 +184,7 @@ def cmd_demo(args, s) -> int:
         from eternal.data.download import make_bybit_public
 
         download_market_data(MarketStore(connect(s.database_url)), since=datetime(2017, 1, 1, tzinfo=UTC),
-                             now=datetime.now(UTC), exchange=make_bybit_public(s.exchange.public_url))
+                             now=datetime.now(UTC), exchange=make_bybit_public(reveal(s.exchange.public_url)))
     from flows.backfill import backfill
 
     summary = backfill(data_dir=str(s.data_dir) if s.data_dir else None, out=str(out))
@@ -194,8 +226,8 @@ def cmd_data(args, s) -> int:
         from eternal.data.importer import import_dir
 
         timeframes = tuple(t.strip() for t in args.timeframes.split(","))
-        read_dir(args.dir, timeframes)   # bad input is refused before the database is touched
-        written = import_dir(MarketStore(connect(s.database_url)), args.dir, timeframes)
+        read_dir(args.dir, timeframes)   # unreadable files are refused before the database is touched
+        written = import_dir(MarketStore(connect(s.database_url)), args.dir, s, timeframes)
         for series, n in written.items():
             print(f"{series}: {n} rows")
         return 0
@@ -203,7 +235,7 @@ def cmd_data(args, s) -> int:
     if args.action == "fear-greed":
         from eternal.data.fear_greed import update_fear_greed
 
-        n = update_fear_greed(store, s.data.fear_greed_url, timeout_s=s.data.fear_greed_timeout_s,
+        n = update_fear_greed(store, reveal(s.data.fear_greed_url), timeout_s=s.data.fear_greed_timeout_s,
                               retries=s.data.fear_greed_retries)
         print(f"fear & greed: {n} rows written")
         return 0
@@ -213,7 +245,7 @@ def cmd_data(args, s) -> int:
         from eternal.data.download import make_bybit_public
 
         written = download_market_data(store, since=args.since, now=datetime.now(UTC),
-                                       exchange=make_bybit_public(s.exchange.public_url))
+                                       exchange=make_bybit_public(reveal(s.exchange.public_url)))
         for series, n in written.items():
             print(f"{series}: {n} new rows")
         return 0
@@ -238,7 +270,7 @@ def cmd_status(args, s) -> int:
 
     engine = connect(s.database_url)
     ledger, market = LedgerStore(engine), MarketStore(engine)
-    print(f"mode: {s.mode.value}   database: {engine.url.render_as_string(hide_password=True)}")
+    print(f"mode: {s.mode.value}   database: {s.database_url}")   # credentials masked
     if not ledger.is_initialised():
         print("no portfolio yet: run `eternal run daily` to start one")
         return 0

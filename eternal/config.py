@@ -13,15 +13,23 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from eternal.errors import ConfigError
+from eternal.secrets import SecretUrl, redact_url, register_settings, scrub
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 """A fraction in [0, 1] (0.01 is 1 %)."""
 
 ENV_PREFIX = "ETERNAL_"
+
+
+class SettingsModel(BaseModel):
+    """Base of every settings group: frozen, and no number may be inf or nan (a float setting of
+    `inf` would pass `gt=0` and reach the ledger as an infinite balance)."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
 
 class Mode(StrEnum):
@@ -32,7 +40,7 @@ class Mode(StrEnum):
     LIVE = "live"        # real money: needs ETERNAL_LIVE_CONFIRM=yes
 
 
-class SleeveWeights(BaseModel, frozen=True):
+class SleeveWeights(SettingsModel):
     """Share of the portfolio each sleeve starts with (spec chapter 1)."""
 
     core: Fraction = 0.60
@@ -54,7 +62,7 @@ class SleeveWeights(BaseModel, frozen=True):
         return self
 
 
-class FeeParams(BaseModel, frozen=True):
+class FeeParams(SettingsModel):
     """Exchange fees as fractions of notional (Bybit VIP0 defaults)."""
 
     spot_maker: Fraction = 0.001
@@ -63,7 +71,7 @@ class FeeParams(BaseModel, frozen=True):
     perp_taker: Fraction = 0.00055
 
 
-class CoreParams(BaseModel, frozen=True):
+class CoreParams(SettingsModel):
     """CORE-HODL rules (spec chapter 2)."""
 
     btc_share_of_invested: Fraction = 2 / 3   # BTC:ETH held 2:1
@@ -86,7 +94,7 @@ class CoreParams(BaseModel, frozen=True):
         }
 
 
-class TrendParams(BaseModel, frozen=True):
+class TrendParams(SettingsModel):
     """TREND rules (spec chapter 3); TREND-2 overrides the SMA lengths."""
 
     fast_sma: int = Field(50, ge=2)
@@ -108,7 +116,7 @@ class TrendParams(BaseModel, frozen=True):
     correlation_halving: Fraction = 0.9
 
 
-class Trend2Params(TrendParams, frozen=True):
+class Trend2Params(TrendParams):
     """TREND-2: the TREND rules on faster SMAs. Its own defaults, so that setting any one field
     (ETERNAL_TREND_2__ADX_ENTRY=30) keeps 20/100 instead of falling back to TREND-1's 50/200."""
 
@@ -116,7 +124,7 @@ class Trend2Params(TrendParams, frozen=True):
     slow_sma: int = Field(100, ge=3)
 
 
-class FundingParams(BaseModel, frozen=True):
+class FundingParams(SettingsModel):
     """FUNDING rules (spec chapter 4)."""
 
     min_predicted_rate_8h: float = 0.0001
@@ -129,7 +137,7 @@ class FundingParams(BaseModel, frozen=True):
     leverage: float = Field(1.0, gt=0, le=2.0)
 
 
-class TacticalParams(BaseModel, frozen=True):
+class TacticalParams(SettingsModel):
     """TACTICAL rules (spec chapter 5)."""
 
     drawdown_level_1: Fraction = 0.50
@@ -153,7 +161,7 @@ class TacticalParams(BaseModel, frozen=True):
     min_deploy_usdt: float = Field(20.0, ge=0)   # a deployment smaller than this waits for more cash
 
 
-class RegimeWeights(BaseModel, frozen=True):
+class RegimeWeights(SettingsModel):
     """Target weights of one regime: CORE / TREND (both sleeves) / FUNDING / TACTICAL."""
 
     core: Fraction
@@ -169,7 +177,7 @@ class RegimeWeights(BaseModel, frozen=True):
         return self
 
 
-class AllocationParams(BaseModel, frozen=True):
+class AllocationParams(SettingsModel):
     """Capital orchestration (spec chapter 6): regimes, targets, rebalancing, deposits."""
 
     strong_bull_adx: float = 40.0             # ADX(14) above this and close > SMA200
@@ -191,26 +199,27 @@ class AllocationParams(BaseModel, frozen=True):
     }
 
 
-class RiskParams(BaseModel, frozen=True):
+class RiskParams(SettingsModel):
     breakers_enabled: bool = True
 
 
-class DataSettings(BaseModel, frozen=True):
+class DataSettings(SettingsModel):
     max_daily_move: Fraction = 0.60         # |close-to-close| must stay below this
     max_funding_rate_8h: Fraction = 0.03    # |funding| per settlement
     refresh_before_cycle: bool = True       # download missing days before a live-like cycle
-    fear_greed_url: str = "https://api.alternative.me/fng/?limit=0&format=json"  # whole history
+    # whole history; a secret, since a proxy's URL may carry a user:password or a token
+    fear_greed_url: SecretUrl = SecretUrl("https://api.alternative.me/fng/?limit=0&format=json")
     fear_greed_timeout_s: float = Field(10.0, gt=0)   # per request
     fear_greed_retries: int = Field(3, ge=0)          # after the first try
 
 
-class ExecutionSettings(BaseModel, frozen=True):
+class ExecutionSettings(SettingsModel):
     retries: int = Field(3, ge=0)
     retry_delays_s: tuple[float, ...] = (1.0, 5.0, 15.0)
 
 
-class ExchangeSettings(BaseModel, frozen=True):
-    public_url: str | None = None   # override Bybit's API host (a proxy, or a local emulator in tests)
+class ExchangeSettings(SettingsModel):
+    public_url: SecretUrl | None = None   # override Bybit's API host (a proxy, or a local emulator in tests)
     api_key: SecretStr | None = None
     api_secret: SecretStr | None = None
 
@@ -222,11 +231,15 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     mode: Mode = Mode.PAPER
     live_confirm: str = ""
-    database_url: str = "sqlite:///var/eternal.db"
+    database_url: SecretUrl = SecretUrl("sqlite:///var/eternal.db")
+    # where `eternal backfill` writes its replay ledger (default OUT/backfill.db); a setting, not a
+    # flow parameter, because a URL may carry a password and Prefect stores parameters in the clear
+    backfill_database_url: SecretUrl | None = None
     data_dir: Path | None = None
     initial_capital: float = Field(100_000.0, gt=0)
     weights: SleeveWeights = SleeveWeights()
@@ -252,8 +265,9 @@ class Settings(BaseSettings):
         return self
 
     def redacted(self) -> dict[str, Any]:
-        """Effective settings as plain data, every secret replaced by '**********'."""
-        return json.loads(self.model_dump_json())  # SecretStr dumps as '**********'
+        """Effective settings as plain data: every secret replaced by '**********', a URL shown with
+        its user:password and token-like query values masked (an operator still sees the host)."""
+        return json.loads(self.model_dump_json())  # SecretStr dumps as '**********', SecretUrl masked'
 
 
 def _env_name(loc: tuple) -> str:
@@ -264,7 +278,7 @@ def _env_name(loc: tuple) -> str:
 def load_settings(**overrides: Any) -> Settings:
     """Build settings from env/.env (and overrides); raise ConfigError naming field and value."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except SettingsError as exc:  # a group variable (ETERNAL_WEIGHTS, ...) that is not valid JSON
         raise ConfigError(_unparseable(exc)) from None
     except ValidationError as exc:
@@ -276,24 +290,55 @@ def load_settings(**overrides: Any) -> Settings:
             if not loc:  # a rule across fields: its message names the fields itself
                 lines.append(msg)
             elif isinstance(value, dict):  # a rule across a group: name each variable given
-                given = ", ".join(f"{_env_name((*loc, k))}={v!r}" for k, v in value.items()
-                                  if not _is_secret(str(k)))
+                given = ", ".join(f"{_env_name((*loc, k))}={_shown(str(k), v)}" for k, v in value.items())
                 lines.append(f"{given or _env_name(loc)}: {msg}")
             else:
-                shown = "'**********'" if any(_is_secret(str(p)) for p in loc) else repr(value)
+                secret = next((str(p) for p in loc if _is_secret(str(p))), None)
+                shown = _shown(secret, value) if secret else repr(value)
                 lines.append(f"{_env_name(loc)}={shown}: {msg}")
-        raise ConfigError("invalid settings, nothing was run:\n  " + "\n  ".join(lines)) from None
+        raise ConfigError(scrub("invalid settings, nothing was run:\n  " + "\n  ".join(lines))) from None
+    register_settings(settings)      # from now on every log record and error text is scrubbed of them
+    return settings
+
+
+SECRET_FIELDS = frozenset({"database_url", "backfill_database_url", "fear_greed_url", "public_url",
+                           "api_key", "api_secret"})
+"""Settings that can carry a credential: never echoed (URLs only masked)."""
 
 
 def _is_secret(name: str) -> bool:
-    return "secret" in name.lower() or "key" in name.lower()
+    name = name.lower()
+    return name in SECRET_FIELDS or any(w in name for w in ("secret", "key", "password", "token"))
+
+
+def _shown(name: str, value: Any) -> str:
+    """A given value as an error message may show it."""
+    if not _is_secret(name):
+        return repr(value)
+    return repr(redact_url(value)) if name.endswith("_url") and isinstance(value, str) else "'**********'"
 
 
 def _unparseable(exc: SettingsError) -> str:
     m = re.search(r'field "([^"]+)"', str(exc))
     var = ENV_PREFIX + (m[1].upper() if m else "*")
-    given = [f"{k}={'**********' if _is_secret(k) else v!r}" for k, v in sorted(os.environ.items())
+    given = [f"{k}={_shown_raw(k.upper().removeprefix(ENV_PREFIX), v)}" for k, v in sorted(os.environ.items())
              if k.upper() == var or k.upper().startswith(var + "__")]
-    return (f"invalid settings, nothing was run:\n  {', '.join(given) or var}: cannot be parsed "
+    return scrub(f"invalid settings, nothing was run:\n  {', '.join(given) or var}: cannot be parsed "
             f"({exc}); a group variable takes JSON, e.g. {ENV_PREFIX}WEIGHTS='{{\"core\": 0.6, ...}}', "
             f"a single field its plain value, e.g. {ENV_PREFIX}WEIGHTS__CORE=0.6")
+
+
+def _shown_raw(name: str, value: str) -> str:
+    """A variable's raw text as a message may show it: a group holding a secret field (the
+    malformed JSON of ETERNAL_EXCHANGE, ETERNAL_DATA) is not shown at all, since it cannot be parsed
+    to find the secret in it."""
+    parts = name.lower().split("__")
+    model: Any = Settings
+    for part in parts:        # the model of the group the variable sets, if any
+        field = getattr(model, "model_fields", {}).get(part)
+        model = field.annotation if field is not None else None
+    holds_secret = isinstance(model, type) and issubclass(model, BaseModel) and any(
+        _is_secret(f) for f in model.model_fields)
+    if holds_secret:
+        return "<not shown: it may hold a secret>"
+    return _shown(parts[-1], value)

@@ -136,10 +136,10 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     engines at each close; a partial selection keeps its sleeves apart."""
     sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
-    if not capital > 0:
-        raise BackfillError(f"--capital must be positive, got {capital}")
-    if not monthly_deposit >= 0:
-        raise BackfillError(f"--monthly-deposit must be zero or positive, got {monthly_deposit}")
+    if not 0 < capital < float("inf"):        # nan and inf fail too
+        raise BackfillError(f"--capital must be a finite number above 0, got {capital}")
+    if not 0 <= monthly_deposit < float("inf"):
+        raise BackfillError(f"--monthly-deposit must be a finite number of 0 or more, got {monthly_deposit}")
     orchestrated = set(sleeves) == set(Sleeve)      # the whole portfolio: allocation between sleeves
     view = MarketView.build(data, settings, sleeves, with_regime=orchestrated)
     first, last = view.first_day, view.last_day

@@ -1,6 +1,7 @@
 """Ad-hoc backfill: the daily cycle replayed over history, visible as one run in the Prefect UI."""
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -11,11 +12,12 @@ from eternal.config import load_settings
 from eternal.data.csv_files import read_dir
 from eternal.data.store import MarketStore
 from eternal.models import PERP_SYMBOLS
-from eternal.replay import BackfillResult, parse_sleeves, run_backfill
+from eternal.replay import BackfillError, BackfillResult, parse_sleeves, run_backfill
+from eternal.secrets import SecretUrl
 from eternal.store.db import connect
 
 
-def load_data(data_dir: Path | None, database_url: str):
+def load_data(data_dir: Path | None, database_url: str | SecretUrl):
     """From CSV files when a data dir is given, else from the market data in the database."""
     if data_dir is not None:
         return read_dir(data_dir)
@@ -36,17 +38,19 @@ def load_data(data_dir: Path | None, database_url: str):
 @flow(name="backfill")
 def backfill(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
              capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
-             database_url: str | None = None, progress: bool = True,
-             monthly_deposit_usdt: float = 0.0) -> dict:
-    """The replay as one Prefect run: parameters from the UI form, progress shown as an artifact."""
+             progress: bool = True, monthly_deposit_usdt: float = 0.0) -> dict:
+    """The replay as one Prefect run: parameters from the UI form, progress shown as an artifact.
+    Its ledger goes to ETERNAL_BACKFILL_DATABASE_URL when set (a setting: a URL may hold a
+    password, and Prefect stores parameters in the clear), else to OUT/backfill.db, started afresh."""
+    check_amounts(capital, monthly_deposit_usdt)     # before anything is read or written
     s = load_settings()
     log = get_run_logger()
     sleeves = parse_sleeves(engines)
     out_dir = Path(out)
     data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
     out_dir.mkdir(parents=True, exist_ok=True)
-    db_url = database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
-    if db_url.startswith("sqlite:///") and (out_dir / "backfill.db").exists() and database_url is None:
+    db_url = s.backfill_database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
+    if s.backfill_database_url is None and (out_dir / "backfill.db").exists():
         for suffix in ("", "-wal", "-shm"):
             Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
     bar = create_progress_artifact(0.0, key="backfill-progress", description="days replayed")
@@ -72,6 +76,15 @@ def backfill(start: datetime | None = None, end: datetime | None = None, engines
     create_markdown_artifact(summary_markdown(result.summary), key="backfill-summary",
                              description="backfill summary")
     return result.summary
+
+
+def check_amounts(capital: float | None, monthly_deposit_usdt: float) -> None:
+    """A finite capital above 0 and a finite deposit of 0 or more, or BackfillError naming the
+    parameter (inf would pass a plain `> 0` and end as Infinity in summary.json)."""
+    if capital is not None and not (math.isfinite(capital) and capital > 0):
+        raise BackfillError(f"capital must be a finite number above 0, got {capital}")
+    if not (math.isfinite(monthly_deposit_usdt) and monthly_deposit_usdt >= 0):
+        raise BackfillError(f"monthly_deposit_usdt must be a finite number of 0 or more, got {monthly_deposit_usdt}")
 
 
 def summary_markdown(summary: dict) -> str:

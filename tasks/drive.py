@@ -22,6 +22,7 @@ from eternal.driver import ClockError, Driver, Due, Kind, Portfolio, RunReport
 from eternal.errors import ConfigError, DataError, DataQualityError
 from eternal.market import MarketView, needed_assets
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Sleeve, SleeveBook, last_closed_day, utc
+from eternal.secrets import reveal, scrub
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger, open_paper_exchange
 from eternal.store.locks import exclusive
 from eternal.store.models import CycleRunRow
@@ -75,7 +76,7 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
 
             get_run_logger().info("refreshing %s up to %s from Bybit", stale, day.date())
             download_market_data(market, since=day - timedelta(days=400), now=asof, progress=False,
-                                 exchange=make_bybit_public(s.exchange.public_url))
+                                 exchange=make_bybit_public(reveal(s.exchange.public_url)))
         _refresh_fear_greed(s, market, day)
     stored_rows = _stored_rows(market.engine)
     if _ROWS.get("key") != (stored_rows, tuple(symbols), tuple(perp)):   # re-read only what changed
@@ -156,7 +157,7 @@ def _refresh_fear_greed(s: Settings, market, day: datetime) -> None:
     if len(fg) and fg.index[-1] >= day:
         return
     try:
-        update_fear_greed(market, s.data.fear_greed_url, timeout_s=s.data.fear_greed_timeout_s,
+        update_fear_greed(market, reveal(s.data.fear_greed_url), timeout_s=s.data.fear_greed_timeout_s,
                           retries=s.data.fear_greed_retries)
     except DataError as exc:
         get_run_logger().warning("Fear & Greed not refreshed, no signal from it today: %s", exc)
@@ -236,7 +237,7 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
             for sleeve, why in p.halted.items():
                 log.warning("sleeve %s is halted, none of its orders are sent: %s", sleeve, why)
         except BaseException as exc:
-            store.finish_run(run_id, "failed", {"error": str(exc)}, asof)
+            store.finish_run(run_id, "failed", {"error": scrub(str(exc))}, asof)
             raise
         store.finish_run(run_id, "completed", {"line": report.line(), "clock": report.clock,
                                                "events": len(report.processed)}, asof)

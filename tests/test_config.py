@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from eternal.config import Mode, Settings, load_settings
+from eternal.config import Mode, Settings, SettingsModel, load_settings
 from eternal.errors import ConfigError
+from eternal.secrets import SecretUrl
 
 SECRET = "s3cret-value-7f2a"
 
@@ -25,7 +26,7 @@ def _config_error() -> str:
 def test_defaults_are_paper_mode_on_local_sqlite_with_100k_capital():
     s = load_settings()
     assert s.mode is Mode.PAPER
-    assert s.database_url == "sqlite:///var/eternal.db"
+    assert s.database_url.get_secret_value() == "sqlite:///var/eternal.db"
     assert s.initial_capital == 100_000.0
     assert s.live_confirm == ""
     assert s.exchange.api_key is None and s.exchange.api_secret is None
@@ -82,7 +83,8 @@ def test_eternal_prefixed_env_vars_override_top_level_defaults(monkeypatch):
     monkeypatch.setenv("ETERNAL_INITIAL_CAPITAL", "2500.5")
     monkeypatch.setenv("ETERNAL_DATABASE_URL", "sqlite:///elsewhere.db")
     s = load_settings()
-    assert (s.mode, s.initial_capital, s.database_url) == (Mode.REPLAY, 2500.5, "sqlite:///elsewhere.db")
+    assert (s.mode, s.initial_capital, s.database_url.get_secret_value()) == (
+        Mode.REPLAY, 2500.5, "sqlite:///elsewhere.db")
 
 
 def test_unprefixed_env_vars_are_ignored(monkeypatch):
@@ -243,3 +245,82 @@ def test_config_error_never_shows_a_secret(monkeypatch):
 def test_settings_class_reads_the_same_sources_as_load_settings(monkeypatch):
     monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "6")
     assert Settings().core.tranches == load_settings().core.tranches == 6
+
+
+def test_malformed_exchange_json_names_the_variable_but_never_echoes_its_secret(monkeypatch):
+    # not JSON at all: nothing can tell the secret from the rest, so the value is not shown
+    monkeypatch.setenv("ETERNAL_EXCHANGE", f'{{"api_key": "key-abc-123", "api_secret": "{SECRET}",')
+    message = _config_error()
+    assert message.count("\n") == 1 and "ETERNAL_EXCHANGE=<not shown" in message and "cannot be parsed" in message
+    assert SECRET not in message and "key-abc-123" not in message
+
+
+def test_malformed_data_json_never_echoes_the_fear_greed_url(monkeypatch):
+    monkeypatch.setenv("ETERNAL_DATA", '{"fear_greed_url": "https://u:pw-9f3e@proxy.example/fng", ')
+    message = _config_error()
+    assert "ETERNAL_DATA=<not shown" in message and "pw-9f3e" not in message
+
+
+# settings that can carry a credential -------------------------------------------------------
+URLS = {"ETERNAL_DATABASE_URL": ("postgresql+psycopg2://eternal:pw-db-1@db.example:5432/eternal",
+                                 "postgresql+psycopg2://***:***@db.example:5432/eternal"),
+        "ETERNAL_BACKFILL_DATABASE_URL": ("postgresql://u:pw-bf-2@db.example/replay",
+                                          "postgresql://***:***@db.example/replay"),
+        "ETERNAL_DATA__FEAR_GREED_URL": ("https://proxy.example/fng/?limit=0&token=tok-fg-3",
+                                         "https://proxy.example/fng/?limit=0&token=***"),
+        "ETERNAL_EXCHANGE__PUBLIC_URL": ("https://me:pw-bb-4@bybit-proxy.example/?apikey=tok-bb-5",
+                                         "https://***:***@bybit-proxy.example/?apikey=***")}
+
+
+def test_every_url_setting_is_a_secret_url_shown_with_its_credentials_masked(monkeypatch):
+    for var, (url, _) in URLS.items():
+        monkeypatch.setenv(var, url)
+    s = load_settings()
+    values = {"ETERNAL_DATABASE_URL": s.database_url, "ETERNAL_BACKFILL_DATABASE_URL": s.backfill_database_url,
+              "ETERNAL_DATA__FEAR_GREED_URL": s.data.fear_greed_url,
+              "ETERNAL_EXCHANGE__PUBLIC_URL": s.exchange.public_url}
+    for var, (url, masked) in URLS.items():
+        assert isinstance(values[var], SecretUrl) and values[var].get_secret_value() == url
+        assert str(values[var]) == masked and masked in repr(values[var])
+    shown = repr(s) + str(s) + s.model_dump_json() + repr(s.redacted())
+    for secret in ("pw-db-1", "pw-bf-2", "tok-fg-3", "pw-bb-4", "tok-bb-5", "eternal:"):
+        assert secret not in shown
+    assert s.redacted()["database_url"] == URLS["ETERNAL_DATABASE_URL"][1]
+    assert s.redacted()["exchange"]["public_url"] == URLS["ETERNAL_EXCHANGE__PUBLIC_URL"][1]
+
+
+def test_an_invalid_value_of_a_secret_setting_is_refused_without_echoing_it(monkeypatch):
+    monkeypatch.setenv("ETERNAL_EXCHANGE", '{"public_url": 12345678, "api_secret": 87654321}')
+    message = _config_error()
+    assert "ETERNAL_EXCHANGE__PUBLIC_URL='**********'" in message
+    assert "12345678" not in message and "87654321" not in message
+
+
+# numbers are finite ---------------------------------------------------------------------------
+@pytest.mark.parametrize("var, value", [
+    ("ETERNAL_INITIAL_CAPITAL", "inf"),
+    ("ETERNAL_INITIAL_CAPITAL", "nan"),
+    ("ETERNAL_CORE__MIN_ORDER_USDT", "inf"),
+    ("ETERNAL_TREND_1__FUNDING_EXIT_RATE_8H", "-inf"),       # no bound of its own
+    ("ETERNAL_TACTICAL__MIN_DEPLOY_USDT", "NaN"),
+    ("ETERNAL_ALLOCATION__STRONG_BULL_ADX", "Infinity"),
+    ("ETERNAL_FUNDING__MIN_PREDICTED_RATE_8H", "nan"),
+    ("ETERNAL_DATA__FEAR_GREED_TIMEOUT_S", "inf"),
+])
+def test_a_float_setting_of_inf_or_nan_is_refused_naming_the_variable(monkeypatch, var, value):
+    monkeypatch.setenv(var, value)
+    message = _config_error()
+    assert message == f"invalid settings, nothing was run:\n  {var}={value!r}: Input should be a finite number"
+
+
+def test_inf_inside_a_json_list_setting_is_refused(monkeypatch):
+    monkeypatch.setenv("ETERNAL_EXECUTION__RETRY_DELAYS_S", "[1, Infinity]")
+    assert "ETERNAL_EXECUTION__RETRY_DELAYS_S__1=inf: Input should be a finite number" in _config_error()
+
+
+def test_every_settings_group_refuses_inf_and_nan():
+    groups = [f.annotation for f in Settings.model_fields.values()
+              if isinstance(f.annotation, type) and issubclass(f.annotation, SettingsModel)]
+    assert len(groups) == 12
+    assert Settings.model_config["allow_inf_nan"] is False
+    assert all(g.model_config["allow_inf_nan"] is False and g.model_config["frozen"] for g in groups)

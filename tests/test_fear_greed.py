@@ -283,7 +283,7 @@ def test_cli_reports_an_unreachable_index_as_an_error(stub, tmp_path, monkeypatc
 
 def test_settings_defaults_and_bounds(monkeypatch):
     data = load_settings().data
-    assert data.fear_greed_url == "https://api.alternative.me/fng/?limit=0&format=json"
+    assert data.fear_greed_url.get_secret_value() == "https://api.alternative.me/fng/?limit=0&format=json"
     assert (data.fear_greed_timeout_s, data.fear_greed_retries) == (10.0, 3)
     monkeypatch.setenv("ETERNAL_DATA__FEAR_GREED_TIMEOUT_S", "0")
     with pytest.raises(ConfigError, match="ETERNAL_DATA__FEAR_GREED_TIMEOUT_S"):

@@ -204,19 +204,22 @@ def _call(fn, doing: str, *args):
         return fn(*args)
     except ccxt.RateLimitExceeded as exc:
         hint = "Bybit rate-limited this IP: wait a minute and rerun (it resumes where it stopped)"
-        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
+        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from None
     except ccxt.NetworkError as exc:
         hint = ("check the network connection and https://status.bybit.com, then rerun "
                 "`eternal data download` (it resumes from the last stored row)")
-        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
+        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from None
     except ccxt.BaseError as exc:
         hint = ("Bybit answered with an error: rerun later (it resumes from the last stored row); "
                 "if it persists, the market may be delisted or the API changed: report this message")
-        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from exc
+        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from None
 
 
 def _short(exc: Exception, limit: int = 300) -> str:
-    text = " ".join(str(exc).split())
+    """The exception's text on one line, without a credential (ccxt's texts hold the request URL)."""
+    from eternal.secrets import scrub
+
+    text = scrub(" ".join(str(exc).split()))
     return text if len(text) <= limit else text[:limit] + "..."
 
 

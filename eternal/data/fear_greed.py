@@ -145,11 +145,7 @@ def fear_greed_on(df: pd.DataFrame, day: date | datetime | str | pd.Timestamp) -
 
 
 def _redact(url: str) -> str:
-    """The URL as shown in messages: any user:password in it replaced."""
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:   # not a URL at all: the request says so
-        return url
-    if parsed.userinfo:
-        return str(parsed.copy_with(username="***", password=None))
-    return url
+    """The URL as shown in messages: any user:password and token-like query value in it masked."""
+    from eternal.secrets import redact_url
+
+    return redact_url(url)

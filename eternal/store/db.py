@@ -5,10 +5,12 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import OperationalError
 
 from eternal.errors import ConfigError, EternalError
+from eternal.secrets import redact_url, register, reveal, scrub
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -25,36 +27,41 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def connect(url: str, *, migrate: bool = True) -> Engine:
-    """An engine for `url`, with the schema upgraded to head on first use."""
+def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
+    """An engine for `url` (best a SecretUrl from the settings), with the schema upgraded to head
+    on first use. Messages show the URL masked and never the password."""
+    register(url)
+    url = reveal(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     try:
         engine = create_engine(url, future=True)
     except Exception as exc:  # bad URL, missing driver
-        raise ConfigError(f"ETERNAL_DATABASE_URL={_safe(url)!r} cannot be used: {exc}") from None
+        raise ConfigError(scrub(f"ETERNAL_DATABASE_URL={_safe(url)!r} cannot be used: {exc}")) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         with engine.connect():
             pass
     except OperationalError as exc:
-        raise DatabaseUnavailable(
+        raise DatabaseUnavailable(scrub(
             f"database {_safe(url)} is unreachable: {exc.orig}. Start it or fix ETERNAL_DATABASE_URL."
-        ) from None
+        )) from None
     if migrate:
         ensure_schema(engine)
     return engine
 
 
 def _safe(url: str) -> str:
-    """The URL with any password masked, for messages."""
+    """The URL with its user:password masked, for messages (not at all when it does not parse:
+    then nothing says which part of it is the password)."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        make_url(url)
     except Exception:
         return "<unparseable url>"
+    return redact_url(url)
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -83,5 +90,5 @@ def _at_head(engine: Engine, cfg) -> bool:
 
 
 @lru_cache(maxsize=8)
-def cached_engine(url: str) -> Engine:
+def cached_engine(url: str | SecretStr) -> Engine:
     return connect(url)

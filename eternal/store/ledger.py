@@ -29,6 +29,7 @@ from eternal.models import (
     Transfer,
     utc,
 )
+from eternal.secrets import scrub, scrub_data
 from eternal.store.models import (
     BalanceRow,
     CycleRunRow,
@@ -73,7 +74,7 @@ def order_row(rec: OrderRecord) -> dict[str, Any]:
             "intent_key": i.key,
             "reason": i.reason, "status": rec.status.value, "exchange_order_id": rec.exchange_order_id,
             "filled_qty": float(rec.filled_qty), "avg_price": _opt_float(rec.avg_price), "fee": float(rec.fee),
-            "error": rec.error, "created_at": rec.created_at, "updated_at": rec.updated_at}
+            "error": rec.error and scrub(rec.error), "created_at": rec.created_at, "updated_at": rec.updated_at}
 
 
 def fill_row(f: Fill) -> dict[str, Any]:
@@ -91,7 +92,7 @@ def funding_row(p: FundingPayment) -> dict[str, Any]:
 
 def event_row(e: Event, run_key: str | None) -> dict[str, Any]:
     return {"ts": e.ts, "kind": e.kind, "level": e.level, "sleeve": e.sleeve.value if e.sleeve else None,
-            "message": e.message, "data": _jsonable(e.data), "run_key": run_key}
+            "message": scrub(e.message), "data": scrub_data(_jsonable(e.data)), "run_key": run_key}
 
 
 ALLOCATION_ROW = 1              # the orchestration layer's state, in risk_state

@@ -10,7 +10,7 @@ engine = config.attributes.get("connection_engine")
 if engine is None:  # plain `alembic` command line: URL from the ini or the settings
     from eternal.config import load_settings
 
-    engine = create_engine(config.get_main_option("sqlalchemy.url") or load_settings().database_url)
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or load_settings().database_url.get_secret_value())
 
 with engine.begin() as connection:
     context.configure(
