@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from eternal import cycle
 from eternal import ledger as books
+from eternal.instruments import apply_rules
 from eternal.config import Settings
 from eternal.errors import EternalError
 from eternal.execution import execute, scaled_event, sync_record
@@ -323,16 +324,18 @@ class Driver:
         if i is None:
             raise EternalError(f"no market data for the {due}: it cannot be processed")
         batch = Batch(due)
+        prices = self.decision_prices(due, i)
         if due.kind == Kind.OPEN:
             ex.on_market(due.key, due.day, opens=view.opens(i))
             _crash_point("filled_not_booked")
         elif due.kind == Kind.CLOSE:
             apy = s.core.staking_apy if s.core.staking_apy >= s.core.staking_min_apy else None
-            ex.on_market(due.key, due.day, bars=view.perp_bars(i), staking_apy=apy)
+            ex.on_market(due.key, due.day, bars=view.perp_bars(i), staking_apy=apy, prices=prices)
         else:
             opens = view.opens(i)
             ex.on_market(due.key, due.ts, settlements={sym: (rate, opens[sym]) for sym, rate in
-                                                      view.settlement_rates[due.ts].items() if sym in opens})
+                                                      view.settlement_rates[due.ts].items() if sym in opens},
+                         prices=prices)
         self.sync(p, batch)
         plan = None
         if due.kind == Kind.CLOSE:
@@ -345,7 +348,7 @@ class Driver:
             if stored is None:
                 self.ledger.store_plan(due.key, plan_to_json(plan, received, allocation, deposits))
                 _crash_point("plan_stored")
-            self.act(p, due, plan, batch)
+            self.act(p, due, plan, batch, prices)
             p.received, p.allocation = received, allocation if allocation is not None else p.allocation
             taken = {d["reference"] for d in deposits}
             p.deposits = [d for d in p.deposits if d["reference"] not in taken]
@@ -408,6 +411,16 @@ class Driver:
                 del p.open_orders[cid]
         return fills
 
+    def decision_prices(self, due: Due, i: int) -> dict[str, float]:
+        """Symbol -> the price an event's decisions are made at (a close: spot closes and perp
+        marks; a settlement: the opens): the venue's last price when their orders are placed, so a
+        minimum notional is judged at it on both sides."""
+        from eternal.models import SPOT_SYMBOLS
+
+        if due.kind == Kind.CLOSE:
+            return {SPOT_SYMBOLS[a]: c for a, c in self.view.closes(i).items()} | self.view.marks(i)
+        return self.view.opens(i)
+
     # decisions (pure, in eternal.cycle) -----------------------------------------------------------
     def decide_close(self, p: Portfolio, due: Due, i: int):
         deposits = [d for d in p.deposits if utc(d["ts"]) <= due.ts]
@@ -440,9 +453,12 @@ class Driver:
         return plan, carried, None, []
 
     # acting -------------------------------------------------------------------------------------
-    def act(self, p: Portfolio, due: Due, plan: Plan, batch: Batch) -> None:
+    def act(self, p: Portfolio, due: Due, plan: Plan, batch: Batch, prices: dict[str, float] | None = None) -> None:
         """The plan at the venue and in our books: transfers and stakes under keys, stops, orders
-        under client order ids (each looked up before it is sent). Safe to repeat after a crash."""
+        under client order ids (each looked up before it is sent). Safe to repeat after a crash.
+        Every intent first meets the exchange's trading rules (`eternal.instruments`, at the
+        decision `prices`): its qty rounded down to the step; one under a minimum is dropped with
+        an event and its engine sees, at its next decision, that nothing was filled."""
         ex = self.exchange
         for n, t in enumerate(plan.transfers):
             ex.transfer(t, f"transfer|{due.key}|{n}")
@@ -457,7 +473,9 @@ class Driver:
                 ex.set_stop(sleeve, symbol, level)
             p.stops[sleeve] = dict(levels)
         intents = []
-        for intent in plan.intents:
+        valid, dropped = apply_rules(plan.intents, prices or {}, due.ts)
+        batch.events += dropped
+        for intent in valid:
             if intent.sleeve.value in p.halted:
                 batch.events.append(Event(due.ts, "order_blocked", f"{intent.sleeve} is halted "
                                           f"({p.halted[intent.sleeve.value]}): {intent.key} not sent",

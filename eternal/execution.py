@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from eternal.errors import DuplicateOrder, InsufficientFunds
-from eternal.exchange.base import Exchange, ExchangeOrder
+from eternal.exchange.base import Exchange, ExchangeOrder, OrderRefused
 from eternal.models import Event, Fill, OrderIntent, OrderRecord, OrderStatus, Sleeve, utc
 
 SLEEVE_CODES = {Sleeve.CORE: "co", Sleeve.TREND_1: "t1", Sleeve.TREND_2: "t2",
@@ -69,8 +69,11 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
             known_trades: set[str] | None = None) -> ExecutionResult:
     """Send each intent at most once. `known` are our ledger's records by client order id.
 
-    InsufficientFunds propagates with the partial result attached as `exc.result` (the rejected
-    order and an alert event) so the caller can persist it; no retry can help. Any other
+    An order the venue refuses by its trading rules (`OrderRefused`: the driver rounds and drops
+    by the same rules first, so this is a bug or stale rules) is recorded as rejected with an
+    alert, and the others go on. InsufficientFunds propagates with the partial result attached as
+    `exc.result` (the rejected order and an alert event) so the caller can persist it; no retry
+    can help. Any other
     exchange error propagates as is, for a retry.
     """
     result = ExecutionResult()
@@ -97,6 +100,12 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
                 ex_order = exchange.fetch_order(cid, intent.sleeve)
                 if ex_order is None:
                     raise
+            except OrderRefused as exc:        # by the venue's trading rules: no retry can help
+                rec.status, rec.error, rec.updated_at = OrderStatus.REJECTED, str(exc), utc(now)
+                result.orders.append(rec)
+                result.events.append(Event(utc(now), "order_rejected", str(exc), intent.sleeve, "alert",
+                                           {"client_order_id": cid, "intent": intent.key}))
+                continue
             except InsufficientFunds as exc:
                 rec.status, rec.error, rec.updated_at = OrderStatus.REJECTED, str(exc), utc(now)
                 result.orders.append(rec)

@@ -5,7 +5,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from eternal.errors import ExchangeError
 from eternal.models import Fill, OrderIntent, OrderStatus, Quote, Sleeve, SleeveBook, StopLevel, Transfer
+
+
+class OrderRefused(ExchangeError):
+    """The venue refused the order by its trading rules (qty off the step, under the minimum
+    quantity or notional: Bybit 170136/170140/110094...). Nothing was placed; a retry cannot help."""
 
 
 @dataclass
@@ -49,7 +55,8 @@ class Exchange(Protocol):
         """Paper only: live through one market event once (a real venue: a no-op)."""
 
     def place_order(self, client_order_id: str, intent: OrderIntent, now: datetime) -> ExchangeOrder:
-        """Send one order. Raises DuplicateOrder for a reused id, InsufficientFunds, ExchangeError."""
+        """Send one order. Raises DuplicateOrder for a reused id, InsufficientFunds, OrderRefused
+        (trading rules), ExchangeError."""
 
     def fetch_order(self, client_order_id: str, sleeve: Sleeve) -> ExchangeOrder | None:
         """The order with this client order id, or None when the exchange never accepted it."""

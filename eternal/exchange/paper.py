@@ -21,10 +21,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from eternal import ledger
+from eternal import instruments, ledger
 from eternal.config import FeeParams
 from eternal.errors import DuplicateOrder, ExchangeError, InsufficientFunds
-from eternal.exchange.base import ExchangeOrder
+from eternal.exchange.base import ExchangeOrder, OrderRefused
 from eternal.exchange.paper_perps import (  # noqa: F401
     _CLOSE_TOLERANCE,
     _DUST,
@@ -71,8 +71,12 @@ class PaperExchange(PerpDesk):
 
     def __init__(self, fees: FeeParams, policy: FillPolicy = FillPolicy.IMMEDIATE,
                  books: Mapping[Sleeve, SleeveBook] | None = None,
-                 on_change: Callable[[PaperExchange], None] | None = None):
+                 on_change: Callable[[PaperExchange], None] | None = None,
+                 rules: instruments.Instruments | None = None):
         self.fees = fees
+        # Bybit's trading rules per symbol: an order off the step or under a minimum is refused
+        self.rules = instruments.default() if rules is None else rules
+        self.last_prices: dict[str, float] = {}   # the venue's last price per symbol (min notional)
         self.policy = policy
         self.books: dict[Sleeve, SleeveBook] = {s: b.copy() for s, b in (books or {}).items()}
         self.orders: dict[str, ExchangeOrder] = {}
@@ -119,6 +123,7 @@ class PaperExchange(PerpDesk):
             raise ExchangeError(f"paper exchange does not trade {intent.market} ({intent.symbol})")
         if intent.sleeve not in self.books:
             raise ExchangeError(f"paper exchange has no account for sleeve {intent.sleeve}")
+        self._check_rules(client_order_id, intent)
         self._seq += 1
         order = ExchangeOrder(client_order_id, f"paper-{self._seq}", intent, OrderStatus.OPEN, utc(now))
         if self.policy == FillPolicy.IMMEDIATE:
@@ -134,6 +139,22 @@ class PaperExchange(PerpDesk):
         self._dirty_orders.add(client_order_id)
         self._changed()
         return order
+
+    def last_price(self, symbol: str) -> float | None:
+        if symbol in self.quotes:
+            return self.quotes[symbol].last
+        return self.last_prices.get(symbol)
+
+    def _check_rules(self, client_order_id: str, intent: OrderIntent) -> None:
+        """Like Bybit: the qty must be on the step and at least the minimum quantity and notional
+        (at the limit price, else at the last price)."""
+        rules = self.rules.get(intent.symbol)
+        if rules is None:
+            return
+        why = rules.violation(intent.qty, intent.limit_price or self.last_price(intent.symbol))
+        if why is not None:
+            raise OrderRefused(f"{intent.sleeve} {intent.side} {intent.qty:.12g} {intent.symbol} refused by the "
+                               f"trading rules: {why} ({client_order_id})")
 
     def fetch_order(self, client_order_id: str, sleeve: Sleeve | None = None) -> ExchangeOrder | None:
         order = self.orders.get(client_order_id)
@@ -210,7 +231,8 @@ class PaperExchange(PerpDesk):
                     raise InsufficientFunds(
                         f"{intent.sleeve} cannot buy {qty:.8g} {intent.symbol} at {price:.8g}: needs "
                         f"{cost:.2f} {QUOTE} with fees, has {book.cash:.2f} ({order.client_order_id})")
-                qty = book.cash / (price * (1.0 + rate))   # scaled down to the cash, fees included
+                # scaled down to the cash, fees included, and down to the step (Bybit's qty rule)
+                qty = self._scaled_qty(order, book.cash / (price * (1.0 + rate)), price)
                 scaled = True
         else:
             free = book.holdings.get(base_of(intent.symbol), 0.0)
@@ -218,16 +240,30 @@ class PaperExchange(PerpDesk):
                 raise InsufficientFunds(
                     f"{intent.sleeve} cannot sell {qty:.8g} {intent.symbol}: holds {free:.8g} free "
                     f"({order.client_order_id})")
-            qty = min(qty, free)
+            if qty > free:
+                qty = self._scaled_qty(order, free, price)
         notional = qty * price
-        # a scaled buy spends the cash exactly: its fee is the remainder (notional x rate to an ulp),
-        # so float rounding can never leave the cash a hair below zero
-        fee = book.cash - notional if scaled else notional * rate
+        # a scaled buy never spends more than the cash: float rounding cannot leave it below zero
+        fee = min(notional * rate, book.cash - notional) if scaled else notional * rate
         fill = Fill(order.client_order_id, utc(ts), intent.sleeve, intent.symbol, intent.market,
                     intent.side, qty, price, fee, QUOTE, liquidity,
                     trade_id=f"{order.exchange_order_id}-{len(order.fills) + 1}", reason=intent.reason)
         ledger.apply_fill(book, fill)
         self._record_fill(order, fill)
+
+    def _scaled_qty(self, order: ExchangeOrder, qty: float, price: float) -> float:
+        """`qty` (what the cash or the holding allows) down to the step; InsufficientFunds when
+        that is under the symbol's minimum (Bybit would refuse the order for the balance)."""
+        rules = self.rules.get(order.intent.symbol)
+        if rules is None:
+            return qty
+        floored = rules.floor_qty(qty)
+        if floored <= 0 or (why := rules.violation(floored, price)) is not None:
+            i = order.intent
+            raise InsufficientFunds(f"{i.sleeve} {i.side} {i.qty:.8g} {i.symbol}: the balance covers only "
+                                    f"{qty:.8g} at {price:.8g}, under the trading rules "
+                                    f"({why or 'under one step'}) ({order.client_order_id})")
+        return floored
 
     def _record_fill(self, order: ExchangeOrder, fill: Fill) -> None:
         order.fills.append(fill)
@@ -277,14 +313,16 @@ class PaperExchange(PerpDesk):
     def on_market(self, key: str, ts: datetime, *, opens: Mapping[str, float] | None = None,
                   bars: Mapping[str, Bar] | None = None,
                   settlements: Mapping[str, tuple[float, float]] | None = None,
-                  staking_apy: float | None = None) -> bool:
+                  staking_apy: float | None = None, prices: Mapping[str, float] | None = None) -> bool:
         """Live through one market event, once: `key` orders events (ISO time | rank) and one at or
         before `market_clock` changes nothing (returns False: a re-run after a crash).
         `opens` (symbol -> open): resting orders fill there (`on_bar`). `bars` (perp symbol ->
         (open, high, low)) of a day that closed: stops, then liquidations, then a day of staking
-        rewards at `staking_apy`. `settlements` (perp symbol -> (rate, price)): funding paid."""
+        rewards at `staking_apy`. `settlements` (perp symbol -> (rate, price)): funding paid.
+        `prices` (symbol -> price): the last prices from this event on (minimum notionals)."""
         if self.market_clock is not None and key <= self.market_clock:
             return False
+        self.last_prices.update(prices or {})
         if opens:
             self.on_bar(ts, opens)
         if bars:
@@ -321,6 +359,7 @@ class PaperExchange(PerpDesk):
             "funding_last": {sym: dict(v) for sym, v in self.funding_last.items()},
             "journal_seq": self.journal_seq,
             "market_clock": self.market_clock,
+            "last_prices": dict(self.last_prices),
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -344,5 +383,6 @@ class PaperExchange(PerpDesk):
         ex.funding_last = {sym: dict(v) for sym, v in state.get("funding_last", {}).items()}
         ex.journal_seq = state.get("journal_seq", 0)
         ex.market_clock = state.get("market_clock")
+        ex.last_prices = dict(state.get("last_prices", {}))
         ex._open = {cid: o for cid, o in ex.orders.items() if o.status == OrderStatus.OPEN}
         return ex

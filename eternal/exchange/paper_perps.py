@@ -58,7 +58,7 @@ class PerpDesk:
                                f"it would open or increase a position ({held}) ({order.client_order_id})")
                 return
             qty = min(qty, size)                     # capped at the position (like Bybit)
-        elif closing and abs(qty - size) <= _CLOSE_TOLERANCE * size:
+        if closing and abs(qty - size) <= _CLOSE_TOLERANCE * size:
             qty = size                               # a close computed in floats leaves no dust flip
         opening = qty - min(qty, size)
         lev = self.leverage.get((intent.sleeve, intent.symbol), 1.0) if opening > 0 else pos.leverage
@@ -73,9 +73,9 @@ class PerpDesk:
                         f"{intent.sleeve} cannot {intent.side} {qty:.8g} {intent.symbol} at {price:.8g} "
                         f"({lev:g}x): needs {need:.2f} {QUOTE} margin with fees, has {trial.cash + need:.2f}"
                         f"{' after closing' if closing else ''} ({order.client_order_id})")
-                # scaled down so that margin + fee spend the cash exactly (the fee is the remainder)
-                qty = book.cash / (price * (1.0 / lev + rate))
-                fee = book.cash - qty * price / lev
+                # scaled down to the cash (margin + fee) and to the step; never above the cash
+                qty = self._scaled_qty(order, book.cash / (price * (1.0 / lev + rate)), price)
+                fee = min(qty * price * rate, book.cash - qty * price / lev)
                 fill = self._perp_fill(order, qty, price, fee, liquidity, ts, lev)
         self._apply(book, fill)
         self._record_fill(order, fill)
