@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from eternal.config import AllocationParams
 from eternal.errors import RiskHalt
+from eternal.instruments import tradable_qty
 from eternal.models import (
     QUOTE,
     SPOT_SYMBOLS,
@@ -210,12 +211,16 @@ def raise_cash(book: SleeveBook, usdt: float, closes: dict[str, float], key: str
     if need <= 0 or value <= 0:
         return []
     frac = min(1.0, need / value)
-    intents = [OrderIntent(book.sleeve, SPOT_SYMBOLS[a], Market.SPOT, Side.SELL, book.holdings[a] * frac,
-                           OrderType.MARKET, reason, f"{key}:{a}:sell") for a in spot]
+    # only what the exchange would take (on the step, at least its minimums): a smaller need waits
+    # in what is owed until it adds up to an order
+    intents = [OrderIntent(book.sleeve, SPOT_SYMBOLS[a], Market.SPOT, Side.SELL, qty, OrderType.MARKET, reason,
+                           f"{key}:{a}:sell") for a in spot
+               if (qty := tradable_qty(SPOT_SYMBOLS[a], book.holdings[a] * frac, closes[a])) > 0]
     for sym, p in book.perps.items():
-        if sym in perps:
+        mark = (marks or {}).get(sym, closes.get(base_of(sym), p.entry_price))
+        if sym in perps and (qty := tradable_qty(sym, abs(p.qty) * frac, mark)) > 0:
             intents.append(OrderIntent(book.sleeve, sym, Market.PERP, Side.SELL if p.qty > 0 else Side.BUY,
-                                       abs(p.qty) * frac, OrderType.MARKET, reason, f"{key}:{base_of(sym)}:reduce",
+                                       qty, OrderType.MARKET, reason, f"{key}:{base_of(sym)}:reduce",
                                        reduce_only=True))
     return intents
 

@@ -16,6 +16,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from eternal.config import FundingParams
+from eternal.instruments import default as trading_rules
+from eternal.instruments import tradable_qty
 from eternal.models import (
     PERP_SYMBOLS,
     QUOTE,
@@ -74,6 +76,19 @@ def legs(book: SleeveBook, asset: str) -> tuple[float, float]:
     return book.holdings.get(asset, 0.0), (-pos.qty if pos is not None and pos.qty < 0 else 0.0)
 
 
+def hedge_qty(asset: str, notional: float, tick: FundingTick) -> float:
+    """The qty of both legs for `notional` USDT: down to the perp's step (a multiple of the spot
+    step, so the legs match exactly), 0.0 when either leg would be under the exchange's minimums."""
+    qty = tradable_qty(PERP_SYMBOLS[asset], notional / tick.spot[asset], tick.perp[asset])
+    return qty if qty > 0 and tradable_qty(SPOT_SYMBOLS[asset], qty, tick.spot[asset]) == qty else 0.0
+
+
+def dust(symbol: str) -> float:
+    """Under this a holding cannot be sold (the exchange's minimum quantity): it is not a leg."""
+    rules = trading_rules().get(symbol)
+    return rules.min_qty if rules is not None else 1e-12
+
+
 def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
     state = FundingState.model_validate(tick.state or {})
     book = tick.books[SLEEVE]
@@ -93,11 +108,10 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
               **{"from": st.phase, "to": phase})
         st.phase = phase
 
-    def enter(asset: str, notional: float, why: str, tag: str) -> None:
-        """Both legs in one step: the perp short first (its margin is the fixed part), then the
-        spot buy, scaled to the cash left if the price moved before the fill (the next tick's
-        hedge check trims the perp to match)."""
-        qty = notional / tick.spot[asset]
+    def enter(asset: str, qty: float, why: str, tag: str) -> None:
+        """Both legs in one step, `qty` each (from `hedge_qty`): the perp short first (its margin
+        is the fixed part), then the spot buy, scaled to the cash left if the price moved before
+        the fill (the next tick's hedge check trims the perp to match)."""
         intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, Side.SELL, qty, OrderType.MARKET,
                                    why, f"{key}:{tag}:{asset}:perp", leverage=params.leverage))
         intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[asset], Market.SPOT, Side.BUY, qty, OrderType.MARKET,
@@ -153,7 +167,7 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
             continue
         st = state.assets.setdefault(asset, AssetState())
         spot_qty, perp_qty = legs(book, asset)
-        held = spot_qty > 0 or perp_qty > 0
+        held = spot_qty >= dust(SPOT_SYMBOLS[asset]) or perp_qty >= dust(PERP_SYMBOLS[asset])
         settled = tick.settled.get(asset, ())
         b = basis(tick, asset)
 
@@ -198,29 +212,33 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
                 continue
             # staying in: the legs must match within the tolerance (an exit closes both anyway)
             gap = spot_qty - perp_qty
-            if abs(gap) > params.hedge_tolerance * max(spot_qty, perp_qty):
+            # the perp moves by whole steps: a gap it cannot trade is as matched as it gets
+            fixable = tradable_qty(PERP_SYMBOLS[asset], abs(gap), tick.perp[asset]) > 0
+            if abs(gap) > params.hedge_tolerance * max(spot_qty, perp_qty) and fixable:
                 if not pending:
                     st.sent_at = tick.ts
                     side = Side.SELL if gap > 0 else Side.BUY
-                    intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, side, abs(gap),
+                    step = tradable_qty(PERP_SYMBOLS[asset], abs(gap), tick.perp[asset])
+                    intents.append(OrderIntent(SLEEVE, PERP_SYMBOLS[asset], Market.PERP, side, step,
                                                OrderType.MARKET, "rehedge", f"{key}:rehedge:{asset}",
                                                reduce_only=side == Side.BUY,
                                                leverage=params.leverage if side == Side.SELL else None))
                     if side == Side.SELL:
-                        commit(abs(gap) * tick.perp[asset] / params.leverage)
+                        commit(step * tick.perp[asset] / params.leverage)
                     event("hedge_mismatch", f"{asset}: spot {spot_qty:.8g} vs perp -{perp_qty:.8g}: "
                           f"re-hedging the perp by {gap:+.8g}", "warning", asset=asset, spot=spot_qty,
                           perp=perp_qty)
                 continue
             unit = 1 + 1 / params.leverage
-            if (st.compound_pending_usdt >= MIN_NOTIONAL_USDT * unit
-                    and st.compound_pending_usdt <= cash_left):
-                notional = st.compound_pending_usdt / unit
-                enter(asset, notional, "compound", "compound")
-                event("funding_compound", f"{asset}: {st.compound_pending_usdt:.4f} USDT of funding "
-                      f"added to both legs", asset=asset, usdt=st.compound_pending_usdt)
-                commit(st.compound_pending_usdt)
-                st.compound_pending_usdt = 0.0
+            # the funding waits until it buys a whole valid order of both legs; the rest waits on
+            qty = hedge_qty(asset, st.compound_pending_usdt / unit, tick)
+            used = qty * tick.spot[asset] * unit
+            if (qty > 0 and st.compound_pending_usdt >= MIN_NOTIONAL_USDT * unit and used <= cash_left):
+                enter(asset, qty, "compound", "compound")
+                event("funding_compound", f"{asset}: {used:.4f} of {st.compound_pending_usdt:.4f} USDT of "
+                      f"funding added to both legs ({qty:g} {asset})", asset=asset, usdt=used)
+                commit(used)
+                st.compound_pending_usdt -= used
             continue
 
         if st.phase != "MONITORING" or state.breaker_tripped_at is not None:
@@ -235,13 +253,14 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         # 2 % kept for fees and for the price moving before the next open fills the entry
         affordable = max(0.0, cash_left) / per_unit_cash * 0.98
         notional = min(params.max_asset_share * equity, affordable)
-        if notional < MIN_NOTIONAL_USDT:
+        qty = hedge_qty(asset, notional, tick)
+        if notional < MIN_NOTIONAL_USDT or qty <= 0:
             continue
         move(st, asset, "OPPORTUNITY_DETECTED", f"predicted {predicted:.6f}, last two {last_two}, "
              f"basis {b:.4%}")
-        enter(asset, notional, "entry", "entry")
+        enter(asset, qty, "entry", "entry")
         st.sent_at = tick.ts
         # a cash-limited entry keeps what is left for its fees: nothing for the assets after it
-        commit(cash_left if notional == affordable else notional * per_unit_cash)
+        commit(cash_left if notional == affordable else qty * tick.spot[asset] * per_unit_cash)
         move(st, asset, "ENTERING", f"long {notional:.2f} USDT spot, short the same perp")
     return EngineDecision(intents, state.model_dump(mode="json"), events, {}, {}, transfers)

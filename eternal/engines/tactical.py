@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from eternal.config import TacticalParams
+from eternal.instruments import tradable_qty
 from eternal.models import (
     QUOTE,
     SPOT_SYMBOLS,
@@ -191,11 +192,14 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TacticalPa
     if planned:
         sell = {a: sum(p.qty.get(a, 0.0) for p in planned) for a in ASSETS}
         for a, q in sell.items():
-            q = min(q, book.holdings.get(a, 0.0))
+            # what the exchange would take: on the step, at least its minimums (less waits)
+            q = tradable_qty(SPOT_SYMBOLS[a], min(q, book.holdings.get(a, 0.0)), closes[a])
             if q > 0:
                 intents.append(OrderIntent(SLEEVE, SPOT_SYMBOLS[a], Market.SPOT, Side.SELL, q, OrderType.MARKET,
                                            "tactical exit: " + ", ".join(f"{p.lot} {p.kind}" for p in planned),
                                            f"exit:{a}"))
+        if not intents and all(p.kind == "release" for p in planned):
+            planned = []                           # too small a release to sell: the request waits
         if any(p.kind != "release" for p in planned):
             move(Phase.PROFIT_TARGET_HIT, ", ".join(f"{p.lot} {p.kind}" for p in planned))
 
@@ -248,6 +252,13 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TacticalPa
     return EngineDecision(intents, state.model_dump(mode="json"), events, transfers=transfers)
 
 
+def _min_qty(asset: str) -> float:
+    from eternal.instruments import default
+
+    rules = default().get(SPOT_SYMBOLS[asset])
+    return rules.min_qty if rules is not None else 0.0
+
+
 def _idle(state: TacticalState, cash: float, params: TacticalParams, move) -> None:
     if cash >= params.min_deploy_usdt:
         move(Phase.MONITORING_MARKETS, f"{cash:,.2f} USDT ready to deploy")
@@ -296,7 +307,8 @@ def _settle(state: TacticalState, snap: Snapshot, params: TacticalParams, event,
             to_core += proceeds
         event("tactical_exit_filled", f"{lot.id} {x.kind}: {proceeds:,.2f} USDT received", lot=lot.id,
               kind=x.kind, proceeds_usdt=proceeds)
-        if all(q <= 1e-12 for q in lot.qty.values()):
+        # what is left under the exchange's minimum quantity cannot be sold: the lot is done
+        if all(q <= 1e-12 or q < _min_qty(a) for a, q in lot.qty.items()):
             state.lots.remove(lot)
     if to_core > 0:
         to_core = min(to_core, book.cash)

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from eternal.config import TrendParams
+from eternal.instruments import tradable_qty
 from eternal.models import (
     PERP_SYMBOLS,
     EngineDecision,
@@ -179,6 +180,7 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
             continue
         side = "long" if long_signal else "short"
         qty, sizing = size(equity, close, atr, snap, book, symbol, params)
+        qty = tradable_qty(symbol, qty, snap.marks.get(symbol, close))   # the exchange's step and minimums
         if qty * close < MIN_NOTIONAL_USDT:
             continue
         move("SIGNAL_DETECTED", f"{side}: close {close:.2f}, SMA{params.fast_sma} {sma_f:.2f}, "
