@@ -244,10 +244,19 @@ def cmd_data(args, s) -> int:
 
         from eternal.data.download import make_bybit_public
 
+        corrected: list = []
         written = download_market_data(store, since=args.since, now=datetime.now(UTC),
-                                       exchange=make_bybit_public(reveal(s.exchange.public_url)))
+                                       exchange=make_bybit_public(reveal(s.exchange.public_url)), events=corrected,
+                                       max_daily_move=s.data.max_daily_move,
+                                       max_funding_rate=s.data.max_funding_rate_8h)
         for series, n in written.items():
-            print(f"{series}: {n} new rows")
+            print(f"{series}: {n} rows written")
+        for event in corrected:
+            print(event.message)
+        if corrected:
+            from eternal.store.ledger import LedgerStore
+
+            LedgerStore(store.engine).append_events(corrected)
         return 0
     from eternal.data.quality import validate_market_data
 

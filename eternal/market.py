@@ -9,14 +9,15 @@ and their warm-up) and the all-time high, which always comes from the whole stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 
 from eternal.config import Settings
 from eternal.data.csv_files import DataSet
-from eternal.errors import DataError
+from eternal.data.quality import FEAR_GREED, HistoryNeed, history_problems, validate_market_data
+from eternal.errors import DataError, DataQualityError
 from eternal.indicators import FundingHistory, PerpMarket, perp_market, realised_volatility, return_correlation
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Quote, Sleeve, Snapshot
 
@@ -26,12 +27,90 @@ PERP_NEEDS = {Sleeve.TREND_1: ("BTC", "ETH"), Sleeve.TREND_2: ("BTC", "ETH"),
               Sleeve.FUNDING: ("BTC", "ETH", "SOL")}                                 # perps it trades
 Bar = tuple[float, float, float]
 
+# All-time highs come from the whole history (spec 2.4 CORE's ATH pause, 5.1 TACTICAL's drawdown
+# levels): the daily series must start on the first day of the asset's USDT spot market (Binance,
+# where ../shared/data starts: BTC and ETH 2017-08-17), never a later look-back.
+ATH_NEEDS = {Sleeve.CORE: ("BTC", "ETH"), Sleeve.TACTICAL: ("BTC",)}
+FULL_HISTORY_FROM = {"BTC": datetime(2017, 8, 17, tzinfo=UTC), "ETH": datetime(2017, 8, 17, tzinfo=UTC)}
+REGIME_SMA = 200     # the orchestration layer's BTC SMA 200 (spec 6.1)
+
 
 def needed_assets(sleeves) -> tuple[list[str], list[str]]:
     """(spot assets, perp assets) the given sleeves trade, sorted."""
     spot = sorted({a for sl in sleeves for a in SPOT_NEEDS.get(sl, ())})
     perp = sorted({a for sl in sleeves for a in PERP_NEEDS.get(sl, ())})
     return spot, perp
+
+
+def history_needs(settings: Settings, sleeves, first_day: datetime | None = None) -> list[HistoryNeed]:
+    """What history the sleeves' engines need (validated at every door, see eternal.data.quality).
+
+    Always: the all-time-high series from `FULL_HISTORY_FROM`. With `first_day` (the first day
+    decided: a backfill's start, a live run's day): the SMA warm-up before it, `slow_sma` perp
+    candles for TREND, `REGIME_SMA` BTC spot candles for the orchestration layer.
+    """
+    ath: dict[str, list[str]] = {}
+    warm: dict[str, tuple[int, list[str]]] = {}
+    for sleeve in sleeves:
+        for asset in ATH_NEEDS.get(sleeve, ()):
+            ath.setdefault(SPOT_SYMBOLS[asset], []).append(sleeve.name.replace("_", "-"))
+        params = {Sleeve.TREND_1: settings.trend_1, Sleeve.TREND_2: settings.trend_2}.get(sleeve)
+        if params is not None and first_day is not None:
+            for asset in PERP_NEEDS[sleeve]:
+                n, who = warm.get(PERP_SYMBOLS[asset], (0, []))
+                warm[PERP_SYMBOLS[asset]] = (max(n, params.slow_sma),
+                                             [*who, f"SMA {params.slow_sma} of {sleeve.name.replace('_', '-')}"])
+    if first_day is not None and set(sleeves) == set(Sleeve):
+        n, who = warm.get(SPOT_SYMBOLS["BTC"], (0, []))
+        warm[SPOT_SYMBOLS["BTC"]] = (max(n, REGIME_SMA), [*who, f"SMA {REGIME_SMA} of the regime"])
+    needs = [HistoryNeed(sym, f"all-time high of {', '.join(who)}", starts_by=FULL_HISTORY_FROM[sym.split('/')[0]])
+             for sym, who in ath.items()]
+    needs += [HistoryNeed(sym, ", ".join(who) + " warm-up", rows_before=(first_day, n)) for sym, (n, who) in warm.items()]
+    return needs
+
+
+def earliest_start(data: DataSet, needs: list[HistoryNeed], first: datetime) -> datetime:
+    """The first day from `first` on at which every warm-up need holds (a backfill's default start)."""
+    start = pd.Timestamp(first)
+    for need in needs:
+        if need.rows_before is not None and (need.series, "1d") in data.candles:
+            index = data.candles[(need.series, "1d")].index
+            n = need.rows_before[1]
+            if len(index) > n:
+                start = max(start, index[n])
+    return start.to_pydatetime()
+
+
+def check_dataset(data: DataSet, settings: Settings, sleeves, *, asof: datetime | None = None,
+                  first_day: datetime | None = None, end: datetime | None = None) -> None:
+    """The one validation of market data, whichever door it came through (CSV import, download,
+    backfill, a flow's gather): every daily candle series, every funding series and the Fear & Greed
+    index of `data` (rows before `end` when given) against the Great Expectations suite, plus the
+    history the `sleeves` need (`history_needs`). Raises DataQualityError, one line naming the file
+    (when read from one) or the series, the timestamps and the rule."""
+    def cut(f):
+        return f[f.index < end] if end is not None and isinstance(f.index, pd.DatetimeIndex) else f
+
+    candles = {sym: cut(f) for (sym, tf), f in data.candles.items() if tf == "1d"}
+    funding = {sym: cut(f) for sym, f in data.funding.items()}
+    names = {sym: f"{sym} ({data.files[sym]})" for sym in candles if sym in data.files}
+    names |= {sym: f"{sym} funding ({data.files[sym + ' funding']})" for sym in funding
+              if sym + " funding" in data.files}
+    if "fear_greed" in data.files:
+        names[FEAR_GREED] = f"{FEAR_GREED} ({data.files['fear_greed']})"
+    validate_market_data(candles, funding, asof, max_daily_move=settings.data.max_daily_move,
+                         max_funding_rate=settings.data.max_funding_rate_8h,
+                         fear_greed=cut(data.fear_greed) if data.fear_greed is not None else None,
+                         needs=history_needs(settings, sleeves, first_day), names=names)
+
+
+def check_history(data: DataSet, settings: Settings, sleeves, first_day: datetime) -> None:
+    """The warm-up the sleeves need before `first_day` (DataQualityError, the suite's one line)."""
+    needs = [n for n in history_needs(settings, sleeves, first_day) if n.rows_before is not None]
+    failures = history_problems({sym: f for (sym, tf), f in data.candles.items() if tf == "1d"}, needs)
+    if failures:
+        raise DataQualityError("data quality failed: " + "; ".join(f.describe() for f in failures),
+                               [f.to_dict() for f in failures])
 
 
 def perp_markets(data: DataSet, assets, settings: Settings) -> dict[str, PerpMarket]:

@@ -23,11 +23,10 @@ from sqlalchemy import Engine
 from eternal import cycle
 from eternal.config import Settings
 from eternal.data.csv_files import DataSet
-from eternal.data.quality import validate_market_data
 from eternal.driver import Batch, Driver, Due, Kind, Portfolio, equity_rows
 from eternal.errors import EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
-from eternal.market import MarketView
+from eternal.market import MarketView, check_dataset, check_history, earliest_start, history_needs
 from eternal.models import (
     PERP_SYMBOLS,
     SPOT_SYMBOLS,
@@ -141,11 +140,13 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     if not 0 <= monthly_deposit < float("inf"):
         raise BackfillError(f"--monthly-deposit must be a finite number of 0 or more, got {monthly_deposit}")
     orchestrated = set(sleeves) == set(Sleeve)      # the whole portfolio: allocation between sleeves
+    check_dataset(data, settings, sleeves)           # the same suite as an import or a flow's gather
     view = MarketView.build(data, settings, sleeves, with_regime=orchestrated)
     first, last = view.first_day, view.last_day
     if first is None:
         raise BackfillError("the selected sleeves' series have no day in common")
-    start = utc(start) if start is not None else first
+    start = utc(start) if start is not None else earliest_start(
+        data, history_needs(settings, sleeves, first), first)   # the first day every warm-up holds
     end = utc(end) if end is not None else last + timedelta(days=1)
     if start < first or end > last + timedelta(days=1) or start >= end:
         raise BackfillError(
@@ -153,13 +154,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             f"{', '.join(view.spot_assets + [a + ' perp' for a in view.perp_assets])} cover "
             f"{first:%Y-%m-%d}..{last:%Y-%m-%d}")
     spot_assets, perp_assets = view.spot_assets, view.perp_assets
-    validate_market_data({SPOT_SYMBOLS[a]: data.daily(SPOT_SYMBOLS[a]).loc[lambda f: f.index < end] for a in spot_assets}
-                         | {PERP_SYMBOLS[a]: data.daily(PERP_SYMBOLS[a]).loc[lambda f: f.index < end]
-                            for a in perp_assets},
-                         {PERP_SYMBOLS[a]: f[f.index < end] for a in perp_assets
-                          if (f := data.funding.get(PERP_SYMBOLS[a])) is not None}, None,
-                         max_daily_move=settings.data.max_daily_move,
-                         max_funding_rate=settings.data.max_funding_rate_8h)
+    check_history(data, settings, sleeves, start)   # the engines' warm-up before the first day
 
     shares = allocate(capital, settings, sleeves)
     if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:

@@ -17,10 +17,10 @@ from sqlalchemy import update
 from eternal import cycle
 from eternal.config import Mode, Settings
 from eternal.data.csv_files import DataSet
-from eternal.data.quality import validate_market_data
+from eternal.data.quality import FEAR_GREED, funding_interval_hours, history_problems, validate_market_data
 from eternal.driver import ClockError, Driver, Due, Kind, Portfolio, RunReport
 from eternal.errors import ConfigError, DataError, DataQualityError
-from eternal.market import MarketView, needed_assets
+from eternal.market import FULL_HISTORY_FROM, MarketView, history_needs, needed_assets
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Sleeve, SleeveBook, last_closed_day, utc
 from eternal.secrets import reveal, scrub
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger, open_paper_exchange
@@ -75,8 +75,14 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
             from eternal.data.download import download_market_data, make_bybit_public
 
             get_run_logger().info("refreshing %s up to %s from Bybit", stale, day.date())
-            download_market_data(market, since=day - timedelta(days=400), now=asof, progress=False,
-                                 exchange=make_bybit_public(reveal(s.exchange.public_url)))
+            corrected: list[Event] = []
+            # a series new to the store comes whole (all-time highs need the full history)
+            download_market_data(market, since=min(FULL_HISTORY_FROM.values()), now=asof, progress=False,
+                                 exchange=make_bybit_public(reveal(s.exchange.public_url)), events=corrected,
+                                 max_daily_move=s.data.max_daily_move, max_funding_rate=s.data.max_funding_rate_8h)
+            for event in corrected:
+                get_run_logger().warning(event.message)
+            ledger.append_events(corrected)
         _refresh_fear_greed(s, market, day)
     stored_rows = _stored_rows(market.engine)
     if _ROWS.get("key") != (stored_rows, tuple(symbols), tuple(perp)):   # re-read only what changed
@@ -87,31 +93,8 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
     frames, funding, fg = _ROWS["frames"], _ROWS["funding"], _ROWS["fg"]
     closed = {sym: f[f.index <= day] for sym, f in frames.items()}
     settled = {sym: f[f.index <= asof] for sym, f in funding.items()}
-    # The same suite as an import or a backfill, on what is new since the last run of this
-    # process: a series that extends one validated before is checked from its last validated row
-    # on (the rules are per row or between neighbours), a series that changed is checked whole.
-    for kind, series, at in (("candles", closed, asof), ("funding", settled, None)):
-        todo, seen = {}, {}
-        for sym, f in series.items():
-            if not len(f):
-                continue
-            done = _VALIDATED.get((kind, sym))
-            if done is not None and len(f) >= done[0] and _digest(f.iloc[:done[0]]) == done[1]:
-                if len(f) == done[0] and (at is None or last_closed_day(at) == done[2]):
-                    continue
-                f = f.iloc[done[0] - 1:] if len(f) > done[0] else f.iloc[-1:]
-            todo[sym] = f
-            seen[sym] = (len(series[sym]), _digest(series[sym]), at and last_closed_day(at))
-        if not todo:
-            continue
-        try:
-            validate_market_data(todo if kind == "candles" else {}, todo if kind == "funding" else {}, at,
-                                 max_daily_move=s.data.max_daily_move, max_funding_rate=s.data.max_funding_rate_8h)
-        except DataQualityError as exc:
-            ledger.append_events([Event(asof, "data_quality_failed", str(exc), None, "alert",
-                                        {"failures": exc.failures})])
-            raise
-        _VALIDATED.update({(kind, sym): v for sym, v in seen.items()})
+    published = {FEAR_GREED: fg[fg.index <= day]} if len(fg) else {}
+    validate_stored(s, ledger, asof, closed, settled, published, history_needs(s, sleeves, day))
     stored = (tuple((sym, len(f), f.index[-1] if len(f) else None, float(f["close"].sum())) for sym, f in frames.items())
               + tuple((sym, len(f), f.index[-1], float(f["funding_rate"].sum())) for sym, f in funding.items())
               + ((len(fg), fg.index[-1] if len(fg) else None), s.model_dump_json(), tuple(sleeves), tuple(sorted(missing))))
@@ -120,6 +103,44 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
             DataSet({(sym, "1d"): f for sym, f in frames.items() if len(f)}, funding, fg if len(fg) else None),
             s, sleeves, without=missing))
     return _VIEW["view"]
+
+
+def validate_stored(s: Settings, ledger, asof: datetime, closed: dict, settled: dict, published: dict,
+                    needs: list) -> None:
+    """The suite an import or a backfill runs (eternal.data.quality), on what a run trades on: the
+    days closed by `asof`, the settlements up to it, the Fear & Greed index and the history the
+    engines need. What is new since the last run of this process is checked: a series that extends
+    one validated before is checked from its last validated row on (the rules are per row or
+    between neighbours), a series that changed is checked whole. A failure is an alert event too."""
+    failures = history_problems(closed, needs)
+    try:
+        if failures:
+            raise DataQualityError("data quality failed: " + "; ".join(f.describe() for f in failures),
+                                   [f.to_dict() for f in failures])
+        for kind, series, at in (("candles", closed, asof), ("funding", settled, None), ("fear_greed", published, None)):
+            todo, seen = {}, {}
+            for sym, f in series.items():
+                if not len(f):
+                    continue
+                done = _VALIDATED.get((kind, sym))
+                if done is not None and len(f) >= done[0] and _digest(f.iloc[:done[0]]) == done[1]:
+                    if len(f) == done[0] and (at is None or last_closed_day(at) == done[2]):
+                        continue
+                    f = f.iloc[done[0] - 1:] if len(f) > done[0] else f.iloc[-1:]
+                todo[sym] = f
+                seen[sym] = (len(series[sym]), _digest(series[sym]), at and last_closed_day(at))
+            if not todo:
+                continue
+            validate_market_data(
+                todo if kind == "candles" else {}, todo if kind == "funding" else {}, at,
+                fear_greed=todo.get(FEAR_GREED), max_daily_move=s.data.max_daily_move,
+                max_funding_rate=s.data.max_funding_rate_8h,
+                funding_intervals={sym: funding_interval_hours(settled[sym]) for sym in todo} if kind == "funding" else None)
+            _VALIDATED.update({(kind, sym): v for sym, v in seen.items()})
+    except DataQualityError as exc:
+        ledger.append_events([Event(asof, "data_quality_failed", str(exc), None, "alert",
+                                    {"failures": exc.failures})])
+        raise
 
 
 _VALIDATED: dict = {}

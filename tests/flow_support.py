@@ -17,10 +17,16 @@ from eternal.store.ledger import LedgerStore
 
 def store_market(engine, dataset, start: str, end: str) -> None:
     """Every real series of ../shared/data (spot and perp daily candles of BTC/ETH/SOL, their funding
-    settlements, Fear & Greed) with start <= timestamp < end, as a live store would hold it."""
+    settlements, Fear & Greed) with start <= timestamp < end, as a live store would hold it; the
+    spot candles of the assets whose all-time high an engine reads from their first day (2017-08-17,
+    `eternal.market.FULL_HISTORY_FROM`): the flows refuse a shorter history."""
+    from eternal.market import FULL_HISTORY_FROM
+
     market = MarketStore(engine)
+    full = {f"{asset}/USDT" for asset in FULL_HISTORY_FROM}
     for (symbol, timeframe), df in dataset.candles.items():
-        market.upsert_candles(symbol, timeframe, df[(df.index >= start) & (df.index < end)])
+        first = df.index[0] if symbol in full else start
+        market.upsert_candles(symbol, timeframe, df[(df.index >= first) & (df.index < end)])
     for symbol, df in dataset.funding.items():
         market.upsert_funding(symbol, df[(df.index >= start) & (df.index < end)])
     fg = dataset.fear_greed

@@ -3,9 +3,15 @@
 Series per asset: the daily candles of the spot pair and of the USDT linear perp, and the perp's
 funding rate history. Every series is paged forward from where the store stops (last stored
 timestamp + one period) or from `since` when the store has none of it, up to `now`. Only closed
-daily candles are kept: the candle of the current UTC day is still open at `now` and is dropped.
+daily candles are kept, by the exchange's clock, never ours: a candle is stored once its open time
+plus one day is at or before Bybit's server time (and `now`). When there is something new to fetch,
+the last stored candle is fetched again; if the exchange's final candle differs from it (it was
+stored by an older version or while the clock was wrong), it is corrected, with a
+`candle_corrected` event. Every page is checked, together with the stored row before it, by the
+same suite as an import or a backfill before it is written.
 
-Each page is written as soon as it arrives, so an interrupted download resumes where it stopped.
+Each series is written once whole, so an interrupted download resumes after the last series it
+finished and nothing half of a series is stored.
 Public endpoints only: the client carries no keys and never asks for private data.
 """
 from __future__ import annotations
@@ -42,6 +48,12 @@ class MarketSink(Protocol):
 
     def upsert_funding(self, symbol: str, df: pd.DataFrame) -> int: ...
 
+    def load_candles(self, symbol: str, timeframe: str = "1d", start: datetime | None = None,
+                     end: datetime | None = None) -> pd.DataFrame: ...
+
+    def load_funding(self, symbol: str, start: datetime | None = None,
+                     end: datetime | None = None) -> pd.DataFrame: ...
+
 
 def make_bybit_public(base_url: str | None = None) -> ccxt.bybit:
     """A keyless ccxt Bybit client that only loads spot and linear markets.
@@ -72,12 +84,16 @@ def make_bybit_public(base_url: str | None = None) -> ccxt.bybit:
 def download_market_data(sink: MarketSink, since: datetime, now: datetime,
                          exchange: ccxt.bybit | None = None,
                          assets: Iterable[str] = ("BTC", "ETH", "SOL"),
-                         progress: bool = True) -> dict[str, int]:
-    """Bring the store up to date with Bybit; returns rows written per series.
+                         progress: bool = True, events: list | None = None,
+                         max_daily_move: float = 0.60, max_funding_rate: float = 0.03) -> dict[str, int]:
+    """Bring the store up to date with Bybit; returns rows written (new or corrected) per series.
 
+    `events`: where `candle_corrected` events go (eternal.models.Event), for the caller to store.
+    `max_daily_move`, `max_funding_rate`: the suite's bounds (settings.data), see
+    eternal.data.quality; a page that fails is not written (DataQualityError naming the series).
     Series keys: "BTC/USDT 1d", "BTC/USDT:USDT 1d", "BTC/USDT:USDT funding", ...
-    Raises DataError when Bybit cannot be reached or answers with an error; pages written before
-    the failure stay stored, so rerunning resumes from there.
+    Raises DataError when Bybit cannot be reached or answers with an error; series written before
+    the failure stay stored (each whole), so rerunning resumes from there.
     """
     since, now = _aware("since", since), _aware("now", now)
     if since >= now:
@@ -89,6 +105,11 @@ def download_market_data(sink: MarketSink, since: datetime, now: datetime,
     exchange = exchange or make_bybit_public()
 
     _call(exchange.load_markets, "loading Bybit markets (instruments-info)")
+    server_ms = int(_call(exchange.fetch_time, "reading Bybit's server time"))
+    # closed means closed at the exchange: our clock may run ahead of it
+    now = min(now, datetime.fromtimestamp(server_ms / 1000, UTC))
+    bounds = {"max_daily_move": max_daily_move, "max_funding_rate": max_funding_rate}
+    events = [] if events is None else events
     series: list[tuple[str, str]] = []  # (kind, symbol)
     for asset in assets:
         spot, perp = f"{asset}/{QUOTE}", f"{asset}/{QUOTE}:{QUOTE}"
@@ -103,38 +124,72 @@ def download_market_data(sink: MarketSink, since: datetime, now: datetime,
               disable=not progress, dynamic_ncols=True) as bar:
         for kind, symbol in series:
             if kind == "candles":
-                key, pages = f"{symbol} {TIMEFRAME}", _candle_pages(exchange, sink, symbol, since, now)
+                key, pages = f"{symbol} {TIMEFRAME}", _candle_pages(exchange, sink, symbol, since, now, events)
             else:
                 key, pages = f"{symbol} funding", _funding_pages(exchange, sink, symbol, since, now)
             written[key] = 0
             bar.set_postfix_str(key)
+            # a series is checked whole (with the stored row before it) and written in one go:
+            # never half of it, and the suite runs once per series, not per page
+            got = []
             for df in pages:
-                if df.empty:
-                    continue
+                if not df.empty:
+                    got.append(df)
+                    bar.set_postfix_str(f"{key} {sum(map(len, got))} rows to {df.index[-1]:%Y-%m-%d}")
+            if got:
+                new = pd.concat(got)
+                new = new[~new.index.duplicated(keep="last")].sort_index()
                 if kind == "candles":
-                    written[key] += int(sink.upsert_candles(symbol, TIMEFRAME, df))
+                    tail = sink.load_candles(symbol, TIMEFRAME, start=new.index[0] - timedelta(days=1),
+                                             end=new.index[0])
+                    _check({symbol: pd.concat([tail, new]) if len(tail) else new}, {}, bounds)
+                    written[key] = int(sink.upsert_candles(symbol, TIMEFRAME, new))
                 else:
-                    written[key] += int(sink.upsert_funding(symbol, df))
-                bar.set_postfix_str(f"{key} {written[key]} rows to {df.index[-1]:%Y-%m-%d}")
+                    tail = sink.load_funding(symbol, start=new.index[0] - timedelta(days=1), end=new.index[0])
+                    interval_h = _int_or(exchange.market(symbol)["info"].get("fundingInterval"),
+                                         DEFAULT_FUNDING_INTERVAL_MIN) / 60
+                    _check({}, {symbol: pd.concat([tail.iloc[-1:], new]) if len(tail) else new}, bounds,
+                           {symbol: interval_h})
+                    written[key] = int(sink.upsert_funding(symbol, new))
             bar.update(1)
     return written
 
 
 # candles -----------------------------------------------------------------------------------
-def _candle_pages(exchange: ccxt.bybit, sink: MarketSink, symbol: str,
-                  since: datetime, now: datetime) -> Iterator[pd.DataFrame]:
-    """Closed daily candles after the last stored one, one DataFrame per Bybit page."""
+def _candle_pages(exchange: ccxt.bybit, sink: MarketSink, symbol: str, since: datetime, now: datetime,
+                  events: list) -> Iterator[pd.DataFrame]:
+    """Closed daily candles after the last stored one (and the last stored one again, corrected
+    when the exchange's differs), one checked DataFrame per Bybit page."""
+    from eternal.models import Event
+
     last = _stored("last_candle_ts", sink.last_candle_ts(symbol, TIMEFRAME))
     start_ms = _ms(last) + DAY_MS if last is not None else _ceil_day_ms(since)
     today_ms = _ms(now) // DAY_MS * DAY_MS  # open time of the still-open candle: never stored
     what = f"{symbol} {TIMEFRAME} candles"
+    revisit = None
+    if last is not None and start_ms < today_ms:
+        revisit = sink.load_candles(symbol, TIMEFRAME, start=last)
+        start_ms -= DAY_MS                    # the last stored candle again: is it the final one?
     while start_ms < today_ms:
         # Bybit returns the newest `limit` candles of [start, end]: a window of exactly one page
         # makes the paging deterministic whatever the server does with a larger range.
         end_ms = min(start_ms + KLINE_PAGE_LIMIT * DAY_MS, today_ms) - 1
         rows = _call(exchange.fetch_ohlcv, f"downloading {what} from {_iso(start_ms)}",
                      symbol, TIMEFRAME, start_ms, KLINE_PAGE_LIMIT, {"until": end_ms})
-        yield _candle_frame([r for r in rows if start_ms <= r[0] and r[0] + DAY_MS <= _ms(now)], what)
+        page = _candle_frame([r for r in rows if start_ms <= r[0] and r[0] + DAY_MS <= _ms(now)], what)
+        if revisit is not None and len(revisit) and len(page) and page.index[0] == revisit.index[0]:
+            ours, theirs = revisit.iloc[0], page.iloc[0]
+            if (ours != theirs).any():
+                changed = {c: (float(ours[c]), float(theirs[c])) for c in CANDLE_COLUMNS if ours[c] != theirs[c]}
+                events.append(Event(now, "candle_corrected",
+                                    f"{symbol} {page.index[0]:%Y-%m-%d}: the stored candle differed from the exchange's "
+                                    f"final one and was corrected (" + ", ".join(
+                                        f"{c} {a:g} -> {b:g}" for c, (a, b) in changed.items()) + ")",
+                                    None, "warning", {"symbol": symbol, "day": page.index[0].isoformat(),
+                                                      "changed": changed}))
+            else:
+                page = page.iloc[1:]          # the same: nothing to write
+        yield page
         start_ms = end_ms + 1
 
 
@@ -153,7 +208,7 @@ def _candle_frame(rows: list[list], what: str) -> pd.DataFrame:
 # funding -----------------------------------------------------------------------------------
 def _funding_pages(exchange: ccxt.bybit, sink: MarketSink, symbol: str,
                    since: datetime, now: datetime) -> Iterator[pd.DataFrame]:
-    """Funding settlements after the last stored one up to `now`, one DataFrame per window."""
+    """Funding settlements after the last stored one up to `now`, one checked DataFrame per window."""
     last = _stored("last_funding_ts", sink.last_funding_ts(symbol))
     # +1 ms, not + one interval: Bybit shortens the interval in stress (SOL in Nov 2022 settled
     # every 2 h), so the next settlement may come sooner than the nominal period
@@ -198,6 +253,14 @@ def _funding_frame(rates: dict[int, float | None], what: str) -> pd.DataFrame:
 
 
 # helpers -----------------------------------------------------------------------------------
+def _check(candles: dict, funding: dict, bounds: dict, intervals: dict | None = None) -> None:
+    """The suite of every door (eternal.data.quality) on a page and the stored row before it."""
+    from eternal.data.quality import validate_market_data
+
+    names = {sym: f"{sym} (Bybit)" for sym in (*candles, *funding)}
+    validate_market_data(candles, funding, None, names=names, funding_intervals=intervals, **bounds)
+
+
 def _call(fn, doing: str, *args):
     """Run one ccxt call; its failures become a DataError saying what to do."""
     try:

@@ -26,14 +26,31 @@ class MarketStore:
         self.engine = engine
 
     # candles -------------------------------------------------------------------------------
-    def upsert_candles(self, symbol: str, timeframe: str, df: pd.DataFrame) -> int:
+    def upsert_candles(self, symbol: str, timeframe: str, df: pd.DataFrame, conn=None) -> int:
         rows = [
             {"symbol": symbol, "timeframe": timeframe, "ts": ts.to_pydatetime(),
              "open": float(o), "high": float(h), "low": float(lo), "close": float(c), "volume": float(v)}
             for ts, o, h, lo, c, v in zip(df.index, *(df[col].to_numpy() for col in CANDLE_COLUMNS))
         ]
+        return self._upsert(conn, CandleRow.__table__, rows, ["symbol", "timeframe", "ts"])
+
+    def _upsert(self, conn, table, rows, keys) -> int:
+        if conn is not None:
+            return upsert(conn, table, rows, keys)
+        with self.engine.begin() as own:
+            return upsert(own, table, rows, keys)
+
+    def write(self, data) -> dict[str, int]:
+        """Every series of a `DataSet` in one transaction (all or nothing); rows written per series."""
+        written: dict[str, int] = {}
         with self.engine.begin() as conn:
-            return upsert(conn, CandleRow.__table__, rows, ["symbol", "timeframe", "ts"])
+            for (symbol, tf), df in data.candles.items():
+                written[f"candles {symbol} {tf}"] = self.upsert_candles(symbol, tf, df, conn)
+            for symbol, df in data.funding.items():
+                written[f"funding {symbol}"] = self.upsert_funding(symbol, df, conn)
+            if data.fear_greed is not None:
+                written["fear_greed"] = self.upsert_fear_greed(data.fear_greed, conn)
+        return written
 
     def load_candles(self, symbol: str, timeframe: str = "1d",
                      start: datetime | None = None, end: datetime | None = None) -> pd.DataFrame:
@@ -61,11 +78,10 @@ class MarketStore:
                 CandleRow.timeframe == timeframe).distinct().order_by(CandleRow.symbol)).scalars())
 
     # funding -------------------------------------------------------------------------------
-    def upsert_funding(self, symbol: str, df: pd.DataFrame) -> int:
+    def upsert_funding(self, symbol: str, df: pd.DataFrame, conn=None) -> int:
         rows = [{"symbol": symbol, "ts": ts.to_pydatetime(), "funding_rate": float(r)}
                 for ts, r in zip(df.index, df["funding_rate"].to_numpy())]
-        with self.engine.begin() as conn:
-            return upsert(conn, FundingRateRow.__table__, rows, ["symbol", "ts"])
+        return self._upsert(conn, FundingRateRow.__table__, rows, ["symbol", "ts"])
 
     def load_funding(self, symbol: str, start: datetime | None = None,
                      end: datetime | None = None) -> pd.DataFrame:
@@ -85,11 +101,10 @@ class MarketStore:
                 FundingRateRow.symbol == symbol)).scalar()
 
     # fear & greed --------------------------------------------------------------------------
-    def upsert_fear_greed(self, df: pd.DataFrame) -> int:
+    def upsert_fear_greed(self, df: pd.DataFrame, conn=None) -> int:
         rows = [{"ts": ts.to_pydatetime(), "value": int(v), "classification": str(c)}
                 for ts, v, c in zip(df.index, df["value"].to_numpy(), df["classification"].to_numpy())]
-        with self.engine.begin() as conn:
-            return upsert(conn, FearGreedRow.__table__, rows, ["ts"])
+        return self._upsert(conn, FearGreedRow.__table__, rows, ["ts"])
 
     def load_fear_greed(self) -> pd.DataFrame:
         with self.engine.connect() as conn:
