@@ -23,7 +23,7 @@ MIN_SCRUBBED_LEN = 4
 """A registered value shorter than this is not replaced in free text: it would mangle every word
 holding it. URLs still hide a short password by its place (`redact_url`)."""
 
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:!?)\]]")   # not its trailing period
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@\s]+)@")
 _QUERY_PAIR = re.compile(r"(?P<lead>[?&;](?P<name>[^=&#;\s]+)=)(?P<value>[^&#;\s]*)")
 _SECRET_NAME = re.compile(r"token|key|secret|pass|pwd|auth|sig|session|credential|jwt|bearer|cookie", re.I)

@@ -9,7 +9,7 @@ from pathlib import Path
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["GX_ANALYTICS_ENABLED"] = "False"
-for _k in [k for k in os.environ if k.startswith("ETERNAL_")]:
+for _k in [k for k in os.environ if k.startswith("ETERNAL_") and k != "ETERNAL_TEST_PG_URL"]:   # read below
     del os.environ[_k]
 
 import tempfile  # noqa: E402

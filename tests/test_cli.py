@@ -67,6 +67,15 @@ def _count(db: Path, table: str) -> dict[str, int]:
     return dict(rows)
 
 
+def _rows(db: Path, table: str) -> int:
+    engine = create_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+    finally:
+        engine.dispose()
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     """main(argv) in-process: (exit code, stdout, stderr); argparse's SystemExit counts as exit."""
     try:
@@ -206,6 +215,125 @@ def test_config_show_prints_effective_settings_as_json_with_the_secret_redacted(
     assert shown["mode"] == "replay" and shown["core"]["drift_threshold"] == 0.2
     assert shown["trend_2"]["fast_sma"] == 20 and shown["weights"]["core"] == 0.6
     assert shown["database_url"] == "sqlite:///var/eternal.db"
+
+
+def test_config_show_masks_every_credential_in_a_url_but_shows_the_host(monkeypatch, capsys):
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", "postgresql+psycopg2://eternal:db-pw-3141@db.example:5432/eternal")
+    monkeypatch.setenv("ETERNAL_DATA__FEAR_GREED_URL", "https://fg:fg-pw-2718@proxy.example/fng/?limit=0&token=fg-tok-1618")
+    monkeypatch.setenv("ETERNAL_EXCHANGE__PUBLIC_URL", "https://bb-proxy.example/?api_key=bb-tok-1414")
+    monkeypatch.setenv("ETERNAL_EXCHANGE__API_KEY", "key-abc-123")
+    code, out, err = _run(["config", "show"], capsys)
+    assert code == 0 and err == ""
+    for secret in ("db-pw-3141", "eternal:", "fg-pw-2718", "fg-tok-1618", "bb-tok-1414", "key-abc-123"):
+        assert secret not in out
+    shown = json.loads(out)
+    assert shown["database_url"] == "postgresql+psycopg2://***:***@db.example:5432/eternal"
+    assert shown["data"]["fear_greed_url"] == "https://***:***@proxy.example/fng/?limit=0&token=***"
+    assert shown["exchange"]["public_url"] == "https://bb-proxy.example/?api_key=***"
+    assert shown["exchange"]["api_key"] == "**********"
+
+
+def test_a_malformed_exchange_json_exits_2_without_echoing_its_api_secret(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("ETERNAL_EXCHANGE", '{"api_key": "k", "api_secret": "' + SECRET + '"')
+    code, out, err = _run(["status"], capsys)
+    assert code == 2 and out == "" and "ETERNAL_EXCHANGE=<not shown" in err
+    assert SECRET not in err and not list(tmp_path.iterdir())
+
+
+def test_an_unreachable_database_error_masks_its_password(monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as sock:           # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", f"postgresql+psycopg2://eternal:db-pw-3141@127.0.0.1:{port}/x")
+    code, out, err = _run(["status"], capsys)
+    assert code == 2 and err.startswith(f"error: database postgresql+psycopg2://***:***@127.0.0.1:{port}/x is unreachable")
+    assert "db-pw-3141" not in err
+
+
+# numbers are finite -------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_an_infinite_initial_capital_is_refused_before_the_ledger_gets_a_balance(value, db_file, monkeypatch,
+                                                                                  capsys, dataset):
+    from eternal.store.db import connect
+    from tests.flow_support import store_market
+
+    store_market(connect(f"sqlite:///{db_file}"), dataset, "2023-12-01", "2024-01-03")
+    monkeypatch.setenv("ETERNAL_INITIAL_CAPITAL", value)
+    code, out, err = _run(["run", "daily", "--asof", "2024-01-02T00:05:00Z"], capsys)
+    assert code == 2 and out == ""
+    assert err == ("error: invalid settings, nothing was run:\n"
+                   f"  ETERNAL_INITIAL_CAPITAL={value!r}: Input should be a finite number\n")
+    assert _rows(db_file, "sleeves") == _rows(db_file, "balances") == _rows(db_file, "cycle_runs") == 0
+
+
+def test_installed_script_refuses_an_infinite_initial_capital_and_creates_no_database(tmp_path):
+    result = _script("run", "daily", "--asof", "2024-01-02T00:05:00Z", ETERNAL_INITIAL_CAPITAL="inf",
+                     ETERNAL_DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert "ETERNAL_INITIAL_CAPITAL='inf': Input should be a finite number" in result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--monthly-deposit", "inf"], "argument --monthly-deposit: must be a finite number, got inf"),
+    (["--monthly-deposit", "nan"], "argument --monthly-deposit: must be a finite number, got nan"),
+    (["--monthly-deposit", "-1"], "argument --monthly-deposit: must be zero or positive, got -1"),
+    (["--capital", "inf"], "argument --capital: must be a finite number, got inf"),
+    (["--capital", "NaN"], "argument --capital: must be a finite number, got NaN"),
+])
+def test_backfill_amounts_must_be_finite_refused_with_one_line_and_nothing_written(argv, message, capsys, tmp_path):
+    code, out, err = _run(["backfill", "--out", str(tmp_path / "out"), *argv], capsys)
+    assert code == 2 and out == ""
+    assert err.splitlines()[-1] == f"eternal backfill: error: {message}"
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"monthly_deposit_usdt": float("inf")}, "monthly_deposit_usdt must be a finite number of 0 or more, got inf"),
+    ({"monthly_deposit_usdt": -1.0}, "monthly_deposit_usdt must be a finite number of 0 or more, got -1.0"),
+    ({"monthly_deposit_usdt": float("nan")}, "monthly_deposit_usdt must be a finite number of 0 or more, got nan"),
+    ({"capital": float("inf")}, "capital must be a finite number above 0, got inf"),
+    ({"capital": 0.0}, "capital must be a finite number above 0, got 0.0"),
+])
+def test_backfill_flow_refuses_an_infinite_amount_before_reading_or_writing(kwargs, message, tmp_path,
+                                                                           prefect_harness):
+    from eternal.replay import BackfillError
+    from flows.backfill import backfill
+
+    with pytest.raises(BackfillError) as info:
+        backfill(out=str(tmp_path / "out"), data_dir=str(DATA), **kwargs)
+    assert str(info.value) == message
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kwargs", [{"capital": float("inf")}, {"monthly_deposit": float("inf")},
+                                    {"monthly_deposit": float("nan")}, {"capital": float("nan")}])
+def test_run_backfill_refuses_an_infinite_amount(kwargs, dataset):
+    from eternal.config import load_settings
+    from eternal.replay import BackfillError, run_backfill
+
+    with pytest.raises(BackfillError, match="must be a finite number"):
+        run_backfill(dataset, load_settings(), progress=False, **kwargs)
+
+
+def test_backfill_database_url_is_refused_masked_when_unreachable_and_is_no_flow_parameter(capsys, tmp_path):
+    import inspect
+    import socket
+
+    from flows.backfill import backfill
+
+    assert "database_url" not in inspect.signature(backfill.fn).parameters   # a setting, never a parameter
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, out, err = _run(["backfill", "--data-dir", str(DATA), "--start", "2024-01-01", "--end", "2024-01-03",
+                           "--out", str(tmp_path / "out"), "--no-progress",
+                           "--database-url", f"postgresql+psycopg2://u:bf-pw-7071@127.0.0.1:{port}/x"], capsys)
+    assert code == 2 and "bf-pw-7071" not in out + err
+    assert f"error: database postgresql+psycopg2://***:***@127.0.0.1:{port}/x is unreachable" in err
+    assert "ETERNAL_BACKFILL_DATABASE_URL" not in os.environ       # set for the run only
 
 
 # data import --------------------------------------------------------------------------------
