@@ -10,6 +10,7 @@ from eternal.allocation import MarketRegimeInputs, Regime
 from eternal.config import AllocationParams
 from eternal.errors import RiskHalt
 from eternal.indicators import perp_market, realised_volatility
+from eternal.instruments import default as trading_rules
 from eternal.models import Side, Sleeve, SleeveBook, utc
 
 P = AllocationParams()
@@ -193,7 +194,9 @@ def test_core_without_the_cash_sells_pro_rata_and_pays_the_rest_next_cycle():
     assert owed == pytest.approx(10_000.0)                                 # 12,000 excess in all
     sells = {i.symbol: i.qty for i in o.intents}
     assert all(i.side == Side.SELL and i.sleeve == C for i in o.intents)
-    assert sells == pytest.approx({"BTC/USDT": 1.0 * 10_000 / 70_000, "ETH/USDT": 8.0 * 10_000 / 70_000})
+    rules = trading_rules()                                                # sold in whole spot steps
+    assert sells == pytest.approx({"BTC/USDT": rules["BTC/USDT"].floor_qty(1.0 * 10_000 / 70_000),
+                                   "ETH/USDT": rules["ETH/USDT"].floor_qty(8.0 * 10_000 / 70_000)})
     core.cash = 10_000.0                                                   # the sales filled
     o2 = al.orchestrate(o.state, utc("2023-08-11"), utc("2023-08-12"), books, equity, closes, calm, P)
     assert sum(t.qty for t in o2.transfers) == pytest.approx(10_000.0) and o2.state["owed"] == []

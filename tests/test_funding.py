@@ -8,6 +8,7 @@ import pytest
 from eternal.config import FundingParams, load_settings
 from eternal.engines import funding
 from eternal.indicators import perp_market
+from eternal.instruments import default as trading_rules
 from eternal.models import (
     PERP_SYMBOLS,
     FundingTick,
@@ -22,6 +23,12 @@ from eternal.replay import parse_sleeves, run_backfill
 
 P = FundingParams()
 F, T = Sleeve.FUNDING, Sleeve.TACTICAL
+RULES = trading_rules()
+
+
+def legs_qty(asset: str, notional: float, spot_price: float) -> float:
+    """Both legs' qty for `notional` USDT: down to the perp's step (Bybit's, a multiple of the spot step)."""
+    return RULES[PERP_SYMBOLS[asset]].floor_qty(notional / spot_price)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +73,7 @@ def test_opportunity_opens_spot_long_and_perp_short_for_5_percent_each_btc_eth_b
     for a in ("BTC", "ETH", "SOL"):
         spot, perp = by[(f"{a}/USDT", Market.SPOT)], by[(PERP_SYMBOLS[a], Market.PERP)]
         assert spot.side == Side.BUY and perp.side == Side.SELL and spot.qty == perp.qty
-        assert spot.qty * t.spot[a] == pytest.approx(0.05 * 100_000)      # 5 % of the sleeve's equity
+        assert spot.qty == pytest.approx(legs_qty(a, 0.05 * 100_000, t.spot[a]))   # 5 % of the sleeve's equity
         assert perp.leverage == 1.0
     assert [i.symbol for i in d.intents][1::2] == ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
     assert [i.market for i in d.intents][:2] == [Market.PERP, Market.SPOT]   # the margin leg first
@@ -79,8 +86,10 @@ def test_when_cash_is_short_btc_and_eth_are_served_before_sol(dataset, markets):
     d = funding.decide(t, FundingParams(max_asset_share=0.25))
     spot_buys = [i for i in d.intents if i.market == Market.SPOT]
     assert [i.symbol for i in spot_buys] == ["BTC/USDT", "ETH/USDT"]
-    assert spot_buys[0].qty * t.spot["BTC"] == pytest.approx(25_000.0)
-    assert spot_buys[1].qty * t.spot["ETH"] == pytest.approx(50_000.0 / 2 * 0.98)    # the cash left, less 2 %
+    btc = spot_buys[0].qty
+    assert btc == pytest.approx(legs_qty("BTC", 25_000.0, t.spot["BTC"]))
+    left = 100_000.0 - 2 * btc * t.spot["BTC"]                                        # spot + 1x margin
+    assert spot_buys[1].qty == pytest.approx(legs_qty("ETH", left / 2 * 0.98, t.spot["ETH"]))  # the cash left, less 2 %
     assert d.state["assets"]["SOL"]["phase"] == "MONITORING"
 
 
@@ -143,18 +152,22 @@ def test_three_negative_settlements_of_one_asset_close_every_funding_position(da
 
 
 def test_received_funding_half_compounds_half_goes_to_tactical(dataset, markets):
-    book = hedged(dataset, "BTC", "2021-01-02", 50_000.0)
+    received = 100_000.0 * 0.00236496                    # 236.50 USDT on a 100,000 USDT hedge
+    book = hedged(dataset, "BTC", "2021-01-02", 100_000.0)
     t = tick(dataset, markets, "2021-01-04T08:00:00Z", book, collecting("BTC", "2021-01-02"),
-             received={"BTC": 50_000.0 * 0.00236496}, assets=("BTC",))
+             received={"BTC": received}, assets=("BTC",))
     d = funding.decide(t, P)
     (tr,) = d.transfers
     assert (tr.from_sleeve, tr.to_sleeve, tr.asset) == (F, T, "USDT")
-    assert tr.qty == pytest.approx(50_000.0 * 0.00236496 / 2)
-    # 59.12 USDT to compound: above 2 x 10 USDT, so both legs grow by 29.56 USDT each
+    assert tr.qty == pytest.approx(received / 2)
+    # 118.25 USDT to compound: above 2 x 10 USDT, so both legs grow by up to 59.12 USDT each, in
+    # whole perp steps (0.001 BTC); what a step does not use waits for the next funding
+    qty = legs_qty("BTC", received / 2 / 2, t.spot["BTC"])
+    assert qty > 0
     adds = [i for i in d.intents if i.reason == "compound"]
     assert [i.market for i in adds] == [Market.PERP, Market.SPOT]
-    assert adds[1].qty * t.spot["BTC"] == pytest.approx(50_000.0 * 0.00236496 / 2 / 2)
-    assert d.state["assets"]["BTC"]["compound_pending_usdt"] == 0.0
+    assert [i.qty for i in adds] == pytest.approx([qty, qty])
+    assert d.state["assets"]["BTC"]["compound_pending_usdt"] == pytest.approx(received / 2 - qty * t.spot["BTC"] * 2)
 
 
 def test_small_funding_waits_to_compound_and_paid_funding_is_absorbed(dataset, markets):
@@ -162,6 +175,13 @@ def test_small_funding_waits_to_compound_and_paid_funding_is_absorbed(dataset, m
     d = funding.decide(tick(dataset, markets, "2021-01-05T08:00:00Z", book, collecting("BTC", "2021-01-02"),
                             received={"BTC": 2.36}, assets=("BTC",)), P)
     assert d.intents == [] and d.state["assets"]["BTC"]["compound_pending_usdt"] == pytest.approx(1.18)
+    # 59.12 USDT (a 50,000 USDT hedge's funding) is above 2 x 10 USDT but 29.56 USDT a leg is under one
+    # perp step of BTC (0.001): it all waits until it buys a whole step
+    t = tick(dataset, markets, "2021-01-04T08:00:00Z", hedged(dataset, "BTC", "2021-01-02", 50_000.0),
+             collecting("BTC", "2021-01-02"), received={"BTC": 50_000.0 * 0.00236496}, assets=("BTC",))
+    assert legs_qty("BTC", 50_000.0 * 0.00236496 / 2 / 2, t.spot["BTC"]) == 0.0
+    d = funding.decide(t, P)
+    assert d.intents == [] and d.state["assets"]["BTC"]["compound_pending_usdt"] == pytest.approx(50_000.0 * 0.00236496 / 2)
     d = funding.decide(tick(dataset, markets, "2022-11-10T00:00:00Z", hedged(dataset, "BTC", "2022-11-05", 5_000.0),
                             collecting("BTC", "2022-11-05"), received={"BTC": -5.96}, assets=("BTC",)), P)
     assert d.transfers == [] and any(e.kind == "funding_paid" for e in d.events)
@@ -174,7 +194,8 @@ def test_a_hedge_off_by_more_than_1_percent_is_rehedged_on_the_perp(dataset, mar
     d = funding.decide(t, P)
     (fix,) = [i for i in d.intents if i.reason == "rehedge"]
     assert fix.market == Market.PERP and fix.side == Side.SELL
-    assert fix.qty == pytest.approx(book.holdings["BTC"] - (-book.perps["BTC/USDT:USDT"].qty))
+    gap = book.holdings["BTC"] - (-book.perps["BTC/USDT:USDT"].qty)
+    assert fix.qty == pytest.approx(RULES["BTC/USDT:USDT"].floor_qty(gap))    # the perp moves in whole steps
     assert any(e.kind == "hedge_mismatch" for e in d.events)
     within = hedged(dataset, "BTC", "2021-01-02", 5_000.0)
     within.holdings["BTC"] *= 1.009

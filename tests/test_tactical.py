@@ -9,6 +9,7 @@ import pytest
 from eternal.config import Settings, TacticalParams
 from eternal.engines import tactical
 from eternal.indicators import FundingHistory, realised_volatility
+from eternal.instruments import default as trading_rules
 from eternal.models import PERP_SYMBOLS, Quote, Side, Sleeve, SleeveBook, Snapshot, utc
 from eternal.replay import parse_sleeves, run_backfill
 
@@ -251,7 +252,9 @@ def test_a_rebalance_taking_from_tactical_sells_lots_oldest_first_and_keeps_the_
     old_value = 0.04 * btc + 0.4 * eth
     share = (3_000.0 - old_value) / (0.06 * btc + 0.6 * eth)
     sells = {i.symbol: i.qty for i in d.intents}
-    assert sells == pytest.approx({"BTC/USDT": 0.04 + 0.06 * share, "ETH/USDT": 0.4 + 0.6 * share})
+    rules = trading_rules()                        # the sum of the lots' parts, in whole spot steps
+    assert sells == pytest.approx({"BTC/USDT": rules["BTC/USDT"].floor_qty(0.04 + 0.06 * share),
+                                   "ETH/USDT": rules["ETH/USDT"].floor_qty(0.4 + 0.6 * share)})
     released = {e.data["lot"]: e.data["value_usdt"] for e in d.events if e.kind == "tactical_exit"}
     assert released == pytest.approx({"lot-20230101": old_value, "lot-20230601": 3_000.0 - old_value})
     assert [e.data["lot"] for e in d.events if e.kind == "tactical_exit"] == ["lot-20230101", "lot-20230601"]

@@ -8,6 +8,7 @@ import pytest
 from eternal.config import TrendParams, load_settings
 from eternal.engines import trend
 from eternal.indicators import perp_market, return_correlation
+from eternal.instruments import default as trading_rules
 from eternal.models import (
     ExitReason,
     Market,
@@ -22,6 +23,7 @@ from eternal.models import (
 
 P = TrendParams()
 S = Sleeve.TREND_1
+BTC_PERP = trading_rules()["BTC/USDT:USDT"]     # orders go in whole steps of 0.001 BTC (Bybit)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def test_size_is_one_percent_of_equity_over_two_atr(markets, corr):
     r = row(markets, "BTC", "2020-05-21")
     assert corr.get(utc("2020-05-21")) <= 0.9          # no halving that day
     d = trend.decide(None, snap(markets, corr, "2020-05-21", SleeveBook(S, 100_000.0), ("BTC",)), P, S)
-    assert d.intents[0].qty == pytest.approx(0.01 * 100_000 / (2 * r["atr"]))
+    assert d.intents[0].qty == pytest.approx(BTC_PERP.floor_qty(0.01 * 100_000 / (2 * r["atr"])))
 
 
 def test_short_entry_when_close_and_sma50_below_sma200_and_adx_above_25(markets, corr):
@@ -85,7 +87,7 @@ def test_qty_is_halved_when_btc_eth_30_day_correlation_exceeds_0_9(markets, corr
     assert c > 0.9                                      # the March 2020 crash moved both together
     r = row(markets, "BTC", "2020-03-25")
     d = trend.decide(None, snap(markets, corr, "2020-03-25", SleeveBook(S, 100_000.0), ("BTC",)), P, S)
-    assert d.intents[0].qty == pytest.approx(0.01 * 100_000 / (2 * r["atr"]) / 2)
+    assert d.intents[0].qty == pytest.approx(BTC_PERP.floor_qty(0.01 * 100_000 / (2 * r["atr"]) / 2))
     assert "halved" in d.events[-1].data["sizing"]
 
 
@@ -93,7 +95,7 @@ def test_asset_notional_is_capped_at_half_the_equity(markets, corr):
     params = TrendParams(risk_per_trade=0.5)           # uncapped: 25 ATRs of equity, far above 50 %
     r = row(markets, "BTC", "2020-05-21")
     d = trend.decide(None, snap(markets, corr, "2020-05-21", SleeveBook(S, 100_000.0), ("BTC",)), params, S)
-    assert d.intents[0].qty * r["close"] == pytest.approx(50_000.0)
+    assert d.intents[0].qty == pytest.approx(BTC_PERP.floor_qty(50_000.0 / r["close"]))
 
 
 def test_total_notional_is_capped_at_twice_the_equity(markets, corr):
@@ -108,7 +110,8 @@ def test_total_notional_is_capped_at_twice_the_equity(markets, corr):
     d = trend.decide(st, snap(markets, corr, "2020-05-21", book), params, S)
     btc = next(x for x in d.intents if x.symbol == "BTC/USDT:USDT")
     equity = book.equity({}, {"ETH/USDT:USDT": float(eth.close[i]), "BTC/USDT:USDT": 0.0})
-    assert btc.qty * row(markets, "BTC", "2020-05-21")["close"] == pytest.approx(2 * equity - 150_000.0)
+    close = row(markets, "BTC", "2020-05-21")["close"]
+    assert btc.qty == pytest.approx(BTC_PERP.floor_qty((2 * equity - 150_000.0) / close))
 
 
 def test_no_entry_when_an_indicator_is_missing(markets, corr):
