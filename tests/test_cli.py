@@ -442,14 +442,14 @@ def test_data_download_stores_the_exchange_rows_since_the_given_day(db_file, mon
         assert _count(db_file, "candles") == want_candles
         assert _count(db_file, "funding_rates") == want_funding
         for symbol, n in want_candles.items():
-            assert f"{symbol} 1d: {n} new rows" in out
+            assert f"{symbol} 1d: {n} rows written" in out
         for symbol, n in want_funding.items():
-            assert f"{symbol} funding: {n} new rows" in out
+            assert f"{symbol} funding: {n} rows written" in out
 
         # a second download resumes after the stored rows: nothing new
         code, out, err = _run(["data", "download", "--since", "2025-12-01"], capsys)
         assert code == 0, err
-        assert set(line.rsplit(": ", 1)[1] for line in out.splitlines()) == {"0 new rows"}
+        assert set(line.rsplit(": ", 1)[1] for line in out.splitlines()) == {"0 rows written"}
         assert _count(db_file, "candles") == want_candles
 
 
