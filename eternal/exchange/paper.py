@@ -258,7 +258,9 @@ class PaperExchange(PerpDesk):
         if rules is None:
             return qty
         floored = rules.floor_qty(qty)
-        if floored <= 0 or (why := rules.violation(floored, price)) is not None:
+        # under one step there is nothing to judge: `why` must exist for the message either way
+        why = rules.violation(floored, price) if floored > 0 else None
+        if floored <= 0 or why is not None:
             i = order.intent
             raise InsufficientFunds(f"{i.sleeve} {i.side} {i.qty:.8g} {i.symbol}: the balance covers only "
                                     f"{qty:.8g} at {price:.8g}, under the trading rules "
