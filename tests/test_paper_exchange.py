@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from eternal import ledger
 from eternal.config import FeeParams
 from eternal.errors import DuplicateOrder, ExchangeError, InsufficientFunds
 from eternal.exchange.paper import FillPolicy, PaperExchange
+from eternal.instruments import default as trading_rules
 from eternal.models import (
     Market,
     OrderIntent,
@@ -27,6 +28,7 @@ from eternal.models import (
 # conftest chdirs into a tmp dir: keep its caches out of the repo.
 
 BTC, ETH = "BTC/USDT", "ETH/USDT"
+RULES = trading_rules()     # Bybit's quantity steps and minimums: the paper exchange refuses the rest
 NOW = utc("2021-11-11T00:05:00Z")
 # maker and taker apart, so a test can tell which one was charged
 SPLIT_FEES = FeeParams(spot_maker=0.0002, spot_taker=0.00055)
@@ -177,26 +179,40 @@ def test_next_open_buy_the_cash_cannot_cover_is_rejected_at_the_bar(dataset):
     assert ex.books[Sleeve.CORE] == SleeveBook(Sleeve.CORE, 40_000.0)
 
 
-def test_scale_to_cash_buys_so_that_cost_plus_fee_equals_the_cash_exactly(ath_quotes):
+def test_scale_to_cash_buys_the_whole_steps_that_cost_plus_fee_the_cash_covers(ath_quotes):
     ex = exchange(core=SleeveBook(Sleeve.CORE, 60_000.0))
     ex.set_quotes(ath_quotes)
     order = ex.place_order("scaled", intent(Side.BUY, 1.0, scale_to_cash=True), NOW)
     (fill,) = order.fills
-    assert fill.qty == pytest.approx(60_000 / (64882.44 * 1.001), rel=1e-12)   # 0.92380... BTC
-    assert fill.qty * fill.price + fill.fee == 60_000.0
-    assert ex.books[Sleeve.CORE].cash == 0.0
+    # 60,000 / (64,882.44 x 1.001) = 0.92380... BTC, down to the 0.000001 BTC step
+    assert fill.qty == RULES[BTC].floor_qty(60_000 / (64882.44 * 1.001))
+    assert fill.fee == pytest.approx(fill.qty * 64882.44 * 0.001, rel=1e-12)
+    left = ex.books[Sleeve.CORE].cash
+    assert left == pytest.approx(60_000.0 - fill.qty * fill.price - fill.fee, abs=1e-9)
+    assert 0.0 <= left < RULES[BTC].qty_step * 64882.44 * 1.001     # less than one more step would cost
 
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(cash=st.floats(1.0, 1e8), price=st.floats(0.01, 1e6), rate=st.floats(0.0, 0.01),
        over=st.floats(1.001, 100.0))
 def test_scale_to_cash_never_leaves_the_cash_negative(cash, price, rate, over):
+    rules = RULES[BTC]
     ex = exchange(FeeParams(spot_maker=rate, spot_taker=rate), core=SleeveBook(Sleeve.CORE, cash))
     ex.set_quotes({BTC: Quote(price, price, price)})
-    wanted = over * cash / (price * (1 + rate))
+    wanted = rules.floor_qty(over * cash / (price * (1 + rate)))       # as the driver sends it: on the step
+    assume(wanted > 0 and rules.violation(wanted, price) is None)
+    affordable = rules.floor_qty(cash / (price * (1 + rate)))
+    if affordable <= 0 or rules.violation(affordable, price) is not None:
+        # the cash covers no valid order: refused like Bybit, nothing changes
+        with pytest.raises(InsufficientFunds):
+            ex.place_order("scaled", intent(Side.BUY, wanted, scale_to_cash=True), NOW)
+        assert ex.books[Sleeve.CORE] == SleeveBook(Sleeve.CORE, cash)
+        return
     (fill,) = ex.place_order("scaled", intent(Side.BUY, wanted, scale_to_cash=True), NOW).fills
-    assert fill.qty * fill.price + fill.fee == cash
-    assert ex.books[Sleeve.CORE].cash == 0.0
+    assert fill.qty == affordable
+    assert fill.qty * fill.price + fill.fee <= cash
+    assert ex.books[Sleeve.CORE].cash >= 0.0
+    assert ex.books[Sleeve.CORE].cash < rules.qty_step * price * (1 + rate) + 1e-9 * cash   # under one more step
     assert fill.fee == pytest.approx(fill.qty * price * rate, rel=1e-9, abs=1e-9 * cash)
 
 
@@ -349,7 +365,8 @@ def test_trades_at_a_constant_price_change_value_by_exactly_minus_the_fees(cash,
             qty = fraction * book.cash / (prices[symbol] * (1 + rate))
         else:
             qty = fraction * book.holdings.get(asset, 0.0)
-        if not qty > 0:
+        qty = RULES[symbol].floor_qty(qty)                 # only orders the exchange accepts
+        if not qty > 0 or RULES[symbol].violation(qty, prices[symbol]) is not None:
             continue
         other = {s: b.copy() for s, b in ex.books.items() if s != sleeve}
         order = ex.place_order(f"o{n}", intent(side, qty, symbol, sleeve=sleeve,

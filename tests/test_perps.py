@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from eternal import ledger
 from eternal.config import FeeParams
 from eternal.errors import ExchangeError, InsufficientFunds
+from eternal.exchange.base import OrderRefused
 from eternal.exchange.paper import FillPolicy, PaperExchange
+from eternal.instruments import default as trading_rules
 from eternal.models import (
     QUOTE,
     ExitReason,
@@ -39,6 +41,7 @@ from eternal.models import (
 BTCP, ETHP, SOLP = "BTC/USDT:USDT", "ETH/USDT:USDT", "SOL/USDT:USDT"
 T1 = Sleeve.TREND_1
 TAKER, MAKER = 0.00055, 0.0002
+RULES = trading_rules()     # Bybit's perp steps (0.001 BTC, 0.01 ETH) and 5 USDT minimum notional
 
 
 # helpers -----------------------------------------------------------------------------------------
@@ -160,14 +163,18 @@ def test_next_open_perp_order_the_cash_cannot_cover_is_rejected_at_the_bar(datas
     assert ex.books[T1] == SleeveBook(T1, 10_000.0)
 
 
-def test_scale_to_cash_perp_entry_spends_margin_plus_fee_equal_to_the_cash_exactly(dataset):
+def test_scale_to_cash_perp_entry_spends_the_whole_steps_of_margin_plus_fee_the_cash_covers(dataset):
     ex = exchange(FillPolicy.NEXT_OPEN)
     ex.set_leverage(T1, ETHP, 2.0)
     ex.place_order("all-in", perp(Side.BUY, 100.0, ETHP, scale_to_cash=True), utc("2021-05-17T00:05Z"))
     (order,) = ex.on_bar(utc("2021-05-18"), {ETHP: px(dataset, ETHP, "2021-05-18", "open")})
     (f,) = order.fills
-    assert f.qty == pytest.approx(15_000 / (3283.23 * (0.5 + TAKER)), rel=1e-12)    # 9.1273 ETH
-    assert ex.books[T1].cash == 0.0 and ex.books[T1].perps[ETHP].margin + f.fee == pytest.approx(15_000, rel=1e-15)
+    # 15,000 / (3,283.23 x (1/2 + taker)) = 9.1273 ETH, down to the 0.01 ETH step
+    assert f.qty == RULES[ETHP].floor_qty(15_000 / (3283.23 * (0.5 + TAKER)))
+    assert f.fee == pytest.approx(f.qty * 3283.23 * TAKER, rel=1e-12)
+    left = ex.books[T1].cash
+    assert left + ex.books[T1].perps[ETHP].margin + f.fee == pytest.approx(15_000, rel=1e-15)
+    assert 0.0 <= left < RULES[ETHP].qty_step * 3283.23 * (0.5 + TAKER)     # less than one more step
 
 
 # realised P&L -------------------------------------------------------------------------------------
@@ -335,7 +342,7 @@ SCRIPT = {
     "2022-11-06": [perp(Side.SELL, 0.25, reduce_only=True, key="btc-3")],
     "2022-11-08": [perp(Side.SELL, 0.6, key="btc-flip")],                 # long 0.25 -> short 0.35
     "2022-11-10": [perp(Side.BUY, 2.0, ETHP, reduce_only=True, key="eth-2"),
-                   perp(Side.SELL, 0.2, limit=1.0, key="btc-4")],          # a limit fills at the open, maker
+                   perp(Side.SELL, 0.2, limit=15_905.0, key="btc-4")],     # a limit (at the 11-09 close) fills at the open, maker
     "2022-11-13": [perp(Side.BUY, 0.55, reduce_only=True, key="btc-5")],   # closes the BTC short
     "2022-11-15": [perp(Side.BUY, 10.0, ETHP, key="eth-flip")],             # short 3 -> long 7
     "2022-11-18": [perp(Side.SELL, 7.0, ETHP, reduce_only=True, key="eth-3")],
@@ -507,9 +514,11 @@ def test_2x_long_eth_from_the_2021_05_18_open_is_liquidated_in_the_2021_05_19_cr
     ex.on_bar(utc("2021-05-18"), {ETHP: px(dataset, ETHP, "2021-05-18", "open")})
     book = ex.books[T1]
     pos = book.perps[ETHP]
-    q, e = pos.qty, pos.entry_price                                         # 9.1273 ETH at 3,283.23
+    q, e = pos.qty, pos.entry_price                                         # 9.12 ETH (whole steps) at 3,283.23
+    assert q == RULES[ETHP].floor_qty(15_000 / (e * (0.5 + TAKER)))
     liq = (q * e - (book.cash + pos.margin)) / (q * (1 - 0.005))
-    assert liq == pytest.approx(1649.86, abs=0.005)                         # e / 1.99: all cash is margin
+    # all the sleeve's cash (15,000 less the entry fee) backs the position: 1,648.54
+    assert liq == pytest.approx((q * e - (15_000 - q * e * TAKER)) / (q * (1 - 0.005)), rel=1e-12)
     assert ledger.liquidation_price(book, ETHP, {}) == liq
     assert ex.check_liquidations(utc("2021-05-18"), {ETHP: bar(dataset, ETHP, "2021-05-18")}) == []  # low 3,240.06
     (f,) = ex.check_liquidations(utc("2021-05-19"), {ETHP: bar(dataset, ETHP, "2021-05-19")})        # low 1,400.73
@@ -620,7 +629,7 @@ order_op = st.tuples(st.sampled_from([Side.BUY, Side.SELL]), st.floats(0.01, 1.5
 def test_paper_perp_orders_keep_our_mirrored_books_equal_and_margin_never_negative(cash, ops):
     """Random opens, adds, reduce-only exits and flips on the paper exchange: our books, fed only
     the fills, equal the exchange's to the ulp; a refused order changes nothing; an all-in entry
-    leaves exactly zero cash."""
+    leaves less cash than one more step would cost."""
     ex = exchange(cash=cash)
     ex.set_leverage(T1, BTCP, 2.0)
     mine = SleeveBook(T1, cash)
@@ -629,7 +638,15 @@ def test_paper_perp_orders_keep_our_mirrored_books_equal_and_margin_never_negati
         price = base[sym] * move
         at(ex, sym, price)
         before = ex.books[T1].copy()
-        qty = size * cash / base[sym] * (100.0 if all_in else 1.0)
+        qty = RULES[sym].floor_qty(size * cash / base[sym] * (100.0 if all_in else 1.0))   # on the step
+        if qty <= 0:
+            continue                                                      # under one step: never sent
+        if RULES[sym].violation(qty, price) is not None:                  # under a minimum: refused
+            with pytest.raises(OrderRefused):
+                ex.place_order(f"o{n}", perp(side, qty, sym, reduce_only=reduce_only, scale_to_cash=all_in),
+                               utc("2024-01-11"))
+            assert ex.books[T1] == before
+            continue
         try:
             order = ex.place_order(f"o{n}", perp(side, qty, sym, reduce_only=reduce_only, scale_to_cash=all_in),
                                    utc("2024-01-11"))
@@ -643,7 +660,8 @@ def test_paper_perp_orders_keep_our_mirrored_books_equal_and_margin_never_negati
             assert reduce_only and ex.books[T1] == before
         pos = before.perps.get(sym)
         if all_in and not reduce_only and order.filled_qty < qty and (pos is None or (pos.qty > 0) == (side == Side.BUY)):
-            assert ex.books[T1].cash == 0.0                                  # scaled: margin + fee = the cash
+            lev = ex.leverage_of(T1, sym)                                    # scaled: whole steps of margin + fee
+            assert 0.0 <= ex.books[T1].cash < RULES[sym].qty_step * price * (1 / lev + TAKER) * (1 + 1e-9)
         assert all(p.margin >= 0 and p.qty != 0 for p in mine.perps.values())
 
 
