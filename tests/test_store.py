@@ -20,6 +20,7 @@ from eternal.data.store import MarketStore
 from eternal.errors import InsufficientFunds
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import client_order_id, execute
+from eternal.instruments import default as trading_rules
 from eternal.models import (
     Event,
     Market,
@@ -257,15 +258,20 @@ def test_save_execution_then_load_books_and_orders_round_trips_exactly(engine, d
     assert ledger.load_orders(ids) == {r.client_order_id: r for r in result.orders}
 
 
+def eth_tranche(close: float) -> float:
+    """One CORE ETH tranche of 60,000 USDT at `close`, in whole steps of ETH/USDT (Bybit)."""
+    return trading_rules()["ETH/USDT"].floor_qty(60_000 * 0.95 / 4 / 3 / close)
+
+
 def core_with_staked_eth(dataset) -> PaperExchange:
-    """CORE buys its ETH tranches at the 2024-01-11 and 2024-01-12 closes (1.81435... and 1.88302...
-    ETH for 4,750 USDT each), stakes the first and earns 30 days at 3 % APY on it."""
+    """CORE buys its ETH tranches at the 2024-01-11 and 2024-01-12 closes (4,750 USDT each, down to
+    the 0.00001 ETH step: 1.81435 and 1.88302 ETH), stakes the first and earns 30 days at 3 % APY on it."""
     ex = PaperExchange(FeeParams(), FillPolicy.IMMEDIATE, {Sleeve.CORE: SleeveBook(Sleeve.CORE, 60_000.0)})
     for n, day in enumerate(("2024-01-11", "2024-01-12")):
         eth = float(dataset.daily("ETH/USDT").loc[day, "close"])
         ex.set_quotes({"ETH/USDT": Quote(eth, eth, eth)})
         ex.place_order(f"eth-{n}", OrderIntent(Sleeve.CORE, "ETH/USDT", Market.SPOT, Side.BUY,
-                                               60_000 * 0.95 / 4 / 3 / eth, OrderType.MARKET, "tranche",
+                                               eth_tranche(eth), OrderType.MARKET, "tranche",
                                                f"eth-{n}"), NOW)
     ex.stake(Sleeve.CORE, "ETH", ex.orders["eth-0"].filled_qty)
     books_ledger.accrue_staking(ex.books[Sleeve.CORE], "ETH", 0.03, days=30)
@@ -278,7 +284,9 @@ def test_staked_balances_keep_total_and_staked_qty_exactly(engine, dataset):
     LedgerStore(engine).save_books(ex.books.values(), NOW)
     loaded = LedgerStore(engine).load_books()[Sleeve.CORE]
     assert loaded.cash == book.cash
-    assert loaded.staked == book.staked == {"ETH": 1.818834266488592}
+    first = eth_tranche(float(dataset.daily("ETH/USDT").loc["2024-01-11", "close"]))
+    assert loaded.staked == book.staked
+    assert book.staked["ETH"] == pytest.approx(first * (1 + 0.03 / 365) ** 30, rel=1e-12)   # 30 days at 3 % APY
     assert loaded.qty("ETH") == book.qty("ETH")
     assert loaded.holdings["ETH"] == book.holdings["ETH"]
 
