@@ -10,6 +10,8 @@ import pytest
 from sqlalchemy import func, select
 
 from eternal.config import load_settings
+from eternal.instruments import apply_rules
+from eternal.instruments import default as trading_rules
 from eternal.models import Sleeve, utc
 from eternal.replay import BackfillError, parse_sleeves, run_backfill
 from eternal.store.db import connect
@@ -36,8 +38,8 @@ def test_first_tranche_is_decided_on_the_first_close_and_filled_at_the_next_open
     assert set(first["timestamp"]) == {"2021-01-02T00:00:00+00:00"}
     btc = first[first.symbol == "BTC/USDT"].iloc[0]
     assert btc.price == btc_open and first[first.symbol == "ETH/USDT"].iloc[0].price == eth_open
-    # sized at the decision close: 10,000 x 0.95 / 4 x 2/3 USDT of BTC
-    assert btc.qty == pytest.approx(10_000 * 0.95 / 4 * 2 / 3 / btc_close)
+    # sized at the decision close: 10,000 x 0.95 / 4 x 2/3 USDT of BTC, down to the 0.000001 BTC step
+    assert btc.qty == pytest.approx(trading_rules()["BTC/USDT"].floor_qty(10_000 * 0.95 / 4 * 2 / 3 / btc_close))
     assert btc.fee == pytest.approx(btc.qty * btc_open * 0.001)          # maker fee, post-only
     assert (btc.market, btc.side, btc.sleeve) == ("spot", "buy", "core")
 
@@ -147,7 +149,8 @@ def test_cli_backfill_writes_outputs_and_prints_the_summary(shared_data, tmp_pat
 
 
 def test_replay_decides_like_the_daily_flow_on_the_same_day(dataset):
-    """Parity: the replay's first decision equals the pure cycle on a snapshot built from the data."""
+    """Parity: the replay's first decision equals the pure cycle on a snapshot built from the data,
+    as the driver sends it (down to the exchange's steps)."""
     from eternal import cycle
     from eternal.models import Quote, Sleeve, SleeveBook, Snapshot
 
@@ -160,8 +163,10 @@ def test_replay_decides_like_the_daily_flow_on_the_same_day(dataset):
     snap = Snapshot(day + timedelta(days=1), day, closes, ath, {a: Quote(c, c, c) for a, c in closes.items()},
                     {Sleeve.CORE: SleeveBook(Sleeve.CORE, 60_000.0)}, {})
     plan = cycle.daily(snap, s)
+    sent, dropped = apply_rules(plan.intents, {f"{a}/USDT": c for a, c in closes.items()}, day)
+    assert dropped == [] and len(sent) == len(plan.intents)
     replayed = r.trades[r.trades.timestamp.str.startswith("2024-03-02")]
-    assert sorted(replayed.qty) == pytest.approx(sorted(i.qty for i in plan.intents))
+    assert sorted(replayed.qty) == pytest.approx(sorted(i.qty for i in sent))
 
 
 @pytest.mark.db
