@@ -220,9 +220,6 @@ def _entry(**over) -> dict:
     (b'{"name": "Fear and Greed Index"}', "no 'data' list"),
     (b'{"data": [], "metadata": {"error": null}}', "'data' list is empty"),
     (b'{"data": [], "metadata": {"error": "Limit exceeded"}}', "reported an error: Limit exceeded"),
-    (json.dumps({"data": [_entry(value="150")]}).encode(), r"data\[0\]\.value=150 is outside 0\.\.100"),
-    (json.dumps({"data": [_entry(), _entry(value="-1", timestamp="1655424000")]}).encode(),
-     r"data\[1\]\.value=-1 is outside"),
     (json.dumps({"data": [_entry(value="6.5")]}).encode(), r"value='6.5' is not an integer"),
     (json.dumps({"data": [_entry(value=None)]}).encode(), r"value=None is not an integer"),
     (json.dumps({"data": [_entry(timestamp="yesterday")]}).encode(), r"timestamp='yesterday' is not unix"),
@@ -236,6 +233,20 @@ def test_malformed_payloads_are_refused_naming_the_problem(stub, body, problem):
         fetch_fear_greed(stub.url, **FAST)
     assert stub.url in str(err.value)
     assert stub.requests == 1   # a bad answer is not a transient fault
+
+
+@pytest.mark.parametrize("value", ["150", "-1"])
+def test_a_value_outside_0_100_is_refused_by_the_suite_of_every_door_and_nothing_is_stored(stub, tmp_path, value):
+    """The index of 2022-06-18 (real value 6) read as 150 or -1: the same rule and message as an import."""
+    from eternal.errors import DataQualityError
+
+    stub.always = json.dumps({"data": [_entry(value=value)]}).encode()
+    store = MarketStore(connect(f"sqlite:///{tmp_path / 'fg.db'}"))
+    with pytest.raises(DataQualityError) as err:
+        update_fear_greed(store, stub.url, **FAST)
+    assert str(err.value) == (f"data quality failed: Fear & Greed ({stub.url}): value in 0..100 failed on "
+                              "2022-06-18T00:00:00+00:00 (1 row)")
+    assert len(store.load_fear_greed()) == 0
 
 
 # storage and CLI --------------------------------------------------------------------------------

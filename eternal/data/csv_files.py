@@ -98,7 +98,8 @@ def read_fear_greed(path: Path) -> pd.DataFrame:
     """`value` stays float here (a NaN or 2.5 must reach the suite, which wants an integer 0..100);
     `as_fear_greed` makes it int64 once validated."""
     df = _read(path, ["value", "classification"], ["value"])
-    return df.astype({"classification": "str"})
+    value = df["value"]
+    return as_fear_greed(df) if value.notna().all() and (value == value.round()).all() else df
 
 
 def as_fear_greed(df: pd.DataFrame) -> pd.DataFrame:
@@ -125,6 +126,6 @@ def read_dir(directory: Path | str, timeframes: tuple[str, ...] = ("1d",)) -> Da
         elif path.name == _FEAR_GREED:
             data.fear_greed = read_fear_greed(path)
             data.files["fear_greed"] = path.name
-    if not data.candles and not data.funding:
+    if not data.candles and not data.funding and data.fear_greed is None:
         raise DataError(f"no market data files found in {directory} (expected ohlcv_1d_BTC-USDT_spot.csv ...)")
     return data

@@ -121,16 +121,17 @@ def _value(raw: Any, i: int, source: str) -> int:
     except (TypeError, ValueError):
         raise DataError(f"Fear & Greed index at {source}: data[{i}].value={raw!r} "
                         "is not an integer") from None
-    if not 0 <= value <= 100:
-        raise DataError(f"Fear & Greed index at {source}: data[{i}].value={value} is outside 0..100")
-    return value
+    return value        # the range 0..100 is the suite's rule (update_fear_greed), as at every door
 
 
 def update_fear_greed(store: MarketStore, url: str, *, timeout_s: float, retries: int,
                       backoff_s: float = DEFAULT_BACKOFF_S,
                       client: httpx.Client | None = None) -> int:
     """Download the index and upsert it; returns rows written. Nothing is written on a failure."""
+    from eternal.data.quality import FEAR_GREED, validate_market_data
+
     df = fetch_fear_greed(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, client=client)
+    validate_market_data({}, {}, None, fear_greed=df, names={FEAR_GREED: f"{FEAR_GREED} ({_redact(url)})"})
     return store.upsert_fear_greed(df)
 
 
