@@ -356,3 +356,27 @@ def test_deposit_intake_refuses_amounts_that_are_not_a_positive_number(amount, t
     monkeypatch.setenv("ETERNAL_DATABASE_URL", url)
     with pytest.raises(ValueError, match="amount_usdt must be a positive number of USDT"):
         deposit_intake(amount_usdt=amount, reference="bad")
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_a_store_of_400_days_is_refused_where_it_would_hide_btcs_all_time_high(dataset, tmp_path, monkeypatch,
+                                                                                 prefect_harness):
+    """A store that holds 400 days (as the cycle's own refresh used to fill a fresh database): the
+    all-time high would come from a look-back, not the whole history, so the daily flow refuses it
+    (on 2022-06-18, close 18,970.79, BTC is 71.9 % below its 67,525.83 high of 2021-11-08, TACTICAL's
+    level-1 and level-2 territory: a look-back that missed that high would see no drawdown)."""
+    url = f"sqlite:///{tmp_path / 'eternal.db'}"
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", url)
+    engine = connect(url)
+    store_market(engine, dataset, "2021-05-14", "2022-06-19")
+    from sqlalchemy import delete
+
+    with engine.begin() as conn:
+        conn.execute(delete(CandleRow).where(CandleRow.ts < _ts("2021-05-14")))
+    with pytest.raises(DataQualityError) as error:
+        daily("2022-06-19T00:05:00Z")
+    message = str(error.value)
+    assert "BTC/USDT: history from 2017-08-17 (all-time high of CORE, TACTICAL) failed on 2021-05-14" in message
+    assert "ETH/USDT: history from 2017-08-17 (all-time high of CORE) failed on 2021-05-14" in message
+    assert count(engine, OrderRow) == 0
