@@ -258,16 +258,25 @@ def cmd_data(args, s) -> int:
 
             LedgerStore(store.engine).append_events(corrected)
         return 0
-    from eternal.data.quality import validate_market_data
+    from eternal.data.csv_files import DataSet
+    from eternal.market import check_dataset
+    from eternal.models import Sleeve
 
     asof = args.asof or datetime.now(UTC)
     day_end = asof.replace(hour=0, minute=0, second=0, microsecond=0)
-    candles = {sym: store.load_candles(sym, "1d", end=day_end) for sym in store.candle_symbols("1d")}
-    if not candles:
+    data = DataSet({(sym, "1d"): store.load_candles(sym, "1d", end=day_end) for sym in store.candle_symbols("1d")})
+    if not data.candles:
         raise EternalError("no candles stored: run `eternal data import DIR` or `eternal data download` first")
-    validate_market_data(candles, {}, asof, max_daily_move=s.data.max_daily_move,
-                         max_funding_rate=s.data.max_funding_rate_8h)
-    print(f"{len(candles)} daily series valid as of {asof:%Y-%m-%d %H:%M} UTC: {', '.join(candles)}")
+    for sym in {sym for (sym, _) in data.candles if sym.endswith(":USDT")}:
+        if len(f := store.load_funding(sym, end=asof)):
+            data.funding[sym] = f
+    fg = store.load_fear_greed()
+    data.fear_greed = fg[fg.index < day_end] if len(fg) else None
+    sleeves = [sl for sl in Sleeve if getattr(s.weights, sl.weight_field) > 0]
+    check_dataset(data, s, sleeves, asof=asof)      # the suite of every door, and the engines' history
+    print(f"{len(data.candles)} daily series, {len(data.funding)} funding series"
+          f"{' and Fear & Greed' if data.fear_greed is not None else ''} valid as of {asof:%Y-%m-%d %H:%M} UTC: "
+          f"{', '.join(sym for sym, _ in data.candles)}")
     return 0
 
 

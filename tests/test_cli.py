@@ -375,7 +375,7 @@ def test_data_import_of_a_dir_without_data_files_exits_2(db_file, capsys, tmp_pa
 def test_data_validate_passes_on_imported_data_then_fails_naming_a_corrupted_row(imported, capsys):
     code, out, err = _run(["data", "validate", "--asof", "2026-01-06"], capsys)
     assert code == 0, err
-    assert out == "2 daily series valid as of 2026-01-06 00:00 UTC: BTC/USDT, ETH/USDT\n"
+    assert out == "2 daily series, 0 funding series valid as of 2026-01-06 00:00 UTC: BTC/USDT, ETH/USDT\n"
 
     engine = create_engine(f"sqlite:///{imported}")
     with engine.begin() as conn:
