@@ -375,6 +375,24 @@ def _param(name: str) -> dict[str, str]:
     return {"$PARAMETER": name}
 
 
+def _order_rules(noun: str, gap_column: str) -> list[tuple[str, str, Any]]:
+    """Unique and strictly increasing times per series, for every kind of series."""
+    import great_expectations.expectations as gxe
+
+    return [
+        (
+            "unique_timestamp",
+            f"{noun} unique",
+            gxe.ExpectCompoundColumnsToBeUnique(column_list=["series", "timestamp"]),
+        ),
+        (
+            "increasing_timestamp",
+            f"{noun} strictly increasing",
+            gxe.ExpectColumnValuesToBeBetween(column=gap_column, min_value=0, strict_min=True),
+        ),
+    ]
+
+
 def _candle_rules(*, fresh: bool) -> list[tuple[str, str, Any]]:
     """(rule id, words, expectation); words may name a parameter, filled in when reporting."""
     import great_expectations.expectations as gxe
@@ -405,16 +423,7 @@ def _candle_rules(*, fresh: bool) -> list[tuple[str, str, Any]]:
                 column_A="body_low", column_B="low", or_equal=True, ignore_row_if=nan_row
             ),
         ),
-        (
-            "unique_timestamp",
-            "timestamps unique",
-            gxe.ExpectCompoundColumnsToBeUnique(column_list=["series", "timestamp"]),
-        ),
-        (
-            "increasing_timestamp",
-            "timestamps strictly increasing",
-            between(column="gap_days", min_value=0, strict_min=True),
-        ),
+        *_order_rules("timestamps", "gap_days"),
         (
             "consecutive_days",
             "no missing day (candles exactly 1 day apart)",
@@ -471,16 +480,7 @@ def _funding_rules() -> list[tuple[str, str, Any]]:
                 max_value=_param("max_funding_rate"),
             ),
         ),
-        (
-            "unique_timestamp",
-            "funding timestamps unique",
-            gxe.ExpectCompoundColumnsToBeUnique(column_list=["series", "timestamp"]),
-        ),
-        (
-            "increasing_timestamp",
-            "funding timestamps strictly increasing",
-            between(column="gap_hours", min_value=0, strict_min=True),
-        ),
+        *_order_rules("funding timestamps", "gap_hours"),
         (
             "funding_gap",
             "no missing settlement (gap <= {max_funding_gap:g} of the series' interval)",
@@ -498,16 +498,7 @@ def _fear_greed_rules() -> list[tuple[str, str, Any]]:
         ("not_null", "value is a number", gxe.ExpectColumnValuesToNotBeNull(column="value")),
         ("integer", "value is an integer", between(column="fraction_part", max_value=0)),
         ("fear_greed_range", "value in 0..100", between(column="value", min_value=0, max_value=100)),
-        (
-            "unique_timestamp",
-            "index dates unique",
-            gxe.ExpectCompoundColumnsToBeUnique(column_list=["series", "timestamp"]),
-        ),
-        (
-            "increasing_timestamp",
-            "index dates strictly increasing",
-            between(column="gap_days", min_value=0, strict_min=True),
-        ),
+        *_order_rules("index dates", "gap_days"),
         (
             "daily_open_time",
             "index date at 00:00 UTC",
