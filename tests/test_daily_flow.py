@@ -16,6 +16,7 @@ from eternal.config import load_settings
 from eternal.errors import DataQualityError, StaleDataError
 from eternal.exchange.paper import PaperExchange
 from eternal.indicators import perp_market
+from eternal.instruments import default as trading_rules
 from eternal.models import PERP_SYMBOLS, Sleeve, utc
 from eternal.store.db import connect
 from eternal.store.driver_store import SqlLedger, open_paper_exchange
@@ -65,7 +66,10 @@ def test_first_cycle_buys_cores_first_tranche_at_the_next_days_open_at_the_maker
     close, open_ = day_prices(dataset, "2024-01-01", "close"), day_prices(dataset, "2024-01-02", "open")
     assert close == {"BTC": 44_179.55, "ETH": 2_352.04} and open_ == {"BTC": 44_179.55, "ETH": 2_352.05}
     assert report["closes"] == ["2024-01-01"]
-    qty = {"BTC": TRANCHE * 2 / 3 / close["BTC"], "ETH": TRANCHE / 3 / close["ETH"]}   # 2:1, sized at the close
+    # 2:1, sized at the close, down to each spot step (Bybit: 0.000001 BTC, 0.00001 ETH)
+    rules = trading_rules()
+    qty = {"BTC": rules["BTC/USDT"].floor_qty(TRANCHE * 2 / 3 / close["BTC"]),
+           "ETH": rules["ETH/USDT"].floor_qty(TRANCHE / 3 / close["ETH"])}
     fills = {f.symbol: f for f in rows(db, FillRow, where=[FillRow.sleeve == "core"])}
     assert set(fills) == {"BTC/USDT", "ETH/USDT"}
     for a in ("BTC", "ETH"):
@@ -180,7 +184,7 @@ def test_eth_is_staked_once_although_the_first_commit_failed_and_a_days_reward_f
     monkeypatch.setenv("ETERNAL_CORE__STAKING_APY", "0.03")
     daily(FIRST)
     eth = LedgerStore(db).load_books()[Sleeve.CORE].holdings["ETH"]
-    assert eth == pytest.approx(60_000 * 0.95 / 3 / 2_352.04, rel=1e-12)
+    assert eth == pytest.approx(trading_rules()["ETH/USDT"].floor_qty(60_000 * 0.95 / 3 / 2_352.04), rel=1e-12)
 
     original, failed = SqlLedger.commit, []
 
@@ -273,7 +277,8 @@ def test_a_sleeve_weighted_zero_is_not_decided_for(db, dataset, monkeypatch):
     assert core.cash == 0.0 and not any(core.holdings.values())
     (hedge,) = rows(db, FillRow.qty, FillRow.price, where=[FillRow.sleeve == "funding", FillRow.symbol == "BTC/USDT"])
     assert hedge.price == float(dataset.daily("BTC/USDT").loc["2024-01-02", "open"])
-    assert hedge.qty * hedge.price == pytest.approx(0.05 * 75_000, rel=1e-12)
+    # both legs in whole steps of the perp (0.001 BTC)
+    assert hedge.qty == pytest.approx(trading_rules()["BTC/USDT:USDT"].floor_qty(0.05 * 75_000 / hedge.price), rel=1e-12)
 
 
 def test_two_overlapping_runs_of_the_same_slot_execute_no_duplicate_order(db):

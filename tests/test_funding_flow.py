@@ -12,6 +12,7 @@ import pytest
 from eternal.data.store import MarketStore
 from eternal.errors import ConfigError
 from eternal.exchange.paper import PaperExchange
+from eternal.instruments import default as trading_rules
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Sleeve, utc
 from eternal.store.db import connect
 from eternal.store.driver_store import SqlLedger
@@ -110,7 +111,7 @@ def test_the_settlement_of_2024_08_09_0800_is_booked_for_trend_positions_realise
 def test_funding_hedges_at_the_2024_01_02_settlement_and_sends_half_its_funding_to_tactical(january_2024, dataset):
     """At the settlement of 2024-01-02 00:00 the predicted rates (BTC 0.000658, ETH 0.000535, SOL
     0.000575) are above the 0.0001 threshold: FUNDING buys 5 % of its 15,000 USDT of each coin at the
-    spot open and shorts the same quantity at the perp open. The 08:00 settlement pays the shorts;
+    spot open (down to the perp's step) and shorts the same quantity at the perp open. The 08:00 settlement pays the shorts;
     half of each payment moves to TACTICAL, the other half stays to compound."""
     db = january_2024
     daily("2024-01-02T00:05:00Z")
@@ -118,7 +119,8 @@ def test_funding_hedges_at_the_2024_01_02_settlement_and_sends_half_its_funding_
     perp = {a: float(dataset.daily(PERP_SYMBOLS[a]).loc["2024-01-02", "open"]) for a in ASSETS}
     books = LedgerStore(db).load_books()
     fund = books[Sleeve.FUNDING]
-    qty = {a: 0.05 * 15_000 / spot[a] for a in ASSETS}
+    # both legs in whole steps of the perp (Bybit: 0.001 BTC, 0.01 ETH, 0.1 SOL)
+    qty = {a: trading_rules()[PERP_SYMBOLS[a]].floor_qty(0.05 * 15_000 / spot[a]) for a in ASSETS}
     assert fund.holdings == pytest.approx(qty, rel=1e-12)
     assert {s: p.qty for s, p in fund.perps.items()} == pytest.approx({PERP_SYMBOLS[a]: -qty[a] for a in ASSETS},
                                                                       rel=1e-12)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from eternal.instruments import default as trading_rules
 from eternal.models import Sleeve
 from eternal.store.db import connect
 from eternal.store.driver_store import SqlLedger
@@ -33,9 +34,12 @@ def prices(dataset, day: str, column: str) -> dict[str, float]:
 
 
 def lot_of(dataset) -> tuple[dict[str, float], float]:
-    """The level-1 lot: quantities sized at the close of 06-01, and its cost at the 06-02 open with fee."""
+    """The level-1 lot: quantities sized at the close of 06-01 down to the spot steps (0.000001 BTC,
+    0.00001 ETH), and its cost at the 06-02 open with fee."""
     close, open_ = prices(dataset, "2022-06-01", "close"), prices(dataset, "2022-06-02", "open")
-    qty = {"BTC": 2_500 * 0.8 / close["BTC"], "ETH": 2_500 * 0.2 / close["ETH"]}
+    rules = trading_rules()
+    qty = {"BTC": rules["BTC/USDT"].floor_qty(2_500 * 0.8 / close["BTC"]),
+           "ETH": rules["ETH/USDT"].floor_qty(2_500 * 0.2 / close["ETH"])}
     return qty, sum(qty[a] * open_[a] * 1.001 for a in qty)
 
 
@@ -94,7 +98,8 @@ def test_a_lot_past_its_age_goes_to_core_in_kind_once_although_the_first_commit_
         {("core", "BTC"): qty["BTC"], ("core", "ETH"): qty["ETH"]}, rel=1e-12)
     assert len(moved) == 2                                           # once
     (opened,) = rows(db, EventRow.data, where=[EventRow.kind == "tactical_lot_opened"])
-    assert opened.data["cost_usdt"] == pytest.approx(cost, rel=1e-12) and cost == pytest.approx(2_502.50, abs=0.01)
+    # 2,500 USDT + the 0.1 % fee, less what the steps rounded off: 2,502.47
+    assert opened.data["cost_usdt"] == pytest.approx(cost, rel=1e-12) and cost == pytest.approx(2_502.47, abs=0.01)
     assert count(db, EventRow, EventRow.kind == "tactical_exit") == 1
     books = LedgerStore(db).load_books()
     assert LedgerStore(db).load_states()[Sleeve.TACTICAL]["lots"] == []
