@@ -11,6 +11,10 @@ from eternal.models import ExitReason, utc
 from eternal.replay import parse_sleeves, run_backfill
 
 EXIT_REASONS = {r.value for r in ExitReason} - {"liquidation"}
+# the first day both perps have their SMA 200 warm-up (ETH's perp lists on 2019-11-27): the backfill
+# refuses an earlier start
+FULL_START, FULL_END = utc("2020-06-14"), utc("2026-01-01")
+FULL_DAYS = (FULL_END - FULL_START).days      # 2,027
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,7 @@ def trend_1_full(dataset, tmp_path_factory):
         checks["worst"] = max(checks["worst"], abs(ours.equity(closes, marks) - theirs.equity(closes, marks)))
         checks["days"] += 1
 
-    r = run_backfill(dataset, load_settings(), start=utc("2020-01-01"), end=utc("2026-01-01"),
+    r = run_backfill(dataset, load_settings(), start=FULL_START, end=FULL_END,
                      sleeves=parse_sleeves("trend-1"), capital=100_000.0, out_dir=out, progress=False,
                      on_day=compare)
     return r, out, checks
@@ -76,15 +80,15 @@ def test_trend_1_backfill_2020_2026_writes_trades_equity_and_summary(trend_1_ful
     assert set(trades.market) == {"perp"} and set(trades.sleeve) == {"trend-1"}
     assert set(trades.reason) - {"entry"} <= EXIT_REASONS
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trades"] == len(trades) and summary["days"] == 2192
+    assert summary["trades"] == len(trades) and summary["days"] == FULL_DAYS
     assert sum(summary["exit_reasons"].values()) == (trades.reason != "entry").sum()
     equity = pd.read_csv(out / "equity.csv", index_col="date")
-    assert equity.index[0] == "2020-01-01" and equity.index[-1] == "2025-12-31"
+    assert equity.index[0] == f"{FULL_START:%Y-%m-%d}" and equity.index[-1] == "2025-12-31"
 
 
 def test_perp_ledger_balances_to_the_cent_at_every_close(trend_1_full):
     r, _, checks = trend_1_full
-    assert checks["days"] == 2192 and checks["worst"] < 0.005      # our books == the exchange's
+    assert checks["days"] == FULL_DAYS and checks["worst"] < 0.005    # our books == the exchange's
 
 
 def test_final_equity_is_capital_plus_realised_minus_fees_plus_funding(trend_1_full):
