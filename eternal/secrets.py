@@ -24,15 +24,29 @@ MIN_SCRUBBED_LEN = 4
 holding it. URLs still hide a short password by its place (`redact_url`)."""
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]*[^\s'\"<>`.,;:!?)\]]")   # not its trailing period
-_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/?#@\s]+)@")
+# userinfo runs to the LAST "@" (as SQLAlchemy and most clients read it), so a password holding an
+# unencoded "/", "#", "?" or "@" is masked whole; see _userinfo for when a "/" before it is a path
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^\s]+)@(?=[^@\s]*$)")
+
+
+def _userinfo(url: str) -> re.Match | None:
+    """The user[:password] part of `url`, or None. Text before the last "@" that holds a "/" or "?"
+    is userinfo only when a ":" comes before that "/" (user:pass/word@host), else it is a path or
+    a query with an "@" in it (host/fng?email=a@b)."""
+    m = _USERINFO.match(url)
+    if m is None:
+        return None
+    ui = m["userinfo"]
+    first = min((i for i in (ui.find("/"), ui.find("?")) if i >= 0), default=-1)
+    return m if first < 0 or ":" in ui[:first] else None
 _QUERY_PAIR = re.compile(r"(?P<lead>[?&;](?P<name>[^=&#;\s]+)=)(?P<value>[^&#;\s]*)")
 _SECRET_NAME = re.compile(r"token|key|secret|pass|pwd|auth|sig|session|credential|jwt|bearer|cookie", re.I)
 
 
 def redact_url(url: str) -> str:
     """`url` with its user:password and token-like query values replaced by ***; the rest as given."""
-    url = _USERINFO.sub(lambda m: m["scheme"] + (f"{MASK}:{MASK}" if ":" in m["userinfo"] else MASK) + "@",
-                        url, count=1)
+    if (m := _userinfo(url)) is not None:
+        url = m["scheme"] + (f"{MASK}:{MASK}" if ":" in m["userinfo"] else MASK) + "@" + url[m.end():]
     head, sep, query = url.partition("?")
     if not sep:
         return url
@@ -47,7 +61,7 @@ def _mask_pair(m: re.Match) -> str:
 def url_secrets(url: str) -> set[str]:
     """The secret parts of a URL: the password and token-like query values, as written and decoded."""
     found: set[str] = set()
-    if m := _USERINFO.match(url):
+    if m := _userinfo(url):
         _, has_password, password = m["userinfo"].partition(":")
         if has_password and password:
             found |= {password, unquote(password)}

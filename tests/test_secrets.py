@@ -43,6 +43,12 @@ SECRETS = (DB_PASSWORD, FG_USER, FG_PASSWORD, FG_TOKEN, BB_USER, BB_PASSWORD, BB
 @pytest.mark.parametrize("url, shown", [
     ("postgresql+psycopg2://eternal:pw@db.example:5432/eternal", "postgresql+psycopg2://***:***@db.example:5432/eternal"),
     ("https://user@proxy.example/fng", "https://***@proxy.example/fng"),
+    # unencoded "/", "#" and "@" in a password (SQLAlchemy reads to the last "@"): masked whole
+    ("postgresql+psycopg2://postgres:PW/LEAK123@127.0.0.1:5432/t", "postgresql+psycopg2://***:***@127.0.0.1:5432/t"),
+    ("postgresql://postgres:PW#LEAK123@db.example/t", "postgresql://***:***@db.example/t"),
+    ("postgresql://postgres:PW@LEAK123@db.example/t", "postgresql://***:***@db.example/t"),
+    # an "@" in a query is no userinfo
+    ("https://api.example/fng/?limit=0&email=a@b.example", "https://api.example/fng/?limit=0&email=a@b.example"),
     ("https://proxy.example/fng/?limit=0&format=json&token=abc", "https://proxy.example/fng/?limit=0&format=json&token=***"),
     ("https://h.example/?api_key=k1&apiKey=k2&X-Amz-Signature=s&access_token=t&page=2",
      "https://h.example/?api_key=***&apiKey=***&X-Amz-Signature=***&access_token=***&page=2"),
