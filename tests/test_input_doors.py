@@ -65,6 +65,8 @@ def corrupt(dataset: DataSet, kind: str) -> DataSet:
         btc.loc[day, ["close", "high"]] = btc.loc[day, "close"] * 100
     elif kind == "high_below_close":
         btc.loc[day, "high"] = btc.loc[day, "close"] - 100
+    elif kind == "infinite_volume":         # "inf" parses as a number and passes volume >= 0
+        btc.loc[day, "volume"] = np.inf
     elif kind == "missing_day":
         btc = btc.drop(day)
     elif kind == "funding_gap":             # two settlements removed: 00:00 to 24:00 with none between
@@ -87,6 +89,8 @@ EXPECTED = {
     "spike_100x": Bad("spike_100x", "BTC/USDT", BTC_FILE, "|close-to-close move| < 0.6", f"{DAY}T00:00:00+00:00"),
     "high_below_close": Bad("high_below_close", "BTC/USDT", BTC_FILE, "high >= max(open, close)",
                             f"{DAY}T00:00:00+00:00"),
+    "infinite_volume": Bad("infinite_volume", "BTC/USDT", BTC_FILE, "prices and volume are finite",
+                           f"{DAY}T00:00:00+00:00"),
     "missing_day": Bad("missing_day", "BTC/USDT", BTC_FILE, "no missing day", "2023-12-21T00:00:00+00:00"),
     "funding_gap": Bad("funding_gap", "BTC/USDT:USDT", FUNDING_FILE, "no missing settlement",
                        "2023-12-21T00:00:00+00:00"),
@@ -108,7 +112,7 @@ FROM_AN_EXCHANGE = [k for k in EXPECTED if k != "short_history"]  # a download s
 
 
 TOUCHED = {"duplicate": [BTC_FILE], "nan_close": [BTC_FILE], "negative_close": [ETH_FILE],
-           "spike_100x": [BTC_FILE], "high_below_close": [BTC_FILE], "missing_day": [BTC_FILE],
+           "spike_100x": [BTC_FILE], "infinite_volume": [BTC_FILE], "high_below_close": [BTC_FILE], "missing_day": [BTC_FILE],
            "funding_gap": [FUNDING_FILE], "funding_rate_bound": [FUNDING_FILE], "fear_greed_range": [FG_FILE],
            "short_history": [BTC_FILE], "truncated_last_line": [BTC_FILE], "header_only": [BTC_FILE],
            "naive_timestamps": [BTC_FILE]}

@@ -27,6 +27,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from eternal.errors import DataQualityError, StaleDataError
@@ -226,6 +227,9 @@ def _candle_frame(name: str, candles: pd.DataFrame, expected_last: datetime | No
     frame = pd.DataFrame({"series": name, "timestamp": candles.index.tz_convert("UTC")})
     for column in CANDLE_COLUMNS:
         frame[column] = candles[column].to_numpy()
+    values = frame[list(CANDLE_COLUMNS)].to_numpy(dtype=float)
+    # an infinite price or volume passes "> 0": its own rule (a NaN is the not-null rule's)
+    frame["finite"] = (~np.isinf(values).any(axis=1)).astype(float)
     body = frame[["open", "close"]]
     frame["body_high"] = body.max(axis=1, skipna=False)
     frame["body_low"] = body.min(axis=1, skipna=False)
@@ -416,6 +420,7 @@ def _candle_rules(*, fresh: bool) -> list[tuple[str, str, Any]]:
     ]
     rules += [
         ("volume_not_negative", "volume >= 0", between(column="volume", min_value=0)),
+        ("finite", "prices and volume are finite", between(column="finite", min_value=1)),
         (
             "high_ge_body",
             "high >= max(open, close)",
