@@ -227,9 +227,16 @@ def cmd_data(args, s) -> int:
 
         timeframes = tuple(t.strip() for t in args.timeframes.split(","))
         read_dir(args.dir, timeframes)   # unreadable files are refused before the database is touched
-        written = import_dir(MarketStore(connect(s.database_url)), args.dir, s, timeframes)
+        market, replaced = MarketStore(connect(s.database_url)), []
+        written = import_dir(market, args.dir, s, timeframes, events=replaced)
         for series, n in written.items():
-            print(f"{series}: {n} rows")
+            print(f"{series}: {n} rows written")
+        for event in replaced:
+            print(f"warning: {event.message}")
+        if replaced:
+            from eternal.store.ledger import LedgerStore
+
+            LedgerStore(market.engine).append_events(replaced)
         return 0
     store = MarketStore(connect(s.database_url))
     if args.action == "fear-greed":

@@ -123,6 +123,10 @@ class MemoryLedger:
         self.equity += batch.equity
 
 
+MAX_USDT = 1e12
+"""Larger amounts are a typo, and quantities of them overflow the step arithmetic."""
+
+
 def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
@@ -148,13 +152,13 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     start = utc(start) if start is not None else earliest_start(
         data, history_needs(settings, sleeves, first), first)   # the first day every warm-up holds
     end = utc(end) if end is not None else last + timedelta(days=1)
+    check_history(data, settings, sleeves, start)   # the engines' warm-up before the first day
     if start < first or end > last + timedelta(days=1) or start >= end:
         raise BackfillError(
             f"backfill window {start:%Y-%m-%d}..{end:%Y-%m-%d} (end exclusive) is outside the data: "
             f"{', '.join(view.spot_assets + [a + ' perp' for a in view.perp_assets])} cover "
             f"{first:%Y-%m-%d}..{last:%Y-%m-%d}")
     spot_assets, perp_assets = view.spot_assets, view.perp_assets
-    check_history(data, settings, sleeves, start)   # the engines' warm-up before the first day
 
     shares = allocate(capital, settings, sleeves)
     if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:

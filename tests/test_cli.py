@@ -340,11 +340,12 @@ def test_backfill_database_url_is_refused_masked_when_unreachable_and_is_no_flow
 def test_data_import_prints_row_counts_and_reimport_writes_no_duplicates(csv_dir, db_file, capsys):
     code, out, err = _run(["data", "import", str(csv_dir)], capsys)
     assert code == 0
-    assert out.splitlines() == ["candles BTC/USDT 1d: 3064 rows", "candles ETH/USDT 1d: 3064 rows"]
+    assert out.splitlines() == ["candles BTC/USDT 1d: 3064 rows written", "candles ETH/USDT 1d: 3064 rows written"]
     assert _count(db_file, "candles") == {"BTC/USDT": 3064, "ETH/USDT": 3064}
 
     code, out, err = _run(["data", "import", str(csv_dir)], capsys)
     assert code == 0
+    assert out.splitlines() == ["candles BTC/USDT 1d: 0 rows written", "candles ETH/USDT 1d: 0 rows written"]
     assert _count(db_file, "candles") == {"BTC/USDT": 3064, "ETH/USDT": 3064}
     # the stored values are the file's
     engine = create_engine(f"sqlite:///{db_file}")

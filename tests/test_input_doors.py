@@ -223,6 +223,38 @@ def test_import_of_good_files_then_a_file_that_breaks_the_stored_series_keeps_th
     assert stored == dataset.daily("BTC/USDT").loc[DAY, "close"] == 43_668.93
 
 
+def test_an_import_that_rewrites_stored_rows_says_so_and_a_reimport_writes_nothing(dataset, good_dir, tmp_path,
+                                                                                    monkeypatch, capsys):
+    """2026-01-04's stored BTC close is 91,529.73; a file of 2026-01-03..05 that says 91,629.73 for it
+    is accepted (it passes the suite) and writes that one row, with a warning and an event;
+    importing the good files again writes no row."""
+    from eternal.cli import main
+    from eternal.store.models import EventRow
+
+    url = f"sqlite:///{tmp_path / 'eternal.db'}"
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", url)
+    btc = dataset.daily("BTC/USDT")
+    assert main(["data", "import", str(good_dir)]) == 0
+    assert main(["data", "import", str(good_dir)]) == 0
+    assert set(capsys.readouterr().out.splitlines()[-10:]) == {
+        f"{series}: 0 rows written" for series in ("candles BTC/USDT 1d", "candles ETH/USDT 1d", "candles SOL/USDT 1d",
+                                                  "candles BTC/USDT:USDT 1d", "candles ETH/USDT:USDT 1d",
+                                                  "candles SOL/USDT:USDT 1d", "funding BTC/USDT:USDT",
+                                                  "funding ETH/USDT:USDT", "funding SOL/USDT:USDT", "fear_greed")}
+    update = tmp_path / "update"
+    changed = btc.loc["2026-01-03":].copy()
+    assert changed.loc["2026-01-04", "close"] == 91_529.73
+    changed.loc["2026-01-04", "close"] = 91_629.73
+    write_files(DataSet({("BTC/USDT", "1d"): changed}, files=dataset.files), update, [BTC_FILE])
+    assert main(["data", "import", str(update)]) == 0
+    out = capsys.readouterr().out
+    assert "candles BTC/USDT 1d: 1 rows written" in out
+    assert "warning: BTC/USDT 1d: the import replaced 1 stored row(s) with other values: 2026-01-04 00:00" in out
+    engine = connect(url)
+    assert count(engine, EventRow, EventRow.kind == "stored_rows_replaced") == 1
+    assert MarketStore(engine).load_candles("BTC/USDT").loc["2026-01-04", "close"] == 91_629.73
+
+
 # --- backfill ----------------------------------------------------------------------------------
 
 @pytest.mark.flow

@@ -90,8 +90,19 @@ def read_candles(path: Path) -> pd.DataFrame:
     return _read(path, CANDLE_COLUMNS, CANDLE_COLUMNS)
 
 
-def read_funding(path: Path) -> pd.DataFrame:
-    return _read(path, ["funding_rate"], ["funding_rate"])
+def read_funding(path: Path, symbol: str | None = None) -> pd.DataFrame:
+    """Settlements; a `symbol` column, when the file has one, must name the file's own perp
+    (e.g. BTCUSDT in funding_8h_BTCUSDT_perp.csv)."""
+    out = _read(path, ["funding_rate"], ["funding_rate"])
+    if symbol is not None:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, usecols=lambda c: c == "symbol")
+        if "symbol" in raw:
+            other = raw["symbol"].str.strip().set_axis(out.index)
+            other = other[other != symbol]
+            if len(other):
+                _refuse(path, "symbol", f"symbol is {symbol}", rows=[t.isoformat() for t in other.index],
+                        detail=f"got {', '.join(map(repr, other.iloc[:3]))}")
+    return out
 
 
 def read_fear_greed(path: Path) -> pd.DataFrame:
@@ -121,7 +132,7 @@ def read_dir(directory: Path | str, timeframes: tuple[str, ...] = ("1d",)) -> Da
                 data.files[sym if m["tf"] == "1d" else f"{sym} {m['tf']}"] = path.name
         elif m := _FUNDING.match(path.name):
             sym = candle_symbol(m["base"], m["quote"], "perp")
-            data.funding[sym] = read_funding(path)
+            data.funding[sym] = read_funding(path, f"{m['base']}{m['quote']}")
             data.files[f"{sym} funding"] = path.name
         elif path.name == _FEAR_GREED:
             data.fear_greed = read_fear_greed(path)

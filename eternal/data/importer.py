@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from eternal.config import Settings
@@ -17,9 +18,11 @@ from eternal.models import Sleeve
 
 
 def import_dir(store: MarketStore, directory: Path | str, settings: Settings | None = None,
-               timeframes: tuple[str, ...] = ("1d",)) -> dict[str, int]:
-    """Upsert every series of `directory`; returns rows written per series (re-import is a no-op
-    in effect). Raises DataError/DataQualityError, one line naming the file, before any write."""
+               timeframes: tuple[str, ...] = ("1d",), events: list | None = None) -> dict[str, int]:
+    """Write the rows of `directory` that are new or differ from the stored ones; returns rows
+    written per series (a re-import writes 0). A stored row replaced by other values is a
+    `stored_rows_replaced` event appended to `events`. Raises DataError/DataQualityError, one line
+    naming the file, before any write."""
     from eternal.market import check_dataset
 
     from eternal.config import load_settings
@@ -30,7 +33,43 @@ def import_dir(store: MarketStore, directory: Path | str, settings: Settings | N
     check_dataset(merged_with_stored(store, data), settings, sleeves)
     if data.fear_greed is not None:
         data.fear_greed = as_fear_greed(data.fear_greed)
+    changes = only_changes(store, data)
+    if events is not None:
+        events += changes
     return store.write(data)
+
+
+def only_changes(store: MarketStore, data: DataSet) -> list:
+    """Keep in `data` only the rows new to the store or different from the stored ones (so a
+    re-import writes nothing); one `stored_rows_replaced` event per series whose stored rows the
+    files change (warning: history was rewritten)."""
+    from datetime import UTC, datetime
+
+    from eternal.models import Event
+
+    def diff(name: str, stored: pd.DataFrame, new: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+        if not len(stored):
+            return new
+        known = new.index.isin(stored.index)
+        old = stored.reindex(new.index[known])[columns]
+        differs = (old.to_numpy() != new.loc[known, columns].to_numpy()).any(axis=1)
+        replaced = new.index[known][differs]
+        if len(replaced):
+            shown = ", ".join(f"{t:%Y-%m-%d %H:%M}" for t in replaced[:5]) + (" ..." if len(replaced) > 5 else "")
+            events.append(Event(datetime.now(UTC), "stored_rows_replaced",
+                                f"{name}: the import replaced {len(replaced)} stored row(s) with other values: {shown}",
+                                None, "warning", {"series": name, "timestamps": [t.isoformat() for t in replaced]}))
+        return new[~known | np.isin(new.index, replaced)]
+
+    events: list = []
+    for (symbol, tf), df in list(data.candles.items()):
+        data.candles[(symbol, tf)] = diff(f"{symbol} {tf}", store.load_candles(symbol, tf), df,
+                                         ["open", "high", "low", "close", "volume"])
+    for symbol, df in list(data.funding.items()):
+        data.funding[symbol] = diff(f"{symbol} funding", store.load_funding(symbol), df, ["funding_rate"])
+    if data.fear_greed is not None:
+        data.fear_greed = diff("Fear & Greed", store.load_fear_greed(), data.fear_greed, ["value", "classification"])
+    return events
 
 
 def merged_with_stored(store: MarketStore, data: DataSet) -> DataSet:
