@@ -416,3 +416,25 @@ def test_a_store_of_400_days_is_refused_where_it_would_hide_btcs_all_time_high(d
     assert "BTC/USDT: history from 2017-08-17 (all-time high of CORE, TACTICAL) failed on 2021-05-14" in message
     assert "ETH/USDT: history from 2017-08-17 (all-time high of CORE) failed on 2021-05-14" in message
     assert count(engine, OrderRow) == 0
+
+
+def test_two_imports_started_together_on_a_new_database_both_land(tmp_path, shared_data):
+    """Two processes that find no schema: one creates it (under the schema lock), the other waits
+    and writes its rows (it used to fail with "table balances already exists")."""
+    import os
+    import subprocess
+    import sys
+
+    spot, funding_dir = tmp_path / "spot", tmp_path / "funding"
+    for directory, names in ((spot, [BTC_FILE, ETH_FILE]), (funding_dir, [FUNDING_FILE])):
+        directory.mkdir()
+        for name in names:
+            (directory / name).symlink_to(shared_data / name)
+    url = f"sqlite:///{tmp_path / 'eternal.db'}"
+    env = {**os.environ, "ETERNAL_DATABASE_URL": url}
+    runs = [subprocess.Popen([sys.executable, "-m", "eternal.cli", "data", "import", str(d)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in (spot, funding_dir)]
+    outcomes = [(run.wait(timeout=120), run.stderr.read()) for run in runs]
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    engine = connect(url)
+    assert count(engine, CandleRow) == 3064 * 2 and count(engine, FundingRateRow) == 7102

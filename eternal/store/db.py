@@ -75,7 +75,11 @@ def ensure_schema(engine: Engine) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if _at_head(engine, cfg):
         return
-    command.upgrade(cfg, "head")
+    from eternal.store.locks import exclusive
+
+    with exclusive(engine, "schema"):       # two processes starting on a new database: one creates it
+        if not _at_head(engine, cfg):
+            command.upgrade(cfg, "head")
 
 
 def _at_head(engine: Engine, cfg) -> bool:
