@@ -32,19 +32,22 @@ _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 PG_URL = f"{PG_BASE_URL}_{_WORKER}" if _WORKER else PG_BASE_URL
 
 
-def _ensure_worker_database() -> None:
-    if not _WORKER:
-        return
-    from sqlalchemy.engine import make_url
-
+def create_database(name: str) -> None:
+    """Create PostgreSQL database `name` on the test server unless it exists."""
     admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
-    name = make_url(PG_URL).database
     try:
         with admin.connect() as conn:
             if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
                 conn.execute(text(f'CREATE DATABASE "{name}"'))
     finally:
         admin.dispose()
+
+
+def _ensure_worker_database() -> None:
+    if _WORKER:
+        from sqlalchemy.engine import make_url
+
+        create_database(make_url(PG_URL).database)
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ from eternal.errors import DataError
 from eternal.secrets import SecretFilter, SecretUrl, redact_url, register, scrub
 from eternal.store.db import cached_engine, connect
 from eternal.store.models import CycleRunRow
-from tests.conftest import PG_BASE_URL, PG_URL
+from tests.conftest import PG_BASE_URL, PG_URL, create_database
 from tests.flow_support import daily, rows, store_market
 
 DB_PASSWORD = "FAKEDBPW-5d1c"
@@ -139,13 +139,7 @@ def _with_password(url: str, password: str) -> str:
 
 def _fresh_database(name: str) -> str:
     """An empty PostgreSQL database `name` beside the worker's (created once, emptied each time)."""
-    admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
+    create_database(name)
     url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
     engine = create_engine(url)
     with engine.begin() as conn:
