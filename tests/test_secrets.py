@@ -27,7 +27,7 @@ from eternal.errors import DataError
 from eternal.secrets import SecretFilter, SecretUrl, redact_url, register, scrub
 from eternal.store.db import cached_engine, connect
 from eternal.store.models import CycleRunRow
-from tests.conftest import PG_BASE_URL, PG_URL, create_database
+from tests.conftest import PG_URL, create_database
 from tests.flow_support import daily, rows, store_market
 
 DB_PASSWORD = "FAKEDBPW-5d1c"
