@@ -1,4 +1,4 @@
-"""Record: what a driver run did, as Prefect artifacts and a short report (the ledger already holds it)."""
+"""Record: what a driver run did, as Prefect artifacts, a short report and alerts (the ledger already holds it)."""
 from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -49,4 +49,50 @@ def record_run(d, flow: str) -> dict:
                                 "qty": x.qty, "price": x.price, "rate": x.rate, "realised": x.amount,
                                 "expected": x.expected} for x in r.payments],
                               key=f"{flow}-funding", description="funding settled: realised vs expected")
+    send_alerts(d, flow, report)
     return report
+
+
+def daily_summary(report: dict) -> str:
+    """The P3 daily summary of a run's report: the day, total equity, equity by sleeve (USDT),
+    orders, halted sleeves; one short text."""
+    by_sleeve = ", ".join(f"{sl} {v:,.2f}" for sl, v in report["equity"].items())
+    halted = ", ".join(f"{sl} ({why})" for sl, why in report["halted"].items()) or "none"
+    return (f"Close of {report['day']}: equity {report['total_equity']:,.2f} USDT ({by_sleeve}); "
+            f"{report['orders']} orders; halted: {halted}")
+
+
+def send_alerts(d, flow: str, report: dict) -> list:
+    """The run's alertable events, and after a daily-cycle close the daily summary, out through
+    ETERNAL_ALERT_URLS; returns the `alert_failed` events (stored in the ledger). Never raises:
+    an alert channel does not fail the run."""
+    import logging
+    from datetime import datetime
+
+    from eternal.alerts import alert_urls, summary_alert
+    from eternal.models import UTC
+
+    try:
+        from prefect import get_run_logger
+        log = get_run_logger()
+    except Exception:
+        log = logging.getLogger(__name__)
+    try:
+        if not alert_urls(d.settings):
+            return []
+        from tasks.context import stores
+        from tasks.notify import send
+
+        now = datetime.now(UTC)
+        events = list(d.report.events)
+        if flow == "daily-cycle" and "day" in report:
+            events.append(summary_alert(daily_summary(report), now))
+        failed = send(d.settings, events, stores(d.settings)[1], now=now)
+        for e in failed:
+            log.warning(e.message)
+        return failed
+    except Exception as exc:
+        from eternal.secrets import scrub
+
+        log.warning("alerts not sent: %s", scrub(f"{type(exc).__name__}: {exc}"))
+        return []
