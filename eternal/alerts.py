@@ -165,9 +165,13 @@ def notify(events: Iterable[Event], urls: Sequence[str], *, now: datetime, timeo
     sleeve and time; Apprise type FAILURE for P0/P1, WARNING for P2, INFO for P3. Beyond
     `MAX_MESSAGES` per channel the rest go as one digest.
 
-    `timeout_s` (seconds) caps each request's connect and read timeouts. Returns one `alert_failed`
-    event (at `now`, level "warning", data {"severity", "kind", "channel"}) per alert a channel did
-    not take: refused, unreachable, or a URL Apprise cannot parse. Never raises."""
+    `timeout_s` (seconds) caps each request's connect and read timeouts; once a channel fails, the
+    call's later alerts are not tried on it, so a dead host holds the caller one timeout per
+    channel (Apprise's defaults: 4 s to connect, 4 s to read), not one per alert.
+
+    Returns one `alert_failed` event (at `now`, level "warning", data {"severity", "kind",
+    "channel"}) per alert a channel did not take: refused, unreachable, not tried after a failure,
+    or a URL Apprise cannot parse. Never raises."""
     try:
         import apprise
         from apprise import NotifyType
@@ -197,15 +201,18 @@ def notify(events: Iterable[Event], urls: Sequence[str], *, now: datetime, timeo
             try:
                 plugin = apprise.Apprise.instantiate(url, asset=apprise.AppriseAsset(secure_logging=True))
                 why = "Apprise cannot parse this URL (check its scheme and parts)"
+                if plugin is not None:
+                    # each request bounded: a dead port or host must not hold the flow
+                    plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), timeout_s)
+                    plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), timeout_s)
             except Exception as exc:
-                why = f"Apprise cannot parse this URL: {secrets.scrub(str(exc))}"
-            if plugin is not None:
-                # each request bounded: a dead port or host must not hold the flow
-                plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), timeout_s)
-                plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), timeout_s)
+                plugin, why = None, f"Apprise cannot use this URL: {secrets.scrub(str(exc))}"
+        down = False
         for event, sev in todo:
             ok = False
-            if plugin is not None:
+            if plugin is not None and down:
+                why = "not tried: this channel failed on an earlier alert of the same call"
+            elif plugin is not None:
                 try:
                     title, body = _message(event, sev, title_prefix)
                     ok = bool(plugin.notify(body=body, title=title, notify_type=getattr(NotifyType, kinds[sev])))
@@ -213,6 +220,7 @@ def notify(events: Iterable[Event], urls: Sequence[str], *, now: datetime, timeo
                 except Exception as exc:
                     why = f"sending raised {type(exc).__name__}: {secrets.scrub(str(exc))}"
             if not ok:
+                down = True
                 log.warning("alert [%s] %s not delivered via %s: %s", sev, event.kind, channel, why)
                 failed.append(Event(now, FAILED_KIND,
                                     f"alert [{sev}] {event.kind} not delivered via {channel}: {why}; "

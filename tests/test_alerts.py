@@ -107,12 +107,24 @@ def test_beyond_the_cap_the_rest_arrive_as_one_digest(receiver):
 def test_a_refusing_receiver_and_a_closed_port_give_alert_failed_events_not_exceptions(receiver):
     receiver.failing = True
     dead = f"json://127.0.0.1:{closed_port()}/hooks"
-    events = [ev("kill_switch_engaged", "operator stop", "alert"), ev("core_tranche")]
+    events = [ev("kill_switch_engaged", "operator stop", "alert"), ev("core_tranche"),
+              ev("order_rejected", "ETH/USDT sell rejected", "alert")]
     failed = notify(events, [receiver.url("hooks"), dead], now=NOW, timeout_s=2.0)
-    assert len(receiver.bodies()) == 1                  # it was sent, and refused
-    assert [(e.kind, e.level, e.ts, e.data["severity"], e.data["kind"]) for e in failed] == [
-        ("alert_failed", "warning", NOW, "P0", "kill_switch_engaged")] * 2
-    assert [e.data["channel"] for e in failed] == [receiver.url("hooks"), dead]
+    assert len(receiver.bodies()) == 1      # the first was sent and refused; the channel is not tried again
+    assert [(e.kind, e.level, e.ts, e.data["severity"], e.data["kind"], e.data["channel"]) for e in failed] == [
+        ("alert_failed", "warning", NOW, sev, kind, channel) for channel in (receiver.url("hooks"), dead)
+        for sev, kind in (("P0", "kill_switch_engaged"), ("P1", "order_rejected"))]
+    assert "not tried" in failed[1].message and "refused it or did not answer" in failed[0].message
+
+
+def test_a_receiver_that_never_answers_is_given_up_after_the_timeout():
+    with socket.socket() as silent:         # accepts connections (the backlog) and never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"json://127.0.0.1:{silent.getsockname()[1]}/hooks"
+        failed = notify([ev("breaker_escalated", level="alert"), ev("liquidation", level="alert")], [url],
+                        now=NOW, timeout_s=0.3)
+    assert [e.data["kind"] for e in failed] == ["breaker_escalated", "liquidation"]
 
 
 @pytest.mark.parametrize("url", ["not a url", "nosuchscheme://host/x", "json://", "tgram://"])
