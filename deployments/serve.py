@@ -18,6 +18,7 @@ from flows.backfill import backfill  # noqa: E402
 from flows.daily_cycle import daily_cycle  # noqa: E402
 from flows.deposit_intake import deposit_intake  # noqa: E402
 from flows.funding_collection import funding_collection  # noqa: E402
+from flows.override import halt, resume  # noqa: E402
 from flows.quarterly_rebalance import quarterly_rebalance  # noqa: E402
 
 SCHEDULES = {   # name -> (flow, cron or None for manual runs only, whether it places orders)
@@ -25,6 +26,8 @@ SCHEDULES = {   # name -> (flow, cron or None for manual runs only, whether it p
     "funding-collection": (funding_collection, "5 0,8,16 * * *", True),   # 5 min after each settlement
     "quarterly-rebalance": (quarterly_rebalance, "15 0 1 1,4,7,10 *", True),   # after the daily cycle
     "deposit-intake": (deposit_intake, None, True),
+    "halt": (halt, None, True),          # the kill switch: acts on the ledger and the venue's orders
+    "resume": (resume, None, True),      # pauses for the operator's form in the UI
     "backfill": (backfill, None, False),
 }
 

@@ -98,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="action", required=True)
     cfg_sub.add_parser("show", help="print the effective settings, secrets redacted")
     sub.add_parser("demo", help="the main job: backfill all available history and print a summary")
+
+    who = os.environ.get("USER") or "operator"
+    halt = sub.add_parser("halt", help="engage the kill switch: no order of any kind leaves, resting orders "
+                          "are cancelled (funding, reconciliation and reports go on)")
+    halt.add_argument("--reason", required=True, help="why (kept in the ledger's events and alerts)")
+    halt.add_argument("--who", default=who, help=f"who decides it (default: $USER, here {who!r})")
+    resume = sub.add_parser("resume", help="resume after a circuit breaker or lift the kill switch, "
+                            "by the breaker rules")
+    resume.add_argument("--reason", required=True, help="why trading may resume now")
+    resume.add_argument("--who", default=who, help=f"who decides it (default: $USER, here {who!r})")
+    resume.add_argument("--confirm-kill-switch", action="store_true",
+                        help="the second confirmation needed to lift the kill switch (L4 included)")
+    sub.add_parser("risk", help="breaker level, drawdown, kill switch, halted sleeves and positions")
     return p
 
 
@@ -330,8 +343,57 @@ def cmd_status(args, s) -> int:
     return 0
 
 
+def cmd_halt(args, s) -> int:
+    from tasks.override import halt
+
+    result = halt(s, _reason(args.reason), args.who, datetime.now(UTC))
+    for e in result["events"]:
+        print(e["message"])
+    if not any(e["kind"] == "kill_switch_engaged" for e in result["events"]):
+        ks = result["status"]["kill_switch"]
+        print(f"the kill switch was already engaged (by {ks['who']} at {ks['at']}: {ks['reason']}): nothing changed")
+    return 0
+
+
+def cmd_resume(args, s) -> int:
+    from tasks.override import resume
+
+    result = resume(s, _reason(args.reason), args.who, datetime.now(UTC), confirm_kill_switch=args.confirm_kill_switch)
+    for e in result["events"]:
+        print(e["message"])
+    return 0
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise EternalError("--reason is empty: say why (it is kept in the ledger's events)")
+    return text
+
+
+def cmd_risk(args, s) -> int:
+    from tasks.override import risk_status
+
+    st = risk_status(s)
+    ks = st["kill_switch"]
+    print(f"breaker level: {st['level_name']}" + (f" (since {st['engaged_at']})" if st["engaged_at"] else ""))
+    print(f"drawdown: {st['drawdown']:.2%}   unit value: {st['unit_value']:.4f}   high-water mark: "
+          f"{st['high_water_mark']:.4f}   NAV: {st['nav_usdt']:,.2f} USDT")
+    print("kill switch: " + ("not engaged" if ks is None else
+                             f"ENGAGED by {ks['who']} at {ks['at']}: {ks['reason']}"))
+    for sleeve, why in st["halted_sleeves"].items():
+        print(f"HALTED {sleeve}: {why}")
+    if st["clock"]:
+        print(f"clock: {st['clock']}   open orders: {st['open_orders']}")
+    print(f"\n{'sleeve':10} {'cash USDT':>14}  positions")
+    for sleeve, pos in st["positions"].items():
+        held = [f"{a} {q:.8g}" for a, q in pos["coins"].items()]
+        held += [f"{sym} {v['qty']:+.8g} @ {v['entry_price']:,.2f}" for sym, v in pos["perps"].items()]
+        print(f"{sleeve:10} {pos['cash_usdt']:>14,.2f}  {', '.join(held) or '-'}")
+    return 0
+
+
 COMMANDS = {"config": cmd_config, "run": cmd_run, "backfill": cmd_backfill, "demo": cmd_demo,
-            "data": cmd_data, "status": cmd_status}
+            "data": cmd_data, "status": cmd_status, "halt": cmd_halt, "resume": cmd_resume, "risk": cmd_risk}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,8 @@ SCHEDULES = {
     "funding-collection": ("5 0,8,16 * * *", "funding-collection"),  # 5 min after each 8-hourly settlement
     "quarterly-rebalance": ("15 0 1 1,4,7,10 *", "quarterly-rebalance"),   # quarter's first day, 00:15
 }
-MANUAL = {"deposit-intake": "deposit-intake", "backfill": "backfill"}       # no schedule
+MANUAL = {"deposit-intake": "deposit-intake", "backfill": "backfill",       # no schedule
+          "halt": "halt", "resume": "resume"}
 
 
 def _prefect_yaml() -> dict:
@@ -56,9 +57,10 @@ def test_manual_deployments_have_no_schedule_and_typed_parameters(name):
     from prefect.utilities.callables import parameter_schema
 
     props = parameter_schema(served.flow if hasattr(served, "flow") else _flow(deployment)).model_dump()["properties"]
-    wanted = {"deposit-intake": {"amount_usdt": "number"}, "backfill": {"monthly_deposit_usdt": "number"}}[name]
+    wanted = {"deposit-intake": {"amount_usdt": "number"}, "backfill": {"monthly_deposit_usdt": "number"},
+              "halt": {"reason": "string", "who": "string"}, "resume": {"reason": "string"}}[name]
     for param, kind in wanted.items():
-        assert props[param]["type"] == kind
+        assert kind in {props[param].get("type"), *(t.get("type") for t in props[param].get("anyOf", []))}
 
 
 def _flow(deployment: dict):

@@ -1,0 +1,79 @@
+"""The human override from the Prefect UI (issue 12): `halt` engages the kill switch; `resume`
+pauses with a typed form showing the risk state, and resumes only what the operator confirms there.
+
+The rules are `eternal.breakers`' (the CLI's `eternal halt` / `eternal resume` apply the same ones
+through `tasks.override`): lifting the kill switch (L4 included) needs the form's second
+confirmation; a refusal fails the run with its one-line reason and changes nothing.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.states import Completed
+from pydantic import Field
+
+from eternal.config import load_settings
+from eternal.models import UTC
+from tasks import override
+
+RESUME_TIMEOUT_S = 24 * 3600        # an operator has a day to answer; then the run fails, nothing resumed
+POLL_INTERVAL_S = 10                # how often the paused run looks for the operator's answer
+
+
+class ResumeForm(RunInput):
+    """The form the Prefect UI shows on the paused `resume` run."""
+
+    confirm: bool = Field(description="I have read the state above and resume trading")
+    reason: str = Field(description="Why trading may resume now (kept in the ledger's events)")
+    who: str = Field(description="Who decides this resume (kept in the ledger's events)")
+    confirm_kill_switch: bool = Field(
+        False, description="Second confirmation: lift the kill switch (needed when it is engaged, L4 included); "
+                           "from now on orders of every kind are sent again")
+
+
+@flow(name="halt", log_prints=True)
+def halt(reason: str, who: str = "operator") -> dict:
+    """Engage the kill switch: no order of any kind leaves and resting orders are cancelled, until a
+    confirmed resume. Funding is still booked, the ledger reconciled, reports written."""
+    s = load_settings()
+    result = override.halt(s, reason, who, datetime.now(UTC))
+    md = override.status_markdown(result["status"])
+    create_markdown_artifact(f"# Kill switch engaged by {who}\n\n{reason}\n\n{md}", key="risk-status",
+                             description=f"halt by {who}")
+    for e in result["events"]:
+        get_run_logger().warning(e["message"])
+    return result
+
+
+@flow(name="resume", log_prints=True)
+def resume(reason: str | None = None) -> dict:
+    """Show the risk state (breaker level, drawdown, positions, why it halted) and pause for the
+    operator's typed answer in the UI; resume only when confirmed there (lifting the kill switch needs
+    the form's second confirmation). A refusal by the rules fails the run with its reason."""
+    s = load_settings()
+    log = get_run_logger()
+    status = override.risk_status(s)
+    md = override.status_markdown(status)
+    create_markdown_artifact(f"# Risk state before the resume\n\n{md}", key="risk-status",
+                             description="risk state shown on the resume form")
+    ks = status["kill_switch"]
+    ask = ("\n\n**The kill switch is engaged: tick `confirm_kill_switch` too to lift it.**" if ks is not None
+           else "")
+    form = pause_flow_run(
+        wait_for_input=ResumeForm.with_initial_data(
+            description=f"## Resume trading?\n\n{md}{ask}", confirm=False, reason=reason or "", who="operator",
+            confirm_kill_switch=False),
+        timeout=RESUME_TIMEOUT_S, poll_interval=POLL_INTERVAL_S)
+    if not form.confirm:
+        log.info("not confirmed by %s: nothing resumed", form.who)
+        return Completed(message=f"not confirmed by {form.who}: nothing resumed",
+                         data={"resumed": False, "who": form.who, "reason": form.reason, "status": status})
+    result = override.resume(s, form.reason, form.who, datetime.now(UTC),
+                             confirm_kill_switch=form.confirm_kill_switch)   # ResumeRefused fails the run
+    for e in result["events"]:
+        log.info(e["message"])
+    return {"resumed": True, **result}
