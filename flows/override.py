@@ -8,13 +8,14 @@ confirmation; a refusal fails the run with its one-line reason and changes nothi
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.states import Completed
-from pydantic import Field
+from pydantic import Field, create_model
 
 from eternal.config import load_settings
 from eternal.models import UTC
@@ -33,6 +34,17 @@ class ResumeForm(RunInput):
     confirm_kill_switch: bool = Field(
         False, description="Second confirmation: lift the kill switch (needed when it is engaged, L4 included); "
                            "from now on orders of every kind are sent again")
+
+    @classmethod
+    def with_initial_data(cls, description: str | None = None, **initial: Any) -> type[ResumeForm]:
+        """As RunInput's, but each field keeps its description (Prefect 3.8.8's drops them, and the
+        UI shows a field's description as its help text)."""
+        fields = {k: (cls.model_fields[k].annotation, Field(v, description=cls.model_fields[k].description))
+                  for k, v in initial.items()}
+        model = create_model(cls.__name__, __base__=cls, **fields)
+        if description is not None:
+            model._description = description
+        return model
 
 
 @flow(name="halt", log_prints=True)

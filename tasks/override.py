@@ -15,7 +15,6 @@ from eternal.config import Settings
 from eternal.driver import Driver, Due, Portfolio
 from eternal.errors import EternalError
 from eternal.models import Event, Sleeve, utc
-from eternal.secrets import scrub
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger, open_paper_exchange
 from eternal.store.locks import exclusive
 from tasks.context import stores
@@ -26,7 +25,7 @@ from tasks.notify import send
 def _portfolio(s: Settings, ledger: SqlLedger) -> Portfolio:
     p = ledger.load()
     if p is None:
-        raise EternalError(f"no portfolio in {scrub(str(s.database_url))}: run the daily cycle first "
+        raise EternalError(f"no portfolio in {s.database_url}: run the daily cycle first "
                            "(`eternal run daily`)")
     return p
 
