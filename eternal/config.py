@@ -200,7 +200,38 @@ class AllocationParams(SettingsModel):
 
 
 class RiskParams(SettingsModel):
-    breakers_enabled: bool = True
+    """Governance (spec layer 4): pre-trade policy limits and the portfolio circuit breakers.
+
+    Policy limits are fractions of equity; breaker levels are drawdowns of the unit value (net
+    asset value per unit, so deposits do not move it) from its high-water mark."""
+
+    breakers_enabled: bool = True             # False: research backfills only (refused outside replay/paper)
+    max_asset_share: Fraction = 0.45          # one asset's net exposure, all sleeves, of the portfolio
+    core_cash_floor: Fraction = 0.05          # CORE's cash buffer: no buy takes it below this share
+    max_leverage: float = Field(2.0, gt=0, le=2.0)   # perp notional / sleeve equity, per sleeve
+    trend_max_asset_share: Fraction = 0.50    # TREND: one asset's perp notional, of the sleeve, held
+    funding_max_asset_share: Fraction = 0.05  # FUNDING: one asset's hedge notional, of the sleeve, held
+    held_tolerance: Fraction = 0.10           # a held cap is restored once exceeded by this share of it
+    level_drawdowns: tuple[Fraction, Fraction, Fraction, Fraction] = (0.10, 0.15, 0.20, 0.25)   # L1..L4
+    l1_clear_drawdown: Fraction = 0.05        # L1 clears by itself at or below this
+    l2_clear_drawdown: Fraction = 0.10        # L2 can be resumed at or below this
+    l1_size: Fraction = 0.75                  # L1: TREND and FUNDING new sizes x this
+    l1_tactical_pause_hours: int = Field(24, ge=0)
+    l2_trend_size: Fraction = 0.50            # L2: TREND new sizes x this
+    l2_no_entry_hours: int = Field(72, ge=0)
+    l3_restart_size: Fraction = 0.25          # after an L3 resume, until the next quarterly rebalance
+    # a backfill has no operator: it resumes this many days after a level's resume condition holds
+    # (L2: drawdown at or below l2_clear_drawdown; L3, L4: the level's actions done); None: never
+    replay_resume_days: int | None = Field(30, ge=0)
+
+    @model_validator(mode="after")
+    def _levels_increase(self) -> RiskParams:
+        lv = self.level_drawdowns
+        if not all(0 < a < b for a, b in zip(lv, lv[1:])) or not lv[0] > 0:
+            raise ValueError(f"breaker levels must be increasing drawdowns above 0, got {lv}")
+        if not self.l1_clear_drawdown < lv[0] or not self.l2_clear_drawdown < lv[1]:
+            raise ValueError("a level's clearing drawdown must be below the level itself")
+        return self
 
 
 class DataSettings(SettingsModel):
@@ -254,6 +285,15 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     execution: ExecutionSettings = ExecutionSettings()
     exchange: ExchangeSettings = ExchangeSettings()
+    # Apprise URLs, comma- or space-separated (tgram://..., mailto://..., json://...): they carry tokens
+    alert_urls: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _breakers_stay_on_with_money(self) -> Settings:
+        if not self.risk.breakers_enabled and self.mode in (Mode.DEMO, Mode.TESTNET, Mode.LIVE):
+            raise ValueError(f"ETERNAL_RISK__BREAKERS_ENABLED=false is for research backfills only; it is "
+                             f"refused in ETERNAL_MODE={self.mode.value!r}")
+        return self
 
     @model_validator(mode="after")
     def _live_needs_confirmation(self) -> Settings:
@@ -301,7 +341,7 @@ def load_settings(**overrides: Any) -> Settings:
     return settings
 
 
-SECRET_FIELDS = frozenset({"database_url", "backfill_database_url", "fear_greed_url", "public_url",
+SECRET_FIELDS = frozenset({"database_url", "backfill_database_url", "fear_greed_url", "public_url", "alert_urls",
                            "api_key", "api_secret"})
 """Settings that can carry a credential: never echoed (URLs only masked)."""
 

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any, Protocol
 
-from eternal import cycle
+from eternal import breakers, cycle, invariants, risk
 from eternal import ledger as books
 from eternal.instruments import apply_rules
 from eternal.config import Settings
@@ -157,6 +157,7 @@ class Portfolio:
     deposits: list[dict] = field(default_factory=list)            # waiting for the next close
     open_orders: dict[str, OrderRecord] = field(default_factory=dict)
     stops: dict[Sleeve, dict[str, StopLevel]] = field(default_factory=dict)
+    risk: breakers.RiskState = field(default_factory=breakers.RiskState)   # unit value, breakers, kill switch
 
     def doc(self) -> dict[str, Any]:
         """The small part persisted as one document (books, states and orders have their tables)."""
@@ -164,7 +165,8 @@ class Portfolio:
                 "received": {s.value: v for s, v in self.received.items()}, "halted": dict(self.halted),
                 "deposits": list(self.deposits),
                 "stops": {s.value: {sym: [lv.price, lv.reason] for sym, lv in lv_.items()}
-                          for s, lv_ in self.stops.items()}}
+                          for s, lv_ in self.stops.items()},
+                "risk": breakers.dump(self.risk)}
 
     def load_doc(self, doc: dict[str, Any]) -> None:
         self.clock = doc.get("clock", "")
@@ -174,6 +176,7 @@ class Portfolio:
         self.deposits = list(doc.get("deposits", []))
         self.stops = {Sleeve(s): {sym: StopLevel(p, r) for sym, (p, r) in lv.items()}
                       for s, lv in doc.get("stops", {}).items()}
+        self.risk = breakers.load(doc.get("risk"))
 
 
 @dataclass
@@ -258,9 +261,13 @@ class Driver:
     def __init__(self, view: MarketView, exchange, ledger: Ledger, settings: Settings,
                  sleeves: Iterable[Sleeve], *, orchestrated: bool,
                  on_close: Callable[[datetime, Portfolio, dict, dict], None] | None = None,
-                 deposit_shares: dict[Sleeve, float] | None = None):
+                 deposit_shares: dict[Sleeve, float] | None = None, simulate_resume: bool = False,
+                 breakers_on: bool = True):
         """`deposit_shares`: how a deposit is split when the orchestration layer is off (a partial
-        backfill: the selected sleeves' weights); with it on, the allocation rules split it."""
+        backfill: the selected sleeves' weights); with it on, the allocation rules split it.
+        `simulate_resume`: a replay's stand-in operator resumes the breakers by
+        `RiskParams.replay_resume_days` (live, only `eternal resume` does). `breakers_on`: False for
+        a partial backfill, which has no portfolio for the portfolio circuit breakers to guard."""
         self.view, self.exchange, self.ledger, self.settings = view, exchange, ledger, settings
         self.sleeves = tuple(sleeves)
         self.daily_sleeves = tuple(s for s in self.sleeves if s in cycle.ENGINES)
@@ -268,6 +275,9 @@ class Driver:
         self.orchestrated = orchestrated
         self.on_close = on_close
         self.deposit_shares = dict(deposit_shares or {})
+        self.simulate_resume = simulate_resume
+        self.risk_params = (settings.risk if breakers_on or not settings.risk.breakers_enabled
+                            else settings.risk.model_copy(update={"breakers_enabled": False}))
 
     # the run -----------------------------------------------------------------------------------
     def open(self, capital: float, shares: dict[Sleeve, float], start: datetime) -> Portfolio:
@@ -313,6 +323,11 @@ class Driver:
                                           "halted, no new orders until an operator resolves it", sleeve,
                                           "alert", {"differences": diff}))
                 report.differences[sleeve.value] = diff
+        now = utc(Due.from_key(p.clock).ts)
+        self.check_invariants(p, batch, now)
+        self.check_exchange_health(p, batch, now)
+        if p.risk.halted:
+            self.cancel_open_orders(p, batch, now, f"kill switch engaged ({p.risk.kill_switch.reason})")
         if batch.events or batch.fills or batch.orders:
             self.ledger.commit(p, batch)
             report.events += batch.events
@@ -337,17 +352,31 @@ class Driver:
                                                       view.settlement_rates[due.ts].items() if sym in opens},
                          prices=prices)
         self.sync(p, batch)
-        plan = None
-        if due.kind == Kind.CLOSE:
-            plan, received, allocation, deposits = (plan_from_json(stored) if stored is not None
-                                                    else self.decide_close(p, due, i))
+        plan, state = None, p.risk
+        if stored is not None and (due.kind == Kind.CLOSE or self.funding_active):
+            plan, received, allocation, deposits = plan_from_json(stored)
+            state = breakers.load(stored["risk"]) if "risk" in stored else p.risk
+        elif due.kind == Kind.CLOSE:
+            nav = math.fsum(b.equity(view.closes(i), view.marks(i)) for b in p.books.values())
+            state, risk_events = breakers.observe(p.risk, nav, due.ts, self.risk_params,
+                                                  simulate_resume=self.simulate_resume)
+            plan, received, allocation, deposits = self.decide_close(p, due, i)
+            plan.events[:0] = risk_events
+            if state.halted or state.level >= 3:      # L3 and L4: resting entries do not fill either
+                self.cancel_open_orders(p, batch, due.ts, f"circuit breaker L{state.level}" if not state.halted
+                                        else f"kill switch engaged ({state.kill_switch.reason})",
+                                        entries_only=not state.halted)
+            state = breakers.issue_units(state, math.fsum(d["usdt"] for d in deposits))
+            self.approve(p, due, i, plan, state)
         elif due.kind == Kind.SETTLEMENT and self.funding_active:
-            plan, received, allocation, deposits = (plan_from_json(stored) if stored is not None
-                                                    else self.decide_tick(p, due, i, batch))
+            plan, received, allocation, deposits = self.decide_tick(p, due, i, batch)
+            self.approve(p, due, i, plan, state)
         if plan is not None:
             if stored is None:
-                self.ledger.store_plan(due.key, plan_to_json(plan, received, allocation, deposits))
+                self.ledger.store_plan(due.key, {**plan_to_json(plan, received, allocation, deposits),
+                                                 "risk": breakers.dump(state)})
                 _crash_point("plan_stored")
+            p.risk = state
             self.act(p, due, plan, batch, prices)
             p.received, p.allocation = received, allocation if allocation is not None else p.allocation
             taken = {d["reference"] for d in deposits}
@@ -358,6 +387,7 @@ class Driver:
             batch.equity = equity_rows(due.day, p.books, closes, marks)
             if self.on_close is not None:
                 self.on_close(due.day, p, closes, marks)
+        self.check_invariants(p, batch, due.ts, *((closes, marks) if due.kind == Kind.CLOSE else ()))
         p.clock = due.key
         _crash_point("before_record")
         self.ledger.commit(p, batch)
@@ -475,10 +505,13 @@ class Driver:
         intents = []
         valid, dropped = apply_rules(plan.intents, prices or {}, due.ts)
         batch.events += dropped
-        for intent in valid:
-            if intent.sleeve.value in p.halted:
-                batch.events.append(Event(due.ts, "order_blocked", f"{intent.sleeve} is halted "
-                                          f"({p.halted[intent.sleeve.value]}): {intent.key} not sent",
+        for intent in valid:      # approved before the plan was stored; halts since then still hold
+            why = (f"kill switch engaged ({p.risk.kill_switch.reason})" if p.risk.halted
+                   and intent.reason not in risk.BREAKER_REASONS else
+                   f"{intent.sleeve} is halted ({p.halted[intent.sleeve.value]})" if intent.sleeve.value in p.halted
+                   else None)
+            if why is not None:
+                batch.events.append(Event(due.ts, "order_blocked", f"{why}: {intent.key} not sent",
                                           intent.sleeve, "alert", {"intent": intent.key}))
             else:
                 intents.append(intent)
@@ -490,3 +523,107 @@ class Driver:
             batch.orders.append(rec)
             if not rec.status.is_final:
                 p.open_orders[rec.client_order_id] = rec
+
+    # governance (eternal.risk, eternal.breakers, eternal.invariants) ------------------------------
+    def risk_prices(self, due: Due, i: int) -> tuple[dict[str, float], dict[str, float]]:
+        """(asset -> spot price, perp symbol -> mark) at an event's decision."""
+        from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS
+
+        if due.kind == Kind.CLOSE:
+            return self.view.closes(i), self.view.marks(i)
+        opens = self.view.opens(i)
+        return ({a: opens[sym] for a, sym in SPOT_SYMBOLS.items() if sym in opens},
+                {sym: opens[sym] for sym in PERP_SYMBOLS.values() if sym in opens})
+
+    def approve(self, p: Portfolio, due: Due, i: int, plan: Plan, state: breakers.RiskState) -> None:
+        """The risk step on a decided plan, in place: the breakers' closing orders and the held
+        caps' trims join the engines' intents, then every intent is approved, reduced or refused
+        (`eternal.risk`), on the books as the plan's transfers and stakes leave them."""
+        after = {sl: b.copy() for sl, b in p.books.items()}
+        for t in plan.transfers:
+            books.apply_transfer(after, t)
+        for sleeve, moves in plan.stakes.items():
+            for asset, qty in moves.items():
+                books.stake(after[sleeve], asset, qty)
+        prices, marks = self.risk_prices(due, i)
+        view = risk.RiskView(due.ts, after, prices, marks, state, self.risk_params, self.settings.fees,
+                             dict(p.halted), list(p.open_orders.values()), portfolio_wide=self.orchestrated)
+        extra: list = []
+        if due.kind == Kind.CLOSE:
+            closing, unstake = risk.breaker_orders(view)
+            for sleeve, moves in unstake.items():
+                for asset, qty in moves.items():
+                    plan.stakes.setdefault(sleeve, {})[asset] = plan.stakes.get(sleeve, {}).get(asset, 0.0) + qty
+            trims, trim_events = risk.held_limits(view, self.daily_sleeves, portfolio_wide=self.orchestrated)
+            extra = closing + trims
+        else:
+            trims, trim_events = risk.held_limits(view, [Sleeve.FUNDING], portfolio_wide=False)
+            extra = trims
+        approved, events = risk.approve(plan.intents + extra, view)
+        plan.intents = approved
+        plan.events += trim_events + events
+
+    def check_invariants(self, p: Portfolio, batch: Batch, now: datetime, closes: dict | None = None,
+                         marks: dict | None = None) -> None:
+        """`eternal.invariants` on the books and on what this step booked; a sleeve with a broken
+        invariant is halted (no new orders) with an alert."""
+        known = {o.client_order_id for o in batch.orders} | set(p.open_orders)
+        found = invariants.check(p.books, fills=batch.fills, known_orders=known, transfers=batch.transfers,
+                                 equity=batch.equity if closes is not None else (), closes=closes, marks=marks)
+        for sleeve, problems in found.items():
+            if sleeve.value in p.halted:
+                continue
+            p.halted[sleeve.value] = "invariant: " + "; ".join(problems)
+            batch.events.append(Event(now, "invariant_broken", f"{sleeve}: ledger invariant broken ("
+                                      f"{'; '.join(problems)}): sleeve halted, no new orders until an operator "
+                                      "resolves it", sleeve, "alert", {"problems": problems}))
+
+    def check_exchange_health(self, p: Portfolio, batch: Batch, now: datetime) -> None:
+        """Spec 2.4: withdrawals of USDT, BTC or ETH suspended at the exchange halt all activity."""
+        suspended = getattr(self.exchange, "withdrawals_suspended", lambda: [])()
+        watched = sorted(set(suspended) & {"USDT", "BTC", "ETH"})
+        if not watched or p.risk.halted:
+            return
+        reason = f"{self.exchange.name} reports withdrawals of {', '.join(watched)} suspended"
+        p.risk, events = breakers.halt(p.risk, now, "exchange health", reason)
+        batch.events.append(Event(now, "exchange_unhealthy", reason + ": all activity halted", None, "alert",
+                                  {"assets": watched}))
+        batch.events += events
+
+    def cancel_open_orders(self, p: Portfolio, batch: Batch, now: datetime, why: str, *,
+                           entries_only: bool = False) -> None:
+        """Cancel our resting orders at the venue (a breaker's own closing orders stay;
+        `entries_only`: only TREND's, FUNDING's and TACTICAL's orders that add exposure)."""
+        for cid, rec in list(p.open_orders.items()):
+            if rec.intent.reason in risk.BREAKER_REASONS:
+                continue
+            if entries_only and (rec.intent.sleeve == Sleeve.CORE or rec.intent.reason == "rehedge"
+                                 or not risk.opens(rec.intent, p.books[rec.intent.sleeve])):
+                continue
+            order = self.exchange.cancel_order(cid, rec.intent.sleeve, why)
+            if order is None:
+                continue
+            sync_record(rec, order, set())
+            rec.updated_at = now
+            batch.orders.append(rec)
+            if rec.status.is_final:
+                del p.open_orders[cid]
+            batch.events.append(Event(now, "order_cancelled", f"{cid} cancelled: {why}", rec.intent.sleeve,
+                                      "warning", {"client_order_id": cid}))
+
+    def override(self, p: Portfolio, action: str, now: datetime, who: str, reason: str, *,
+                 confirm_kill_switch: bool = False) -> list[Event]:
+        """An operator's `halt` (the kill switch: resting orders cancelled) or `resume` (breakers
+        and kill switch, by `eternal.breakers.resume`'s rules), committed at once with its event
+        (who, why, when). Raises breakers.ResumeRefused when the rules refuse it."""
+        batch = Batch(None)
+        if action == "halt":
+            p.risk, events = breakers.halt(p.risk, now, who, reason)
+            batch.events += events
+            self.cancel_open_orders(p, batch, now, f"kill switch engaged by {who}")
+        else:
+            p.risk, events = breakers.resume(p.risk, now, who, reason, self.risk_params,
+                                             confirm_kill_switch=confirm_kill_switch)
+            batch.events += events
+        self.ledger.commit(p, batch)
+        return batch.events

@@ -131,12 +131,18 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
                  engine: Engine | None = None, progress: bool = True,
-                 on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0) -> BackfillResult:
+                 on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0,
+                 compare_breakers: bool = True) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
-    marks)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
+    marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
     each month's last day. With every sleeve selected, the orchestration layer runs before the
-    engines at each close; a partial selection keeps its sleeves apart."""
+    engines at each close; a partial selection keeps its sleeves apart.
+
+    With every sleeve selected, the circuit breakers act as live (a partial selection is no
+    portfolio: no breakers, no 45 % rule), and the stand-in operator resumes them by
+    `RiskParams.replay_resume_days`. When a level fired and `compare_breakers`, the same replay runs
+    again with breakers off, and `summary["breakers"]` shows what they cost or saved."""
     sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -177,9 +183,16 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         bar = tqdm(total=(end - start).days, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
                    mininterval=0.5, leave=False)
 
+    max_weights: dict[str, dict] = {}
+
     def after_close(day: datetime, p: Portfolio, closes: dict, marks: dict) -> None:
         if day < start:
             return
+        total = sum(b.equity(closes, marks) for b in p.books.values())
+        for asset, value in asset_exposure(p.books, closes, marks).items():
+            w = value / total if total > 0 else 0.0
+            if w > max_weights.get(asset, {}).get("weight", float("-inf")):
+                max_weights[asset] = {"weight": w, "day": f"{day:%Y-%m-%d}"}
         if Sleeve.FUNDING in sleeves:
             fb = p.books[Sleeve.FUNDING]
             e = fb.equity(closes, marks)
@@ -189,13 +202,13 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         if bar is not None:
             bar.update(1)
         if on_day is not None:
-            on_day(day, p.books, exchange.books, closes, marks)
+            on_day(day, p.books, exchange.books, closes, marks, p.risk)
 
     ledger = MemoryLedger()
     exchange = PaperExchange(settings.fees, FillPolicy.NEXT_OPEN,
                              {s: SleeveBook(s, capital * w) for s, w in shares.items()})
     driver = Driver(view, exchange, ledger, settings, sleeves, orchestrated=orchestrated, on_close=after_close,
-                    deposit_shares=shares)
+                    deposit_shares=shares, simulate_resume=True, breakers_on=orchestrated)
     p = driver.open(capital, shares, start)
     deposited: list[tuple[datetime, float]] = []
     if monthly_deposit > 0:
@@ -238,6 +251,15 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         summary["funding_sleeve"] = funding_summary(trades, payments, transfers, utilisation)
     if Sleeve.TACTICAL in sleeves:
         summary["tactical_sleeve"] = tactical_summary(events)
+    summary["breakers"] = breaker_summary(p.risk, events, start, end, settings, orchestrated)
+    summary["max_asset_weight"] = max_weights
+    if compare_breakers and settings.risk.breakers_enabled and summary["breakers"]["escalations"]:
+        off = settings.model_copy(update={"risk": settings.risk.model_copy(update={"breakers_enabled": False})})
+        other = run_backfill(data, off, start=start, end=end, sleeves=sleeves, capital=capital, progress=False,
+                             monthly_deposit=monthly_deposit, compare_breakers=False)
+        summary["breakers"]["without_breakers"] = {k: other.summary[k] for k in ("final_equity", "total_return",
+                                                                                 "max_drawdown", "cagr")}
+        summary["breakers"]["cost_usdt"] = other.summary["final_equity"] - summary["final_equity"]
 
     if store is not None:
         store.initialise(capital, shares, start)
@@ -255,6 +277,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         trades.to_csv(out_dir / "trades.csv", index=False)
         equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        events_frame(events).to_csv(out_dir / "events.csv", index=False)
     return BackfillResult(summary, trades, equity, events, out_dir, payments)
 
 
@@ -325,3 +348,49 @@ def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start:
                          .value_counts().items() if k not in ("entry", "compound", "rehedge")} if len(trades) else {},
         "fees": float(trades["fee"].sum()) if len(trades) else 0.0,
     }
+
+
+EVENT_COLUMNS = ["timestamp", "kind", "sleeve", "severity", "details"]
+
+
+def events_frame(events: list[Event]) -> pd.DataFrame:
+    """Every event of a replay as rows of `events.csv`: timestamp, kind, sleeve, severity (P0..P3
+    as an alert would carry it, else the event's level), details (the message)."""
+    from eternal.alerts import severity
+
+    return pd.DataFrame([{"timestamp": e.ts.isoformat(), "kind": e.kind, "sleeve": e.sleeve.value if e.sleeve else "",
+                          "severity": severity(e) or e.level, "details": e.message} for e in events],
+                        columns=EVENT_COLUMNS)
+
+
+def asset_exposure(books: dict[Sleeve, SleeveBook], closes: dict[str, float], marks: dict[str, float]) -> dict[str, float]:
+    """Asset -> net USDT exposure across sleeves: spot and staked at the close, perps signed at the mark."""
+    out: dict[str, float] = {}
+    for b in books.values():
+        for asset in set(b.holdings) | set(b.staked):
+            if b.qty(asset):
+                out[asset] = out.get(asset, 0.0) + b.qty(asset) * closes[asset]
+        for sym, pos in b.perps.items():
+            base = sym.split("/")[0]
+            out[base] = out.get(base, 0.0) + pos.qty * marks.get(sym, closes.get(base, 0.0))
+    return out
+
+
+def breaker_summary(state, events: list[Event], start: datetime, end: datetime, settings: Settings,
+                    whole_portfolio: bool = True) -> dict:
+    """The breakers over a replay: every escalation and resume, days at each level, the final
+    unit value, high-water mark and drawdown."""
+    from eternal.breakers import days_at_levels
+
+    history = [h for h in state.history if utc(h["at"]) >= start]
+    return {"enabled": settings.risk.breakers_enabled and whole_portfolio,
+            "replay_resume_days": settings.risk.replay_resume_days,
+            "escalations": [{"at": h["at"][:10], "from": h["from"], "to": h["to"], "drawdown": h.get("drawdown")}
+                            for h in history if h["to"] > h["from"]],
+            "resumes": [{"at": h["at"][:10], "from": h["from"], "why": h["why"]} for h in history
+                        if h["to"] < h["from"]],
+            "days_at_level": days_at_levels(history, start, end),
+            "unit_value": state.unit_value, "high_water_mark": state.hwm, "drawdown": state.drawdown,
+            "kill_switch": state.kill_switch.model_dump(mode="json") if state.kill_switch else None,
+            "risk_refused": sum(1 for e in events if e.kind == "risk_refused"),
+            "risk_reduced": sum(1 for e in events if e.kind == "risk_reduced")}

@@ -186,6 +186,7 @@ def test_backfill_ledger_persists_on_both_databases(db_url, dataset):
 def test_a_buy_the_cash_cannot_cover_at_the_fill_price_is_scaled_down_and_reported(dataset, monkeypatch):
     # no buffer, one tranche: BTC takes 2/3 of the cash plus its fee, so ETH's 1/3 cannot be paid
     monkeypatch.setenv("ETERNAL_CORE__CASH_BUFFER", "0")
+    monkeypatch.setenv("ETERNAL_RISK__CORE_CASH_FLOOR", "0")     # the policy's floor follows it here
     monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "1")
     r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-01-04"),
                      capital=9_000.0, progress=False)

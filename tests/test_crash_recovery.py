@@ -158,12 +158,12 @@ def test_a_difference_no_order_of_ours_explains_halts_only_that_sleeve(db_url, d
     with engine.connect() as conn:
         alert = conn.execute(select(EventRow.message, EventRow.data).where(
             EventRow.kind == "reconciliation_failed")).one()
-        blocked = conn.execute(select(func.count()).select_from(EventRow).where(
-            EventRow.kind == "order_blocked", EventRow.sleeve == "tactical")).scalar_one()
+        blocked = [d["rule"] for d in conn.execute(select(EventRow.data).where(
+            EventRow.kind == "risk_refused", EventRow.sleeve == "tactical")).scalars()]
         tactical_orders = conn.execute(select(func.count()).select_from(OrderRow).where(
             OrderRow.sleeve == "tactical")).scalar_one()
         others = conn.execute(select(func.count()).select_from(OrderRow).where(
             OrderRow.sleeve != "tactical", OrderRow.scheduled == utc("2021-01-13"))).scalar_one()
     assert f"ledger {cash:.8f} USDT, exchange {cash + 250:.8f}" in alert.data["differences"][0]
-    assert blocked == 2 and tactical_orders == 0        # its BTC and ETH lot orders were not sent
+    assert blocked == ["sleeve_halted"] * 2 and tactical_orders == 0   # its BTC and ETH lot orders: not sent
     assert others > 0                                   # the other sleeves decided and sent on that close

@@ -60,7 +60,7 @@ def trend_1_full(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("trend-1")
     checks = {"days": 0, "worst": 0.0}
 
-    def compare(day, books, exchange_books, closes, marks):
+    def compare(day, books, exchange_books, closes, marks, *_):
         ours, theirs = books[next(iter(books))], exchange_books[next(iter(books))]
         for b in (ours, theirs):      # cash + margin + unrealised is the equity, to the cent
             parts = b.cash + sum(p.margin + p.unrealised(marks[s]) for s, p in b.perps.items())

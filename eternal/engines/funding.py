@@ -188,6 +188,10 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
             st.opened_at, st.exit_reason, st.compound_pending_usdt, st.sent_at = None, None, 0.0, None
         elif st.phase == "EXITING" and pending:
             continue
+        elif st.phase == "FUNDING_COLLECTING" and not held:   # closed outside the engine (risk step, venue)
+            move(st, asset, "MONITORING", "the hedge was closed outside the engine (risk step or venue)",
+                 "warning")
+            st.opened_at, st.exit_reason, st.compound_pending_usdt, st.sent_at = None, None, 0.0, None
         if st.phase in ("MONITORING", "OPPORTUNITY_DETECTED") and held:   # hand-placed or left over
             st.opened_at = fill_time
             move(st, asset, "FUNDING_COLLECTING", "found an open hedge")

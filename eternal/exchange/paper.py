@@ -96,6 +96,9 @@ class PaperExchange(PerpDesk):
         self.journal: list[tuple[int, str, Any]] = []
         self.journal_seq = 0
         self.market_clock: str | None = None      # last market event this venue has lived through
+        # assets whose withdrawals the venue reports suspended (Bybit: ccxt fetch_currencies); a
+        # simulated venue never suspends by itself: tests and drills set it
+        self.suspended: list[str] = []
         self._open: dict[str, ExchangeOrder] = {}     # resting orders, by client order id
         self._dirty_orders: set[str] = set()          # changed since the last save (row persistence)
         self._new_keys: dict[str, float] = {}
@@ -207,6 +210,22 @@ class PaperExchange(PerpDesk):
         book = self.books.get(i.sleeve)
         pos = book.perps.get(i.symbol) if book is not None else None
         return not (i.reduce_only or (pos is not None and (pos.qty > 0) != (i.side == Side.BUY)))
+
+    def withdrawals_suspended(self) -> list[str]:
+        """Assets whose withdrawals are suspended at the venue now (spec 2.4: a halt)."""
+        return list(self.suspended)
+
+    def cancel_order(self, client_order_id: str, sleeve: Sleeve | None = None,
+                     reason: str = "cancelled") -> ExchangeOrder | None:
+        """Cancel one resting order by client order id; the order as it is now (None: unknown).
+        An order already filled or cancelled is returned unchanged."""
+        order = self._open.pop(client_order_id, None)
+        if order is None:
+            return self.fetch_order(client_order_id, sleeve)
+        order.status, order.error = OrderStatus.CANCELLED, reason
+        self._dirty_orders.add(client_order_id)
+        self._changed()
+        return order
 
     def cancel_open(self, reason: str) -> list[ExchangeOrder]:
         cancelled = self.open_orders()
@@ -362,6 +381,7 @@ class PaperExchange(PerpDesk):
             "journal_seq": self.journal_seq,
             "market_clock": self.market_clock,
             "last_prices": dict(self.last_prices),
+            "suspended": list(self.suspended),
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -386,5 +406,6 @@ class PaperExchange(PerpDesk):
         ex.journal_seq = state.get("journal_seq", 0)
         ex.market_clock = state.get("market_clock")
         ex.last_prices = dict(state.get("last_prices", {}))
+        ex.suspended = list(state.get("suspended", []))
         ex._open = {cid: o for cid, o in ex.orders.items() if o.status == OrderStatus.OPEN}
         return ex
