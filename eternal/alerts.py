@@ -33,7 +33,7 @@ SEVERITY: dict[str, str] = {
     "breaker_escalated": "P0", "kill_switch_engaged": "P0", "exchange_unhealthy": "P0",
     # P1: a failure to look at today
     "order_rejected": "P1", "insufficient_funds": "P1", "tactical_deploy_failed": "P1",
-    "data_quality_failed": "P1", "reconciliation_failed": "P1", "invariant_broken": "P1",
+    "data_quality_failed": "P1", "reconciliation_failed": "P1", "invariant_broken": "P1", "run_failed": "P1",
     "liquidation": "P1", "kill_switch_lifted": "P1", "breaker_resumed": "P1", "fill_adopted": "P1",
     # P2: worth knowing
     "risk_refused": "P2", "risk_reduced": "P2", "breaker_cleared": "P2", "order_blocked": "P2",

@@ -225,9 +225,26 @@ def print_summary(summary: dict, out: Path) -> None:
         rows.append(("tactical", f"{len(tac['deployments'])} deployments, {len(tac['exits'])} exits, "
                                  f"{tac['returned_to_core_usdt']:,.2f} USDT returned to CORE"))
     rows += [(f"  {k}", f"{v:,.2f} USDT") for k, v in summary["final_equity_by_sleeve"].items()]
+    if (b := summary.get("breakers")) is not None:
+        if not b["enabled"]:
+            rows.append(("breakers", "off (ETERNAL_RISK__BREAKERS_ENABLED=false, or not the whole portfolio)"))
+        else:
+            fired = {}
+            for e in b["escalations"]:
+                fired[f"L{e['to']}"] = fired.get(f"L{e['to']}", 0) + 1
+            rows.append(("breakers fired", ", ".join(f"{k} x{v}" for k, v in sorted(fired.items())) or "none"))
+            rows.append(("days at level", ", ".join(f"{k} {v:,.0f}" for k, v in b["days_at_level"].items())))
+            if "without_breakers" in b:
+                off = b["without_breakers"]
+                rows.append(("without breakers", f"{off['final_equity']:,.2f} USDT, max drawdown "
+                             f"{off['max_drawdown']:.2%} (the breakers {'cost' if b['cost_usdt'] >= 0 else 'saved'} "
+                             f"{abs(b['cost_usdt']):,.2f} USDT)"))
+    if w := summary.get("max_asset_weight"):
+        rows.append(("largest asset weight", ", ".join(f"{a} {v['weight']:.1%} ({v['day']})" for a, v in w.items()
+                                                       if v["weight"] > 0.001)))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    print(f"\nwritten: {out}/trades.csv, {out}/equity.csv, {out}/summary.json")
+    print(f"\nwritten: {out}/trades.csv, {out}/equity.csv, {out}/summary.json, {out}/events.csv")
 
 
 def cmd_data(args, s) -> int:

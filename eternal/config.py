@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from eternal.errors import ConfigError
@@ -223,6 +223,14 @@ class RiskParams(SettingsModel):
     # a backfill has no operator: it resumes this many days after a level's resume condition holds
     # (L2: drawdown at or below l2_clear_drawdown; L3, L4: the level's actions done); None: never
     replay_resume_days: int | None = Field(30, ge=0)
+
+    @field_validator("replay_resume_days", mode="before")
+    @classmethod
+    def _never(cls, value: Any) -> Any:
+        """ETERNAL_RISK__REPLAY_RESUME_DAYS=never (or none, null): the replay never resumes."""
+        if isinstance(value, str) and value.strip().lower() in ("never", "none", "null", ""):
+            return None
+        return value
 
     @model_validator(mode="after")
     def _levels_increase(self) -> RiskParams:

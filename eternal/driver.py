@@ -192,6 +192,7 @@ class Batch:
     equity: list[dict] = field(default_factory=list)
     plan_key: str | None = None
     deposits_taken: list[dict] = field(default_factory=list)
+    label: str | None = None            # names a batch without an event ("reconcile", "override")
 
 
 class Ledger(Protocol):
@@ -314,6 +315,8 @@ class Driver:
                                       "was not running; booked now", f.sleeve, "warning",
                                       {"trade_id": f.trade_id}))
         report.adopted += adopted
+        now = utc(Due.from_key(p.clock).ts)
+        self.check_invariants(p, batch, now)           # a broken book is named as such, then compared
         for sleeve, book in p.books.items():
             diff = book_differences(book, self.exchange.books.get(sleeve))
             if diff and sleeve.value not in p.halted:
@@ -323,8 +326,6 @@ class Driver:
                                           "halted, no new orders until an operator resolves it", sleeve,
                                           "alert", {"differences": diff}))
                 report.differences[sleeve.value] = diff
-        now = utc(Due.from_key(p.clock).ts)
-        self.check_invariants(p, batch, now)
         self.check_exchange_health(p, batch, now)
         if p.risk.halted:
             self.cancel_open_orders(p, batch, now, f"kill switch engaged ({p.risk.kill_switch.reason})")
@@ -616,7 +617,7 @@ class Driver:
         """An operator's `halt` (the kill switch: resting orders cancelled) or `resume` (breakers
         and kill switch, by `eternal.breakers.resume`'s rules), committed at once with its event
         (who, why, when). Raises breakers.ResumeRefused when the rules refuse it."""
-        batch = Batch(None)
+        batch = Batch(None, label=f"override {action}")
         if action == "halt":
             p.risk, events = breakers.halt(p.risk, now, who, reason)
             batch.events += events

@@ -259,6 +259,7 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
                 log.warning("sleeve %s is halted, none of its orders are sent: %s", sleeve, why)
         except BaseException as exc:
             store.finish_run(run_id, "failed", {"error": scrub(str(exc))}, asof)
+            _alert_failure(s, store, flow, asof, exc)
             raise
         store.finish_run(run_id, "completed", {"line": report.line(), "clock": report.clock,
                                                "events": len(report.processed)}, asof)
@@ -271,3 +272,15 @@ def drive_flow(flow: str, asof: datetime, s: Settings) -> dict:
     """`drive` with the settings' retries (ETERNAL_EXECUTION__RETRIES, __RETRY_DELAYS_S)."""
     return drive.with_options(retries=s.execution.retries,
                               retry_delay_seconds=list(s.execution.retry_delays_s))(flow, asof, s)
+
+
+def _alert_failure(s: Settings, store, flow: str, asof: datetime, exc: BaseException) -> None:
+    """A run that failed is a P1 alert (a data-quality failure under its own kind); never raises."""
+    from datetime import UTC
+
+    from tasks.notify import send
+
+    kind = "data_quality_failed" if isinstance(exc, DataQualityError) else "run_failed"
+    send(s, [Event(utc(asof), kind, scrub(f"{flow} run for {asof:%Y-%m-%d %H:%MZ} failed: "
+                                          f"{type(exc).__name__}: {exc}"), None, "alert")],
+         store, now=datetime.now(UTC))

@@ -130,3 +130,34 @@ def prefect_harness():
 
 def candles(dataset, symbol: str) -> pd.DataFrame:
     return dataset.daily(symbol)
+
+
+@pytest.fixture(scope="session")
+def full_backfill(dataset):
+    """The whole portfolio 2020-09-14..2026-01-01, 100,000 USDT and 1,000 USDT monthly, breakers on.
+    `.seen[day]` holds what the governance tests measure at each close: FUNDING's hedge per asset
+    and TREND's perp notional per asset as shares of their sleeve's equity, and each asset's net
+    exposure as a share of the portfolio."""
+    from eternal.config import Settings
+    from eternal.models import Sleeve, utc
+    from eternal.replay import asset_exposure, run_backfill
+
+    seen: dict[str, dict] = {}
+
+    def on_day(day, books, exchange_books, closes, marks, state):
+        total = sum(b.equity(closes, marks) for b in books.values())
+        f = books[Sleeve.FUNDING]
+        fe = f.equity(closes, marks)
+        trend = {}
+        for s in (Sleeve.TREND_1, Sleeve.TREND_2):
+            e = books[s].equity(closes, marks)
+            trend[s] = {sym.split("/")[0]: abs(p.qty) * marks[sym] / e for sym, p in books[s].perps.items()} if e > 0 else {}
+        seen[f"{day:%Y-%m-%d}"] = {
+            "funding": {sym.split("/")[0]: abs(p.qty) * marks[sym] / fe for sym, p in f.perps.items()} if fe > 0 else {},
+            "trend": trend,
+            "exposure": {a: v / total for a, v in asset_exposure(books, closes, marks).items()}}
+
+    r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2026-01-01"), progress=False,
+                     monthly_deposit=1_000.0, compare_breakers=False, on_day=on_day)
+    r.seen = seen
+    return r

@@ -138,15 +138,7 @@ def test_a_buy_scaled_to_the_cash_is_rounded_down_to_the_step():
 
 # --- the full four-engine backfill --------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def full_backfill(request):
-    from eternal.data.csv_files import read_dir
-    from eternal.replay import run_backfill
-    from tests.conftest import SHARED_DATA
-
-    data = read_dir(SHARED_DATA)
-    return run_backfill(data, Settings(), start=utc("2020-09-14"), end=utc("2026-01-01"), progress=False,
-                        monthly_deposit=1_000.0)
+# `full_backfill`: tests/conftest.py (shared with the governance tests)
 
 
 def test_the_full_backfill_sends_only_orders_bybit_would_accept(full_backfill):

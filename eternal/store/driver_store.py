@@ -93,7 +93,7 @@ class SqlLedger:
 
     def commit(self, p: Portfolio, batch: Batch) -> None:
         now = batch.due.ts if batch.due is not None else _clock_ts(p)
-        run_key = batch.due.key if batch.due is not None else "reconcile"
+        run_key = batch.due.key if batch.due is not None else (batch.label or "reconcile")
         with self.engine.begin() as conn:
             self.store.save_execution(batch.orders, batch.fills, batch.events, None, now, run_key, conn,
                                       transfers=batch.transfers)

@@ -1,0 +1,483 @@
+"""Governance (issue 12): the risk step, the circuit breakers through real crashes, the held caps
+over the full backfill, the ledger invariants, the exchange's health.
+
+The crash replay is the whole portfolio from 2020-09-14 (the first day every warm-up holds) to
+2023-01-01 with 100,000 USDT and 1,000 USDT monthly, the breakers on with the default stand-in
+operator (resume 30 days after a level's condition holds). Its unit value (NAV per unit; deposits
+buy units) against its high-water mark drove, among others:
+
+* May 2021: L3 on the close of 2021-05-19 (drawdown 24.36 %), L4 on 2021-05-23 (27.69 %), resumed
+  on 2021-06-23;
+* June 2022 (Celsius, 3AC): L1 on 2022-06-13 (14.37 %), L2 on 06-16 (18.87 %), L3 on 06-18 (21.68 %);
+* November 2022 (FTX): L1 on 2022-11-08 (10.71 %), L3 the next close (20.06 %), skipping L2.
+
+Events are stamped with the close's time, the next day's 00:00.
+"""
+from __future__ import annotations
+
+import math
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import func, select, update
+
+from eternal import breakers, invariants, risk
+from eternal.config import FeeParams, Mode, RiskParams, Settings, load_settings
+from eternal.errors import ConfigError
+from eternal.models import (
+    PERP_SYMBOLS,
+    Event,
+    Fill,
+    Market,
+    OrderIntent,
+    OrderType,
+    PerpPosition,
+    Side,
+    Sleeve,
+    SleeveBook,
+    Transfer,
+    utc,
+)
+from eternal.replay import EVENT_COLUMNS, run_backfill
+
+CORE, T1, T2, F, TAC = Sleeve.CORE, Sleeve.TREND_1, Sleeve.TREND_2, Sleeve.FUNDING, Sleeve.TACTICAL
+
+
+def close(dataset, symbol: str, day: str) -> float:
+    return float(dataset.daily(symbol).loc[day, "close"])
+
+
+@pytest.fixture(scope="module")
+def crashes(dataset):
+    """The whole portfolio 2020-09-14..2023-01-01, every close's books and risk state recorded."""
+    seen: dict[str, dict] = {}
+
+    def on_day(day, books, exchange_books, closes, marks, state):
+        seen[f"{day:%Y-%m-%d}"] = {
+            "level": state.level, "drawdown": state.drawdown, "unit_value": state.unit_value, "hwm": state.hwm,
+            "units": state.units, "coins": {s: {a: q for a, q in b.holdings.items() if abs(q) > 1e-9}
+                                            for s, b in books.items()},
+            "perps": {s: dict((sym, p.qty) for sym, p in b.perps.items()) for s, b in books.items()}}
+
+    r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2023-01-01"), progress=False,
+                     monthly_deposit=1_000.0, compare_breakers=False, on_day=on_day)
+    return r, seen
+
+
+def escalation(r, at: str) -> dict:
+    return next(e for e in r.summary["breakers"]["escalations"] if e["at"] == at)
+
+
+def fills(r, on: str, reason: str) -> pd.DataFrame:
+    t = r.trades
+    return t[t.timestamp.str.startswith(on) & (t.reason == reason)]
+
+
+# the breakers through real crashes ---------------------------------------------------------------
+def test_may_2021_l3_closes_trend_and_funding_then_l4_sells_everything_and_only_a_resume_lifts_it(crashes):
+    r, seen = crashes
+    l3, l4 = escalation(r, "2021-05-20"), escalation(r, "2021-05-24")
+    assert (l3["from"], l3["to"]) == (2, 3) and l3["drawdown"] == pytest.approx(0.2436, abs=5e-5)
+    assert (l4["from"], l4["to"]) == (3, 4) and l4["drawdown"] == pytest.approx(0.2769, abs=5e-5)
+    # L3: TREND-2's BTC short bought back at the next open; no TREND or FUNDING perp after that close
+    assert set(fills(r, "2021-05-20", "breaker_l3").sleeve) == {"trend-2"}
+    assert all(not seen["2021-05-20"]["perps"][s] for s in (T1, T2))
+    # L4: CORE's and TACTICAL's BTC and ETH sold at the open of 2021-05-24: only USDT is left
+    sold = fills(r, "2021-05-24", "breaker_l4")
+    assert set(zip(sold.sleeve, sold.symbol)) == {(s, f"{a}/USDT") for s in ("core", "tactical") for a in ("BTC", "ETH")}
+    assert all(not coins for coins in seen["2021-05-24"]["coins"].values())
+    assert all(not perps for perps in seen["2021-05-24"]["perps"].values())
+    killed = [e for e in r.events if e.kind == "kill_switch_engaged" and e.ts == utc("2021-05-24")]
+    assert len(killed) == 1 and killed[0].data["who"] == "breaker"
+    # while the kill switch holds, nothing is bought: CORE's deposit of 2021-06-01 stays cash
+    t = r.trades
+    during = t[(t.timestamp > "2021-05-24T01") & (t.timestamp < "2021-06-23")]
+    assert during.empty
+    refused = {e.data["rule"] for e in r.events if e.kind == "risk_refused"
+               and utc("2021-05-25") <= e.ts < utc("2021-06-23")}
+    assert refused == {"kill_switch"}
+    # the stand-in operator resumes 30 days later; the high-water mark is re-based there
+    assert [x["at"] for x in r.summary["breakers"]["resumes"] if x["from"] == 4][0] == "2021-06-23"
+    assert seen["2021-06-22"]["level"] == 0 and seen["2021-06-22"]["hwm"] == seen["2021-06-22"]["unit_value"]
+    assert seen["2021-05-22"]["hwm"] == pytest.approx(3.3896, abs=5e-5)
+    back = t[t.timestamp.str.startswith("2021-06-23") & (t.sleeve == "core") & (t.side == "buy")]
+    assert set(back.symbol) == {"BTC/USDT", "ETH/USDT"}          # CORE buys its targets back
+
+
+def test_june_2022_climbs_l1_l2_l3_with_sizes_cut_then_entries_refused_then_positions_closed(crashes):
+    r, seen = crashes
+    steps = [(e["from"], e["to"], round(e["drawdown"], 4)) for e in r.summary["breakers"]["escalations"]
+             if "2022-06-13" <= e["at"] <= "2022-06-19"]
+    assert steps == [(0, 1, 0.1437), (1, 2, 0.1887), (2, 3, 0.2168)]
+    ev = [e for e in r.events if e.kind in ("risk_reduced", "risk_refused")
+          and utc("2022-06-14") <= e.ts <= utc("2022-06-19") and e.data["rule"].startswith("breaker")]
+    by_day = {(f"{e.ts:%m-%d}", e.data["rule"]) for e in ev}
+    # L1 (06-14): TREND's entries cut to 0.75, and to a quarter of that after the L4 resume of
+    # 2022-06-11 (x0.25 until the quarterly rebalance of 2022-07-01)
+    cuts = [e for e in ev if e.data["rule"] == "breaker_l1"]
+    assert cuts and all(e.data["factor"] == pytest.approx(0.75 * 0.25) for e in cuts)
+    # L2 (06-17): no new entries for 72 hours; L3 (06-19): none until a resume
+    assert ("06-17", "breaker_l2") in by_day and ("06-18", "breaker_l2") in by_day
+    assert ("06-19", "breaker_l3") in by_day
+    assert set(fills(r, "2022-06-19", "breaker_l3").sleeve) == {"trend-1", "trend-2"}
+    assert seen["2022-06-18"]["perps"][T1] and not seen["2022-06-19"]["perps"][T1]
+    assert not seen["2022-06-19"]["perps"][T2]
+
+
+def test_ftx_week_jumps_from_l1_to_l3_in_one_close(crashes):
+    r, seen = crashes
+    assert escalation(r, "2022-11-09")["to"] == 1
+    jump = escalation(r, "2022-11-10")
+    assert (jump["from"], jump["to"]) == (1, 3) and jump["drawdown"] == pytest.approx(0.2006, abs=5e-5)
+    closed = fills(r, "2022-11-10", "breaker_l3")
+    assert set(zip(closed.sleeve, closed.symbol)) == {("trend-1", "ETH/USDT:USDT"), ("trend-2", "ETH/USDT:USDT")}
+    assert seen["2022-11-09"]["perps"][T1] == {"ETH/USDT:USDT": pytest.approx(-0.13)}
+    assert not seen["2022-11-10"]["perps"][T1] and not seen["2022-11-10"]["perps"][T2]
+
+
+def test_l1_clears_by_itself_at_5_percent_but_l2_never_does(crashes):
+    r, seen = crashes
+    cleared = [e for e in r.events if e.kind == "breaker_cleared"]
+    assert cleared[0].ts == utc("2021-01-30") and cleared[0].data["drawdown"] <= 0.05
+    assert seen["2021-01-28"]["level"] == 1 and seen["2021-01-29"]["level"] == 0
+    # L2 from 2021-03-01: a new high on 2021-03-13 (drawdown 0) does not clear it; only a resume would
+    at_l2 = {d: v for d, v in seen.items() if "2021-03-01" <= d < "2021-05-19"}
+    assert {v["level"] for v in at_l2.values()} == {2}
+    assert at_l2["2021-03-13"]["drawdown"] == 0.0
+
+
+def test_replay_resume_never_keeps_the_portfolio_at_l2(dataset, monkeypatch):
+    monkeypatch.setenv("ETERNAL_RISK__REPLAY_RESUME_DAYS", "never")
+    r = run_backfill(dataset, load_settings(), start=utc("2020-09-14"), end=utc("2021-05-01"), progress=False,
+                     monthly_deposit=1_000.0, compare_breakers=False)
+    b = r.summary["breakers"]
+    assert [e["at"] for e in b["escalations"]][-1] == "2021-03-01" and b["resumes"][-1]["from"] == 1
+    assert b["days_at_level"]["L2"] == pytest.approx((utc("2021-05-01") - utc("2021-03-01")).days)
+
+
+def test_a_backfill_writes_every_event_and_what_the_breakers_cost_against_the_same_run_without(dataset, tmp_path):
+    r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2021-02-15"), progress=False,
+                     monthly_deposit=1_000.0, out_dir=tmp_path)
+    events = pd.read_csv(tmp_path / "events.csv")
+    assert list(events.columns) == EVENT_COLUMNS and len(events) == len(r.events)
+    fired = events[events.kind == "breaker_escalated"]
+    assert list(fired.timestamp) == ["2021-01-22T00:00:00+00:00"]
+    assert set(fired.severity) == {"P0"}
+    b = r.summary["breakers"]
+    off = b["without_breakers"]
+    assert b["cost_usdt"] == pytest.approx(off["final_equity"] - r.summary["final_equity"])
+    assert off["final_equity"] != r.summary["final_equity"]          # the L1 cuts changed the trades
+    assert sum(b["days_at_level"].values()) == pytest.approx((utc("2021-02-15") - utc("2020-09-14")).days)
+
+
+def test_breakers_off_is_for_research_only(monkeypatch):
+    for mode in (Mode.DEMO, Mode.TESTNET, Mode.LIVE):
+        with pytest.raises(ConfigError, match="BREAKERS_ENABLED=false is for research backfills only"):
+            load_settings(mode=mode, live_confirm="yes", risk={"breakers_enabled": False})
+    assert not load_settings(mode=Mode.REPLAY, risk={"breakers_enabled": False}).risk.breakers_enabled
+
+
+# the unit value --------------------------------------------------------------------------------
+def test_a_deposit_buys_units_at_the_unit_value_and_does_not_move_it(crashes):
+    """The deposit of 2021-02-01 (1,000 USDT, taken at the close of 2021-01-31): units rise by
+    1,000 / the unit value of that close, the unit value does not jump."""
+    _, seen = crashes
+    before, at = seen["2021-01-30"], seen["2021-01-31"]
+    assert at["units"] - before["units"] == pytest.approx(1_000.0 / at["unit_value"], rel=1e-12)
+    assert abs(seen["2021-02-01"]["unit_value"] / at["unit_value"] - 1) < 0.05      # a day's move, no +1,000
+    state, _ = breakers.observe(breakers.RiskState(), 100_000.0, utc("2021-01-01"), RiskParams())
+    state = breakers.issue_units(state, 1_000.0)
+    state, events = breakers.observe(state, 101_000.0, utc("2021-01-02"), RiskParams())
+    assert state.unit_value == pytest.approx(1.0) and state.drawdown == pytest.approx(0.0) and events == []
+
+
+# the held caps over the full backfill -------------------------------------------------------------
+def test_held_caps_are_restored_at_every_close_that_breaks_them_over_the_full_backfill(full_backfill):
+    """Before issue 12, on the same run: FUNDING above 5.5 % of its sleeve in one asset on 253 days
+    (up to 13.1 %), TREND at 81 % in one asset, BTC above 45 % of the portfolio on 618 days (up to
+    59.9 %). Now every close that finds a cap broken by more than 10 % of it sends the trim back to
+    the cap at that close, or has one resting since the last open, or its engine's exit of that
+    asset resting (a trim counts resting reductions as done)."""
+    r, seen = full_backfill, full_backfill.seen
+    trims, exits = {}, {}
+    for e in r.events:
+        if e.kind == "risk_reduced" and "holds too much" in e.message:
+            trims.setdefault((e.data["rule"], e.sleeve), []).append(e.ts)
+        elif e.kind in ("funding_state", "trend_state") and e.data.get("to") == "EXITING":
+            exits.setdefault((e.sleeve, e.data["asset"]), []).append(e.ts)
+    worst = {"funding": 0.0, "trend": 0.0, "BTC": 0.0, "ETH": 0.0}
+    untreated = []
+    for day, v in seen.items():
+        at = utc(day) + timedelta(days=1)
+
+        def treated(rule, sleeve, asset=None):
+            return any(at - timedelta(days=1) < ts <= at for ts in trims.get((rule, sleeve), [])
+                       + exits.get((sleeve, asset), []))
+
+        for asset, share in v["funding"].items():
+            worst["funding"] = max(worst["funding"], share)
+            if share > 0.05 * 1.1 and not treated("funding_max_asset_share", F, asset):
+                untreated.append((day, "funding", asset, share))
+        for sleeve in (T1, T2):
+            for asset, share in v["trend"][sleeve].items():
+                worst["trend"] = max(worst["trend"], share)
+                if share > 0.5 * 1.1 and not treated("trend_max_asset_share", sleeve, asset):
+                    untreated.append((day, sleeve, asset, share))
+        for asset in ("BTC", "ETH"):
+            share = v["exposure"].get(asset, 0.0)
+            worst[asset] = max(worst[asset], share)
+            if share > 0.45 * 1.1 and not any(treated("max_asset_share", s) for s in (T1, T2, TAC, CORE)):
+                untreated.append((day, "portfolio", asset, share))
+    assert untreated == []
+    assert worst["funding"] < 0.131 and worst["trend"] < 0.81 and worst["BTC"] < 0.599
+    assert r.summary["max_asset_weight"]["BTC"]["weight"] == pytest.approx(worst["BTC"])
+
+
+# the risk step, pure, at real prices ------------------------------------------------------------
+@pytest.fixture
+def prices_2021_11_09(dataset):
+    """The close of 2021-11-09 (BTC's all-time high close of the cycle)."""
+    day = "2021-11-09"
+    spot = {a: close(dataset, f"{a}/USDT", day) for a in ("BTC", "ETH")}
+    marks = {PERP_SYMBOLS[a]: close(dataset, PERP_SYMBOLS[a], day) for a in ("BTC", "ETH")}
+    return spot, marks
+
+
+def view_of(books, spot, marks, state=None, **params) -> risk.RiskView:
+    return risk.RiskView(utc("2021-11-10"), books, spot, marks, state or breakers.RiskState(),
+                         RiskParams(**params), FeeParams())
+
+
+def intent(sleeve, symbol, side, qty, market=Market.PERP, **kw) -> OrderIntent:
+    return OrderIntent(sleeve, symbol, market, side, qty, OrderType.MARKET, kw.pop("reason", "entry"),
+                       kw.pop("key", f"entry:{symbol}"), **kw)
+
+
+def test_a_trend_long_is_cut_to_what_keeps_btc_at_45_percent_of_the_portfolio(prices_2021_11_09):
+    spot, marks = prices_2021_11_09
+    btc = spot["BTC"]
+    books = {CORE: SleeveBook(CORE, 20_000.0, {"BTC": 40_000.0 / btc}),     # 40 % of 100,000 in BTC
+             T1: SleeveBook(T1, 40_000.0), F: SleeveBook(F, 0.0)}
+    mark = marks["BTC/USDT:USDT"]
+    approved, events = risk.approve([intent(T1, "BTC/USDT:USDT", Side.BUY, 15_000.0 / mark, leverage=2.0)],
+                                    view_of(books, spot, marks))
+    assert approved[0].qty * mark == pytest.approx(5_000.0 - 0.0, rel=1e-9)     # 45,000 - 40,000
+    assert events[0].kind == "risk_reduced" and events[0].data["rule"] == "max_asset_share"
+    assert events[0].data["exposure_usdt"] == pytest.approx(40_000.0)
+    # FUNDING's hedged pair adds nothing net: not capped by the 45 % rule
+    books[F] = SleeveBook(F, 10_000.0)
+    pair = [intent(F, "BTC/USDT:USDT", Side.SELL, 0.005, leverage=1.0, key="p"),
+            intent(F, "BTC/USDT", Side.BUY, 0.005, Market.SPOT, key="s")]
+    approved, events = risk.approve(pair, view_of(books, spot, marks))
+    assert [a.qty for a in approved] == [0.005, 0.005] and events == []
+
+
+def test_core_keeps_5_percent_cash_and_leverage_stays_at_2x(prices_2021_11_09):
+    spot, marks = prices_2021_11_09
+    books = {CORE: SleeveBook(CORE, 10_000.0), T1: SleeveBook(T1, 30_000.0)}
+    eth = spot["ETH"]
+    buy = intent(CORE, "ETH/USDT", Side.BUY, 10_000.0 / eth, Market.SPOT, reason="drift", key="buy")
+    approved, events = risk.approve([buy], view_of(books, spot, marks))
+    assert approved[0].qty * eth == pytest.approx(9_500.0, rel=1e-12)     # 500 USDT (5 %) kept
+    assert events[0].data["rule"] == "core_cash_floor"
+    mark = marks["ETH/USDT:USDT"]
+    three = intent(T1, "ETH/USDT:USDT", Side.BUY, 30_000.0 / mark, leverage=3.0)
+    approved, events = risk.approve([three], view_of(books, spot, marks))
+    assert approved[0].leverage == 2.0 and approved[0].qty * mark == pytest.approx(15_000.0)   # and 50 % per asset
+    assert [e.data["rule"] for e in events] == ["max_leverage", "trend_max_asset_share"]
+
+
+def test_halted_sleeves_and_the_kill_switch_send_nothing_but_the_breakers_own_closes(prices_2021_11_09):
+    spot, marks = prices_2021_11_09
+    pos = PerpPosition("BTC/USDT:USDT", 0.2, 60_000.0, 6_000.0, 2.0, utc("2021-11-01"))
+    books = {CORE: SleeveBook(CORE, 10_000.0), T1: SleeveBook(T1, 5_000.0, perps={pos.symbol: pos})}
+    killed, _ = breakers.halt(breakers.RiskState(), utc("2021-11-10"), "alice", "exchange incident")
+    close_ = intent(T1, pos.symbol, Side.SELL, 0.2, reduce_only=True, reason="breaker_l4", key="l4")
+    buy = intent(CORE, "BTC/USDT", Side.BUY, 0.01, Market.SPOT, key="b")
+    approved, events = risk.approve([buy, close_], view_of(books, spot, marks, killed))
+    assert approved == [close_] and events[0].data["rule"] == "kill_switch"
+    v = view_of(books, spot, marks)
+    v.halted = {"core": "reconciliation: cash differs"}
+    approved, events = risk.approve([buy], v)
+    assert approved == [] and events[0].data["rule"] == "sleeve_halted"
+
+
+def test_breaker_resume_rules():
+    p = RiskParams()
+    st = breakers.RiskState(units=1.0, unit_value=0.87, hwm=1.0, drawdown=0.13, level=2)
+    with pytest.raises(breakers.ResumeRefused, match="L2 can be resumed at a drawdown of 10% or less; it is 13.00%"):
+        breakers.resume(st, utc("2022-06-20"), "bob", "looks fine", p)
+    st4 = breakers.RiskState(units=1.0, unit_value=0.7, hwm=1.0, drawdown=0.3, level=4,
+                             kill_switch=breakers.KillSwitch(reason="L4", who="breaker", at=utc("2022-06-18")))
+    with pytest.raises(breakers.ResumeRefused, match="second confirmation"):
+        breakers.resume(st4, utc("2022-06-20"), "bob", "reviewed", p)
+    after, events = breakers.resume(st4, utc("2022-06-20"), "bob", "reviewed", p, confirm_kill_switch=True)
+    assert after.level == 0 and after.kill_switch is None and after.hwm == 0.7
+    assert after.restart_size_until == utc("2022-07-01")
+    assert {e.kind for e in events} == {"kill_switch_lifted", "breaker_resumed"}
+    assert all(e.data["who"] == "bob" and e.data["reason"] == "reviewed" for e in events)
+    assert breakers.size_factor(after, "trend-1", utc("2022-06-21"), p) == 0.25
+    assert breakers.size_factor(after, "core", utc("2022-06-21"), p) == 1.0
+
+
+# the ledger invariants ---------------------------------------------------------------------------
+def test_invariants_name_what_is_broken():
+    ok = SleeveBook(CORE, 1_000.0, {"BTC": 0.1})
+    bad = SleeveBook(T1, math.nan, {"ETH": -0.5})
+    fill = Fill("unknown-order", utc("2022-06-18"), CORE, "BTC/USDT", Market.SPOT, Side.BUY, 0.01, 20_000.0,
+                0.2, "USDT", "taker", "t-1")
+    stray = Transfer(utc("2022-06-18"), None, CORE, "USDT", 500.0, "rebalance")
+    found = invariants.check({CORE: ok, T1: bad}, fills=[fill], known_orders=set(), transfers=[stray],
+                             equity=[{"sleeve": "core", "equity": 3_000.0}], closes={"BTC": 20_000.0, "ETH": 1_000.0})
+    assert found[T1] == ["cash is nan", "ETH free is negative (-0.5)"]
+    assert found[CORE] == ["fill t-1 (BTC/USDT buy 0.01) belongs to no order of ours (unknown-order)",
+                           "transfer of 500 USDT into core has no other side (not a deposit: rebalance)"]
+    clean = invariants.check({CORE: ok}, equity=[{"sleeve": "core", "equity": 3_000.0}], closes={"BTC": 20_000.0})
+    assert clean == {}
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_a_corrupted_ledger_halts_the_sleeve_with_an_alert_and_the_others_trade_on(db_url, dataset, monkeypatch,
+                                                                                  prefect_harness):
+    """The daily cycle of 2024-01-02, then someone writes a negative ETH balance into CORE's row.
+    The next run finds it, halts CORE (no CORE order) and raises a P1 alert; the rest trade on."""
+    if db_url.startswith("postgresql"):
+        pytest.skip("the invariants are the same code on both databases; SQLite keeps the suite short")
+    from eternal.alerts import severity
+    from eternal.store.db import connect
+    from eternal.store.models import BalanceRow, EventRow, FundingPaymentRow, OrderRow
+    from tests.flow_support import daily, store_market
+
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, "2017-08-17", "2024-01-09")
+    daily("2024-01-02T00:05:00Z")
+    with engine.begin() as conn:
+        conn.execute(update(BalanceRow).where(BalanceRow.sleeve == "core", BalanceRow.asset == "ETH")
+                     .values(qty=-3.0))
+    report = daily("2024-01-09T00:05:00Z")          # CORE's second tranche is due on this close
+    assert "ETH free is negative (-3)" in report["halted"]["core"]
+    with engine.connect() as conn:
+        broken = conn.execute(select(EventRow.message, EventRow.level).where(EventRow.kind == "invariant_broken")).all()
+        core_orders = conn.execute(select(func.count()).select_from(OrderRow).where(
+            OrderRow.sleeve == "core", OrderRow.scheduled > utc("2024-01-03"))).scalar_one()
+        refused = conn.execute(select(EventRow.data).where(EventRow.kind == "risk_refused",
+                                                           EventRow.sleeve == "core")).scalars().all()
+        payments = conn.execute(select(func.count()).select_from(FundingPaymentRow).where(
+            FundingPaymentRow.ts > utc("2024-01-03"))).scalar_one()
+    assert len(broken) == 1 and broken[0].level == "alert" and set(report["halted"]) == {"core"}
+    assert severity(Event(utc("2024-01-09"), "invariant_broken", broken[0].message, CORE, "alert")) == "P1"
+    # CORE's second tranche (BTC and ETH) was refused; FUNDING's hedges are still settled and booked
+    assert core_orders == 0 and [d["rule"] for d in refused] == ["sleeve_halted"] * 2 and payments > 0
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_withdrawals_suspended_at_the_exchange_halt_all_activity(db_url, dataset, monkeypatch, prefect_harness):
+    if db_url.startswith("postgresql"):
+        pytest.skip("the health check is the same code on both databases")
+    from eternal.store.db import connect
+    from eternal.store.driver_store import SqlLedger, open_paper_exchange
+    from eternal.store.models import EventRow, OrderRow
+    from tests.flow_support import daily, store_market
+
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, "2017-08-17", "2024-01-09")
+    daily("2024-01-02T00:05:00Z")
+    venue = open_paper_exchange(engine, load_settings().fees)
+    venue.suspended = ["USDT"]
+    venue.persist_now()
+    daily("2024-01-09T00:05:00Z")
+    p = SqlLedger(engine).load()
+    assert p.risk.kill_switch.who == "exchange health" and "USDT suspended" in p.risk.kill_switch.reason
+    with engine.connect() as conn:
+        kinds = conn.execute(select(EventRow.kind).where(EventRow.kind.in_(["exchange_unhealthy",
+                                                                            "kill_switch_engaged"]))).scalars().all()
+        new_orders = conn.execute(select(func.count()).select_from(OrderRow).where(
+            OrderRow.scheduled > utc("2024-01-03"))).scalar_one()
+    assert sorted(kinds) == ["exchange_unhealthy", "kill_switch_engaged"] and new_orders == 0
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_the_high_water_mark_and_level_survive_a_restart_and_a_drawdown_from_it_escalates(
+        db_url, dataset, monkeypatch, prefect_harness):
+    """The stored state says the unit value once stood 50 % higher: the next run (a new process)
+    measures its drawdown from that mark, goes straight to L4 and sells everything."""
+    if db_url.startswith("postgresql"):
+        pytest.skip("the driver document is the same code on both databases")
+    import subprocess
+    import sys
+
+    from eternal.driver import Batch
+    from eternal.store.db import connect
+    from eternal.store.driver_store import SqlLedger
+    from tests.flow_support import daily, store_market
+
+    from tests.alert_receiver import AlertReceiver
+
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, "2017-08-17", "2024-01-10")
+    daily("2024-01-02T00:05:00Z")
+    receiver = AlertReceiver().start()
+    monkeypatch.setenv("ETERNAL_ALERT_URLS", receiver.url("/hooks/t0ken"))
+    ledger = SqlLedger(engine)
+    p = ledger.load()
+    assert p.risk.units == pytest.approx(100_000.0) and p.risk.unit_value == pytest.approx(1.0)
+    p.risk = p.risk.model_copy(update={"hwm": 1.5})
+    ledger.commit(p, Batch(None))
+    code = ("from flows.daily_cycle import daily_cycle; from eternal.models import utc; "
+            "daily_cycle(asof=utc('2024-01-09T00:05:00Z'))")
+    from prefect.settings import PREFECT_API_URL
+
+    root = str(Path(__file__).resolve().parents[1])    # (importing tests.conftest again would clear ETERNAL_*)
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": root, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    receiver.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    titles = [b["title"] for b in receiver.bodies()]
+    assert titles[:2] == ["Eternal Engine [P0] breaker_escalated", "Eternal Engine [P0] kill_switch_engaged"]
+    assert "Eternal Engine [P3] daily_summary" in titles
+    p = SqlLedger(engine).load()
+    assert p.risk.level == 4 and p.risk.hwm == 1.5 and p.risk.kill_switch.who == "breaker"
+    assert p.risk.history[-1]["to"] == 4 and p.risk.history[-1]["drawdown"] > 0.25
+    assert p.risk.history[-1]["high_water_mark"] == 1.5
+    assert all(not b.perps and all(abs(q) < 1e-9 for q in b.holdings.values()) for b in p.books.values())
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_a_data_quality_failure_is_a_p1_alert_at_the_receiver(db_url, dataset, monkeypatch, prefect_harness):
+    """The ETH close of 2024-01-02 arrives negative: the run stops before deciding, and the
+    operator's channel gets the failure as P1 with the rule that failed."""
+    if db_url.startswith("postgresql"):
+        pytest.skip("the alert path is the same on both databases")
+    from eternal.errors import DataQualityError
+    from eternal.store.db import connect
+    from eternal.store.models import CandleRow
+    from tests.alert_receiver import AlertReceiver
+    from tests.flow_support import daily, store_market
+
+    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
+    engine = connect(db_url)
+    store_market(engine, dataset, "2017-08-17", "2024-01-03")
+    daily("2024-01-02T00:05:00Z")
+    with engine.begin() as conn:
+        conn.execute(update(CandleRow).where(CandleRow.symbol == "ETH/USDT", CandleRow.timeframe == "1d",
+                                             CandleRow.ts == utc("2024-01-02")).values(close=-2_355.34))
+    receiver = AlertReceiver().start()
+    monkeypatch.setenv("ETERNAL_ALERT_URLS", receiver.url("/hooks/t0ken"))
+    try:
+        with pytest.raises(DataQualityError):
+            daily("2024-01-03T00:05:00Z")
+    finally:
+        receiver.stop()
+    got = receiver.bodies()
+    assert [b["title"] for b in got] == ["Eternal Engine [P1] data_quality_failed"]
+    assert "ETH/USDT: close > 0 failed on 2024-01-02" in got[0]["message"]
