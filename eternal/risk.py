@@ -343,7 +343,7 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
                     if sleeve == Sleeve.FUNDING and book.holdings.get(base_of(sym), 0.0) > 0:
                         spot = min(qty, book.holdings[base_of(sym)])
                         trim(sleeve, SPOT_SYMBOLS[base_of(sym)], Market.SPOT, Side.SELL, spot, rule,
-                             f"the hedge's spot leg with its perp", held_usdt=held, equity_usdt=eq)
+                             "the hedge's spot leg with its perp", held_usdt=held, equity_usdt=eq)
         gross = sum(abs(x.qty) * perp_price(s, view) for s, x in book.perps.items())
         if gross > p.max_leverage * eq * over:
             share = 1 - p.max_leverage * eq / gross

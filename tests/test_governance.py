@@ -339,23 +339,34 @@ def test_invariants_name_what_is_broken():
     assert clean == {}
 
 
-@pytest.mark.db
-@pytest.mark.flow
-def test_a_corrupted_ledger_halts_the_sleeve_with_an_alert_and_the_others_trade_on(db_url, dataset, monkeypatch,
-                                                                                  prefect_harness):
-    """The daily cycle of 2024-01-02, then someone writes a negative ETH balance into CORE's row.
-    The next run finds it, halts CORE (no CORE order) and raises a P1 alert; the rest trade on."""
-    if db_url.startswith("postgresql"):
-        pytest.skip("the invariants are the same code on both databases; SQLite keeps the suite short")
-    from eternal.alerts import severity
+@pytest.fixture
+def started(tmp_path, dataset, monkeypatch, prefect_harness):
+    """`started(end)`: a live portfolio on SQLite, begun by the daily cycle of 2024-01-02 (its first
+    decision on the close of 2024-01-01), the market stored up to `end` (exclusive). The governance
+    state travels in the driver's document like the clock (PostgreSQL: tests/test_override.py)."""
     from eternal.store.db import connect
-    from eternal.store.models import BalanceRow, EventRow, FundingPaymentRow, OrderRow
     from tests.flow_support import daily, store_market
 
-    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
-    engine = connect(db_url)
-    store_market(engine, dataset, "2017-08-17", "2024-01-09")
-    daily("2024-01-02T00:05:00Z")
+    def start(end: str):
+        url = f"sqlite:///{tmp_path / 'eternal.db'}"
+        monkeypatch.setenv("ETERNAL_DATABASE_URL", url)
+        engine = connect(url)
+        store_market(engine, dataset, "2017-08-17", end)
+        daily("2024-01-02T00:05:00Z")
+        return engine
+    return start
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_a_corrupted_ledger_halts_the_sleeve_with_an_alert_and_the_others_trade_on(started, monkeypatch):
+    """The daily cycle of 2024-01-02, then someone writes a negative ETH balance into CORE's row.
+    The next run finds it, halts CORE (no CORE order) and raises a P1 alert; the rest trade on."""
+    from eternal.alerts import severity
+    from eternal.store.models import BalanceRow, EventRow, FundingPaymentRow, OrderRow
+    from tests.flow_support import daily
+
+    engine = started("2024-01-09")
     with engine.begin() as conn:
         conn.execute(update(BalanceRow).where(BalanceRow.sleeve == "core", BalanceRow.asset == "ETH")
                      .values(qty=-3.0))
@@ -377,18 +388,12 @@ def test_a_corrupted_ledger_halts_the_sleeve_with_an_alert_and_the_others_trade_
 
 @pytest.mark.db
 @pytest.mark.flow
-def test_withdrawals_suspended_at_the_exchange_halt_all_activity(db_url, dataset, monkeypatch, prefect_harness):
-    if db_url.startswith("postgresql"):
-        pytest.skip("the health check is the same code on both databases")
-    from eternal.store.db import connect
+def test_withdrawals_suspended_at_the_exchange_halt_all_activity(started, monkeypatch):
     from eternal.store.driver_store import SqlLedger, open_paper_exchange
     from eternal.store.models import EventRow, OrderRow
-    from tests.flow_support import daily, store_market
+    from tests.flow_support import daily
 
-    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
-    engine = connect(db_url)
-    store_market(engine, dataset, "2017-08-17", "2024-01-09")
-    daily("2024-01-02T00:05:00Z")
+    engine = started("2024-01-09")
     venue = open_paper_exchange(engine, load_settings().fees)
     venue.suspended = ["USDT"]
     venue.persist_now()
@@ -405,26 +410,17 @@ def test_withdrawals_suspended_at_the_exchange_halt_all_activity(db_url, dataset
 
 @pytest.mark.db
 @pytest.mark.flow
-def test_the_high_water_mark_and_level_survive_a_restart_and_a_drawdown_from_it_escalates(
-        db_url, dataset, monkeypatch, prefect_harness):
+def test_the_high_water_mark_and_level_survive_a_restart_and_a_drawdown_from_it_escalates(started, monkeypatch):
     """The stored state says the unit value once stood 50 % higher: the next run (a new process)
     measures its drawdown from that mark, goes straight to L4 and sells everything."""
-    if db_url.startswith("postgresql"):
-        pytest.skip("the driver document is the same code on both databases")
     import subprocess
     import sys
 
     from eternal.driver import Batch
-    from eternal.store.db import connect
     from eternal.store.driver_store import SqlLedger
-    from tests.flow_support import daily, store_market
-
     from tests.alert_receiver import AlertReceiver
 
-    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
-    engine = connect(db_url)
-    store_market(engine, dataset, "2017-08-17", "2024-01-10")
-    daily("2024-01-02T00:05:00Z")
+    engine = started("2024-01-10")
     receiver = AlertReceiver().start()
     monkeypatch.setenv("ETERNAL_ALERT_URLS", receiver.url("/hooks/t0ken"))
     ledger = SqlLedger(engine)
@@ -453,21 +449,15 @@ def test_the_high_water_mark_and_level_survive_a_restart_and_a_drawdown_from_it_
 
 @pytest.mark.db
 @pytest.mark.flow
-def test_a_data_quality_failure_is_a_p1_alert_at_the_receiver(db_url, dataset, monkeypatch, prefect_harness):
+def test_a_data_quality_failure_is_a_p1_alert_at_the_receiver(started, monkeypatch):
     """The ETH close of 2024-01-02 arrives negative: the run stops before deciding, and the
     operator's channel gets the failure as P1 with the rule that failed."""
-    if db_url.startswith("postgresql"):
-        pytest.skip("the alert path is the same on both databases")
     from eternal.errors import DataQualityError
-    from eternal.store.db import connect
     from eternal.store.models import CandleRow
     from tests.alert_receiver import AlertReceiver
-    from tests.flow_support import daily, store_market
+    from tests.flow_support import daily
 
-    monkeypatch.setenv("ETERNAL_DATABASE_URL", db_url)
-    engine = connect(db_url)
-    store_market(engine, dataset, "2017-08-17", "2024-01-03")
-    daily("2024-01-02T00:05:00Z")
+    engine = started("2024-01-03")
     with engine.begin() as conn:
         conn.execute(update(CandleRow).where(CandleRow.symbol == "ETH/USDT", CandleRow.timeframe == "1d",
                                              CandleRow.ts == utc("2024-01-02")).values(close=-2_355.34))
