@@ -158,34 +158,42 @@ def observe(state: RiskState, nav: float, now: datetime, params: RiskParams, *,
 
 def resume(state: RiskState, now: datetime, who: str, reason: str, params: RiskParams, *,
            confirm_kill_switch: bool = False) -> tuple[RiskState, list[Event]]:
-    """An operator's resume: clears L2 (only at a drawdown at or below `l2_clear_drawdown`), L3 and
-    L4, and lifts the kill switch (only with `confirm_kill_switch`, the second confirmation).
-    Raises ResumeRefused naming the rule when the rules do not allow it."""
+    """An operator's resume. Lifts the kill switch (only with `confirm_kill_switch`, the second
+    confirmation) and clears what the rules let a human clear: L3 and L4 always, L2 at a drawdown at
+    or below `l2_clear_drawdown` (above it, a kill switch lifted alone leaves L2 in force), never L1
+    (it clears by itself). Raises ResumeRefused naming the rule when nothing may be resumed."""
     now = utc(now)
-    if not reason.strip():
-        raise ResumeRefused("a resume needs a reason (who decided it and why)")
-    if state.kill_switch is None and state.level < 2:
-        what = ("breaker L1 clears by itself at a drawdown of "
-                f"{params.l1_clear_drawdown:.0%} or less" if state.level == 1 else "nothing is halted")
-        raise ResumeRefused(f"nothing to resume: {what} (drawdown {state.drawdown:.2%})")
-    if state.kill_switch is not None and not confirm_kill_switch:
+    if not reason.strip() or not who.strip():
+        raise ResumeRefused("a resume needs a reason and who decided it (neither may be blank)")
+    l2_held = state.level == 2 and state.drawdown > params.l2_clear_drawdown
+    clears_level = state.level >= 3 or (state.level == 2 and not l2_held)
+    l2_rule = (f"breaker L2 can be resumed at a drawdown of {params.l2_clear_drawdown:.0%} or less; it is "
+               f"{state.drawdown:.2%} (unit value {state.unit_value:.4f}, high-water mark {state.hwm:.4f})")
+    if state.kill_switch is None:
+        if l2_held:
+            raise ResumeRefused(l2_rule)
+        if not clears_level:
+            what = (f"breaker L1 clears by itself at a drawdown of {params.l1_clear_drawdown:.0%} or less"
+                    if state.level == 1 else "nothing is halted")
+            raise ResumeRefused(f"nothing to resume: {what} (drawdown {state.drawdown:.2%})")
+    elif not confirm_kill_switch:
         raise ResumeRefused(f"the kill switch is engaged ({state.kill_switch.reason}, by {state.kill_switch.who} "
                             f"at {state.kill_switch.at:%Y-%m-%d %H:%MZ}): lifting it needs the second "
                             "confirmation (--confirm-kill-switch, or the form's confirm_kill_switch)")
-    if state.level == 2 and state.drawdown > params.l2_clear_drawdown:
-        raise ResumeRefused(f"breaker L2 can be resumed at a drawdown of {params.l2_clear_drawdown:.0%} or less; "
-                            f"it is {state.drawdown:.2%} (unit value {state.unit_value:.4f}, high-water mark "
-                            f"{state.hwm:.4f})")
-    st = state.model_copy(update={"history": list(state.history)})   # entries are never changed
+    st = state.model_copy(update={"history": list(state.history)})
     events: list[Event] = []
     before = st.level
     numbers = {"drawdown": st.drawdown, "unit_value": st.unit_value, "high_water_mark": st.hwm}
     if st.kill_switch is not None:
+        kept = f"; breaker L{before} stays in force ({l2_rule})" if l2_held else (
+            "; breaker L1 stays until it clears by itself" if before == 1 else "")
         events.append(_event(now, "kill_switch_lifted", f"kill switch lifted by {who} at {now:%Y-%m-%d %H:%MZ}: "
-                             f"{reason} (it was engaged by {st.kill_switch.who}: {st.kill_switch.reason})", "alert",
-                             who=who, reason=reason, engaged_by=st.kill_switch.who))
+                             f"{reason} (it was engaged by {st.kill_switch.who}: {st.kill_switch.reason}){kept}",
+                             "alert", who=who, reason=reason, engaged_by=st.kill_switch.who))
         st.kill_switch = None
-    if before >= 2:
+        st.history.append({"at": now.isoformat(), "from": before, "to": before,
+                           "why": f"kill switch lifted by {who}: {reason}", **numbers})
+    if clears_level:
         if before >= 3:
             st.hwm = st.unit_value                  # re-based: see the module's docstring
             st.restart_size_until = next_quarter_start(now)
@@ -194,9 +202,10 @@ def resume(state: RiskState, now: datetime, who: str, reason: str, params: RiskP
                                  f"; new sizes x{params.l3_restart_size:g} until the quarter starting "
                                  f"{st.restart_size_until:%Y-%m-%d}" if before >= 3 else ""),
                              "alert", level=0, previous=before, who=who, reason=reason, **numbers))
-    st.history.append({"at": now.isoformat(), "from": before, "to": 0, "why": f"resume by {who}: {reason}", **numbers})
-    st.level, st.engaged_at, st.recovered_at = 0, None, None
-    st.entries_blocked_until = st.tactical_paused_until = None
+        st.history.append({"at": now.isoformat(), "from": before, "to": 0, "why": f"resume by {who}: {reason}",
+                           **numbers})
+        st.level, st.engaged_at, st.recovered_at = 0, None, None
+        st.entries_blocked_until = st.tactical_paused_until = None
     return st, events
 
 
@@ -204,8 +213,8 @@ def halt(state: RiskState, now: datetime, who: str, reason: str) -> tuple[RiskSt
     """Engage the kill switch (an operator's `eternal halt`, or the exchange's health). Engaging it
     again keeps the first reason and adds nothing."""
     now = utc(now)
-    if not reason.strip():
-        raise ResumeRefused("a halt needs a reason")
+    if not reason.strip() or not who.strip():
+        raise ResumeRefused("a halt needs a reason and who engages it (neither may be blank)")
     if state.kill_switch is not None:
         return state, []
     st = state.model_copy(update={"history": list(state.history)})   # entries are never changed

@@ -361,7 +361,10 @@ class Driver:
             nav = math.fsum(b.equity(view.closes(i), view.marks(i)) for b in p.books.values())
             state, risk_events = breakers.observe(p.risk, nav, due.ts, self.risk_params,
                                                   simulate_resume=self.simulate_resume)
-            plan, received, allocation, deposits = self.decide_close(p, due, i)
+            if state.halted:        # nothing is decided under the kill switch (deposits wait for the resume)
+                plan, received, allocation, deposits = Plan(due.ts, due.day, [], {}, []), dict(p.received), None, []
+            else:
+                plan, received, allocation, deposits = self.decide_close(p, due, i, self.refused(p, state, due.ts))
             plan.events[:0] = risk_events
             if state.halted or state.level >= 3:      # L3 and L4: resting entries do not fill either
                 self.cancel_open_orders(p, batch, due.ts, f"circuit breaker L{state.level}" if not state.halted
@@ -369,8 +372,9 @@ class Driver:
                                         entries_only=not state.halted)
             state = breakers.issue_units(state, math.fsum(d["usdt"] for d in deposits))
             self.approve(p, due, i, plan, state)
-        elif due.kind == Kind.SETTLEMENT and self.funding_active:
-            plan, received, allocation, deposits = self.decide_tick(p, due, i, batch)
+        elif due.kind == Kind.SETTLEMENT and self.funding_active and not state.halted:
+            plan, received, allocation, deposits = self.decide_tick(p, due, i, batch,
+                                                                    Sleeve.FUNDING in self.refused(p, state, due.ts))
             self.approve(p, due, i, plan, state)
         if plan is not None:
             if stored is None:
@@ -453,15 +457,22 @@ class Driver:
         return self.view.opens(i)
 
     # decisions (pure, in eternal.cycle) -----------------------------------------------------------
-    def decide_close(self, p: Portfolio, due: Due, i: int):
+    def refused(self, p: Portfolio, state: breakers.RiskState, now: datetime) -> frozenset:
+        """Sleeves whose new entries the risk step would refuse now: they are told not to try."""
+        return frozenset(sl for sl in (Sleeve.TREND_1, Sleeve.TREND_2, Sleeve.FUNDING, Sleeve.TACTICAL)
+                         if sl.value in p.halted or breakers.size_factor(state, sl.value, now, self.risk_params) == 0)
+
+    def decide_close(self, p: Portfolio, due: Due, i: int, refused: frozenset = frozenset()):
+        from dataclasses import replace
+
         deposits = [d for d in p.deposits if utc(d["ts"]) <= due.ts]
         usdt = math.fsum(d["usdt"] for d in deposits)
-        snap = self.view.snapshot(i, p.books, p.states, p.received)
+        snap = replace(self.view.snapshot(i, p.books, p.states, p.received), entries_refused=refused)
         plan, received, allocation = cycle.at_close(snap, self.settings, self.daily_sleeves, p.allocation, usdt,
                                                     self.orchestrated, self.deposit_shares)
         return plan, received, allocation, deposits
 
-    def decide_tick(self, p: Portfolio, due: Due, i: int, batch: Batch):
+    def decide_tick(self, p: Portfolio, due: Due, i: int, batch: Batch, refused: bool = False):
         view = self.view
         opens = view.opens(i)
         assets = [a for a in ("BTC", "ETH", "SOL") if a in view.perp_assets and a in view.spot_assets]
@@ -475,7 +486,8 @@ class Driver:
                            {a: opens[PERP_SYMBOLS[a]] for a in assets},
                            {a: view.latest_rate(a, due.ts) for a in assets},
                            {a: view.recent_rates(a, due.ts) for a in assets},
-                           p.books, p.states.get(Sleeve.FUNDING), received, fills_deferred=True)
+                           p.books, p.states.get(Sleeve.FUNDING), received, fills_deferred=True,
+                           entries_refused=refused)
         plan = cycle.funding_tick(tick, self.settings)
         carried = dict(p.received)
         for t in plan.transfers:

@@ -285,6 +285,8 @@ class Snapshot:
     regime_inputs: Any = None                  # allocation.MarketRegimeInputs of BTC on `day`
     cash_requests: dict[Sleeve, float] = field(default_factory=dict)
     """USDT the allocation still needs a sleeve to free for a rebalance (a sleeve sells by its rules)"""
+    entries_refused: frozenset = frozenset()
+    """Sleeves the risk step allows no new entry now (breaker level, halted sleeve): they do not try"""
 
 
 @dataclass
@@ -314,6 +316,7 @@ class FundingTick:
     state: dict[str, Any] | None
     received: dict[str, float] = field(default_factory=dict)   # asset -> funding booked at `ts`
     fills_deferred: bool = False      # replay: orders rest until the next daily open; live: fill now
+    entries_refused: bool = False     # the risk step allows FUNDING no new entry now: it does not try
 
 
 @dataclass

@@ -33,6 +33,7 @@ from datetime import datetime
 
 from eternal.breakers import RiskState, size_factor
 from eternal.config import FeeParams, RiskParams
+from eternal.instruments import tradable_qty
 from eternal.models import (
     PERP_SYMBOLS,
     SPOT_SYMBOLS,
@@ -311,7 +312,8 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
 
     def trim(sleeve: Sleeve, symbol: str, market: Market, side: Side, qty: float, rule: str, why: str,
              **numbers: float) -> None:
-        if qty <= 0:
+        price = perp_price(symbol, view) if market == Market.PERP else view.prices[base_of(symbol)]
+        if qty <= 0 or tradable_qty(symbol, qty, price) <= 0:      # dust no venue would take
             return
         intent = OrderIntent(sleeve, symbol, market, side, qty, OrderType.MARKET, f"risk_{rule}",
                              f"risk:{tag}:{rule}:{market.value}:{base_of(symbol)}",
@@ -399,6 +401,8 @@ def breaker_orders(view: RiskView) -> tuple[list[OrderIntent], dict[Sleeve, dict
         if book is None:
             continue
         for sym, pos in book.perps.items():
+            if tradable_qty(sym, abs(pos.qty), perp_price(sym, view)) <= 0:    # dust no venue would take
+                continue
             intents.append(OrderIntent(sleeve, sym, Market.PERP, Side.SELL if pos.qty > 0 else Side.BUY,
                                        abs(pos.qty), OrderType.MARKET, reason, f"{reason}:{tag}:{base_of(sym)}:perp",
                                        reduce_only=True))
@@ -408,7 +412,7 @@ def breaker_orders(view: RiskView) -> tuple[list[OrderIntent], dict[Sleeve, dict
             if book.staked.get(asset, 0.0) > 0:
                 unstake.setdefault(sleeve, {})[asset] = -book.staked[asset]
             qty = book.holdings.get(asset, 0.0) + book.staked.get(asset, 0.0)
-            if qty > 0:
+            if qty > 0 and asset in view.prices and tradable_qty(SPOT_SYMBOLS[asset], qty, view.prices[asset]) > 0:
                 intents.append(OrderIntent(sleeve, SPOT_SYMBOLS[asset], Market.SPOT, Side.SELL, qty,
                                            OrderType.MARKET, reason, f"{reason}:{tag}:{asset}:spot"))
     return intents, unstake

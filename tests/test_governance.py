@@ -58,6 +58,7 @@ def crashes(dataset):
     def on_day(day, books, exchange_books, closes, marks, state):
         seen[f"{day:%Y-%m-%d}"] = {
             "level": state.level, "drawdown": state.drawdown, "unit_value": state.unit_value, "hwm": state.hwm,
+            "entries_blocked_until": state.entries_blocked_until,
             "units": state.units, "coins": {s: {a: q for a, q in b.holdings.items() if abs(q) > 1e-9}
                                             for s, b in books.items()},
             "perps": {s: dict((sym, p.qty) for sym, p in b.perps.items()) for s, b in books.items()}}
@@ -92,13 +93,13 @@ def test_may_2021_l3_closes_trend_and_funding_then_l4_sells_everything_and_only_
     assert all(not perps for perps in seen["2021-05-24"]["perps"].values())
     killed = [e for e in r.events if e.kind == "kill_switch_engaged" and e.ts == utc("2021-05-24")]
     assert len(killed) == 1 and killed[0].data["who"] == "breaker"
-    # while the kill switch holds, nothing is bought: CORE's deposit of 2021-06-01 stays cash
+    # while the kill switch holds nothing is decided, nothing traded; June's deposit waits for the resume
     t = r.trades
     during = t[(t.timestamp > "2021-05-24T01") & (t.timestamp < "2021-06-23")]
     assert during.empty
-    refused = {e.data["rule"] for e in r.events if e.kind == "risk_refused"
-               and utc("2021-05-25") <= e.ts < utc("2021-06-23")}
-    assert refused == {"kill_switch"}
+    assert not [e for e in r.events if e.sleeve is not None and utc("2021-05-25") <= e.ts < utc("2021-06-23")]
+    assert [e.ts for e in r.events if e.kind == "deposit" and utc("2021-05-25") <= e.ts <= utc("2021-06-23")] == \
+        [utc("2021-06-23")]
     # the stand-in operator resumes 30 days later; the high-water mark is re-based there
     assert [x["at"] for x in r.summary["breakers"]["resumes"] if x["from"] == 4][0] == "2021-06-23"
     assert seen["2021-06-22"]["level"] == 0 and seen["2021-06-22"]["hwm"] == seen["2021-06-22"]["unit_value"]
@@ -114,14 +115,16 @@ def test_june_2022_climbs_l1_l2_l3_with_sizes_cut_then_entries_refused_then_posi
     assert steps == [(0, 1, 0.1437), (1, 2, 0.1887), (2, 3, 0.2168)]
     ev = [e for e in r.events if e.kind in ("risk_reduced", "risk_refused")
           and utc("2022-06-14") <= e.ts <= utc("2022-06-19") and e.data["rule"].startswith("breaker")]
-    by_day = {(f"{e.ts:%m-%d}", e.data["rule"]) for e in ev}
     # L1 (06-14): TREND's entries cut to 0.75, and to a quarter of that after the L4 resume of
     # 2022-06-11 (x0.25 until the quarterly rebalance of 2022-07-01)
     cuts = [e for e in ev if e.data["rule"] == "breaker_l1"]
     assert cuts and all(e.data["factor"] == pytest.approx(0.75 * 0.25) for e in cuts)
-    # L2 (06-17): no new entries for 72 hours; L3 (06-19): none until a resume
-    assert ("06-17", "breaker_l2") in by_day and ("06-18", "breaker_l2") in by_day
-    assert ("06-19", "breaker_l3") in by_day
+    # L2 (06-17): no new entries for 72 hours, L3 (06-19): none until a resume; TREND, FUNDING and
+    # TACTICAL are told so and do not try (before they were told, TREND-2 tried on 06-17 and 06-18)
+    assert seen["2022-06-16"]["entries_blocked_until"] == utc("2022-06-20")
+    t = r.trades
+    assert t[(t.timestamp >= "2022-06-17") & (t.timestamp < "2022-07-19") & t.reason.isin(["entry", "compound"])
+             ].empty
     assert set(fills(r, "2022-06-19", "breaker_l3").sleeve) == {"trend-1", "trend-2"}
     assert seen["2022-06-18"]["perps"][T1] and not seen["2022-06-19"]["perps"][T1]
     assert not seen["2022-06-19"]["perps"][T2]

@@ -104,9 +104,8 @@ def test_halt_cancels_resting_orders_and_the_next_run_sends_none_but_books_fundi
     orders, equity_days = count(db, OrderRow), count(db, EquitySnapshotRow)
     daily("2024-01-16T00:05:00Z")
     assert count(db, OrderRow) == orders and count(db, PaperOrderRow) == orders
-    refused = events(db, "risk_refused")
-    assert refused and {e.data["rule"] for e in refused} == {"kill_switch"}
-    assert {e.sleeve for e in refused} == {"core", "funding"}      # tranche 3, and FUNDING's exit too
+    # nothing is even decided under the kill switch: CORE's tranche 3 stays due (not counted as done)
+    assert events(db, "risk_refused") == [] and events(db, "core_tranche")[-1].data["tranche"] == 2
     paid = rows(db, FundingPaymentRow, where=[FundingPaymentRow.ts >= datetime(2024, 1, 9, tzinfo=UTC)])
     assert {p.symbol for p in paid} == PERPS and len(paid) == 3 * 22   # 01-09 00:00 .. 01-16 00:00
     assert count(db, EquitySnapshotRow) > equity_days
@@ -137,7 +136,8 @@ def test_halt_cancels_resting_orders_and_the_next_run_sends_none_but_books_fundi
     sent = rows(db, OrderRow, where=[OrderRow.id > orders])
     assert {(o.sleeve, o.status) for o in sent} == {("funding", "filled"), ("core", "filled")}
     assert {o.symbol for o in sent if o.sleeve == "funding"} == PERPS | {"BTC/USDT", "ETH/USDT", "SOL/USDT"}
-    assert len(events(db, "risk_refused")) == len(refused)
+    # tranche 3 (due on the 01-15 close, under the halt) went out on the first close after the resume
+    assert events(db, "risk_refused") == [] and [e.data["tranche"] for e in events(db, "core_tranche")] == [1, 2, 3, 4]
     assert ledger_vs_exchange(db) == {s: [] for s in ("core", "trend-1", "trend-2", "funding", "tactical")}
 
 

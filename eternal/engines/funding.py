@@ -245,7 +245,7 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
                 st.compound_pending_usdt -= used
             continue
 
-        if st.phase != "MONITORING" or state.breaker_tripped_at is not None:
+        if st.phase != "MONITORING" or state.breaker_tripped_at is not None or tick.entries_refused:
             continue
         predicted = tick.predicted.get(asset)
         last_two = settled[-2:]

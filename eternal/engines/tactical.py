@@ -219,6 +219,8 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TacticalPa
             pass                                   # discipline: one deployment per cooldown window
         elif amount < params.min_deploy_usdt:
             pass                                   # too little cash yet: stays armed
+        elif SLEEVE in snap.entries_refused:
+            pass                                   # the breakers pause TACTICAL: stays armed
         else:
             reason = "; ".join(why for _, why in fired.values())
             move(Phase.TRIGGER_DETECTED, reason)

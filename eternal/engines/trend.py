@@ -172,6 +172,8 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
             continue
         if st.phase == "NO_TRADE":
             move("SCANNING", "breaker lifted")
+        if sleeve in snap.entries_refused:      # the portfolio's breakers allow no entry now
+            continue
         if not _ok(close, sma_f, sma_s, adx, atr) or atr <= 0:
             continue
         long_signal = close > sma_s and sma_f > sma_s and adx > params.adx_entry
