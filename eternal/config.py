@@ -27,9 +27,10 @@ ENV_PREFIX = "ETERNAL_"
 
 class SettingsModel(BaseModel):
     """Base of every settings group: frozen, and no number may be inf or nan (a float setting of
-    `inf` would pass `gt=0` and reach the ledger as an infinite balance)."""
+    `inf` would pass `gt=0` and reach the ledger as an infinite balance); a name the group does not
+    have is refused (a mistyped ETERNAL_RISK__MAX_ASSET_SHAR would otherwise leave the cap as it was)."""
 
-    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid")
 
 
 class Mode(StrEnum):
@@ -297,6 +298,21 @@ class Settings(BaseSettings):
     alert_urls: SecretStr | None = None
 
     @model_validator(mode="after")
+    def _alert_urls_readable(self) -> Settings:
+        """Each Apprise URL at least `scheme://something` (a typo shows now, not at the first P0)."""
+        if self.alert_urls is None:
+            return self
+        from eternal.alerts import parse_urls
+
+        urls = parse_urls(self.alert_urls.get_secret_value())
+        bad = [u for u in urls if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://\S+", u)]
+        if bad or not urls:
+            raise ValueError(f"ETERNAL_ALERT_URLS: {len(bad) or 'no'} URL(s) not of the form scheme://... "
+                             f"(Apprise URLs, e.g. tgram://bottoken/chatid, json://host/path), separated by "
+                             f"commas or spaces; not shown: they may hold tokens")
+        return self
+
+    @model_validator(mode="after")
     def _breakers_stay_on_with_money(self) -> Settings:
         if not self.risk.breakers_enabled and self.mode in (Mode.DEMO, Mode.TESTNET, Mode.LIVE):
             raise ValueError(f"ETERNAL_RISK__BREAKERS_ENABLED=false is for research backfills only; it is "
@@ -318,6 +334,17 @@ class Settings(BaseSettings):
         return json.loads(self.model_dump_json())  # SecretStr dumps as '**********', SecretUrl masked'
 
 
+def _known_fields(group: tuple) -> str:
+    """'; ETERNAL_RISK__ has: a, b, ...' for the settings group at `group` (empty if unknown)."""
+    model: Any = Settings
+    for part in group:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ""
+    return f"; {_env_name(group)}__ has: {', '.join(model.model_fields)}"
+
+
 def _env_name(loc: tuple) -> str:
     parts = [str(p) for p in loc if not str(p).startswith(("function-", "model"))]
     return ENV_PREFIX + "__".join(p.upper() for p in parts) if parts else ENV_PREFIX + "*"
@@ -335,6 +362,8 @@ def load_settings(**overrides: Any) -> Settings:
             loc = tuple(err.get("loc", ()))
             value = err.get("input")
             msg = err["msg"].removeprefix("Value error, ")
+            if err.get("type") == "extra_forbidden":
+                msg = "no such setting" + _known_fields(loc[:-1])
             if not loc:  # a rule across fields: its message names the fields itself
                 lines.append(msg)
             elif isinstance(value, dict):  # a rule across a group: name each variable given

@@ -327,6 +327,7 @@ class Driver:
                                           "alert", {"differences": diff}))
                 report.differences[sleeve.value] = diff
         self.check_exchange_health(p, batch, now)
+        self.check_halt_request(p, batch)
         if p.risk.halted:
             self.cancel_open_orders(p, batch, now, f"kill switch engaged ({p.risk.kill_switch.reason})")
         if batch.events or batch.fills or batch.orders:
@@ -382,6 +383,8 @@ class Driver:
                                                  "risk": breakers.dump(state)})
                 _crash_point("plan_stored")
             p.risk = state
+            if plan.intents or plan.transfers:      # an operator's halt since the run began stops them
+                self.check_halt_request(p, batch)
             self.act(p, due, plan, batch, prices)
             p.received, p.allocation = received, allocation if allocation is not None else p.allocation
             taken = {d["reference"] for d in deposits}
@@ -602,6 +605,16 @@ class Driver:
         batch.events.append(Event(now, "exchange_unhealthy", reason + ": all activity halted", None, "alert",
                                   {"assets": watched}))
         batch.events += events
+
+    def check_halt_request(self, p: Portfolio, batch: Batch) -> None:
+        """`eternal halt` asked for the kill switch while this run holds the lock: engage it now
+        (stamped with the request's time), so nothing more is sent from this event on."""
+        request = getattr(self.ledger, "halt_request", lambda: None)()
+        if not request or p.risk.halted:
+            return
+        p.risk, events = breakers.halt(p.risk, utc(request["at"]), request["who"], request["reason"])
+        batch.events += events
+        self.cancel_open_orders(p, batch, utc(request["at"]), f"kill switch engaged by {request['who']}")
 
     def cancel_open_orders(self, p: Portfolio, batch: Batch, now: datetime, why: str, *,
                            entries_only: bool = False) -> None:

@@ -73,6 +73,11 @@ def resume(reason: str | None = None) -> dict:
     create_markdown_artifact(f"# Risk state before the resume\n\n{md}", key="risk-status",
                              description="risk state shown on the resume form")
     ks = status["kill_switch"]
+    if ks is None and status["level"] < 2:      # nothing an operator could resume: no form to fill in
+        from eternal.breakers import ResumeRefused
+
+        raise ResumeRefused(f"nothing to resume: breaker level {status['level_name']}, kill switch not engaged"
+                            + (" (L1 clears by itself)" if status["level"] == 1 else ""))
     ask = ("\n\n**The kill switch is engaged: tick `confirm_kill_switch` too to lift it.**" if ks is not None
            else "")
     form = pause_flow_run(

@@ -35,14 +35,37 @@ def _override(s: Settings, action: str, reason: str, who: str, now: datetime, co
     now = utc(now)
     _, store = stores(s)
     engine = store.engine
+    if action == "halt":
+        if not reason.strip() or not who.strip():
+            raise breakers.ResumeRefused("a halt needs a reason and who engages it (neither may be blank)")
+        if not store.is_initialised():
+            _portfolio(s, SqlLedger(engine))
+        # a run holding the lock reads this before its next event: the halt does not wait for it
+        SqlLedger(engine).request_halt(reason, who, now)
     with exclusive(engine, DRIVER_LOCK):
         ledger = SqlLedger(engine)
         p = _portfolio(s, ledger)
         sleeves = active_sleeves(s)
         driver = Driver(None, open_paper_exchange(engine, s.fees), ledger, s, sleeves,
                         orchestrated=set(sleeves) == set(Sleeve))
+        ks = p.risk.kill_switch
+        by_the_run = (action == "halt" and ks is not None and (ks.who, ks.reason, ks.at) == (who, reason, now))
         events = driver.override(p, action, now, who, reason, confirm_kill_switch=confirm_kill_switch)
+        ledger.clear_halt_request()      # taken (or, on a resume, overruled by the operator)
         status = _status(s, p)
+    if by_the_run:
+        from sqlalchemy import select
+
+        from eternal.store.models import EventRow
+
+        with engine.connect() as conn:
+            engaged = conn.execute(select(EventRow.ts, EventRow.kind, EventRow.message, EventRow.level, EventRow.data)
+                                   .where(EventRow.kind == "kill_switch_engaged")
+                                   .order_by(EventRow.id.desc()).limit(1)).first()
+        events = [Event(utc(engaged.ts), engaged.kind, engaged.message + " (taken by the run in progress at "
+                        "its next event)", None, engaged.level, engaged.data or {})]
+        return {"action": action, "who": who, "reason": reason, "at": now.isoformat(),
+                "events": [_event_dict(e) for e in events], "status": status}
     send(s, events, store, now=now)
     return {"action": action, "who": who, "reason": reason, "at": now.isoformat(),
             "events": [_event_dict(e) for e in events], "status": status}

@@ -474,3 +474,74 @@ def test_a_data_quality_failure_is_a_p1_alert_at_the_receiver(started, monkeypat
     got = receiver.bodies()
     assert [b["title"] for b in got] == ["Eternal Engine [P1] data_quality_failed"]
     assert "ETH/USDT: close > 0 failed on 2024-01-02" in got[0]["message"]
+
+
+@pytest.mark.db
+@pytest.mark.flow
+def test_a_halt_asked_for_during_a_long_catch_up_stops_it_at_its_next_event(started, monkeypatch):
+    """A run catching up 2024-01-02..2024-03-01 (about 240 events) holds the driver lock; `eternal
+    halt` arrives from another process after its 40th event. The halt does not wait for the run:
+    the run reads the request before its next decision is sent, engages the kill switch stamped with
+    the request's time, and sends nothing more; the halt then finds it engaged."""
+    from datetime import UTC, datetime
+
+    from eternal.driver import Driver
+    from eternal.store.driver_store import SqlLedger
+    from eternal.store.models import EventRow, OrderRow
+    from tests.flow_support import daily
+
+    engine = started("2024-03-02")
+    asked = {}
+    real = Driver.process
+
+    def process(self, p, due, report, stored=None):
+        if len(report.processed) == 40 and not asked:       # what `eternal halt` writes first
+            asked["at"] = datetime.now(UTC)
+            asked["clock"] = due
+            SqlLedger(engine).request_halt("exchange incident", "carol", asked["at"])
+        return real(self, p, due, report, stored)
+
+    monkeypatch.setattr(Driver, "process", process)
+    report = daily("2024-03-02T00:05:00Z")
+    monkeypatch.setattr(Driver, "process", real)
+    p = SqlLedger(engine).load()
+    assert p.risk.kill_switch.who == "carol" and p.risk.kill_switch.at == asked["at"]
+    assert report["clock"] == "2024-03-02T00:00:00|0"          # the run went on booking to the close of 03-01
+    with engine.connect() as conn:
+        late = conn.execute(select(func.count()).select_from(OrderRow).where(
+            OrderRow.scheduled >= asked["clock"].ts)).scalar_one()
+        early = conn.execute(select(func.count()).select_from(OrderRow).where(
+            OrderRow.scheduled < asked["clock"].ts)).scalar_one()
+        engaged = conn.execute(select(EventRow.run_key).where(EventRow.kind == "kill_switch_engaged")).scalars().all()
+    assert early > 0 and late == 0 and len(engaged) == 1
+    # the operator's command, arriving after the run: already engaged by the run, the request is taken
+    from tasks.override import halt
+
+    result = halt(load_settings(), "exchange incident", "carol", asked["at"])
+    assert "taken by the run in progress" in result["events"][0]["message"]
+    assert SqlLedger(engine).halt_request() is None
+
+
+def test_lifting_the_kill_switch_at_l2_keeps_l2_and_blank_names_are_refused():
+    p = RiskParams()
+    st = breakers.RiskState(units=1.0, unit_value=0.84, hwm=1.0, drawdown=0.16, level=2,
+                            kill_switch=breakers.KillSwitch(reason="incident", who="alice", at=utc("2024-07-08")))
+    after, events = breakers.resume(st, utc("2024-07-09"), "bob", "incident over", p, confirm_kill_switch=True)
+    assert after.kill_switch is None and after.level == 2 and [e.kind for e in events] == ["kill_switch_lifted"]
+    assert "breaker L2 stays in force" in events[0].message
+    with pytest.raises(breakers.ResumeRefused, match="blank"):
+        breakers.halt(breakers.RiskState(), utc("2024-07-09"), "  ", "why")
+    with pytest.raises(breakers.ResumeRefused, match="blank"):
+        breakers.resume(st, utc("2024-07-09"), "bob", " ", p, confirm_kill_switch=True)
+
+
+def test_a_mistyped_or_unknown_risk_setting_stops_everything(monkeypatch):
+    monkeypatch.setenv("ETERNAL_RISK__MAX_ASSET_SHAR", "0.3")
+    with pytest.raises(ConfigError, match="ETERNAL_RISK__MAX_ASSET_SHAR='0.3': no such setting; "
+                                          "ETERNAL_RISK__ has: breakers_enabled, max_asset_share"):
+        load_settings()
+    monkeypatch.delenv("ETERNAL_RISK__MAX_ASSET_SHAR")
+    monkeypatch.setenv("ETERNAL_ALERT_URLS", "json://127.0.0.1:9/hooks/s3cret, notascheme:::/x")
+    with pytest.raises(ConfigError, match="1 URL\\(s\\) not of the form scheme://") as err:
+        load_settings()
+    assert "s3cret" not in str(err.value)

@@ -40,6 +40,7 @@ from eternal.store.upsert import upsert
 
 PAPER = "paper"
 DRIVER_LOCK = "driver"      # one driver run at a time per database (flows never race)
+HALT_REQUEST = 2            # driver_state row of a kill switch asked for during a run
 OPEN_STATUSES = [s.value for s in OrderStatus if not s.is_final]
 
 
@@ -111,6 +112,24 @@ class SqlLedger:
             if batch.plan_key is not None:
                 conn.execute(update(PlanRow).where(PlanRow.key == batch.plan_key).values(status="done",
                                                                                        finished_at=now))
+
+    # the kill switch asked for while a run holds the driver lock ---------------------------------
+    def request_halt(self, reason: str, who: str, at: datetime) -> None:
+        """Ask a running driver to engage the kill switch at its next event (no lock needed: one
+        row, its own transaction). `eternal halt` writes it before it waits for the lock."""
+        with self.engine.begin() as conn:
+            upsert(conn, DriverStateRow.__table__, [{"id": HALT_REQUEST, "doc": {
+                "reason": reason, "who": who, "at": utc(at).isoformat()}, "updated_at": utc(at)}], ["id"])
+
+    def halt_request(self) -> dict | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == HALT_REQUEST)).scalar()
+
+    def clear_halt_request(self) -> None:
+        from sqlalchemy import delete
+
+        with self.engine.begin() as conn:
+            conn.execute(delete(DriverStateRow).where(DriverStateRow.id == HALT_REQUEST))
 
     def deposit_known(self, reference: str) -> bool:
         """Taken at a close, or waiting for the next one."""
