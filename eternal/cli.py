@@ -227,13 +227,16 @@ def print_summary(summary: dict, out: Path) -> None:
     rows += [(f"  {k}", f"{v:,.2f} USDT") for k, v in summary["final_equity_by_sleeve"].items()]
     if (b := summary.get("breakers")) is not None:
         if not b["enabled"]:
-            rows.append(("breakers", "off (ETERNAL_RISK__BREAKERS_ENABLED=false, or not the whole portfolio)"))
+            rows.append(("breakers", f"off ({b.get('off_because')})"))
         else:
             fired = {}
             for e in b["escalations"]:
                 fired[f"L{e['to']}"] = fired.get(f"L{e['to']}", 0) + 1
             rows.append(("breakers fired", ", ".join(f"{k} x{v}" for k, v in sorted(fired.items())) or "none"))
             rows.append(("days at level", ", ".join(f"{k} {v:,.0f}" for k, v in b["days_at_level"].items())))
+            if b.get("level") or b.get("kill_switch"):
+                rows.append(("at the end", f"breaker L{b['level']}" + (", kill switch engaged" if b["kill_switch"]
+                                                                        else "") + " (no resume since)"))
             if "without_breakers" in b:
                 off = b["without_breakers"]
                 rows.append(("without breakers", f"{off['final_equity']:,.2f} USDT, max drawdown "

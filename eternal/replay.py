@@ -28,8 +28,6 @@ from eternal.errors import EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.market import MarketView, check_dataset, check_history, earliest_start, history_needs
 from eternal.models import (
-    PERP_SYMBOLS,
-    SPOT_SYMBOLS,
     Event,
     ExitReason,
     Fill,
@@ -164,7 +162,6 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             f"backfill window {start:%Y-%m-%d}..{end:%Y-%m-%d} (end exclusive) is outside the data: "
             f"{', '.join(view.spot_assets + [a + ' perp' for a in view.perp_assets])} cover "
             f"{first:%Y-%m-%d}..{last:%Y-%m-%d}")
-    spot_assets, perp_assets = view.spot_assets, view.perp_assets
 
     shares = allocate(capital, settings, sleeves)
     if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:
@@ -384,6 +381,10 @@ def breaker_summary(state, events: list[Event], start: datetime, end: datetime, 
 
     history = [h for h in state.history if utc(h["at"]) >= start]
     return {"enabled": settings.risk.breakers_enabled and whole_portfolio,
+            "off_because": None if settings.risk.breakers_enabled and whole_portfolio else (
+                "ETERNAL_RISK__BREAKERS_ENABLED=false" if whole_portfolio else
+                "not the whole portfolio: the breakers and the 45 % rule guard all five sleeves together"),
+            "level": state.level,
             "replay_resume_days": settings.risk.replay_resume_days,
             "escalations": [{"at": h["at"][:10], "from": h["from"], "to": h["to"], "drawdown": h.get("drawdown")}
                             for h in history if h["to"] > h["from"]],
