@@ -49,6 +49,7 @@ class BybitEmulator(BybitStub):
         self.partial_fill_fraction: float | None = None
         self.state = threading.RLock()
         self._emu_faults: list[dict] = []
+        self.last_responses: dict[str, dict] = {}   # path -> the last JSON body served
 
     # accounts and market state ---------------------------------------------------------------
     def add_account(self, api_key: str, secret: str, usdt: float = 100_000.0, **coins: float) -> Account:
@@ -135,6 +136,10 @@ class BybitEmulator(BybitStub):
         with self._lock:
             self._emu_faults.append({"path": path, "status": status, "body": body, "delay_s": delay_s,
                                      "drop": drop_after_accept, "ret_code": ret_code, "times": times})
+
+    def last_response(self, path: str) -> dict:
+        """The JSON body last served for `path` (e.g. the answer to an order create)."""
+        return self.last_responses[path]
 
     def clear_faults(self) -> None:
         super().clear_faults()
@@ -305,6 +310,7 @@ class _EmuHandler(bybit_stub._Handler):
                 return self._send(200, json.dumps(emu._error(fault["ret_code"], msg)))
         payload = raw_body if self.command == "POST" else parts.query
         status, body = emu.dispatch(self.command, parts.path, params, self.headers, payload)
+        emu.last_responses[parts.path] = body
         if fault is not None and fault["drop"]:
             return self._drop()
         self._send(status, json.dumps(body, separators=(",", ":")))
