@@ -63,9 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_sub = run.add_subparsers(dest="flow", required=True)
     daily = run_sub.add_parser("daily", help="run the daily cycle (decides on the last closed day)")
     daily.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
+    daily.add_argument("--mode", choices=["paper", "demo", "testnet", "live"],
+                       help="the exchange (default: ETERNAL_MODE, else paper); demo, testnet and live need "
+                       "a Bybit key pair per sleeve (ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY, __API_SECRET)")
     funding = run_sub.add_parser("funding", help="run one funding tick (books the latest settlement at or "
                                  "before --asof for every perp position, then the FUNDING engine decides)")
     funding.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
+    funding.add_argument("--mode", choices=["paper", "demo", "testnet", "live"],
+                         help="the exchange (default: ETERNAL_MODE, else paper)")
 
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
     bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
@@ -117,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "mode", None):     # `eternal run daily --mode demo`: as ETERNAL_MODE=demo
+            os.environ["ETERNAL_MODE"] = args.mode
         settings = load_settings()          # invalid settings stop everything, before any work
         return COMMANDS[args.command](args, settings)
     except EternalError as exc:

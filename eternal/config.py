@@ -264,6 +264,27 @@ class ExchangeSettings(SettingsModel):
     api_secret: SecretStr | None = None
 
 
+class BybitKeys(SettingsModel):
+    """One Bybit sub-account's API key pair (demo trading has keys of its own)."""
+
+    api_key: SecretStr
+    api_secret: SecretStr
+    member_id: str | None = None      # the sub-account's member id, for universal transfers
+
+
+class BybitSettings(SettingsModel):
+    """Bybit accounts by sleeve: ETERNAL_BYBIT__KEYS__CORE__API_KEY, ..._API_SECRET (trend_1,
+    trend_2, funding, tactical likewise)."""
+
+    # not named `keys`: a model with a `keys` attribute reads as a mapping to dict() (Prefect does so)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid", populate_by_name=True)
+    accounts: dict[str, BybitKeys] = Field({}, validation_alias="keys")
+    max_slippage: Fraction = 0.005    # spec 8.1: no urgent order at a best price further off the decision's
+
+
+EXCHANGE_MODES = (Mode.DEMO, Mode.TESTNET, Mode.LIVE)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -294,6 +315,7 @@ class Settings(BaseSettings):
     data: DataSettings = DataSettings()
     execution: ExecutionSettings = ExecutionSettings()
     exchange: ExchangeSettings = ExchangeSettings()
+    bybit: BybitSettings = BybitSettings()
     # Apprise URLs, comma- or space-separated (tgram://..., mailto://..., json://...): they carry tokens
     alert_urls: SecretStr | None = None
 
@@ -326,6 +348,23 @@ class Settings(BaseSettings):
                 "ETERNAL_MODE='live' trades real money: set ETERNAL_LIVE_CONFIRM=yes to confirm"
                 f" (ETERNAL_LIVE_CONFIRM={self.live_confirm!r})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _exchange_modes_need_keys(self) -> Settings:
+        """demo, testnet and live trade on Bybit: a key pair for every sleeve with a weight."""
+        if self.mode not in EXCHANGE_MODES:
+            return self
+        wanted = [f for f, w in self.weights.model_dump().items() if w > 0]
+        missing = [f for f in wanted if f not in self.bybit.accounts]
+        if missing:
+            raise ValueError(f"ETERNAL_MODE={self.mode.value!r} trades on Bybit{' demo trading (its own keys)' if self.mode == Mode.DEMO else ''}: "
+                             f"no key pair for {', '.join(missing)}; set ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY and "
+                             f"__API_SECRET for each (e.g. ETERNAL_BYBIT__KEYS__{missing[0].upper()}__API_KEY)")
+        unknown = sorted(set(self.bybit.accounts) - set(self.weights.model_dump()))
+        if unknown:
+            raise ValueError(f"ETERNAL_BYBIT__KEYS: no sleeve named {', '.join(unknown)} (sleeves: "
+                             f"{', '.join(self.weights.model_dump())})")
         return self
 
     def redacted(self) -> dict[str, Any]:

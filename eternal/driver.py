@@ -519,6 +519,8 @@ class Driver:
                 ex.set_stop(sleeve, symbol, level)
             p.stops[sleeve] = dict(levels)
         intents = []
+        if prices and hasattr(ex, "use_decision_prices"):     # a real venue's slippage guard (spec 8.1)
+            ex.use_decision_prices(prices)
         valid, dropped = apply_rules(plan.intents, prices or {}, due.ts)
         batch.events += dropped
         for intent in valid:      # approved before the plan was stored; halts since then still hold
@@ -584,6 +586,9 @@ class Driver:
         """`eternal.invariants` on the books and on what this step booked; a sleeve with a broken
         invariant is halted (no new orders) with an alert."""
         known = {o.client_order_id for o in batch.orders} | set(p.open_orders)
+        asked = {f.client_order_id for f in batch.fills} - known
+        if asked and hasattr(self.ledger, "known_orders"):     # an order of an earlier event, filled since
+            known |= self.ledger.known_orders(asked)
         found = invariants.check(p.books, fills=batch.fills, known_orders=known, transfers=batch.transfers,
                                  equity=batch.equity if closes is not None else (), closes=closes, marks=marks)
         for sleeve, problems in found.items():

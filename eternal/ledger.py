@@ -41,13 +41,15 @@ def apply_fill(book: SleeveBook, fill: Fill) -> float:
         raise NotImplementedError(f"{fill.market} fills are not booked yet ({fill.client_order_id})")
     asset = base_of(fill.symbol)
     notional = fill.qty * fill.price
-    fee_usdt = fill.fee if fill.fee_asset == QUOTE else fill.fee * fill.price
+    # a fee in the coin bought (Bybit spot) leaves the holdings; one in USDT (or priced in it) the cash
+    in_coin = fill.fee if fill.fee_asset == asset else 0.0
+    fee_usdt = fill.fee if fill.fee_asset == QUOTE else (0.0 if in_coin else fill.fee * fill.price)
     if fill.side == Side.BUY:
         book.cash -= notional + fee_usdt
-        book.holdings[asset] = book.holdings.get(asset, 0.0) + fill.qty
+        book.holdings[asset] = book.holdings.get(asset, 0.0) + fill.qty - in_coin
     else:
         book.cash += notional - fee_usdt
-        book.holdings[asset] = book.holdings.get(asset, 0.0) - fill.qty
+        book.holdings[asset] = book.holdings.get(asset, 0.0) - fill.qty - in_coin
     return 0.0
 
 

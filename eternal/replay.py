@@ -108,6 +108,9 @@ class MemoryLedger:
     def pending_plan(self):
         return None                      # a backfill is one process: nothing survives it half-done
 
+    def known_orders(self, client_order_ids: set[str]) -> set[str]:
+        return {c for c in client_order_ids if c in self.orders}
+
     def store_plan(self, key: str, plan: dict) -> None:
         pass
 

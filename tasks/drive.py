@@ -7,7 +7,7 @@ modes), then `Driver.run`: finish a stored plan, reconcile, process every due ev
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pandas as pd
 from prefect import get_run_logger, runtime, task
@@ -23,7 +23,7 @@ from eternal.errors import ConfigError, DataError, DataQualityError
 from eternal.market import FULL_HISTORY_FROM, MarketView, history_needs, needed_assets
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Sleeve, SleeveBook, last_closed_day, utc
 from eternal.secrets import reveal, scrub
-from eternal.store.driver_store import DRIVER_LOCK, SqlLedger, open_paper_exchange
+from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
 from eternal.store.locks import exclusive
 from eternal.store.models import CycleRunRow
 from tasks.context import stores
@@ -45,9 +45,10 @@ def active_sleeves(s: Settings) -> list[Sleeve]:
 
 
 def require_paper(s: Settings) -> None:
-    if s.mode != Mode.PAPER:
-        raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: only the paper exchange is wired to the flows so "
-                          "far; use paper, or `eternal backfill` for replay")
+    """The flows trade on paper, demo, testnet or live (`tasks.exchange.open_exchange`)."""
+    if s.mode == Mode.REPLAY:
+        raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: the flows trade on paper, demo, testnet or live; "
+                          "use `eternal backfill` for replay")
 
 
 def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
@@ -246,13 +247,16 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
             weights = {sl: getattr(s.weights, sl.weight_field) for sl in Sleeve}
             # a new venue account holds the starting capital as our ledger will (created first:
             # a crash between the two leaves a venue that the ledger then starts from)
-            exchange = open_paper_exchange(engine, s.fees, None if p is not None else
-                                           {sl: SleeveBook(sl, s.initial_capital * w) for sl, w in weights.items()})
+            from tasks.exchange import open_exchange
+
+            exchange = open_exchange(s, engine, None if p is not None else
+                                     {sl: SleeveBook(sl, s.initial_capital * w) for sl, w in weights.items()})
             driver = Driver(view, exchange, ledger, s, sleeves, orchestrated=set(sleeves) == set(Sleeve))
             if p is None:
-                p = driver.open(s.initial_capital, weights, last_closed_day(asof))
+                capital, weights = starting_capital(s, exchange, weights)
+                p = driver.open(capital, weights, last_closed_day(asof))
                 log.info("portfolio started with %.2f USDT; its first decision is on the close of %s",
-                         s.initial_capital, f"{last_closed_day(asof):%Y-%m-%d}")
+                         capital, f"{last_closed_day(asof):%Y-%m-%d}")
             report = driver.run(p, until)
             log.info(report.line())
             for sleeve, why in p.halted.items():
@@ -284,3 +288,21 @@ def _alert_failure(s: Settings, store, flow: str, asof: datetime, exc: BaseExcep
     send(s, [Event(utc(asof), kind, scrub(f"{flow} run for {asof:%Y-%m-%d %H:%MZ} failed: "
                                           f"{type(exc).__name__}: {exc}"), None, "alert")],
          store, now=datetime.now(UTC))
+
+
+def starting_capital(s: Settings, exchange, weights: dict[Sleeve, float]) -> tuple[float, dict[Sleeve, float]]:
+    """(capital, share per sleeve) a new ledger starts from: the settings' on paper; on Bybit what
+    the sleeves' sub-accounts hold, which must be USDT alone (coins or positions bought outside
+    this ledger would be differences it cannot explain)."""
+    if s.mode == Mode.PAPER:
+        return s.initial_capital, weights
+    books = {sl: exchange.books[sl] for sl in exchange.clients}
+    held = [f"{sl}: {', '.join([*(a for a, q in b.holdings.items() if q), *b.perps])}" for sl, b in books.items()
+            if any(q for q in b.holdings.values()) or b.perps]
+    if held:
+        raise ConfigError("a new ledger starts from Bybit sub-accounts holding USDT only; found " + "; ".join(held)
+                          + ": sell or move them, or start from a ledger that holds them")
+    capital = sum(b.cash for b in books.values())
+    if not capital > 0:
+        raise ConfigError(f"the sleeves' Bybit sub-accounts hold {capital:.2f} USDT: deposit first")
+    return capital, {sl: (books[sl].cash / capital if sl in books else 0.0) for sl in Sleeve}

@@ -15,7 +15,7 @@ from eternal.config import Settings
 from eternal.driver import Driver, Due, Portfolio
 from eternal.errors import EternalError
 from eternal.models import Event, Sleeve, utc
-from eternal.store.driver_store import DRIVER_LOCK, SqlLedger, open_paper_exchange
+from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
 from eternal.store.locks import exclusive
 from tasks.context import stores
 from tasks.drive import active_sleeves, require_paper
@@ -46,7 +46,9 @@ def _override(s: Settings, action: str, reason: str, who: str, now: datetime, co
         ledger = SqlLedger(engine)
         p = _portfolio(s, ledger)
         sleeves = active_sleeves(s)
-        driver = Driver(None, open_paper_exchange(engine, s.fees), ledger, s, sleeves,
+        from tasks.exchange import open_exchange
+
+        driver = Driver(None, open_exchange(s, engine), ledger, s, sleeves,
                         orchestrated=set(sleeves) == set(Sleeve))
         ks = p.risk.kill_switch
         by_the_run = (action == "halt" and ks is not None and (ks.who, ks.reason, ks.at) == (who, reason, now))

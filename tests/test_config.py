@@ -194,7 +194,19 @@ def test_live_mode_without_live_confirm_yes_is_refused(monkeypatch, confirm):
 def test_live_mode_with_live_confirm_yes_is_accepted(monkeypatch):
     monkeypatch.setenv("ETERNAL_MODE", "live")
     monkeypatch.setenv("ETERNAL_LIVE_CONFIRM", "yes")
+    for sleeve in ("CORE", "TREND_1", "TREND_2", "FUNDING", "TACTICAL"):     # a Bybit account per sleeve
+        monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_KEY", f"key-{sleeve}")
+        monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_SECRET", f"secret-{sleeve}")
     assert load_settings().mode is Mode.LIVE
+
+
+def test_demo_mode_without_a_key_pair_per_sleeve_is_refused_naming_the_variables(monkeypatch):
+    monkeypatch.setenv("ETERNAL_MODE", "demo")
+    monkeypatch.setenv("ETERNAL_BYBIT__KEYS__CORE__API_KEY", "k")
+    monkeypatch.setenv("ETERNAL_BYBIT__KEYS__CORE__API_SECRET", "s3cret-value")
+    message = _config_error()
+    assert "no key pair for trend_1, trend_2, funding, tactical" in message
+    assert "ETERNAL_BYBIT__KEYS__TREND_1__API_KEY" in message and "s3cret-value" not in message
 
 
 def test_group_variable_that_is_not_json_is_a_config_error_naming_it(monkeypatch):
@@ -321,6 +333,6 @@ def test_inf_inside_a_json_list_setting_is_refused(monkeypatch):
 def test_every_settings_group_refuses_inf_and_nan():
     groups = [f.annotation for f in Settings.model_fields.values()
               if isinstance(f.annotation, type) and issubclass(f.annotation, SettingsModel)]
-    assert len(groups) == 12
+    assert len(groups) == 13
     assert Settings.model_config["allow_inf_nan"] is False
     assert all(g.model_config["allow_inf_nan"] is False and g.model_config["frozen"] for g in groups)

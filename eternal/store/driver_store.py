@@ -65,6 +65,12 @@ class SqlLedger:
         p.open_orders = {r.client_order_id: _record(r) for r in open_rows}
         return p
 
+    def known_orders(self, client_order_ids: set[str]) -> set[str]:
+        """Which of these client order ids our ledger holds an order for."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(OrderRow.client_order_id).where(
+                OrderRow.client_order_id.in_(sorted(client_order_ids)))).scalars())
+
     def clock(self) -> str | None:
         with self.engine.connect() as conn:
             doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == 1)).scalar()

@@ -1,0 +1,426 @@
+"""Bybit through ccxt: the Exchange port for the demo, testnet and live modes (issue 13).
+
+One Unified Trading Account per sleeve (a key pair per sleeve: `ETERNAL_BYBIT__KEYS__CORE__API_KEY`,
+...): each sleeve's books at the venue are its account's wallet and positions, so reconciliation
+compares like with like and two sleeves' perps never net out in one-way mode. Every order carries
+`orderLinkId` = our client order id. An uncertain outcome of a send (timeout, connection reset,
+5xx, an HTTP 200 whose body is not JSON, Bybit's reused-id rejection 110072/170141, which ccxt
+raises as InvalidOrder) is resolved by `orderLinkId` before anything is sent again: the order
+found is returned, an order not found raises ExchangeError for the caller's retry, which looks it
+up again first (`eternal.execution.execute`).
+
+ccxt quirks this relies on (measured against ccxt 4.5): an order is looked up by client id with
+`fetch_open_orders(symbol, params={'orderLinkId': id})`, then the order history; cancelling by
+client id needs `{'orderLinkId': id}`; `fetch_order` on a unified account needs
+`{'acknowledged': True}`; a 200 with a body that is not JSON raises nothing and returns an order
+whose id is None.
+
+The account journal (fills and funding) is read from the execution list and the transaction log;
+an entry's number is its time in ms x 1000 plus its rank within that ms, so `journal_since(seq)`
+needs no state of ours between runs.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from eternal.errors import DuplicateOrder, ExchangeError, InsufficientFunds
+from eternal.exchange.base import ExchangeOrder, OrderRefused
+from eternal.execution import SLEEVE_CODES
+from eternal.models import (
+    QUOTE,
+    Fill,
+    FundingPayment,
+    Market,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    PerpPosition,
+    Quote,
+    Side,
+    Sleeve,
+    SleeveBook,
+    StopLevel,
+    Transfer,
+    utc,
+)
+
+REUSED_ID_CODES = ("110072", "170141")
+MAX_SLIPPAGE = 0.005            # spec 8.1: no urgent order when the best price is 0.5 % off the decision's
+SLEEVE_OF_CODE = {code: sleeve for sleeve, code in SLEEVE_CODES.items()}
+CATEGORIES = {Sleeve.CORE: ("spot",), Sleeve.TACTICAL: ("spot",), Sleeve.TREND_1: ("linear",),
+              Sleeve.TREND_2: ("linear",), Sleeve.FUNDING: ("spot", "linear")}
+"""What each sleeve trades (spec: CORE and TACTICAL spot, TREND perps, FUNDING both)."""
+STATUS = {"open": OrderStatus.OPEN, "closed": OrderStatus.FILLED, "canceled": OrderStatus.CANCELLED,
+          "cancelled": OrderStatus.CANCELLED, "rejected": OrderStatus.REJECTED, "expired": OrderStatus.CANCELLED}
+
+
+def make_client(api_key: str, api_secret: str, *, mode: str, url: str | None = None):
+    """A ccxt `bybit` client for `mode` ('live', 'testnet': sandbox, 'demo': Bybit demo trading,
+    which has its own keys), its rate limiter on. `url`: every API host replaced (an emulator)."""
+    import ccxt
+
+    client = ccxt.bybit({"apiKey": api_key, "secret": api_secret, "enableRateLimit": True,
+                         "options": {"defaultType": "spot", "recvWindow": 5000}})
+    if mode == "testnet":
+        client.set_sandbox_mode(True)
+    elif mode == "demo":
+        client.enable_demo_trading(True)
+    if url:
+        url = url.rstrip("/")
+        for table in ("api", "test", "demotrading"):
+            hosts = client.urls.get(table)
+            if isinstance(hosts, dict):
+                client.urls[table] = {k: url for k in hosts}
+    return client
+
+
+def _category(symbol: str) -> str:
+    return "linear" if symbol.endswith(":USDT") else "spot"
+
+
+def _uncertain(exc: Exception) -> bool:
+    """An outcome after which the order may or may not exist at the venue."""
+    import ccxt
+
+    if isinstance(exc, ccxt.InvalidOrder) and any(code in str(exc) for code in REUSED_ID_CODES):
+        return True
+    return isinstance(exc, (ccxt.NetworkError, ccxt.ExchangeNotAvailable, ccxt.RequestTimeout,
+                            ccxt.BadResponse))
+
+
+class BybitExchange:
+    """The Exchange port on Bybit: one ccxt client (one sub-account) per sleeve."""
+
+    name = "bybit"
+
+    def __init__(self, clients: Mapping[Sleeve, Any], *, max_slippage: float = MAX_SLIPPAGE,
+                 on_transfer_account: Mapping[Sleeve, str] | None = None):
+        self.clients = dict(clients)
+        self.max_slippage = max_slippage
+        self.decision_prices: dict[str, float] = {}
+        self.stops: dict[tuple[Sleeve, str], StopLevel] = {}
+        self.leverage: dict[tuple[Sleeve, str], float] = {}
+        self.member_ids = dict(on_transfer_account or {})     # sleeve -> Bybit member id (universal transfer)
+        self._markets_loaded: set[Sleeve] = set()
+
+    # plumbing ----------------------------------------------------------------------------------
+    def _client(self, sleeve: Sleeve):
+        try:
+            client = self.clients[sleeve]
+        except KeyError:
+            raise ExchangeError(f"no Bybit account configured for sleeve {sleeve} "
+                                f"(ETERNAL_BYBIT__KEYS__{sleeve.weight_field.upper()}__API_KEY)") from None
+        if sleeve not in self._markets_loaded:
+            loaded = next((self.clients[s] for s in self._markets_loaded), None)
+            if loaded is not None:              # the same markets for every sub-account: read once
+                client.set_markets(loaded.markets, loaded.currencies)
+                client.options.update({k: v for k, v in loaded.options.items() if k.startswith("enableUnified")})
+            else:
+                self._call(client.load_markets, f"{sleeve}: load markets")
+            self._markets_loaded.add(sleeve)
+        return client
+
+    @staticmethod
+    def _call(fn: Callable, doing: str, *args, **kwargs):
+        import ccxt
+
+        try:
+            return fn(*args, **kwargs)
+        except ccxt.AuthenticationError as exc:
+            raise ExchangeError(f"{doing}: Bybit refused the API key ({type(exc).__name__}); check the "
+                                "key pair of this sleeve and its permissions") from None
+        except ccxt.InsufficientFunds as exc:
+            raise InsufficientFunds(f"{doing}: {exc}") from None
+        except ccxt.BaseError as exc:
+            raise ExchangeError(f"{doing}: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+    def use_decision_prices(self, prices: Mapping[str, float]) -> None:
+        """The prices the coming orders were decided at (symbol -> price): the slippage guard's base."""
+        self.decision_prices = dict(prices)
+
+    # orders ------------------------------------------------------------------------------------
+    def place_order(self, client_order_id: str, intent: OrderIntent, now: datetime) -> ExchangeOrder:
+        """Send one order under `orderLinkId` = `client_order_id`. A market order is refused
+        (OrderRefused) when the best price is more than `max_slippage` from its decision price. An
+        uncertain outcome is resolved by the client id: the order found is returned; none found
+        raises ExchangeError (retry: the executor looks it up before sending again)."""
+        import ccxt
+
+        client = self._client(intent.sleeve)
+        params: dict[str, Any] = {"orderLinkId": client_order_id, "category": _category(intent.symbol)}
+        if intent.reduce_only:
+            params["reduceOnly"] = True
+        if intent.post_only:
+            params["postOnly"] = True
+        if intent.order_type == OrderType.MARKET:
+            self._slippage_guard(client, intent)
+        stop = self.stops.get((intent.sleeve, intent.symbol))
+        if stop is not None and intent.market == Market.PERP and not intent.reduce_only:
+            params["stopLoss"] = stop.price              # attached at entry; moved by set_stop
+        try:
+            order = client.create_order(intent.symbol, intent.order_type.value, intent.side.value, intent.qty,
+                                        intent.limit_price, params)
+        except ccxt.InsufficientFunds as exc:
+            raise InsufficientFunds(f"{intent.sleeve} {intent.symbol} {intent.side} {intent.qty:.8g}: {exc}") from None
+        except ccxt.InvalidOrder as exc:
+            if not _uncertain(exc):
+                raise OrderRefused(f"Bybit refused {client_order_id} ({intent.symbol} {intent.side} "
+                                   f"{intent.qty:.8g}): {str(exc)[:200]}") from None
+            found = self.fetch_order(client_order_id, intent.sleeve, intent.symbol)
+            if found is None:
+                raise DuplicateOrder(f"{client_order_id}: Bybit says the id was used, but no such order is "
+                                     "found") from None
+            return found
+        except ccxt.BaseError as exc:
+            if not _uncertain(exc):
+                raise ExchangeError(f"sending {client_order_id}: {type(exc).__name__}: {str(exc)[:200]}") from None
+            found = self.fetch_order(client_order_id, intent.sleeve, intent.symbol)
+            if found is None:
+                raise ExchangeError(f"sending {client_order_id}: {type(exc).__name__}, and Bybit has no order "
+                                    "under its id: it was not placed; a retry sends it") from None
+            return found
+        if not order.get("id"):                  # a 200 whose body was not JSON: ccxt raised nothing
+            found = self.fetch_order(client_order_id, intent.sleeve, intent.symbol)
+            if found is None:
+                raise ExchangeError(f"sending {client_order_id}: an unreadable answer and no order under its "
+                                    "id: a retry sends it")
+            return found
+        return self.fetch_order(client_order_id, intent.sleeve, intent.symbol) or self._order(order, intent)
+
+    def _slippage_guard(self, client, intent: OrderIntent) -> None:
+        decided = self.decision_prices.get(intent.symbol)
+        if not decided:
+            return
+        book = self._call(client.fetch_order_book, f"order book of {intent.symbol}", intent.symbol, 1,
+                          {"category": _category(intent.symbol)})
+        side = book["asks"] if intent.side == Side.BUY else book["bids"]
+        if not side:
+            raise OrderRefused(f"{intent.symbol}: no {'ask' if intent.side == Side.BUY else 'bid'} in the book")
+        best = float(side[0][0])
+        if abs(best / decided - 1.0) > self.max_slippage:
+            raise OrderRefused(f"slippage guard: {intent.symbol} best {'ask' if intent.side == Side.BUY else 'bid'} "
+                               f"{best:.8g} is {best / decided - 1.0:+.2%} from the decision price {decided:.8g} "
+                               f"(at most {self.max_slippage:.1%}, spec 8.1): not sent")
+
+    def fetch_order(self, client_order_id: str, sleeve: Sleeve | None = None,
+                    symbol: str | None = None) -> ExchangeOrder | None:
+        """The order under this client id (open, then history), or None when Bybit never accepted it."""
+        sleeve = sleeve or SLEEVE_OF_CODE.get(client_order_id[:2])
+        client = self._client(sleeve)
+        for category in ([_category(symbol)] if symbol else CATEGORIES.get(sleeve, ("spot", "linear"))):
+            params = {"orderLinkId": client_order_id, "category": category}
+            for fetch in (client.fetch_open_orders, client.fetch_closed_orders, client.fetch_canceled_orders):
+                try:
+                    found = self._call(fetch, f"looking up {client_order_id}", symbol, None, None, dict(params))
+                except ExchangeError:
+                    if fetch is client.fetch_canceled_orders:
+                        continue
+                    raise
+                found = [o for o in found if o.get("clientOrderId") == client_order_id]
+                if found:
+                    return self._order(found[0], None, sleeve)
+        return None
+
+    def cancel_order(self, client_order_id: str, sleeve: Sleeve | None = None,
+                     reason: str = "cancelled") -> ExchangeOrder | None:
+        order = self.fetch_order(client_order_id, sleeve)
+        if order is None or order.status.is_final:
+            return order
+        client = self._client(order.intent.sleeve)
+        self._call(client.cancel_order, f"cancelling {client_order_id}", None, order.intent.symbol,
+                   {"orderLinkId": client_order_id, "category": _category(order.intent.symbol)})
+        return self.fetch_order(client_order_id, order.intent.sleeve, order.intent.symbol)
+
+    def _order(self, o: Mapping[str, Any], intent: OrderIntent | None, sleeve: Sleeve | None = None) -> ExchangeOrder:
+        symbol = o["symbol"]
+        cid = o.get("clientOrderId") or ""
+        sleeve = intent.sleeve if intent is not None else (sleeve or SLEEVE_OF_CODE.get(cid[:2], Sleeve.CORE))
+        if intent is None:
+            intent = OrderIntent(sleeve, symbol, Market.PERP if _category(symbol) == "linear" else Market.SPOT,
+                                 Side(o["side"]), float(o.get("amount") or 0.0) or 1e-12,
+                                 OrderType.LIMIT if o.get("type") == "limit" and o.get("price") else OrderType.MARKET,
+                                 "", cid, limit_price=float(o["price"]) if o.get("type") == "limit" and o.get("price") else None,
+                                 reduce_only=bool(o.get("reduceOnly")))
+        fee = o.get("fee") or {}
+        return ExchangeOrder(cid, str(o.get("id")), intent, STATUS.get(o.get("status") or "", OrderStatus.OPEN),
+                             utc(datetime.fromtimestamp((o.get("timestamp") or 0) / 1000, tz=None).astimezone())
+                             if o.get("timestamp") else utc("1970-01-01"),
+                             filled_qty=float(o.get("filled") or 0.0), fee=float(fee.get("cost") or 0.0),
+                             fills=[], error=None)
+
+    # the account: books, journal ---------------------------------------------------------------
+    @property
+    def books(self) -> Mapping[Sleeve, SleeveBook]:
+        return _LazyBooks(self)
+
+    def book_of(self, sleeve: Sleeve) -> SleeveBook:
+        """The sleeve's account as our books hold it: USDT cash without the perps' initial margin,
+        coins, and each linear position (signed qty, entry, margin, leverage)."""
+        client = self._client(sleeve)
+        balance = self._call(client.fetch_balance, f"{sleeve}: wallet balance")
+        positions = self._call(client.fetch_positions, f"{sleeve}: positions", None,
+                               {"category": "linear", "settleCoin": QUOTE})
+        book = SleeveBook(sleeve)
+        margin = 0.0
+        for p in positions:
+            qty = float(p.get("contracts") or 0.0)
+            if not qty:
+                continue
+            qty = qty if p.get("side") == "long" else -qty
+            lev = float(p.get("leverage") or 1.0)
+            m = float(p.get("initialMargin") or abs(qty) * float(p["entryPrice"]) / lev)
+            margin += m
+            book.perps[p["symbol"]] = PerpPosition(p["symbol"], qty, float(p["entryPrice"]), m, lev,
+                                                   utc(datetime.fromtimestamp((p.get("timestamp") or 0) / 1000).astimezone()))
+        total = balance.get("total", {})
+        book.cash = float(total.get(QUOTE) or 0.0) - margin
+        for coin, qty in total.items():
+            if coin != QUOTE and qty:
+                book.holdings[coin] = float(qty)
+        return book
+
+    def journal_since(self, seq: int) -> list[tuple[int, str, Any]]:
+        """Fills (executions) and funding (transaction-log settlements) of every sleeve numbered
+        above `seq`, oldest first (see the module's docstring for the numbering)."""
+        since = seq // 1000 if seq else None
+        items: list[tuple[int, str, str, Any]] = []
+        for sleeve, client in self.clients.items():
+            self._client(sleeve)
+            for category in CATEGORIES[sleeve]:
+                trades = self._call(client.fetch_my_trades, f"{sleeve}: executions", None, since, 100,
+                                    {"category": category})
+                for t in trades:
+                    items.append((int(t["timestamp"]), str(t["id"]), "fill", self._fill(sleeve, t)))
+            if "linear" not in CATEGORIES[sleeve]:
+                continue                          # no perps, no funding
+            ledger = self._call(client.fetch_ledger, f"{sleeve}: transaction log", QUOTE, since, 50,
+                                {"type": "SETTLEMENT"})
+            for e in ledger:
+                info = e.get("info") or {}
+                if info.get("type") != "SETTLEMENT":
+                    continue
+                items.append((int(e["timestamp"]), str(e["id"]), "funding", self._funding(sleeve, e, info)))
+        items.sort(key=lambda x: (x[0], x[1]))
+        out, last_ms, rank = [], None, 0
+        for ms, _, kind, item in items:
+            rank = rank + 1 if ms == last_ms else 0
+            last_ms = ms
+            number = ms * 1000 + rank
+            if number > seq:
+                out.append((number, kind, item))
+        return out
+
+    def _fill(self, sleeve: Sleeve, t: Mapping[str, Any]) -> Fill:
+        symbol = t["symbol"]
+        cid = t.get("clientOrderId") or (t.get("info") or {}).get("orderLinkId") or ""
+        stop = self.stops.get((sleeve, symbol))
+        reason = "" if cid else (stop.reason if stop is not None else "venue")
+        fee = t.get("fee") or {}
+        return Fill(cid or f"venue-{t['order']}", utc(datetime.fromtimestamp(t["timestamp"] / 1000).astimezone()),
+                    sleeve, symbol, Market.PERP if _category(symbol) == "linear" else Market.SPOT, Side(t["side"]),
+                    float(t["amount"]), float(t["price"]), float(fee.get("cost") or 0.0), fee.get("currency") or QUOTE,
+                    "maker" if t.get("takerOrMaker") == "maker" else "taker", str(t["id"]), reason,
+                    self.leverage.get((sleeve, symbol), 1.0))
+
+    @staticmethod
+    def _funding(sleeve: Sleeve, e: Mapping[str, Any], info: Mapping[str, Any]) -> FundingPayment:
+        symbol = info.get("symbol", "")
+        unified = f"{symbol[:-4]}/USDT:USDT" if symbol.endswith("USDT") else symbol
+        size = float(info.get("size") or 0.0)
+        qty = size if info.get("side") == "Buy" else -size
+        # `change` is what the settlement did to the wallet (Bybit: change = cashFlow - funding - fee)
+        amount = float(info["change"]) if info.get("change") not in (None, "") else -float(info.get("funding") or 0.0)
+        rate = float(info.get("feeRate") or 0.0)
+        price = float(info.get("tradePrice") or 0.0)
+        return FundingPayment(utc(datetime.fromtimestamp(e["timestamp"] / 1000).astimezone()), sleeve, unified, qty,
+                              price, rate, amount, -rate * qty * price)
+
+    # the rest of the port ----------------------------------------------------------------------
+    def on_market(self, key: str, ts: datetime, **market: Any) -> bool:
+        return False                             # a real venue lives through time by itself
+
+    def quote(self, symbol: str) -> Quote:
+        t = self._call(self._client(Sleeve.CORE).fetch_ticker, f"ticker {symbol}", symbol,
+                       {"category": _category(symbol)})
+        return Quote(float(t["bid"]), float(t["ask"]), float(t["last"]))
+
+    def set_leverage(self, sleeve: Sleeve, symbol: str, leverage: float) -> None:
+        import ccxt
+
+        if not 0 < leverage <= 2.0:
+            raise ExchangeError(f"leverage {leverage} for {sleeve} {symbol} refused: 0 < leverage <= 2")
+        if self.leverage.get((sleeve, symbol)) == leverage:
+            return
+        client = self._client(sleeve)
+        try:
+            client.set_leverage(leverage, symbol, {"category": "linear"})
+        except ccxt.BadRequest as exc:
+            if "110043" not in str(exc):         # "leverage not modified": already so
+                raise ExchangeError(f"{sleeve} {symbol}: set leverage {leverage:g}: {exc}") from None
+        except ccxt.BaseError as exc:
+            raise ExchangeError(f"{sleeve} {symbol}: set leverage {leverage:g}: {type(exc).__name__}: {exc}") from None
+        self.leverage[(sleeve, symbol)] = leverage
+
+    def set_stop(self, sleeve: Sleeve, symbol: str, level: StopLevel | None) -> None:
+        """The position's stop loss (Bybit trading-stop), replaced; None clears it (0)."""
+        if level is not None and not (math.isfinite(level.price) and level.price > 0):
+            raise ExchangeError(f"stop {level.price!r} for {sleeve} {symbol} refused: it must be positive")
+        client = self._client(sleeve)
+        market = client.market(symbol)
+        price = client.price_to_precision(symbol, level.price) if level is not None else "0"
+        self._call(client.privatePostV5PositionTradingStop, f"{sleeve} {symbol}: trading stop",
+                   {"category": "linear", "symbol": market["id"], "stopLoss": str(price), "positionIdx": 0,
+                    "tpslMode": "Full"})
+        if level is None:
+            self.stops.pop((sleeve, symbol), None)
+        else:
+            self.stops[(sleeve, symbol)] = level
+
+    def transfer(self, t: Transfer, key: str | None = None) -> None:
+        """USDT between two sleeves' accounts (universal transfer) under a transfer id derived from
+        `key`: a repeated key moves nothing (Bybit refuses a reused transferId)."""
+        if t.from_sleeve is None:
+            return                                # a deposit arrives at the account by itself
+        transfer_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"eternal|{key or t}"))
+        src, dst = self.member_ids.get(t.from_sleeve), self.member_ids.get(t.to_sleeve)
+        if src is None or dst is None:
+            raise ExchangeError(f"transfer {t.from_sleeve} -> {t.to_sleeve}: no Bybit member id for both sleeves")
+        client = self._client(t.from_sleeve)
+        self._call(client.privatePostV5AssetTransferUniversalTransfer, f"transfer {transfer_id}",
+                   {"transferId": transfer_id, "coin": t.asset, "amount": f"{t.qty:.8f}",
+                    "fromMemberId": src, "toMemberId": dst, "fromAccountType": "UNIFIED",
+                    "toAccountType": "UNIFIED"})
+
+    def stake(self, sleeve: Sleeve, asset: str, qty: float, key: str | None = None) -> float:
+        return 0.0                                # Bybit Earn is not wired: nothing is staked
+
+    def withdrawals_suspended(self) -> list[str]:
+        """Coins whose withdrawals Bybit reports suspended on every chain (ccxt fetch_currencies)."""
+        client = self._client(next(iter(self.clients)))
+        currencies = self._call(client.fetch_currencies, "currencies")
+        return sorted(code for code, c in (currencies or {}).items()
+                      if code in ("USDT", "BTC", "ETH") and c.get("withdraw") is False)
+
+
+class _LazyBooks(Mapping):
+    """`exchange.books`: each sleeve's account read when asked for (reconciliation asks each once)."""
+
+    def __init__(self, ex: BybitExchange):
+        self.ex, self._cache = ex, {}
+
+    def __getitem__(self, sleeve: Sleeve) -> SleeveBook:
+        if sleeve not in self.ex.clients:
+            raise KeyError(sleeve)
+        if sleeve not in self._cache:
+            self._cache[sleeve] = self.ex.book_of(sleeve)
+        return self._cache[sleeve]
+
+    def __iter__(self):
+        return iter(self.ex.clients)
+
+    def __len__(self) -> int:
+        return len(self.ex.clients)

@@ -1,0 +1,35 @@
+"""The exchange a flow trades on, by mode: the paper exchange in our database, or Bybit (ccxt)."""
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from eternal.config import EXCHANGE_MODES, Mode, Settings
+from eternal.errors import ConfigError
+from eternal.models import Sleeve, SleeveBook
+from eternal.secrets import reveal
+
+
+def open_exchange(s: Settings, engine: Engine, start_books: dict[Sleeve, SleeveBook] | None = None):
+    """paper: the simulated venue stored in `engine` (a new one holding `start_books`); demo,
+    testnet, live: `eternal.exchange.bybit.BybitExchange`, one sub-account per sleeve with a key
+    pair. Replay is the backfill's, never a flow's."""
+    if s.mode == Mode.PAPER:
+        from eternal.store.driver_store import open_paper_exchange
+
+        return open_paper_exchange(engine, s.fees, start_books)
+    if s.mode not in EXCHANGE_MODES:
+        raise ConfigError(f"ETERNAL_MODE={s.mode.value!r}: the flows trade on paper, demo, testnet or live; "
+                          "use `eternal backfill` for replay")
+    from eternal.exchange.bybit import BybitExchange, make_client
+
+    url = reveal(s.exchange.public_url) if s.exchange.public_url is not None else None
+    clients, members = {}, {}
+    for sleeve in Sleeve:
+        keys = s.bybit.accounts.get(sleeve.weight_field)
+        if keys is None:
+            continue
+        clients[sleeve] = make_client(keys.api_key.get_secret_value(), keys.api_secret.get_secret_value(),
+                                      mode=s.mode.value, url=url)
+        if keys.member_id:
+            members[sleeve] = keys.member_id
+    return BybitExchange(clients, max_slippage=s.bybit.max_slippage, on_transfer_account=members)

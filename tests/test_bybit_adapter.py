@@ -1,0 +1,137 @@
+"""The Bybit adapter (eternal/exchange/bybit.py) through the real ccxt client against the V5 emulator.
+
+Prices: the close of 2024-01-01 (BTC 44,179.55 spot, 44,230.2 perp; ETH 2,352.04). Each sleeve has its own
+sub-account (key pair); every order carries our client order id as `orderLinkId`.
+"""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from eternal.errors import ExchangeError
+from eternal.exchange.base import OrderRefused
+from eternal.exchange.bybit import BybitExchange, make_client
+from eternal.execution import client_order_id, execute
+from eternal.models import Market, OrderIntent, OrderStatus, OrderType, Side, Sleeve, StopLevel
+from tests.bybit_emulator import BybitEmulator
+
+NOW = datetime(2024, 1, 2, tzinfo=UTC)
+CORE, T1, F = Sleeve.CORE, Sleeve.TREND_1, Sleeve.FUNDING
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with BybitEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def venue(emu, request):
+    """Fresh sub-accounts for CORE, TREND-1 and FUNDING (10,000 USDT each), prices of 2024-01-01."""
+    emu.clear_faults()
+    emu.set_prices_from_candles("2024-01-01")
+    tag = f"{request.node.name[:20]}-{len(emu.accounts)}"
+    clients = {}
+    for sleeve in (CORE, T1, F):
+        key = f"{tag}-{sleeve.value}"
+        emu.add_account(key, "secret-" + key, usdt=10_000.0)
+        clients[sleeve] = make_client(key, "secret-" + key, mode="live", url=emu.url)
+        clients[sleeve].enableRateLimit = False
+    return BybitExchange(clients)
+
+
+def buy(sleeve, symbol, qty, key="k", **kw) -> OrderIntent:
+    market = Market.PERP if symbol.endswith(":USDT") else Market.SPOT
+    return OrderIntent(sleeve, symbol, market, kw.pop("side", Side.BUY), qty, OrderType.MARKET, "test", key, **kw)
+
+
+def orders_at(emu, venue, sleeve) -> list[dict]:
+    key = venue.clients[sleeve].apiKey
+    return list(emu.account(key).orders.values())
+
+
+def test_a_market_buy_fills_at_the_venue_and_comes_back_as_our_fill_and_book(emu, venue):
+    cid = client_order_id("daily-close", NOW, CORE, "tranche1:BTC")
+    order = venue.place_order(cid, buy(CORE, "BTC/USDT", 0.1), NOW)
+    assert order.client_order_id == cid and order.status == OrderStatus.FILLED and order.filled_qty == 0.1
+    assert venue.fetch_order(cid, CORE).exchange_order_id == order.exchange_order_id
+    [(seq, kind, fill)] = venue.journal_since(0)
+    assert kind == "fill" and fill.client_order_id == cid and fill.sleeve == CORE
+    assert (fill.qty, fill.price) == (0.1, 44179.55) and fill.fee == pytest.approx(0.0001) and fill.fee_asset == "BTC"
+    assert venue.journal_since(seq) == []
+    book = venue.books[CORE]
+    assert book.holdings["BTC"] == pytest.approx(0.0999) and book.cash == pytest.approx(10_000 - 4417.955)
+
+
+def test_an_order_accepted_but_its_answer_lost_is_found_by_its_id_and_never_sent_twice(emu, venue):
+    cid = client_order_id("daily-close", NOW, CORE, "tranche1:ETH")
+    emu.fault("/v5/order/create", drop_after_accept=True)
+    order = venue.place_order(cid, buy(CORE, "ETH/USDT", 1.0), NOW)        # no exception: resolved by id
+    assert order.client_order_id == cid and order.status == OrderStatus.FILLED
+    # the executor's retry looks it up first and sends nothing
+    result = execute([buy(CORE, "ETH/USDT", 1.0, key="tranche1:ETH")], venue, flow="daily-close",
+                     scheduled=NOW, now=NOW, known={})
+    assert result.sent == 0 and [e.kind for e in result.events] == ["order_recovered"]
+    assert len(orders_at(emu, venue, CORE)) == 1
+
+
+def test_a_reused_id_is_resolved_to_the_order_bybit_holds(emu, venue):
+    cid = client_order_id("daily-close", NOW, T1, "entry:BTC")
+    venue.set_leverage(T1, "BTC/USDT:USDT", 2.0)
+    first = venue.place_order(cid, buy(T1, "BTC/USDT:USDT", 0.01, leverage=2.0), NOW)
+    again = venue.place_order(cid, buy(T1, "BTC/USDT:USDT", 0.01, leverage=2.0), NOW)   # Bybit: 110072
+    assert again.exchange_order_id == first.exchange_order_id and len(orders_at(emu, venue, T1)) == 1
+
+
+def test_a_5xx_before_acceptance_is_an_error_to_retry_and_the_retry_sends_it_once(emu, venue):
+    cid = client_order_id("daily-close", NOW, CORE, "tranche1:BTC")
+    emu.fault("/v5/order/create", status=503)
+    with pytest.raises(ExchangeError, match="no order under its id: it was not placed"):
+        venue.place_order(cid, buy(CORE, "BTC/USDT", 0.01), NOW)
+    assert orders_at(emu, venue, CORE) == []
+    result = execute([buy(CORE, "BTC/USDT", 0.01, key="tranche1:BTC")], venue, flow="daily-close",
+                     scheduled=NOW, now=NOW, known={})
+    assert result.sent == 1 and len(orders_at(emu, venue, CORE)) == 1
+
+
+def test_a_200_that_is_not_json_is_resolved_by_id(emu, venue):
+    cid = client_order_id("daily-close", NOW, CORE, "x")
+    emu.fault("/v5/order/create", status=200, body="<html>gateway</html>")
+    with pytest.raises(ExchangeError, match="unreadable answer and no order under its id"):
+        venue.place_order(cid, buy(CORE, "BTC/USDT", 0.01), NOW)
+
+
+def test_the_slippage_guard_refuses_a_market_order_half_a_percent_off_the_decision(emu, venue):
+    venue.use_decision_prices({"BTC/USDT": 44179.55 / 1.006})
+    with pytest.raises(OrderRefused, match=r"slippage guard: BTC/USDT best ask 44179.55 is \+0.60%"):
+        venue.place_order(client_order_id("daily-close", NOW, CORE, "g"), buy(CORE, "BTC/USDT", 0.01), NOW)
+    venue.use_decision_prices({"BTC/USDT": 44179.55 / 1.004})
+    assert venue.place_order(client_order_id("daily-close", NOW, CORE, "h"), buy(CORE, "BTC/USDT", 0.01),
+                             NOW).status == OrderStatus.FILLED
+
+
+def test_a_perp_short_its_stop_at_the_venue_and_funding_come_back_through_the_journal(emu, venue):
+    venue.set_leverage(F, "BTC/USDT:USDT", 1.0)
+    cid = client_order_id("funding", NOW, F, "entry:BTC:perp")
+    venue.place_order(cid, buy(F, "BTC/USDT:USDT", 0.05, side=Side.SELL, leverage=1.0), NOW)
+    book = venue.books[F]
+    pos = book.perps["BTC/USDT:USDT"]
+    assert pos.qty == -0.05 and pos.entry_price == 44230.2 and pos.margin == pytest.approx(0.05 * 44230.2)   # perp close
+    emu.settle_funding("BTCUSDT", 0.0001)                     # a short receives a positive rate
+    funding = [item for _, kind, item in venue.journal_since(0) if kind == "funding"]
+    assert len(funding) == 1 and funding[0].amount == pytest.approx(0.05 * 44230.2 * 0.0001, rel=1e-6)
+    venue.set_stop(F, "BTC/USDT:USDT", StopLevel(46_000.0, "hard_stop"))
+    emu.set_price("BTCUSDT", 46_500.0, category="linear")      # crosses the stop: the venue closes it
+    fills = [item for _, kind, item in venue.journal_since(0) if kind == "fill"]
+    assert [f.reason for f in fills] == ["", "hard_stop"] and fills[1].side == Side.BUY
+    assert "BTC/USDT:USDT" not in venue.books[F].perps
+
+
+def test_withdrawals_suspended_are_read_from_fetch_currencies(emu, venue):
+    assert venue.withdrawals_suspended() == []
+    emu.suspend_withdrawals("USDT")
+    try:
+        assert venue.withdrawals_suspended() == ["USDT"]
+    finally:
+        emu.suspend_withdrawals("USDT", False)
