@@ -67,3 +67,42 @@ def test_the_daily_cycle_in_demo_mode_trades_on_bybit_and_its_ledger_equals_the_
     assert set(core) == {cid for cid, rec in p.open_orders.items() if rec.intent.sleeve == Sleeve.CORE}
     filled = [o.link_id for a in emu.accounts.values() for o in a.orders.values() if o.status == "Filled"]
     assert filled and SqlLedger(engine).known_orders(set(filled)) == set(filled)    # every fill has our order
+
+
+def test_no_key_and_no_secret_reaches_a_log_an_artifact_an_event_a_row_or_an_error(demo, caplog):
+    """A full cycle with known fake keys, then a run that fails at the exchange (the wallet answers
+    401, Bybit's 10003): neither any key nor any secret appears in the log records, the database file, the
+    Prefect runs' parameters, logs and artifacts, or the error text."""
+    import logging
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    emu, engine = demo
+    secrets = [f"secret-demo-{s.value}-0123456789" for s in WEIGHTS] + [f"demo-{s.value}" for s in WEIGHTS]
+    caplog.set_level(logging.DEBUG)
+    emu.set_prices_from_candles("2024-01-01")
+    daily("2024-01-02T00:05:00Z")
+    emu.fault("/v5/account/wallet-balance", status=401, body='{"retCode":10003,"retMsg":"API key is invalid."}',
+              times=None)
+    emu.set_prices_from_candles("2024-01-02")
+    with pytest.raises(Exception) as failed:
+        daily("2024-01-03T00:05:00Z")
+    emu.clear_faults()
+    texts = [caplog.text, str(failed.value), repr(failed.value)]
+    db_file = engine.url.database
+    raw = open(db_file, "rb").read()
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()                         # the run logs reach the API in batches
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(limit=20, sort="START_TIME_DESC")
+        texts += [str(r.parameters) + str(r.state.message if r.state else "") for r in runs[:2]]
+        logs = [log.message for r in runs[:2]
+                for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[r.id])))]
+        texts += logs
+        texts += [str(a.data) for a in client.read_artifacts(limit=50)]
+    found = [s for s in secrets if any(s in t for t in texts) or s.encode() in raw]
+    assert found == [] and "Bybit refused the API key" in str(failed.value)
+    assert any("Bybit refused the API key" in m for m in logs)                 # the logs were read ...
+    assert not any("Retry 1/3" in m for m in logs)                           # ... and a bad key is not retried

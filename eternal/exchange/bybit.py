@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from eternal.errors import DuplicateOrder, ExchangeError, InsufficientFunds
+from eternal.errors import ConfigError, DuplicateOrder, ExchangeError, InsufficientFunds
 from eternal.exchange.base import ExchangeOrder, OrderRefused
 from eternal.execution import SLEEVE_CODES
 from eternal.models import (
@@ -130,9 +130,9 @@ class BybitExchange:
 
         try:
             return fn(*args, **kwargs)
-        except ccxt.AuthenticationError as exc:
-            raise ExchangeError(f"{doing}: Bybit refused the API key ({type(exc).__name__}); check the "
-                                "key pair of this sleeve and its permissions") from None
+        except ccxt.AuthenticationError as exc:   # a setting to fix, not a failure a retry could fix
+            raise ConfigError(f"{doing}: Bybit refused the API key ({type(exc).__name__}); check the "
+                              "key pair of this sleeve (ETERNAL_BYBIT__KEYS__*) and its permissions") from None
         except ccxt.InsufficientFunds as exc:
             raise InsufficientFunds(f"{doing}: {exc}") from None
         except ccxt.BaseError as exc:
