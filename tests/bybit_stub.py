@@ -192,12 +192,15 @@ class BybitStub:
         return f"http://{host}:{port}"
 
     def start(self) -> BybitStub:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        """Serve on 127.0.0.1 (a free port) in a daemon thread; a subclass names its own
+        `server_class` and `handler_class` (the emulator does)."""
+        server = getattr(self, "server_class", ThreadingHTTPServer)(("127.0.0.1", 0),
+                                                                    getattr(self, "handler_class", _Handler))
         server.daemon_threads = True
         server.stub = self  # type: ignore[attr-defined]
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="bybit-stub", daemon=True)
+                                        name=type(self).__name__, daemon=True)
         self._thread.start()
         return self
 

@@ -204,16 +204,6 @@ class BybitEmulator(BybitStub):
         return o
 
     # serving -----------------------------------------------------------------------------------
-    def start(self) -> BybitEmulator:
-        server = ThreadingHTTPServerNoDelay(("127.0.0.1", 0), _EmuHandler)
-        server.daemon_threads = True
-        server.stub = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="bybit-emulator", daemon=True)
-        self._thread.start()
-        return self
-
     def _take_fault(self, path: str) -> dict | None:
         with self._lock:
             for f in self._emu_faults:
@@ -321,3 +311,7 @@ class _EmuHandler(bybit_stub._Handler):
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+BybitEmulator.server_class = ThreadingHTTPServerNoDelay      # served by BybitStub.start
+BybitEmulator.handler_class = _EmuHandler
