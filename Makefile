@@ -37,6 +37,7 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/orders.py
+	$(BIN)/python benchmarks/bybit_orders.py
 
 # A local Prefect server (UI at http://127.0.0.1:4200) and, in another terminal, every deployment
 # served in one process on it (see deployments/README.md for production).
