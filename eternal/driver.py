@@ -277,6 +277,7 @@ class Driver:
         self.on_close = on_close
         self.deposit_shares = dict(deposit_shares or {})
         self.simulate_resume = simulate_resume
+        self.until: datetime | None = None          # the run's last event time (set by `run`)
         self.risk_params = (settings.risk if breakers_on or not settings.risk.breakers_enabled
                             else settings.risk.model_copy(update={"breakers_enabled": False}))
 
@@ -292,6 +293,7 @@ class Driver:
     def run(self, p: Portfolio, until: str) -> RunReport:
         """Finish any stored plan, reconcile, then process every event due up to the key `until`."""
         report = RunReport()
+        self.until = Due.from_key(until).ts
         pending = self.ledger.pending_plan()
         if pending is not None:
             key, stored = pending
@@ -485,9 +487,17 @@ class Driver:
                 received[base_of(pay.symbol)] = received.get(base_of(pay.symbol), 0.0) + pay.amount
         from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS
 
+        predicted = {a: view.latest_rate(a, due.ts) for a in assets}
+        # the settlement a live run is at: the venue's own prediction of the next rate (a tick
+        # caught up from the past keeps the last settled one, as a backfill does)
+        if (hasattr(self.exchange, "predicted_funding_rate") and self.until is not None
+                and self.until - due.ts < timedelta(hours=8)):
+            for a in assets:
+                rate = self.exchange.predicted_funding_rate(PERP_SYMBOLS[a])
+                predicted[a] = rate if rate is not None else predicted[a]
         tick = FundingTick(due.ts, {a: opens[SPOT_SYMBOLS[a]] for a in assets},
                            {a: opens[PERP_SYMBOLS[a]] for a in assets},
-                           {a: view.latest_rate(a, due.ts) for a in assets},
+                           predicted,
                            {a: view.recent_rates(a, due.ts) for a in assets},
                            p.books, p.states.get(Sleeve.FUNDING), received, fills_deferred=True,
                            entries_refused=refused)

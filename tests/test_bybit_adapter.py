@@ -135,3 +135,8 @@ def test_withdrawals_suspended_are_read_from_fetch_currencies(emu, venue):
         assert venue.withdrawals_suspended() == ["USDT"]
     finally:
         emu.suspend_withdrawals("USDT", False)
+
+
+def test_the_predicted_funding_rate_is_the_tickers(emu, venue):
+    emu.set_funding_rate("BTCUSDT", 0.000137)
+    assert venue.predicted_funding_rate("BTC/USDT:USDT") == pytest.approx(0.000137)

@@ -398,6 +398,13 @@ class BybitExchange:
     def stake(self, sleeve: Sleeve, asset: str, qty: float, key: str | None = None) -> float:
         return 0.0                                # Bybit Earn is not wired: nothing is staked
 
+    def predicted_funding_rate(self, symbol: str) -> float | None:
+        """The next settlement's rate as Bybit's ticker predicts it (`fundingRate`), per settlement."""
+        client = self._client(next(iter(self.clients)))
+        t = self._call(client.fetch_funding_rate, f"funding rate of {symbol}", symbol, {"category": "linear"})
+        rate = t.get("fundingRate")
+        return float(rate) if rate is not None else None
+
     def withdrawals_suspended(self) -> list[str]:
         """Coins whose withdrawals Bybit reports suspended on every chain (ccxt fetch_currencies)."""
         client = self._client(next(iter(self.clients)))
