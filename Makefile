@@ -13,7 +13,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test install clean bench server serve
+.PHONY: demo test install clean bench server serve chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Randomised faults (lost answers, 5xx, 429/10006, unreadable bodies) on every order sent to the
+# Bybit emulator over consecutive days of the daily cycle in demo mode; ETERNAL_CHAOS_DAYS sets how many.
+chaos: install
+	ETERNAL_CHAOS_DAYS=$${ETERNAL_CHAOS_DAYS:-30} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py
 
 bench: install
 	$(BIN)/python benchmarks/replay.py

@@ -280,6 +280,7 @@ class BybitSettings(SettingsModel):
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid", populate_by_name=True)
     accounts: dict[str, BybitKeys] = Field({}, validation_alias="keys")
     max_slippage: Fraction = 0.005    # spec 8.1: no urgent order at a best price further off the decision's
+    backoff_s: tuple[float, ...] = (0.25, 1.0, 4.0)   # a read tried again after these on 5xx, 429, 10006
 
 
 EXCHANGE_MODES = (Mode.DEMO, Mode.TESTNET, Mode.LIVE)

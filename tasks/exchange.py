@@ -32,4 +32,5 @@ def open_exchange(s: Settings, engine: Engine, start_books: dict[Sleeve, SleeveB
                                       mode=s.mode.value, url=url)
         if keys.member_id:
             members[sleeve] = keys.member_id
-    return BybitExchange(clients, max_slippage=s.bybit.max_slippage, on_transfer_account=members)
+    return BybitExchange(clients, max_slippage=s.bybit.max_slippage, on_transfer_account=members,
+                         backoff_s=s.bybit.backoff_s)

@@ -22,6 +22,7 @@ needs no state of ours between runs.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -98,8 +99,10 @@ class BybitExchange:
     name = "bybit"
 
     def __init__(self, clients: Mapping[Sleeve, Any], *, max_slippage: float = MAX_SLIPPAGE,
-                 on_transfer_account: Mapping[Sleeve, str] | None = None):
+                 on_transfer_account: Mapping[Sleeve, str] | None = None,
+                 backoff_s: tuple[float, ...] = (0.25, 1.0, 4.0)):
         self.clients = dict(clients)
+        self.backoff_s = backoff_s
         self.max_slippage = max_slippage
         self.decision_prices: dict[str, float] = {}
         self.stops: dict[tuple[Sleeve, str], StopLevel] = {}
@@ -124,12 +127,27 @@ class BybitExchange:
             self._markets_loaded.add(sleeve)
         return client
 
+    def _call(self, fn: Callable, doing: str, *args, **kwargs):
+        """A read (idempotent) with backoff: a network error, a 5xx or Bybit's rate limit (429,
+        10006) is tried again after `backoff_s`, then raised as ExchangeError for the run's retry."""
+        import ccxt
+
+        for wait in (*self.backoff_s, None):
+            try:
+                return fn(*args, **kwargs)
+            except (ccxt.NetworkError, ccxt.ExchangeNotAvailable) as exc:
+                if wait is None or isinstance(exc, ccxt.AuthenticationError):
+                    return self._raise(doing, exc)
+                time.sleep(wait)
+            except ccxt.BaseError as exc:
+                return self._raise(doing, exc)
+
     @staticmethod
-    def _call(fn: Callable, doing: str, *args, **kwargs):
+    def _raise(doing: str, exc: Exception):
         import ccxt
 
         try:
-            return fn(*args, **kwargs)
+            raise exc
         except ccxt.AuthenticationError as exc:   # a setting to fix, not a failure a retry could fix
             raise ConfigError(f"{doing}: Bybit refused the API key ({type(exc).__name__}); check the "
                               "key pair of this sleeve (ETERNAL_BYBIT__KEYS__*) and its permissions") from None
