@@ -35,9 +35,9 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Randomised faults (lost answers, 5xx, 429/10006, unreadable bodies) on every order sent to the
-# Bybit emulator over consecutive days of the daily cycle in demo mode; ETERNAL_CHAOS_DAYS sets how many.
+# Bybit emulator over consecutive days of the daily cycle in demo mode; CHAOS_DAYS sets how many.
 chaos: install
-	ETERNAL_CHAOS_DAYS=$${ETERNAL_CHAOS_DAYS:-30} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py
+	CHAOS_DAYS=$${CHAOS_DAYS:-30} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py
 
 bench: install
 	$(BIN)/python benchmarks/replay.py

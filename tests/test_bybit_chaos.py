@@ -1,5 +1,6 @@
 """Chaos against the Bybit emulator: the daily cycle in demo mode over consecutive real days, with
-random faults on the order path (`make chaos`; ETERNAL_CHAOS_DAYS days, from 2024-01-02).
+random faults on the order path (`make chaos`; CHAOS_DAYS days, from 2024-01-02; not an ETERNAL_
+variable: the test session clears those).
 
 Every request to create, look up or cancel an order draws a fault with probability 0.15: the
 answer lost after Bybit accepted it, HTTP 503 before it, Bybit's rate limit (10006), an HTTP 200
@@ -34,12 +35,14 @@ FAULTS = [{"drop": True, "status": None, "body": None, "ret_code": None},
           {"drop": False, "status": 200, "body": "<html>bad gateway</html>", "ret_code": None}]
 
 
-def test_random_faults_on_every_order_lose_nothing_and_send_nothing_twice(demo, monkeypatch):
+def test_random_faults_on_every_order_lose_nothing_and_send_nothing_twice(demo, dataset, monkeypatch):
     from eternal.config import load_settings
+    from tests.flow_support import store_market
 
     emu, engine = demo
     monkeypatch.setenv("ETERNAL_BYBIT__BACKOFF_S", "[0.01, 0.02, 0.05]")
-    days = int(os.environ.get("ETERNAL_CHAOS_DAYS", "3"))
+    days = int(os.environ.get("CHAOS_DAYS", "3"))
+    store_market(engine, dataset, "2024-01-10", f"{utc('2024-01-03') + timedelta(days=days):%Y-%m-%d}")
     rng = random.Random(12)
     injected: Counter = Counter()
     real = emu._take_fault
