@@ -380,7 +380,7 @@ class Driver:
                                                                     Sleeve.FUNDING in self.refused(p, state, due.ts))
             self.approve(p, due, i, plan, state)
         if plan is not None:
-            if stored is None:
+            if stored is None and getattr(self.ledger, "keeps_plans", True):   # a backfill's ledger does not
                 self.ledger.store_plan(due.key, {**plan_to_json(plan, received, allocation, deposits),
                                                  "risk": breakers.dump(state)})
                 _crash_point("plan_stored")

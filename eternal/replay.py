@@ -38,6 +38,7 @@ from eternal.models import (
     Transfer,
     utc,
 )
+from eternal.risk import net_exposures
 from eternal.store.ledger import LedgerStore
 
 FLOW = "backfill"
@@ -105,8 +106,10 @@ class MemoryLedger:
     def initialise(self, portfolio: Portfolio, capital: float, shares, ts: datetime) -> None:
         self.portfolio = portfolio
 
+    keeps_plans = False                  # a backfill is one process: nothing survives it half-done
+
     def pending_plan(self):
-        return None                      # a backfill is one process: nothing survives it half-done
+        return None
 
     def known_orders(self, client_order_ids: set[str]) -> set[str]:
         return {c for c in client_order_ids if c in self.orders}
@@ -189,7 +192,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         if day < start:
             return
         total = sum(b.equity(closes, marks) for b in p.books.values())
-        for asset, value in asset_exposure(p.books, closes, marks).items():
+        for asset, value in net_exposures(p.books, closes, marks).items():
             w = value / total if total > 0 else 0.0
             if w > max_weights.get(asset, {}).get("weight", float("-inf")):
                 max_weights[asset] = {"weight": w, "day": f"{day:%Y-%m-%d}"}
@@ -361,19 +364,6 @@ def events_frame(events: list[Event]) -> pd.DataFrame:
     return pd.DataFrame([{"timestamp": e.ts.isoformat(), "kind": e.kind, "sleeve": e.sleeve.value if e.sleeve else "",
                           "severity": severity(e) or e.level, "details": e.message} for e in events],
                         columns=EVENT_COLUMNS)
-
-
-def asset_exposure(books: dict[Sleeve, SleeveBook], closes: dict[str, float], marks: dict[str, float]) -> dict[str, float]:
-    """Asset -> net USDT exposure across sleeves: spot and staked at the close, perps signed at the mark."""
-    out: dict[str, float] = {}
-    for b in books.values():
-        for asset in set(b.holdings) | set(b.staked):
-            if b.qty(asset):
-                out[asset] = out.get(asset, 0.0) + b.qty(asset) * closes[asset]
-        for sym, pos in b.perps.items():
-            base = sym.split("/")[0]
-            out[base] = out.get(base, 0.0) + pos.qty * marks.get(sym, closes.get(base, 0.0))
-    return out
 
 
 def breaker_summary(state, events: list[Event], start: datetime, end: datetime, settings: Settings,

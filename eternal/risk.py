@@ -79,17 +79,24 @@ def sleeve_equity(book: SleeveBook, view: RiskView) -> float:
     return book.equity(dict(view.prices), dict(view.marks))
 
 
-def exposure(books: Mapping[Sleeve, SleeveBook], asset: str, view: RiskView) -> float:
-    """Net USDT exposure to `asset`: spot and staked at the price, perps signed at the mark."""
-    price = view.prices.get(asset)
-    total = 0.0
+def net_exposures(books: Mapping[Sleeve, SleeveBook], prices: Mapping[str, float],
+                  marks: Mapping[str, float]) -> dict[str, float]:
+    """Asset -> net USDT exposure across the sleeves: spot and staked at `prices` (asset ->
+    price), perps signed at `marks` (perp symbol -> mark; default the asset's price)."""
+    out: dict[str, float] = {}
     for b in books.values():
-        if price is not None:
-            total += b.qty(asset) * price
-        pos = b.perps.get(PERP_SYMBOLS.get(asset, ""))
-        if pos is not None:
-            total += pos.qty * perp_price(pos.symbol, view)
-    return total
+        for asset in set(b.holdings) | set(b.staked):
+            if b.qty(asset) and asset in prices:
+                out[asset] = out.get(asset, 0.0) + b.qty(asset) * prices[asset]
+        for sym, pos in b.perps.items():
+            base = base_of(sym)
+            out[base] = out.get(base, 0.0) + pos.qty * (marks.get(sym) or prices[base])
+    return out
+
+
+def exposure(books: Mapping[Sleeve, SleeveBook], asset: str, view: RiskView) -> float:
+    """Net USDT exposure to `asset` (`net_exposures`) at the view's prices."""
+    return net_exposures(books, view.prices, view.marks).get(asset, 0.0)
 
 
 # simulating an intent on a copy of the books -----------------------------------------------------

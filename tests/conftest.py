@@ -140,7 +140,8 @@ def full_backfill(dataset):
     exposure as a share of the portfolio."""
     from eternal.config import Settings
     from eternal.models import Sleeve, utc
-    from eternal.replay import asset_exposure, run_backfill
+    from eternal.replay import run_backfill
+    from eternal.risk import net_exposures
 
     seen: dict[str, dict] = {}
 
@@ -155,7 +156,7 @@ def full_backfill(dataset):
         seen[f"{day:%Y-%m-%d}"] = {
             "funding": {sym.split("/")[0]: abs(p.qty) * marks[sym] / fe for sym, p in f.perps.items()} if fe > 0 else {},
             "trend": trend,
-            "exposure": {a: v / total for a, v in asset_exposure(books, closes, marks).items()}}
+            "exposure": {a: v / total for a, v in net_exposures(books, closes, marks).items()}}
 
     r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2026-01-01"), progress=False,
                      monthly_deposit=1_000.0, compare_breakers=False, on_day=on_day)
