@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     daily.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
     daily.add_argument("--mode", choices=["paper", "demo", "testnet", "live"],
                        help="the exchange (default: ETERNAL_MODE, else paper); demo, testnet and live need "
-                       "a Bybit key pair per sleeve (ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY, __API_SECRET)")
+                       "a Bybit key pair per sleeve (ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY, __API_SECRET) and "
+                       "the master account's (ETERNAL_BYBIT__KEYS__MAIN__API_KEY, __API_SECRET)")
     funding = run_sub.add_parser("funding", help="run one funding tick (books the latest settlement at or "
                                  "before --asof for every perp position, then the FUNDING engine decides)")
     funding.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")

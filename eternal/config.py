@@ -11,7 +11,7 @@ import re
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
@@ -269,21 +269,35 @@ class BybitKeys(SettingsModel):
 
     api_key: SecretStr
     api_secret: SecretStr
-    member_id: str | None = None      # the sub-account's member id, for universal transfers
+    member_id: str | None = None      # the account's UID for universal transfers (default: read from its key)
 
 
 class BybitSettings(SettingsModel):
     """Bybit accounts by sleeve: ETERNAL_BYBIT__KEYS__CORE__API_KEY, ..._API_SECRET (trend_1,
-    trend_2, funding, tactical likewise)."""
+    trend_2, funding, tactical likewise), and `main`: the master UID, where deposits land and whose
+    key makes every universal transfer between the sub-accounts (Bybit's rule)."""
 
     # not named `keys`: a model with a `keys` attribute reads as a mapping to dict() (Prefect does so)
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid", populate_by_name=True)
     accounts: dict[str, BybitKeys] = Field({}, validation_alias="keys")
     max_slippage: Fraction = 0.005    # spec 8.1: no urgent order at a best price further off the decision's
     backoff_s: tuple[float, ...] = (0.25, 1.0, 4.0)   # a read tried again after these on 5xx, 429, 10006
+    # an urgent (market) order left partly filled is looked up every poll, then its rest cancelled
+    # after the timeout; the engines plan the rest again at their next decision (issue 13)
+    partial_fill_timeout_s: float = Field(10.0, gt=0)
+    partial_fill_poll_s: float = Field(0.5, gt=0)
+    # ccxt's rate limiter is always on; this replaces its spacing per cost unit (Bybit's: 20 ms).
+    # Unset: ccxt's. The test emulator, which has no limit of its own, runs at 1 ms.
+    rate_limit_ms: float | None = Field(None, gt=0)
+    # where deposits land at the main account: Bybit credits on-chain deposits to the Funding wallet
+    # unless the account's deposit setting says Unified
+    deposit_wallet: Literal["FUND", "UNIFIED"] = "FUND"
+    timeout_s: float = Field(10.0, gt=0)   # a request unanswered this long is an uncertain outcome
 
 
 EXCHANGE_MODES = (Mode.DEMO, Mode.TESTNET, Mode.LIVE)
+MAIN_ACCOUNT = "main"
+"""ETERNAL_BYBIT__KEYS__MAIN__*: the master account, not a sleeve."""
 
 
 class Settings(BaseSettings):
@@ -362,10 +376,16 @@ class Settings(BaseSettings):
             raise ValueError(f"ETERNAL_MODE={self.mode.value!r} trades on Bybit{' demo trading (its own keys)' if self.mode == Mode.DEMO else ''}: "
                              f"no key pair for {', '.join(missing)}; set ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY and "
                              f"__API_SECRET for each (e.g. ETERNAL_BYBIT__KEYS__{missing[0].upper()}__API_KEY)")
-        unknown = sorted(set(self.bybit.accounts) - set(self.weights.model_dump()))
+        unknown = sorted(set(self.bybit.accounts) - set(self.weights.model_dump()) - {MAIN_ACCOUNT})
         if unknown:
             raise ValueError(f"ETERNAL_BYBIT__KEYS: no sleeve named {', '.join(unknown)} (sleeves: "
-                             f"{', '.join(self.weights.model_dump())})")
+                             f"{', '.join(self.weights.model_dump())}; and {MAIN_ACCOUNT}, the master account)")
+        subs = [f for f in self.bybit.accounts if f != MAIN_ACCOUNT]
+        if len(subs) > 1 and MAIN_ACCOUNT not in self.bybit.accounts:
+            raise ValueError(f"ETERNAL_MODE={self.mode.value!r} with {len(subs)} Bybit sub-accounts moves money "
+                             "between them (deposits, rebalancing), which Bybit allows the master account's key "
+                             "only: set ETERNAL_BYBIT__KEYS__MAIN__API_KEY and __API_SECRET (the master UID, "
+                             "where deposits land)")
         return self
 
     def redacted(self) -> dict[str, Any]:

@@ -153,6 +153,9 @@ class Portfolio:
     clock: str = ""                                     # key of the last event fully processed
     journal_seq: int = 0                                # the venue's journal booked up to here
     received: dict[Sleeve, float] = field(default_factory=dict)   # USDT in since the last close
+    # FUNDING's settlements booked but not yet seen by a tick's decision (asset -> USDT): on a
+    # real venue a settlement is often booked at a run's reconciliation, before its tick
+    funding_unclaimed: dict[str, float] = field(default_factory=dict)
     halted: dict[str, str] = field(default_factory=dict)          # sleeve -> why (reconciliation)
     deposits: list[dict] = field(default_factory=list)            # waiting for the next close
     open_orders: dict[str, OrderRecord] = field(default_factory=dict)
@@ -163,6 +166,7 @@ class Portfolio:
         """The small part persisted as one document (books, states and orders have their tables)."""
         return {"clock": self.clock, "journal_seq": self.journal_seq,
                 "received": {s.value: v for s, v in self.received.items()}, "halted": dict(self.halted),
+                "funding_unclaimed": dict(self.funding_unclaimed),
                 "deposits": list(self.deposits),
                 "stops": {s.value: {sym: [lv.price, lv.reason] for sym, lv in lv_.items()}
                           for s, lv_ in self.stops.items()},
@@ -173,6 +177,7 @@ class Portfolio:
         self.journal_seq = doc.get("journal_seq", 0)
         self.received = {Sleeve(s): v for s, v in doc.get("received", {}).items()}
         self.halted = dict(doc.get("halted", {}))
+        self.funding_unclaimed = dict(doc.get("funding_unclaimed", {}))
         self.deposits = list(doc.get("deposits", []))
         self.stops = {Sleeve(s): {sym: StopLevel(p, r) for sym, (p, r) in lv.items()}
                       for s, lv in doc.get("stops", {}).items()}
@@ -332,7 +337,7 @@ class Driver:
         self.check_halt_request(p, batch)
         if p.risk.halted:
             self.cancel_open_orders(p, batch, now, f"kill switch engaged ({p.risk.kill_switch.reason})")
-        if batch.events or batch.fills or batch.orders:
+        if batch.events or batch.fills or batch.orders or batch.payments:
             self.ledger.commit(p, batch)
             report.events += batch.events
 
@@ -380,15 +385,20 @@ class Driver:
                                                                     Sleeve.FUNDING in self.refused(p, state, due.ts))
             self.approve(p, due, i, plan, state)
         if plan is not None:
+            seen_funding = dict(p.funding_unclaimed)
             if stored is None and getattr(self.ledger, "keeps_plans", True):   # a backfill's ledger does not
                 self.ledger.store_plan(due.key, {**plan_to_json(plan, received, allocation, deposits),
-                                                 "risk": breakers.dump(state)})
+                                                 "risk": breakers.dump(state), "funding_seen": seen_funding})
                 _crash_point("plan_stored")
             p.risk = state
             if plan.intents or plan.transfers:      # an operator's halt since the run began stops them
                 self.check_halt_request(p, batch)
             self.act(p, due, plan, batch, prices)
             p.received, p.allocation = received, allocation if allocation is not None else p.allocation
+            if due.kind == Kind.SETTLEMENT:     # the tick's decision saw them (a stored plan: before it was stored)
+                seen = stored.get("funding_seen", p.funding_unclaimed) if stored is not None else seen_funding
+                p.funding_unclaimed = {a: v - seen.get(a, 0.0) for a, v in p.funding_unclaimed.items()
+                                       if abs(v - seen.get(a, 0.0)) > 1e-12}
             taken = {d["reference"] for d in deposits}
             p.deposits = [d for d in p.deposits if d["reference"] not in taken]
             batch.deposits_taken, batch.plan_key = deposits, due.key
@@ -424,6 +434,9 @@ class Driver:
             elif kind == "funding":
                 books.apply_funding(p.books[item.sleeve], item)
                 batch.payments.append(item)
+                if item.sleeve == Sleeve.FUNDING:
+                    asset = base_of(item.symbol)
+                    p.funding_unclaimed[asset] = p.funding_unclaimed.get(asset, 0.0) + item.amount
             else:
                 sleeve, asset, reward = item
                 book = p.books[sleeve]
@@ -481,10 +494,7 @@ class Driver:
         view = self.view
         opens = view.opens(i)
         assets = [a for a in ("BTC", "ETH", "SOL") if a in view.perp_assets and a in view.spot_assets]
-        received: dict[str, float] = {}
-        for pay in batch.payments:
-            if pay.sleeve == Sleeve.FUNDING:
-                received[base_of(pay.symbol)] = received.get(base_of(pay.symbol), 0.0) + pay.amount
+        received = dict(p.funding_unclaimed)        # every FUNDING settlement booked since the last tick
         from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS
 
         predicted = {a: view.latest_rate(a, due.ts) for a in assets}
@@ -512,12 +522,14 @@ class Driver:
     def act(self, p: Portfolio, due: Due, plan: Plan, batch: Batch, prices: dict[str, float] | None = None) -> None:
         """The plan at the venue and in our books: transfers and stakes under keys, stops, orders
         under client order ids (each looked up before it is sent). Safe to repeat after a crash.
-        Every intent first meets the exchange's trading rules (`eternal.instruments`, at the
-        decision `prices`): its qty rounded down to the step; one under a minimum is dropped with
-        an event and its engine sees, at its next decision, that nothing was filled."""
+        Every intent first meets the exchange's trading rules (its `rules`: the venue's as last
+        read on Bybit, the packaged `eternal.instruments` table on paper; at the decision `prices`):
+        its qty rounded down to the step; one under a minimum is dropped with an event and its
+        engine sees, at its next decision, that nothing was filled."""
         ex = self.exchange
         for n, t in enumerate(plan.transfers):
             ex.transfer(t, f"transfer|{due.key}|{n}")
+            _crash_point("transfer_sent")
             books.apply_transfer(p.books, t)
             batch.transfers.append(t)
         for sleeve, moves in plan.stakes.items():
@@ -527,11 +539,12 @@ class Driver:
         for sleeve, levels in plan.stops.items():
             for symbol, level in levels.items():
                 ex.set_stop(sleeve, symbol, level)
+                _crash_point("stop_set")
             p.stops[sleeve] = dict(levels)
         intents = []
         if prices and hasattr(ex, "use_decision_prices"):     # a real venue's slippage guard (spec 8.1)
             ex.use_decision_prices(prices)
-        valid, dropped = apply_rules(plan.intents, prices or {}, due.ts)
+        valid, dropped = apply_rules(plan.intents, prices or {}, due.ts, getattr(ex, "rules", None))
         batch.events += dropped
         for intent in valid:      # approved before the plan was stored; halts since then still hold
             why = (f"kill switch engaged ({p.risk.kill_switch.reason})" if p.risk.halted

@@ -7,9 +7,11 @@ flows and the replay alike): the quantity is rounded down to the step, and an in
 minimum is dropped with an event that names the rule and the numbers. The paper exchange refuses
 what slips through (`violation`), as Bybit would.
 
-The table is package data (`eternal/exchange/instruments.json`, with its source); a Bybit adapter
-refreshes it from ccxt with `instruments_from_ccxt_markets(exchange.load_markets())`. Pure apart
-from reading that file once.
+The table is package data (`eternal/exchange/instruments.json`, with its source), the paper
+exchange's; in the exchange modes the Bybit adapter's `rules` are the venue's, built from ccxt's
+`load_markets()` with `instruments_from_ccxt_markets`, and every run stores them
+(`eternal.store.instruments`). The engines' `tradable_qty` still reads the packaged table. Pure
+apart from reading that file once.
 """
 from __future__ import annotations
 

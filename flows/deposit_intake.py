@@ -7,7 +7,8 @@ from datetime import datetime
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 
-from eternal.config import load_settings
+from eternal.config import EXCHANGE_MODES, load_settings
+from eternal.errors import ConfigError
 from eternal.models import UTC
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
 from eternal.store.locks import exclusive
@@ -25,6 +26,9 @@ def deposit_intake(amount_usdt: float, reference: str | None = None) -> dict:
     if not (math.isfinite(amount_usdt) and amount_usdt > 0):
         raise ValueError(f"amount_usdt must be a positive number of USDT, got {amount_usdt}")
     s = load_settings()
+    if s.mode in EXCHANGE_MODES:
+        raise ConfigError(f"ETERNAL_MODE={s.mode.value}: deposits are read from Bybit's deposit history by "
+                          "every run (each once, by its deposit id); booking one here too would count it twice")
     now = datetime.now(UTC)
     ref = reference or f"run {runtime.flow_run.id or now.isoformat()}"
     _, store = stores(s)

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy import update
 
 from eternal import cycle
-from eternal.config import Mode, Settings
+from eternal.config import EXCHANGE_MODES, Mode, Settings
 from eternal.data.csv_files import DataSet
 from eternal.data.quality import FEAR_GREED, funding_interval_hours, history_problems, validate_market_data
 from eternal.driver import ClockError, Driver, Due, Kind, Portfolio, RunReport
@@ -24,9 +24,11 @@ from eternal.market import FULL_HISTORY_FROM, MarketView, history_needs, needed_
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Sleeve, SleeveBook, last_closed_day, utc
 from eternal.secrets import reveal, scrub
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
+from eternal.store.instruments import refresh_instruments
 from eternal.store.locks import exclusive
 from eternal.store.models import CycleRunRow
 from tasks.context import stores
+from tasks.exchange_limit import exchange_slot
 
 
 @dataclass
@@ -229,7 +231,7 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
     _, store = stores(s)
     engine = store.engine
     until = Due(asof, Kind.OPEN).key                 # every event at or before asof
-    with exclusive(engine, DRIVER_LOCK):
+    with exclusive(engine, DRIVER_LOCK), exchange_slot(s, engine=engine):   # exchange modes: a `bybit-api` slot
         if crashed := mark_crashed(engine, asof):
             log.warning("%d earlier run(s) found dead and marked crashed", crashed)
         ledger = SqlLedger(engine)
@@ -251,12 +253,20 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
 
             exchange = open_exchange(s, engine, None if p is not None else
                                      {sl: SleeveBook(sl, s.initial_capital * w) for sl, w in weights.items()})
+            if s.mode in EXCHANGE_MODES:     # the venue's trading rules now: stored, and what the driver rounds to
+                for event in refresh_instruments(engine, exchange.rules, asof, f"bybit {s.mode.value}"):
+                    log.warning(event.message)
             driver = Driver(view, exchange, ledger, s, sleeves, orchestrated=set(sleeves) == set(Sleeve))
             if p is None:
                 capital, weights = starting_capital(s, exchange, weights)
                 p = driver.open(capital, weights, last_closed_day(asof))
                 log.info("portfolio started with %.2f USDT; its first decision is on the close of %s",
                          capital, f"{last_closed_day(asof):%Y-%m-%d}")
+            if s.mode != Mode.PAPER:          # deposits credited at Bybit, each booked once by its id
+                from tasks.deposits import book_venue_deposits
+
+                if book_venue_deposits(exchange, ledger, p, asof, log):
+                    p = ledger.load()         # with them waiting for the close
             report = driver.run(p, until)
             log.info(report.line())
             for sleeve, why in p.halted.items():

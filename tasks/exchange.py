@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from eternal.config import EXCHANGE_MODES, Mode, Settings
+from eternal.config import EXCHANGE_MODES, MAIN_ACCOUNT, Mode, Settings
 from eternal.errors import ConfigError
 from eternal.models import Sleeve, SleeveBook
 from eternal.secrets import reveal
@@ -12,7 +12,7 @@ from eternal.secrets import reveal
 def open_exchange(s: Settings, engine: Engine, start_books: dict[Sleeve, SleeveBook] | None = None):
     """paper: the simulated venue stored in `engine` (a new one holding `start_books`); demo,
     testnet, live: `eternal.exchange.bybit.BybitExchange`, one sub-account per sleeve with a key
-    pair. Replay is the backfill's, never a flow's."""
+    pair, and the main (master) account where deposits land. Replay is the backfill's, never a flow's."""
     if s.mode == Mode.PAPER:
         from eternal.store.driver_store import open_paper_exchange
 
@@ -29,8 +29,17 @@ def open_exchange(s: Settings, engine: Engine, start_books: dict[Sleeve, SleeveB
         if keys is None:
             continue
         clients[sleeve] = make_client(keys.api_key.get_secret_value(), keys.api_secret.get_secret_value(),
-                                      mode=s.mode.value, url=url)
+                                      mode=s.mode.value, url=url,
+                                      rate_limit_ms=s.bybit.rate_limit_ms,
+                                      timeout_s=s.bybit.timeout_s)
         if keys.member_id:
             members[sleeve] = keys.member_id
+    main = s.bybit.accounts.get(MAIN_ACCOUNT)          # the master UID: deposits, universal transfers
+    main_client = None if main is None else make_client(
+        main.api_key.get_secret_value(), main.api_secret.get_secret_value(), mode=s.mode.value, url=url,
+        rate_limit_ms=s.bybit.rate_limit_ms, timeout_s=s.bybit.timeout_s)
     return BybitExchange(clients, max_slippage=s.bybit.max_slippage, on_transfer_account=members,
-                         backoff_s=s.bybit.backoff_s)
+                         main=main_client, main_member_id=main.member_id if main else None,
+                         deposit_wallet=s.bybit.deposit_wallet,
+                         backoff_s=s.bybit.backoff_s, partial_fill_timeout_s=s.bybit.partial_fill_timeout_s,
+                         partial_fill_poll_s=s.bybit.partial_fill_poll_s)

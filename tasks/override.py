@@ -19,6 +19,7 @@ from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
 from eternal.store.locks import exclusive
 from tasks.context import stores
 from tasks.drive import active_sleeves, require_paper
+from tasks.exchange_limit import exchange_slot
 from tasks.notify import send
 
 
@@ -42,7 +43,8 @@ def _override(s: Settings, action: str, reason: str, who: str, now: datetime, co
             _portfolio(s, SqlLedger(engine))
         # a run holding the lock reads this before its next event: the halt does not wait for it
         SqlLedger(engine).request_halt(reason, who, now)
-    with exclusive(engine, DRIVER_LOCK):
+    # exchange modes: a `bybit-api` slot; a halt goes on without it when Prefect cannot be reached
+    with exclusive(engine, DRIVER_LOCK), exchange_slot(s, required=action != "halt", engine=engine):
         ledger = SqlLedger(engine)
         p = _portfolio(s, ledger)
         sleeves = active_sleeves(s)

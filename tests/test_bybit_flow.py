@@ -35,9 +35,14 @@ def demo(tmp_path, dataset, monkeypatch, prefect_harness):
             name = sleeve.weight_field.upper()
             monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{name}__API_KEY", key)
             monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{name}__API_SECRET", f"secret-{key}-0123456789")
+        # the master account: deposits land there, its key makes every universal transfer
+        emu.add_account("demo-main", "secret-demo-main-0123456789", usdt=0.0, master=True)
+        monkeypatch.setenv("ETERNAL_BYBIT__KEYS__MAIN__API_KEY", "demo-main")
+        monkeypatch.setenv("ETERNAL_BYBIT__KEYS__MAIN__API_SECRET", "secret-demo-main-0123456789")
         url = f"sqlite:///{tmp_path / 'eternal.db'}"
         monkeypatch.setenv("ETERNAL_DATABASE_URL", url)
         monkeypatch.setenv("ETERNAL_MODE", "demo")
+        monkeypatch.setenv("ETERNAL_BYBIT__RATE_LIMIT_MS", "1")    # the emulator has no limit of its own
         monkeypatch.setenv("ETERNAL_EXCHANGE__PUBLIC_URL", emu.url)
         engine = connect(url)
         store_market(engine, dataset, "2017-08-17", "2024-01-10")
@@ -79,7 +84,8 @@ def test_the_daily_cycle_in_demo_mode_trades_on_bybit_its_ledger_equals_the_acco
     assert filled and SqlLedger(engine).known_orders(set(filled)) == set(filled)    # every fill has our order
 
     # the keys: a failed run, then every place a key could have leaked to
-    secrets = [f"secret-demo-{s.value}-0123456789" for s in WEIGHTS] + [f"demo-{s.value}" for s in WEIGHTS]
+    accounts = [s.value for s in WEIGHTS] + ["main"]
+    secrets = [f"secret-demo-{a}-0123456789" for a in accounts] + [f"demo-{a}" for a in accounts]
     caplog.set_level(logging.DEBUG)
     emu.fault("/v5/account/wallet-balance", status=401, body='{"retCode":10003,"retMsg":"API key is invalid."}',
               times=None)

@@ -194,10 +194,29 @@ def test_live_mode_without_live_confirm_yes_is_refused(monkeypatch, confirm):
 def test_live_mode_with_live_confirm_yes_is_accepted(monkeypatch):
     monkeypatch.setenv("ETERNAL_MODE", "live")
     monkeypatch.setenv("ETERNAL_LIVE_CONFIRM", "yes")
-    for sleeve in ("CORE", "TREND_1", "TREND_2", "FUNDING", "TACTICAL"):     # a Bybit account per sleeve
+    for sleeve in ("CORE", "TREND_1", "TREND_2", "FUNDING", "TACTICAL", "MAIN"):   # per sleeve, and the master
         monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_KEY", f"key-{sleeve}")
         monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_SECRET", f"secret-{sleeve}")
     assert load_settings().mode is Mode.LIVE
+
+
+def test_exchange_mode_with_sub_accounts_but_no_main_account_is_refused_in_one_line(monkeypatch):
+    """Deposits and rebalancing move money between the sub-accounts: Bybit's universal transfer
+    takes the master account's key only."""
+    monkeypatch.setenv("ETERNAL_MODE", "demo")
+    for sleeve in ("CORE", "TREND_1", "TREND_2", "FUNDING", "TACTICAL"):
+        monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_KEY", f"key-{sleeve}")
+        monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_SECRET", f"s3cret-{sleeve}")
+    message = _config_error()
+    [line] = message.splitlines()[1:]
+    assert "with 5 Bybit sub-accounts" in line and "ETERNAL_BYBIT__KEYS__MAIN__API_KEY" in line
+    assert "s3cret" not in message
+    monkeypatch.setenv("ETERNAL_BYBIT__KEYS__MAIN__API_KEY", "key-main")
+    monkeypatch.setenv("ETERNAL_BYBIT__KEYS__MAIN__API_SECRET", "s3cret-main")
+    monkeypatch.setenv("ETERNAL_BYBIT__KEYS__MAIN__MEMBER_ID", "100200")
+    accounts = load_settings().bybit.accounts
+    assert accounts["main"].member_id == "100200" and set(accounts) == {"core", "trend_1", "trend_2", "funding",
+                                                                         "tactical", "main"}
 
 
 def test_demo_mode_without_a_key_pair_per_sleeve_is_refused_naming_the_variables(monkeypatch):

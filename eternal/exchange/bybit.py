@@ -15,6 +15,10 @@ client id needs `{'orderLinkId': id}`; `fetch_order` on a unified account needs
 `{'acknowledged': True}`; a 200 with a body that is not JSON raises nothing and returns an order
 whose id is None.
 
+Money comes in at the main (master) account, `ETERNAL_BYBIT__KEYS__MAIN__*`: `deposits_since` reads
+its on-chain deposit records (credited ones only), and every universal transfer, sleeve to sleeve
+or a deposit's share from the main account to a sleeve, is made with its key, as Bybit requires.
+
 The account journal (fills and funding) is read from the execution list and the transaction log;
 an entry's number is its time in ms x 1000 plus its rank within that ms, so `journal_since(seq)`
 needs no state of ours between runs.
@@ -25,6 +29,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -55,17 +60,41 @@ SLEEVE_OF_CODE = {code: sleeve for sleeve, code in SLEEVE_CODES.items()}
 CATEGORIES = {Sleeve.CORE: ("spot",), Sleeve.TACTICAL: ("spot",), Sleeve.TREND_1: ("linear",),
               Sleeve.TREND_2: ("linear",), Sleeve.FUNDING: ("spot", "linear")}
 """What each sleeve trades (spec: CORE and TACTICAL spot, TREND perps, FUNDING both)."""
+MARKETS_TTL_S = 3600.0
+"""A process re-reads Bybit's markets (instruments-info, every category) at most hourly."""
+_MARKETS: dict[str, tuple[float, dict, dict, dict]] = {}
+DEPOSIT_WINDOW_MS = 30 * 86_400_000 - 1000
+"""Bybit reads deposit records over at most 30 days per request."""
+DEPOSIT_PAGE = 50
+
+
+@dataclass(frozen=True)
+class VenueDeposit:
+    """A deposit credited at Bybit: its id (Bybit's unique deposit id), when, the coin, how much."""
+
+    deposit_id: str
+    ts: datetime
+    coin: str
+    amount: float
+
+
 STATUS = {"open": OrderStatus.OPEN, "closed": OrderStatus.FILLED, "canceled": OrderStatus.CANCELLED,
           "cancelled": OrderStatus.CANCELLED, "rejected": OrderStatus.REJECTED, "expired": OrderStatus.CANCELLED}
 
 
-def make_client(api_key: str, api_secret: str, *, mode: str, url: str | None = None):
+def make_client(api_key: str, api_secret: str, *, mode: str, url: str | None = None,
+                rate_limit_ms: float | None = None, timeout_s: float = 10.0):
     """A ccxt `bybit` client for `mode` ('live', 'testnet': sandbox, 'demo': Bybit demo trading,
-    which has its own keys), its rate limiter on. `url`: every API host replaced (an emulator)."""
+    which has its own keys), its rate limiter on (`rate_limit_ms`: ms per cost unit instead of
+    ccxt's 20), `timeout_s` per request. `url`: every API host replaced (an emulator)."""
     import ccxt
 
-    client = ccxt.bybit({"apiKey": api_key, "secret": api_secret, "enableRateLimit": True,
-                         "options": {"defaultType": "spot", "recvWindow": 5000}})
+    config: dict[str, Any] = {"apiKey": api_key, "secret": api_secret, "enableRateLimit": True,
+                              "timeout": int(timeout_s * 1000),
+                              "options": {"defaultType": "spot", "recvWindow": 5000}}
+    if rate_limit_ms is not None:
+        config["rateLimit"] = rate_limit_ms
+    client = ccxt.bybit(config)
     if mode == "testnet":
         client.set_sandbox_mode(True)
     elif mode == "demo":
@@ -99,15 +128,21 @@ class BybitExchange:
     name = "bybit"
 
     def __init__(self, clients: Mapping[Sleeve, Any], *, max_slippage: float = MAX_SLIPPAGE,
-                 on_transfer_account: Mapping[Sleeve, str] | None = None,
-                 backoff_s: tuple[float, ...] = (0.25, 1.0, 4.0)):
+                 on_transfer_account: Mapping[Sleeve, str] | None = None, main: Any | None = None,
+                 main_member_id: str | None = None, deposit_wallet: str = "FUND",
+                 backoff_s: tuple[float, ...] = (0.25, 1.0, 4.0),
+                 partial_fill_timeout_s: float = 10.0, partial_fill_poll_s: float = 0.5):
         self.clients = dict(clients)
         self.backoff_s = backoff_s
+        self.partial_fill_timeout_s, self.partial_fill_poll_s = partial_fill_timeout_s, partial_fill_poll_s
         self.max_slippage = max_slippage
         self.decision_prices: dict[str, float] = {}
         self.stops: dict[tuple[Sleeve, str], StopLevel] = {}
         self.leverage: dict[tuple[Sleeve, str], float] = {}
-        self.member_ids = dict(on_transfer_account or {})     # sleeve -> Bybit member id (universal transfer)
+        # sleeve (None: the main account) -> its UID for universal transfers; read from its key when not set
+        self.member_ids: dict[Sleeve | None, str] = {**(on_transfer_account or {}),
+                                                     **({None: main_member_id} if main_member_id else {})}
+        self.main, self.deposit_wallet = main, deposit_wallet   # the master account's client; where deposits land
         self._markets_loaded: set[Sleeve] = set()
 
     # plumbing ----------------------------------------------------------------------------------
@@ -122,8 +157,14 @@ class BybitExchange:
             if loaded is not None:              # the same markets for every sub-account: read once
                 client.set_markets(loaded.markets, loaded.currencies)
                 client.options.update({k: v for k, v in loaded.options.items() if k.startswith("enableUnified")})
+            elif (cached := _MARKETS.get(client.urls["api"]["public"])) and time.monotonic() - cached[0] < MARKETS_TTL_S:
+                client.set_markets(cached[1], cached[2])     # read by an earlier run of this process
+                client.options.update(cached[3])
             else:
                 self._call(client.load_markets, f"{sleeve}: load markets")
+                _MARKETS[client.urls["api"]["public"]] = (
+                    time.monotonic(), client.markets, client.currencies,
+                    {k: v for k, v in client.options.items() if k.startswith("enableUnified")})
             self._markets_loaded.add(sleeve)
         return client
 
@@ -162,6 +203,37 @@ class BybitExchange:
 
     # orders ------------------------------------------------------------------------------------
     def place_order(self, client_order_id: str, intent: OrderIntent, now: datetime) -> ExchangeOrder:
+        """Send one order (`_send`); an urgent one that comes back open is followed (`_follow`)."""
+        return self._follow(self._send(client_order_id, intent), intent)
+
+    def _follow(self, order: ExchangeOrder, intent: OrderIntent) -> ExchangeOrder:
+        """An urgent (market) order still open after the send, filled partly or not yet: looked up
+        by its client id every `partial_fill_poll_s` until it is final or `partial_fill_timeout_s`
+        has passed, then its remainder is cancelled. Returned final: FILLED, or CANCELLED with the
+        qty that did fill (its fills reach our books once, through the journal). The remainder is
+        planned again by its engine at its next decision, from the position the sleeve holds.
+        CORE's post-only limits are not followed: they rest by design."""
+        if order.status.is_final or intent.order_type != OrderType.MARKET or intent.post_only:
+            return order
+        cid = order.client_order_id
+        deadline = time.monotonic() + self.partial_fill_timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(self.partial_fill_poll_s, left))
+            try:
+                order = self.fetch_order(cid, intent.sleeve, intent.symbol) or order
+            except ExchangeError:        # a look that failed after its retries: look again
+                continue
+            if order.status.is_final:
+                return order
+        try:
+            cancelled = self.cancel_order(cid, intent.sleeve, "partial fill timeout")
+        except ExchangeError:            # e.g. it filled between the last look and the cancel
+            cancelled = self.fetch_order(cid, intent.sleeve, intent.symbol)
+            if cancelled is None or not cancelled.status.is_final:
+                raise
+        return cancelled or order
+
+    def _send(self, client_order_id: str, intent: OrderIntent) -> ExchangeOrder:
         """Send one order under `orderLinkId` = `client_order_id`. A market order is refused
         (OrderRefused) when the best price is more than `max_slippage` from its decision price. An
         uncertain outcome is resolved by the client id: the order found is returned; none found
@@ -264,7 +336,10 @@ class BybitExchange:
                                  "", cid, limit_price=float(o["price"]) if o.get("type") == "limit" and o.get("price") else None,
                                  reduce_only=bool(o.get("reduceOnly")))
         fee = o.get("fee") or {}
-        return ExchangeOrder(cid, str(o.get("id")), intent, STATUS.get(o.get("status") or "", OrderStatus.OPEN),
+        status = STATUS.get(o.get("status") or "", OrderStatus.OPEN)
+        if (o.get("info") or {}).get("orderStatus") == "PartiallyFilledCanceled":
+            status = OrderStatus.CANCELLED       # ccxt says 'closed' (a spot rest cancelled): not FILLED
+        return ExchangeOrder(cid, str(o.get("id")), intent, status,
                              utc(datetime.fromtimestamp((o.get("timestamp") or 0) / 1000, tz=None).astimezone())
                              if o.get("timestamp") else utc("1970-01-01"),
                              filled_qty=float(o.get("filled") or 0.0), fee=float(fee.get("cost") or 0.0),
@@ -399,22 +474,113 @@ class BybitExchange:
             self.stops[(sleeve, symbol)] = level
 
     def transfer(self, t: Transfer, key: str | None = None) -> None:
-        """USDT between two sleeves' accounts (universal transfer) under a transfer id derived from
-        `key`: a repeated key moves nothing (Bybit refuses a reused transferId)."""
-        if t.from_sleeve is None:
-            return                                # a deposit arrives at the account by itself
+        """USDT into a sleeve's account under a transfer id derived from `key` (a repeated key moves
+        nothing): from another sleeve's account, or (from_sleeve None) a deposit's share from the
+        main account's deposit wallet. Each is one universal transfer made with the main account's
+        key: Bybit refuses one between two sub-accounts made with a sub-account's key."""
+        if t.from_sleeve is None and self.main is None and len(self.clients) == 1:
+            return                                # one account and no main one: the deposit landed there
+        client = self._main_client(f"transfer {t.from_sleeve or 'main'} -> {t.to_sleeve}")
         transfer_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"eternal|{key or t}"))
-        src, dst = self.member_ids.get(t.from_sleeve), self.member_ids.get(t.to_sleeve)
-        if src is None or dst is None:
-            raise ExchangeError(f"transfer {t.from_sleeve} -> {t.to_sleeve}: no Bybit member id for both sleeves")
-        client = self._client(t.from_sleeve)
-        self._call(client.privatePostV5AssetTransferUniversalTransfer, f"transfer {transfer_id}",
-                   {"transferId": transfer_id, "coin": t.asset, "amount": f"{t.qty:.8f}",
-                    "fromMemberId": src, "toMemberId": dst, "fromAccountType": "UNIFIED",
-                    "toAccountType": "UNIFIED"})
+        if self._transfer_done(client, transfer_id):      # a repeated plan (crash, retry): made before
+            return
+        params = {"transferId": transfer_id, "coin": t.asset, "amount": f"{t.qty:.8f}",
+                  "fromMemberId": self._member_id(t.from_sleeve), "toMemberId": self._member_id(t.to_sleeve),
+                  "fromAccountType": self.deposit_wallet if t.from_sleeve is None else "UNIFIED",
+                  "toAccountType": "UNIFIED"}
+        import ccxt
+
+        try:     # not `_call`: a send is never simply repeated; an uncertain one is looked up first
+            client.privatePostV5AssetTransferUniversalTransfer(params)
+        except ccxt.BaseError as exc:
+            if self._transfer_done(client, transfer_id):    # the answer was lost, or the id was used
+                return
+            self._raise(f"transfer {transfer_id} ({t.qty:.8f} {t.asset} {t.from_sleeve or 'main'} -> "
+                        f"{t.to_sleeve})", exc)
+
+    def _transfer_done(self, client, transfer_id: str) -> bool:
+        """Bybit holds a successful universal transfer under this id (its transfer list)."""
+        found = self._call(client.privateGetV5AssetTransferQueryUniversalTransferList,
+                           f"looking up transfer {transfer_id}", {"transferId": transfer_id})
+        rows = ((found or {}).get("result") or {}).get("list") or []
+        return any(r.get("transferId") == transfer_id and r.get("status") == "SUCCESS" for r in rows)
+
+    def _main_client(self, doing: str):
+        if self.main is None:
+            raise ConfigError(f"{doing}: Bybit moves money between sub-accounts with the master account's key "
+                              "only; set ETERNAL_BYBIT__KEYS__MAIN__API_KEY and __API_SECRET")
+        return self.main
+
+    def _member_id(self, sleeve: Sleeve | None) -> int | str:
+        """The UID of a sleeve's account (None: the main account), as configured or else as its key
+        tells (/v5/user/query-api, read once)."""
+        if sleeve not in self.member_ids:
+            client = self._main_client("universal transfer") if sleeve is None else self._client(sleeve)
+            info = self._call(client.privateGetV5UserQueryApi, f"{sleeve or 'main'}: API key information")
+            uid = str(((info or {}).get("result") or {}).get("userID") or "")
+            if not uid:
+                name = (sleeve.weight_field if sleeve else "main").upper()
+                raise ExchangeError(f"{sleeve or 'main'}: Bybit's API key information has no userID; set "
+                                    f"ETERNAL_BYBIT__KEYS__{name}__MEMBER_ID")
+            self.member_ids[sleeve] = uid
+        uid = self.member_ids[sleeve]
+        return int(uid) if uid.isdigit() else uid      # Bybit's member ids are integers
+
+    def deposits_since(self, since: datetime, until: datetime) -> list[VenueDeposit]:
+        """Deposits credited to the account where they land (the main one; with a single account and
+        no main one, that account) with `since` <= time <= `until`, oldest first, every coin: Bybit's
+        on-chain deposit records, read in windows within Bybit's 30 days, every page. Only status 3
+        (success, the one final state of a credited deposit) is returned: a pending or failed one is
+        not money we have; a pending one comes back once credited, stamped then (`successAt`)."""
+        client = self._deposit_client()
+        found: dict[str, VenueDeposit] = {}
+        lo, end = int(since.timestamp() * 1000), int(until.timestamp() * 1000)
+        while lo <= end:
+            hi, cursor = min(end, lo + DEPOSIT_WINDOW_MS), None
+            while True:
+                page = self._call(client.fetch_deposits, "deposit records", None, lo, DEPOSIT_PAGE,
+                                  {"endTime": hi, **({"cursor": cursor} if cursor else {})})
+                for d in page:
+                    deposit_id = d.get("id") or d.get("txid")
+                    if d.get("status") == "ok" and deposit_id and d.get("timestamp"):
+                        found[str(deposit_id)] = VenueDeposit(
+                            str(deposit_id), utc(datetime.fromtimestamp(d["timestamp"] / 1000).astimezone()),
+                            str(d.get("currency")), float(d.get("amount") or 0.0))
+                cursor = next((c for d in page if (c := (d.get("info") or {}).get("nextPageCursor"))), None)
+                if not cursor or len(page) < DEPOSIT_PAGE:
+                    break
+            lo = hi + 1
+        return sorted(found.values(), key=lambda d: (d.ts, d.deposit_id))
+
+    def _deposit_client(self):
+        if self.main is None and len(self.clients) == 1:
+            return self._client(next(iter(self.clients)))
+        client = self._main_client("reading deposits")
+        if client.markets is None:                # ccxt parses by the currencies: the sub-accounts' markets
+            if self.clients:
+                loaded = self._client(next(iter(self.clients)))
+                client.set_markets(loaded.markets, loaded.currencies)
+            else:
+                self._call(client.load_markets, "main: load markets")
+        return client
 
     def stake(self, sleeve: Sleeve, asset: str, qty: float, key: str | None = None) -> float:
         return 0.0                                # Bybit Earn is not wired: nothing is staked
+
+    @property
+    def rules(self) -> dict:
+        """The venue's trading rules per symbol (`eternal.instruments.Instrument`) from the loaded
+        markets (instruments-info), rebuilt when the markets are read again. A symbol Bybit does
+        not list has none: the venue refuses its orders."""
+        from eternal.instruments import SYMBOLS, instruments_from_ccxt_markets
+
+        if not self.clients:
+            return {}
+        markets = self._client(next(iter(self.clients))).markets or {}
+        cached = getattr(self, "_rules", None)
+        if cached is None or cached[0] is not markets:
+            self._rules = (markets, instruments_from_ccxt_markets(markets, [s for s in SYMBOLS if s in markets]))
+        return self._rules[1]
 
     def predicted_funding_rate(self, symbol: str) -> float | None:
         """The next settlement's rate as Bybit's ticker predicts it (`fundingRate`), per settlement."""

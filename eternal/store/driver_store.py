@@ -41,6 +41,7 @@ from eternal.store.upsert import upsert
 PAPER = "paper"
 DRIVER_LOCK = "driver"      # one driver run at a time per database (flows never race)
 HALT_REQUEST = 2            # driver_state row of a kill switch asked for during a run
+API_SLOT_LEASE = 3          # driver_state row: the Prefect lease of the run holding a `bybit-api` slot
 OPEN_STATUSES = [s.value for s in OrderStatus if not s.is_final]
 
 
@@ -136,6 +137,24 @@ class SqlLedger:
 
         with self.engine.begin() as conn:
             conn.execute(delete(DriverStateRow).where(DriverStateRow.id == HALT_REQUEST))
+
+    # the `bybit-api` slot of the run holding the driver lock (tasks.exchange_limit) -------------
+    def slot_lease(self) -> str | None:
+        """The lease id recorded by the last run that took a slot and has not given it back."""
+        with self.engine.connect() as conn:
+            doc = conn.execute(select(DriverStateRow.doc).where(DriverStateRow.id == API_SLOT_LEASE)).scalar()
+        return doc.get("lease_id") if doc else None
+
+    def record_slot_lease(self, lease_id: str | None, at: datetime) -> None:
+        """Record (None: forget) the lease of the slot this run holds."""
+        from sqlalchemy import delete
+
+        with self.engine.begin() as conn:
+            if lease_id is None:
+                conn.execute(delete(DriverStateRow).where(DriverStateRow.id == API_SLOT_LEASE))
+            else:
+                upsert(conn, DriverStateRow.__table__, [{"id": API_SLOT_LEASE, "doc": {"lease_id": lease_id},
+                                                         "updated_at": utc(at)}], ["id"])
 
     def deposit_known(self, reference: str) -> bool:
         """Taken at a close, or waiting for the next one."""

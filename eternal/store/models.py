@@ -296,3 +296,19 @@ class PaperKeyRow(Base):
     __tablename__ = "paper_keys"
     key: Mapped[str] = mapped_column(String(160), primary_key=True)
     value: Mapped[float] = mapped_column(Float)
+
+
+class InstrumentRow(Base):
+    """The venue's trading rules per symbol as last read (Bybit instruments-info through ccxt's
+    `load_markets`), refreshed by every run in an exchange mode; `eternal.instruments.Instrument`."""
+
+    __tablename__ = "instruments"
+    symbol: Mapped[str] = mapped_column(String(32), primary_key=True)
+    qty_step: Mapped[float] = mapped_column(Float)
+    min_qty: Mapped[float] = mapped_column(Float)
+    min_notional: Mapped[float] = mapped_column(Float)        # USDT (0: no minimum)
+    price_tick: Mapped[float] = mapped_column(Float)
+    max_leverage: Mapped[float | None] = mapped_column(Float, nullable=True)   # perps only
+    source: Mapped[str] = mapped_column(String(32))           # the venue it was read from, e.g. "bybit demo"
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+

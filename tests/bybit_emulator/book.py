@@ -85,6 +85,9 @@ class Account:
     transfers: dict[str, dict] = field(default_factory=dict)
     deposits: list[dict] = field(default_factory=list)
     cum_realised: dict[str, float] = field(default_factory=dict)
+    is_master: bool = False                                         # the master UID (universal transfers)
+    fund: dict[str, float] = field(default_factory=dict)            # the Funding wallet: where deposits land
+    universal: dict[str, dict] = field(default_factory=dict)        # universal transfers made with this key
 
     def position(self, symbol: str) -> Position:
         return self.positions.setdefault(symbol, Position())

@@ -1,7 +1,7 @@
 """Signed V5 endpoints of a Unified Trading Account: handlers (emu, account, params) -> result."""
 from __future__ import annotations
 
-
+import time
 
 from . import book, rows
 from .book import QUOTE, Account, Reject
@@ -17,7 +17,7 @@ def query_api(emu, acct: Account, p: dict) -> dict:
                             "CopyTrading": [], "BlockTrade": [], "Exchange": [], "NFT": []},
             "ips": ["*"], "type": 1, "deadlineDay": 90, "expiredAt": "", "createdAt": "2024-01-01T00:00:00Z",
             "unified": 0, "uta": 1, "userID": acct.uid, "inviterID": 0, "vipLevel": "No VIP",
-            "mktMakerLevel": "0", "affiliateID": 0, "rsaPublicKey": "", "isMaster": True}
+            "mktMakerLevel": "0", "affiliateID": 0, "rsaPublicKey": "", "isMaster": acct.is_master}
 
 
 def account_info(emu, acct: Account, p: dict) -> dict:
@@ -100,6 +100,9 @@ def create_order(emu, acct: Account, p: dict) -> dict:
         qty = o.qty
         if emu.partial_fill_fraction is not None:
             qty, emu.partial_fill_fraction = o.qty * emu.partial_fill_fraction, None
+            if emu.partial_fill_rest_after_s is not None:
+                emu._rest_fills.append((time.monotonic() + emu.partial_fill_rest_after_s, acct, o))
+                emu.partial_fill_rest_after_s = None
         book.fill(acct, o, qty, ask if o.side == "Buy" else bid, maker=False, mark=last, now_ms=now)
     else:
         crosses = (o.side == "Buy" and o.price >= ask) or (o.side == "Sell" and o.price <= bid)
@@ -301,9 +304,63 @@ def transfer_list(emu, acct: Account, p: dict) -> dict:
             "nextPageCursor": _CURSOR}
 
 
+_DAYS_30_MS = 30 * 86_400_000
+
+
 def deposits(emu, acct: Account, p: dict) -> dict:
-    chosen = [d for d in reversed(acct.deposits) if p.get("coin") in (None, d["coin"])]
-    return {"rows": chosen[: _limit(p, 50, 50)], "nextPageCursor": _CURSOR}
+    """The account's on-chain deposits, newest first, with `successAt` in [startTime, endTime]: as
+    on Bybit, the window is at most 30 days (default: the 30 days up to now, or from startTime on),
+    every status is listed (the caller filters), and a page ends with the next page's cursor."""
+    lo, hi = p.get("startTime"), p.get("endTime")
+    hi = int(hi) if hi else (int(lo) + _DAYS_30_MS if lo else emu.now_ms())
+    lo = int(lo) if lo else hi - _DAYS_30_MS
+    if not 0 <= hi - lo <= _DAYS_30_MS:
+        raise Reject(10001, "params error: endTime - startTime must be within 30 days")
+    chosen = [d for d in reversed(acct.deposits) if lo <= int(d["successAt"]) <= hi
+              and p.get("coin") in (None, d["coin"]) and p.get("id") in (None, d["id"])
+              and p.get("txID") in (None, d["txID"])]
+    start = int(p.get("cursor") or 0)
+    limit = _limit(p, 50, 50)
+    page = [{k: v for k, v in d.items() if not k.startswith("_")} for d in chosen[start:start + limit]]
+    more = start + limit < len(chosen)
+    return {"rows": page, "nextPageCursor": str(start + limit) if more else ""}
+
+
+def universal_transfer(emu, acct: Account, p: dict) -> dict:
+    """Between two member ids (main-sub, sub-sub), made with the master's key; a sub's key may only
+    move its own money to the master (Bybit's rule). The same transferId moves the money once and
+    is refused after that."""
+    tid = p.get("transferId")
+    if not tid:
+        raise Reject(10001, "params error: transferId")
+    if tid in acct.universal:      # the venue may refuse a reused id (its code is not documented)
+        raise Reject(10001, f"params error: transferId {tid} already used")
+    members = {str(a.uid): a for a in emu.accounts.values()}
+    src, dst = members.get(str(p.get("fromMemberId"))), members.get(str(p.get("toMemberId")))
+    if src is None or dst is None:
+        raise Reject(10001, f"params error: unknown member id {p.get('fromMemberId')!r} or {p.get('toMemberId')!r}")
+    if not acct.is_master and not (src is acct and dst.is_master):
+        raise Reject(10005, "Permission denied, please check your API key permissions.")
+    wallets = {"UNIFIED": "balances", "FUND": "fund"}
+    from_type, to_type = p.get("fromAccountType"), p.get("toAccountType")
+    if from_type not in wallets or to_type not in wallets:
+        raise Reject(10001, f"emulator: account types UNIFIED and FUND only, got {from_type!r} -> {to_type!r}")
+    coin, amount = p.get("coin"), float(p.get("amount") or 0)
+    source, target = getattr(src, wallets[from_type]), getattr(dst, wallets[to_type])
+    if not amount > 0 or source.get(coin, 0.0) < amount - 1e-12:
+        raise Reject(131212, "insufficient balance")
+    source[coin] = source.get(coin, 0.0) - amount
+    target[coin] = target.get(coin, 0.0) + amount
+    acct.universal[tid] = {"transferId": tid, "coin": coin, "amount": rows.num(amount),
+                           "fromMemberId": str(src.uid), "toMemberId": str(dst.uid), "fromAccountType": from_type,
+                           "toAccountType": to_type, "timestamp": str(emu.now_ms()), "status": "SUCCESS"}
+    return {"transferId": tid, "status": "SUCCESS"}
+
+
+def universal_transfer_list(emu, acct: Account, p: dict) -> dict:
+    """The universal transfers made with this key, newest first; `transferId` filters."""
+    found = [r for r in acct.universal.values() if not p.get("transferId") or r["transferId"] == p["transferId"]]
+    return {"list": sorted(found, key=lambda r: -int(r["timestamp"])), "nextPageCursor": ""}
 
 
 def coin_info(emu, acct: Account, p: dict) -> dict:
@@ -335,8 +392,9 @@ PRIVATE_ROUTES = {
     "/v5/position/set-leverage": set_leverage,
     "/v5/position/trading-stop": trading_stop,
     "/v5/asset/transfer/inter-transfer": _transfer,
-    "/v5/asset/transfer/universal-transfer": _transfer,
+    "/v5/asset/transfer/universal-transfer": universal_transfer,
     "/v5/asset/transfer/query-inter-transfer-list": transfer_list,
+    "/v5/asset/transfer/query-universal-transfer-list": universal_transfer_list,
     "/v5/asset/deposit/query-record": deposits,
     "/v5/asset/coin/query-info": coin_info,
 }

@@ -47,14 +47,19 @@ class BybitEmulator(BybitStub):
         self.coins: list[str] = ["USDT", *bases]
         self.recv_clock_offset_ms = 0         # shifts the server clock used to check X-BAPI-TIMESTAMP
         self.partial_fill_fraction: float | None = None
+        self.partial_fill_rest_after_s: float | None = None
+        self._rest_fills: list[tuple[float, Account, Order]] = []   # (due, monotonic) rests of partial fills
         self.state = threading.RLock()
         self._emu_faults: list[dict] = []
         self.last_responses: dict[str, dict] = {}   # path -> the last JSON body served
 
     # accounts and market state ---------------------------------------------------------------
-    def add_account(self, api_key: str, secret: str, usdt: float = 100_000.0, **coins: float) -> Account:
+    def add_account(self, api_key: str, secret: str, usdt: float = 100_000.0, master: bool = False,
+                    **coins: float) -> Account:
+        """A Unified account under its own UID (a sub-account; `master`: the master UID, whose key
+        makes universal transfers between any two of them)."""
         with self.state:
-            acct = Account(api_key, secret, uid=100_000 + len(self.accounts))
+            acct = Account(api_key, secret, uid=100_000 + len(self.accounts), is_master=master)
             acct.balances = {"USDT": float(usdt), **{c: float(v) for c, v in coins.items()}}
             self.accounts[api_key] = acct
             return acct
@@ -112,21 +117,61 @@ class BybitEmulator(BybitStub):
         (self.withdraw_suspended.add if suspended else self.withdraw_suspended.discard)(coin)
 
     def add_deposit(self, api_key: str, coin: str, amount: float, to_unified: bool = True) -> dict:
-        """A confirmed deposit (credited to the Unified wallet unless to_unified=False)."""
+        """A confirmed deposit (credited to the Unified wallet unless to_unified=False: the Funding one)."""
+        return self.deposit(api_key, amount, coin=coin, wallet="UNIFIED" if to_unified else "FUND")
+
+    def deposit(self, api_key: str, usdt: float, deposit_id: str | None = None, ts=None, *, coin: str = "USDT",
+                status: int = rows.DEPOSIT_CREDITED, wallet: str = "FUND") -> dict:
+        """An on-chain deposit of `usdt` (of `coin`) to the account of `api_key`, recorded under Bybit's
+        deposit id (`deposit_id`, default a new one) at `ts` (a datetime or ISO text; default now).
+        Credited (status 3) it lands in the Funding wallet, as Bybit credits deposits by default
+        (`wallet`="UNIFIED": the Unified one); 1/2 pending and 4 failed credit nothing."""
         with self.state:
             acct = self.accounts[api_key]
-            if to_unified:
-                acct.book(coin, amount)
-            row = {"coin": coin, "chain": coin, "amount": rows.num(amount), "txID": book.new_id("tx"),
-                   "status": 3, "toAddress": "emulator", "tag": "", "depositFee": "", "successAt": str(self.now_ms()),
-                   "confirmations": "10", "txIndex": "0", "blockHash": "", "batchReleaseLimit": "-1",
-                   "depositType": "0"}
+            row = rows.deposit_row(deposit_id or book.new_id("d"), coin, usdt, status, self._ms(ts),
+                                   book.new_id("0xtx"))
+            row["_wallet"] = wallet
             acct.deposits.append(row)
-            return row
+            if status == rows.DEPOSIT_CREDITED:
+                self._credit(acct, row)
+            return {k: v for k, v in row.items() if not k.startswith("_")}
 
-    def partial_fill_next(self, fraction: float = 0.5) -> None:
-        """The next market order fills only `fraction` of its quantity; the rest stays open."""
-        self.partial_fill_fraction = fraction
+    def set_deposit_status(self, api_key: str, deposit_id: str, status: int, ts=None) -> None:
+        """A recorded deposit moves on (pending -> credited or failed); `successAt` is its last update."""
+        with self.state:
+            row = next(d for d in self.accounts[api_key].deposits if d["id"] == deposit_id)
+            was, row["status"], row["successAt"] = row["status"], status, str(self._ms(ts))
+            if status == rows.DEPOSIT_CREDITED and was != rows.DEPOSIT_CREDITED:
+                self._credit(self.accounts[api_key], row)
+
+    def _credit(self, acct: Account, row: dict) -> None:
+        wallet = acct.balances if row["_wallet"] == "UNIFIED" else acct.fund
+        wallet[row["coin"]] = wallet.get(row["coin"], 0.0) + float(row["amount"])
+
+    def _ms(self, ts) -> int:
+        if ts is None:
+            return self.now_ms()
+        import pandas as pd
+
+        stamp = pd.Timestamp(ts)
+        return int((stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp).timestamp() * 1000)
+
+    def partial_fill_next(self, fraction: float = 0.5, rest_after_s: float | None = None) -> None:
+        """The next market order fills only `fraction` of its quantity; the rest stays open
+        (PartiallyFilled), for good when `rest_after_s` is None, else it fills `rest_after_s` seconds
+        later (at the price then, seen by the first signed request after that time)."""
+        self.partial_fill_fraction, self.partial_fill_rest_after_s = fraction, rest_after_s
+
+    def _fill_rests(self) -> None:
+        """Fill the rests of partial fills that are due (and still open: not cancelled meanwhile)."""
+        now = time.monotonic()
+        due = [r for r in self._rest_fills if r[0] <= now]
+        self._rest_fills = [r for r in self._rest_fills if r[0] > now]
+        for _, acct, o in due:
+            if o.is_open:
+                bid, ask, last = self.quote(o.category, o.symbol)
+                book.fill(acct, o, o.qty - o.cum_qty, ask if o.side == "Buy" else bid, maker=False, mark=last,
+                          now_ms=self.now_ms())
 
     def fault(self, path: str, *, status: int | None = None, body: str | None = None, delay_s: float = 0.0,
               drop_after_accept: bool = False, ret_code: int | None = None, times: int | None = 1) -> None:
@@ -236,6 +281,7 @@ class BybitEmulator(BybitStub):
             try:
                 acct = self.authenticate(headers, payload)
                 with self.state:
+                    self._fill_rests()
                     return 200, self._ok(PRIVATE_ROUTES[path](self, acct, params))
             except Reject as exc:
                 return 200, self._error(exc.code, exc.msg)

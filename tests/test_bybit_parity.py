@@ -1,0 +1,97 @@
+"""Parity: the flows in demo mode against the Bybit emulator trade like the backfill on the paper
+exchange, within the fees and the emulator's fill prices.
+
+From 2021-02-01 00:05 on every scheduled run (daily cycle, funding collection at 00:05, 08:05 and
+16:05, the quarterly rebalance) against the emulator, which lives each day through its real open,
+low, high and close and pays each real settlement (tests.bybit_days); beside it the backfill of the
+same days from the close of 2021-01-31 with the same 100,000 USDT. The venues differ where they
+must: Bybit fills a market order at the ask or bid (2 bps spread here), a settlement tick's orders
+at the emulator's last price (the close before) instead of the day's open, and settles funding at
+that price. So: the same orders (client order ids, sides; quantities within 1 %), every
+settlement booked, and equity within 0.5 % per sleeve at every close.
+
+`make test` runs the first 6 days (the first FUNDING pairs, TREND entries and their stops, CORE's
+tranches resting and filling on the day's range, FUNDING's first transfers to TACTICAL); `make
+chaos` the full 60 days (BYBIT_PARITY_DAYS).
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from eternal.config import Mode, load_settings
+from eternal.models import utc
+from eternal.replay import run_backfill
+from eternal.store.models import EquitySnapshotRow, EventRow, FillRow, FundingPaymentRow
+from tests import test_bybit_flow
+from tests.bybit_days import Days, slots
+
+demo = test_bybit_flow.demo            # the five demo sub-accounts and the stored market
+
+pytestmark = [pytest.mark.db, pytest.mark.flow]
+FIRST_DAY = "2021-02-01"
+
+
+def parity(demo, dataset, days: int):
+    emu, engine = demo
+    market = Days(emu, dataset)
+    for slot in slots(FIRST_DAY, days):
+        market.market_at(slot.asof)
+        assert Days.run(slot) == "ok", slot
+    end = utc(FIRST_DAY) + timedelta(days=days)
+    backfill = run_backfill(dataset, load_settings().model_copy(update={"mode": Mode.REPLAY}),
+                            start=utc(FIRST_DAY) - timedelta(days=1), end=end, progress=False)
+    with engine.connect() as conn:
+        fills = pd.read_sql(select(FillRow), conn)
+        equity = pd.read_sql(select(EquitySnapshotRow), conn)
+        funding = pd.read_sql(select(FundingPaymentRow), conn)
+        halted = conn.execute(select(EventRow.message).where(EventRow.kind == "reconciliation_failed")).scalars().all()
+    return fills, equity, funding, halted, backfill, end
+
+
+def check(fills, equity, funding, halted, backfill, end, days: int) -> dict:
+    assert halted == []
+    # the same orders: every client order id the backfill filled before the end, and no other
+    replay = backfill.trades[backfill.trades.reason != "end"]
+    replay = replay[pd.to_datetime(replay.timestamp, utc=True) < end - timedelta(days=1)]
+    live = fills.groupby("client_order_id").agg(qty=("qty", "sum"), side=("side", "first"), sleeve=("sleeve", "first"))
+    want = replay.groupby("client_order_id").agg(qty=("qty", "sum"), side=("side", "first"), sleeve=("sleeve", "first"))
+    assert set(want.index) <= set(live.index)
+    extra = live.drop(index=want.index)      # filled at Bybit after the backfill's last close counted
+    assert len(extra) <= 12, extra
+    live = live.loc[want.index]
+    assert list(live.side) == list(want.side) and list(live.sleeve) == list(want.sleeve)
+    assert live.qty.to_numpy() == pytest.approx(want.qty.to_numpy(), rel=0.01)
+    # every settlement the backfill booked, the same signs, amounts within the price they were paid at
+    live_pay = funding.assign(ts=pd.to_datetime(funding.ts, utc=True))
+    replay_pay = [p for p in backfill.funding if p.ts < end]
+    assert len(live_pay) == len(replay_pay) > 0
+    assert live_pay.amount.sum() == pytest.approx(sum(p.amount for p in replay_pay), rel=0.02)
+    # equity per sleeve at every close within 0.5 %
+    live_eq = equity.assign(day=pd.to_datetime(equity.day, utc=True)).pivot(index="day", columns="sleeve",
+                                                                            values="equity")
+    replay_eq = backfill.equity.drop(columns="total").iloc[:-1]
+    common = replay_eq.index.intersection(live_eq.index)
+    assert len(common) >= days - 1
+    gap = ((live_eq.loc[common, replay_eq.columns] - replay_eq.loc[common]) / replay_eq.loc[common]).abs()
+    assert gap.to_numpy().max() < 0.005, gap.max()
+    return {"orders": len(want), "fills": len(fills), "settlements": len(live_pay), "closes": len(common),
+            "max equity gap": float(gap.to_numpy().max()),
+            "equity": (float(live_eq.loc[common[-1]].sum()), float(replay_eq.loc[common[-1]].sum()))}
+
+
+def test_six_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, dataset):
+    result = check(*parity(demo, dataset, 6), days=6)
+    print(f"\nBybit parity over 6 days: {result}")
+    assert result["orders"] > 10
+
+
+@pytest.mark.chaos
+def test_sixty_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, dataset):
+    days = int(os.environ.get("BYBIT_PARITY_DAYS", "60"))
+    result = check(*parity(demo, dataset, days), days=days)
+    print(f"\nBybit parity over {days} days: {result}")
