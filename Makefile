@@ -36,9 +36,9 @@ test: install
 
 # The flows on their schedule against the Bybit emulator with random faults (lost answers,
 # timeouts, 5xx, 429/10006, unreadable bodies, partial fills, SIGKILL between steps); CHAOS_RUNS
-# sets how many runs (default 500).
+# sets how many runs (default 500); then the 60-day parity with the paper backfill (BYBIT_PARITY_DAYS).
 chaos: install
-	CHAOS_RUNS=$${CHAOS_RUNS:-500} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py
+	CHAOS_RUNS=$${CHAOS_RUNS:-500} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py tests/test_bybit_parity.py
 
 bench: install
 	$(BIN)/python benchmarks/replay.py

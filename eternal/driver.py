@@ -44,6 +44,7 @@ from eternal.models import (
     FundingPayment,
     FundingTick,
     OrderRecord,
+    OrderType,
     Plan,
     Sleeve,
     SleeveBook,
@@ -450,6 +451,12 @@ class Driver:
         for cid in list(p.open_orders):
             rec = p.open_orders[cid]
             order = self.exchange.fetch_order(cid, rec.intent.sleeve)
+            if (order is not None and not order.status.is_final and rec.intent.order_type == OrderType.MARKET
+                    and getattr(self.exchange, "immediate_market_orders", False)):
+                # on a venue where a market order is immediate (Bybit), a rest still open is one a
+                # dead run did not follow to its end: cancelled now, the engines plan the rest again
+                # (the paper exchange fills market orders at the next open: they rest until then)
+                order = self.exchange.cancel_order(cid, rec.intent.sleeve, "rest of a partial fill") or order
             if order is None or order.status == rec.status:
                 continue
             sync_record(rec, order, set())

@@ -70,11 +70,10 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
     """Send each intent at most once. `known` are our ledger's records by client order id.
 
     An order the venue refuses by its trading rules (`OrderRefused`: the driver rounds and drops
-    by the same rules first, so this is a bug or stale rules) is recorded as rejected with an
-    alert, and the others go on. InsufficientFunds propagates with the partial result attached as
-    `exc.result` (the rejected order and an alert event) so the caller can persist it; no retry
-    can help. Any other
-    exchange error propagates as is, for a retry.
+    by the same rules first, so this is a bug or stale rules) or for want of funds
+    (`InsufficientFunds`: e.g. cash a resting order holds at the venue) is recorded as rejected
+    with an alert, and the others go on: no retry can help it, and stopping there would leave a
+    stored plan no later run could finish. Any other exchange error propagates as is, for a retry.
     """
     result = ExecutionResult()
     known_trades = set() if known_trades is None else known_trades
@@ -106,13 +105,12 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
                 result.events.append(Event(utc(now), "order_rejected", str(exc), intent.sleeve, "alert",
                                            {"client_order_id": cid, "intent": intent.key}))
                 continue
-            except InsufficientFunds as exc:
+            except InsufficientFunds as exc:     # final for this order: the plan goes on
                 rec.status, rec.error, rec.updated_at = OrderStatus.REJECTED, str(exc), utc(now)
                 result.orders.append(rec)
                 result.events.append(Event(utc(now), "insufficient_funds", str(exc), intent.sleeve,
                                            "alert", {"client_order_id": cid, "intent": intent.key}))
-                exc.result = result  # type: ignore[attr-defined]
-                raise
+                continue
             else:
                 result.sent += 1
         elif rec.status == OrderStatus.CREATED or cid not in known:

@@ -163,3 +163,28 @@ def test_through_the_driver_a_cancelled_partial_fill_is_booked_once_and_a_second
     assert pos.qty == pytest.approx(0.02)                   # what TREND sees at its next decision
     assert p.books[T1].cash == pytest.approx(10_000.0 - 0.02 * 44979.8 / 2 - fee)
     assert book_differences(p.books[T1], venue.books[T1]) == []
+
+
+def test_a_rest_left_resting_by_a_run_that_died_is_cancelled_by_the_next_runs_look_at_the_venue(emu, accounts):
+    """A run died while following a TREND entry filled 40 %: our ledger holds the order open, Bybit
+    holds its rest (0.03 BTC) resting. The next run's look at the venue books the 0.02 BTC filled,
+    cancels the rest and records the order cancelled: TREND sees 0.02 held and plans the rest."""
+    s = load_settings()
+    venue = accounts()
+    venue._follow = lambda order, intent: order            # the follow-up never ran: the process died
+    cid = client_order_id("daily-close", DUE.ts, T1, "entry:BTC")
+    emu.partial_fill_next(0.4)
+    from eternal.execution import execute
+
+    placed = execute([market(T1, "BTC/USDT:USDT", 0.05, "entry:BTC", leverage=2.0)], venue, flow="daily-close",
+                     scheduled=DUE.ts, now=DUE.ts, known={})
+    [rec] = placed.orders
+    assert rec.status == OrderStatus.OPEN and at_bybit(emu, venue, T1)[0].status == "PartiallyFilled"
+    p = Portfolio({sl: SleeveBook(sl, 10_000.0) for sl in (CORE, T1, F)})
+    p.open_orders[cid] = rec
+    driver = Driver(None, accounts(), MemoryLedger(), s, (T1,), orchestrated=False)   # the next run
+    batch = Batch(None)
+    driver.sync(p, batch)
+    assert at_bybit(emu, venue, T1)[0].status == "Cancelled" and cid not in p.open_orders
+    assert rec.status == OrderStatus.CANCELLED and rec.filled_qty == pytest.approx(0.02)
+    assert [f.qty for f in batch.fills] == [pytest.approx(0.02)] and p.books[T1].perps["BTC/USDT:USDT"].qty == pytest.approx(0.02)

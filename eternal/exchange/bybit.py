@@ -126,6 +126,7 @@ class BybitExchange:
     """The Exchange port on Bybit: one ccxt client (one sub-account) per sleeve."""
 
     name = "bybit"
+    immediate_market_orders = True     # a market order's rest still open is a leftover (Driver.sync)
 
     def __init__(self, clients: Mapping[Sleeve, Any], *, max_slippage: float = MAX_SLIPPAGE,
                  on_transfer_account: Mapping[Sleeve, str] | None = None, main: Any | None = None,
@@ -303,13 +304,10 @@ class BybitExchange:
         client = self._client(sleeve)
         for category in ([_category(symbol)] if symbol else CATEGORIES.get(sleeve, ("spot", "linear"))):
             params = {"orderLinkId": client_order_id, "category": category}
-            for fetch in (client.fetch_open_orders, client.fetch_closed_orders, client.fetch_canceled_orders):
-                try:
-                    found = self._call(fetch, f"looking up {client_order_id}", symbol, None, None, dict(params))
-                except ExchangeError:
-                    if fetch is client.fetch_canceled_orders:
-                        continue
-                    raise
+            # the order history without a status filter: a spot order whose rest was cancelled
+            # (PartiallyFilledCanceled) is neither ccxt's "closed" nor its "canceled"
+            for fetch in (client.fetch_open_orders, client.fetch_canceled_and_closed_orders):
+                found = self._call(fetch, f"looking up {client_order_id}", symbol, None, None, dict(params))
                 found = [o for o in found if o.get("clientOrderId") == client_order_id]
                 if found:
                     return self._order(found[0], None, sleeve)
