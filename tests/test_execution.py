@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eternal.config import FeeParams
-from eternal.errors import DuplicateOrder, InsufficientFunds
+from eternal.errors import DuplicateOrder
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.execution import MAX_ID_LENGTH, client_order_id, execute
 from eternal.models import (
