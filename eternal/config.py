@@ -293,6 +293,7 @@ class BybitSettings(SettingsModel):
     # unless the account's deposit setting says Unified
     deposit_wallet: Literal["FUND", "UNIFIED"] = "FUND"
     timeout_s: float = Field(10.0, gt=0)   # a request unanswered this long is an uncertain outcome
+    slot_wait_s: float = Field(300.0, gt=0, le=3600)   # the longest wait for the `bybit-api` Prefect slot
 
 
 EXCHANGE_MODES = (Mode.DEMO, Mode.TESTNET, Mode.LIVE)
@@ -375,11 +376,20 @@ class Settings(BaseSettings):
         if missing:
             raise ValueError(f"ETERNAL_MODE={self.mode.value!r} trades on Bybit{' demo trading (its own keys)' if self.mode == Mode.DEMO else ''}: "
                              f"no key pair for {', '.join(missing)}; set ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY and "
-                             f"__API_SECRET for each (e.g. ETERNAL_BYBIT__KEYS__{missing[0].upper()}__API_KEY)")
+                             f"__API_SECRET for each (e.g. ETERNAL_BYBIT__KEYS__{missing[0].upper()}__API_KEY)"
+                             + ("" if MAIN_ACCOUNT in self.bybit.accounts or len(wanted) < 2 else
+                                ", and ETERNAL_BYBIT__KEYS__MAIN__* for the master account"))
         unknown = sorted(set(self.bybit.accounts) - set(self.weights.model_dump()) - {MAIN_ACCOUNT})
         if unknown:
             raise ValueError(f"ETERNAL_BYBIT__KEYS: no sleeve named {', '.join(unknown)} (sleeves: "
                              f"{', '.join(self.weights.model_dump())}; and {MAIN_ACCOUNT}, the master account)")
+        by_key: dict[str, list[str]] = {}
+        for name, keys in self.bybit.accounts.items():
+            by_key.setdefault(keys.api_key.get_secret_value(), []).append(name)
+        shared = [names for names in by_key.values() if len(names) > 1]
+        if shared:                # one account's books would be counted as two sleeves' (virtual sleeves: not built)
+            raise ValueError(f"ETERNAL_BYBIT__KEYS: {' and '.join(shared[0])} have the same API key; each sleeve "
+                             "trades in a sub-account of its own (and the master account is not a sleeve's)")
         subs = [f for f in self.bybit.accounts if f != MAIN_ACCOUNT]
         if len(subs) > 1 and MAIN_ACCOUNT not in self.bybit.accounts:
             raise ValueError(f"ETERNAL_MODE={self.mode.value!r} with {len(subs)} Bybit sub-accounts moves money "

@@ -162,6 +162,7 @@ class Portfolio:
     open_orders: dict[str, OrderRecord] = field(default_factory=dict)
     stops: dict[Sleeve, dict[str, StopLevel]] = field(default_factory=dict)
     risk: breakers.RiskState = field(default_factory=breakers.RiskState)   # unit value, breakers, kill switch
+    mode: str = ""                                      # the venue it trades on (paper, demo, testnet, live)
 
     def doc(self) -> dict[str, Any]:
         """The small part persisted as one document (books, states and orders have their tables)."""
@@ -171,7 +172,7 @@ class Portfolio:
                 "deposits": list(self.deposits),
                 "stops": {s.value: {sym: [lv.price, lv.reason] for sym, lv in lv_.items()}
                           for s, lv_ in self.stops.items()},
-                "risk": breakers.dump(self.risk)}
+                "risk": breakers.dump(self.risk), "mode": self.mode}
 
     def load_doc(self, doc: dict[str, Any]) -> None:
         self.clock = doc.get("clock", "")
@@ -183,6 +184,7 @@ class Portfolio:
         self.stops = {Sleeve(s): {sym: StopLevel(p, r) for sym, (p, r) in lv.items()}
                       for s, lv in doc.get("stops", {}).items()}
         self.risk = breakers.load(doc.get("risk"))
+        self.mode = doc.get("mode", "")
 
 
 @dataclass

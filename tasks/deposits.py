@@ -44,8 +44,8 @@ def book_venue_deposits(exchange, ledger: SqlLedger, p: Portfolio, until: dateti
         if d.coin != QUOTE:
             if not _warned(ledger, ref):
                 message = (f"{ref}: {d.amount:.8g} {d.coin} credited at Bybit's main account on {d.ts:%Y-%m-%d %H:%M}Z "
-                           f"is not booked: the deposit rules split {QUOTE} only; convert it to {QUOTE} there and "
-                           "book that with the deposit-intake flow, or withdraw it")
+                           f"is not booked and not in the portfolio's value: the deposit rules split {QUOTE} only; "
+                           f"withdraw it and deposit {QUOTE} instead")
                 log.warning(message)
                 events.append(Event(d.ts, "deposit_ignored", message, None, "warning",
                                     {"reference": ref, "coin": d.coin, "amount": d.amount}))

@@ -246,6 +246,10 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
             sleeves = active_sleeves(s)
             view = stored_market(s, asof, sleeves)
             p = ledger.load()
+            if p is not None and p.mode not in ("", s.mode.value):   # one ledger, one venue
+                raise ConfigError(f"this ledger trades in {p.mode} mode and ETERNAL_MODE={s.mode.value!r}: its "
+                                  f"books are the {p.mode} venue's; run with --mode {p.mode} (or "
+                                  f"ETERNAL_MODE={p.mode}), or start another database for {s.mode.value}")
             weights = {sl: getattr(s.weights, sl.weight_field) for sl in Sleeve}
             # a new venue account holds the starting capital as our ledger will (created first:
             # a crash between the two leaves a venue that the ledger then starts from)
@@ -267,6 +271,7 @@ def drive(flow: str, asof: datetime, s: Settings, *, explicit: bool = False) -> 
 
                 if book_venue_deposits(exchange, ledger, p, asof, log):
                     p = ledger.load()         # with them waiting for the close
+            p.mode = s.mode.value                # recorded with the run's first commit
             report = driver.run(p, until)
             log.info(report.line())
             for sleeve, why in p.halted.items():

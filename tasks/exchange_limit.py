@@ -26,6 +26,7 @@ from uuid import UUID
 from sqlalchemy import Engine
 
 from eternal.config import EXCHANGE_MODES, Settings
+from eternal.errors import EternalError
 from eternal.store.driver_store import SqlLedger
 
 BYBIT_API = "bybit-api"
@@ -105,8 +106,18 @@ def exchange_slot(s: Settings, engine: Engine, *, required: bool = True) -> Iter
             # cleanup): ours, so the lease id can be recorded as well
             leases = stack.enter_context(ConcurrencyContext()).cleanup_lease_ids
             stack.callback(_forget, engine)       # after the slot is given back
-            stack.enter_context(concurrency(BYBIT_API, occupy=1, strict=True, lease_duration=LEASE_S,
-                                            raise_on_lease_renewal_failure=False))
+            wait = s.bybit.slot_wait_s
+            try:
+                stack.enter_context(concurrency(BYBIT_API, occupy=1, strict=True, lease_duration=LEASE_S,
+                                                raise_on_lease_renewal_failure=False, timeout_seconds=wait))
+            except TimeoutError:
+                raise EternalError(       # not retried: the wait was the retry
+                    f"waited {wait:g} s for a slot of the Prefect global concurrency limit {BYBIT_API!r}: another "
+                    "run is talking to Bybit, or one that died holding it (a run of another database) left it "
+                    "taken; a Prefect server frees it when its lease ends (5 min); an ephemeral one does not: "
+                    f"`prefect global-concurrency-limit inspect {BYBIT_API}`, then reset it with "
+                    f"`prefect global-concurrency-limit update {BYBIT_API} --active-slots 0` when no run is "
+                    "alive (ETERNAL_BYBIT__SLOT_WAIT_S sets the wait)") from None
             _record(engine, leases)
         except Exception as exc:
             if required:

@@ -28,6 +28,11 @@ def _portfolio(s: Settings, ledger: SqlLedger) -> Portfolio:
     if p is None:
         raise EternalError(f"no portfolio in {s.database_url}: run the daily cycle first "
                            "(`eternal run daily`)")
+    if p.mode not in ("", s.mode.value):    # the kill switch must reach the venue the ledger trades on
+        from eternal.errors import ConfigError
+
+        raise ConfigError(f"this ledger trades in {p.mode} mode and ETERNAL_MODE={s.mode.value!r}: set "
+                          f"ETERNAL_MODE={p.mode} so the override reaches the {p.mode} venue")
     return p
 
 

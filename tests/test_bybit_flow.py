@@ -83,6 +83,16 @@ def test_the_daily_cycle_in_demo_mode_trades_on_bybit_its_ledger_equals_the_acco
     filled = [o.link_id for a in emu.accounts.values() for o in a.orders.values() if o.status == "Filled"]
     assert filled and SqlLedger(engine).known_orders(set(filled)) == set(filled)    # every fill has our order
 
+    # the same ledger run in paper mode (a forgotten --mode): refused, nothing halted nor changed
+    from eternal.errors import ConfigError
+
+    before = SqlLedger(engine).load().doc()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ETERNAL_MODE", "paper")
+        with pytest.raises(ConfigError, match="this ledger trades in demo mode"):
+            daily("2024-01-04T00:05:00Z")
+    assert SqlLedger(engine).load().doc() == before and before["mode"] == "demo"
+
     # the keys: a failed run, then every place a key could have leaked to
     accounts = [s.value for s in WEIGHTS] + ["main"]
     secrets = [f"secret-demo-{a}-0123456789" for a in accounts] + [f"demo-{a}" for a in accounts]

@@ -11,6 +11,8 @@ import logging
 from types import SimpleNamespace
 
 import pytest
+
+from eternal.errors import EternalError
 from sqlalchemy import select
 
 from eternal.config import Mode
@@ -109,7 +111,7 @@ def test_a_halt_goes_on_without_the_slot_when_prefect_is_unreachable_a_run_does_
         raise ConnectionError("Prefect API at http://127.0.0.1:1/api is unreachable")
 
     monkeypatch.setattr(limit, "ensure_limit", unreachable)
-    s = SimpleNamespace(mode=Mode.DEMO)
+    s = SimpleNamespace(mode=Mode.DEMO, bybit=SimpleNamespace(slot_wait_s=300.0))
     with pytest.raises(ConnectionError):
         with exchange_slot(s, None):
             pytest.fail("a run went on without its slot")
@@ -160,10 +162,33 @@ def test_a_slot_left_by_a_run_that_died_holding_it_is_given_back_by_the_next_run
             lease = str(uuid.uuid4())
         assert client.read_global_concurrency_limit_by_name(BYBIT_API).active_slots == 1
     SqlLedger(engine).record_slot_lease(lease, T0)                 # ... and the run holding it died
-    assert _enters_within(SimpleNamespace(mode=Mode.DEMO), engine, 30.0)
+    assert _enters_within(SimpleNamespace(mode=Mode.DEMO, bybit=SimpleNamespace(slot_wait_s=300.0)), engine, 30.0)
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(BYBIT_API).active_slots == 0
     assert SqlLedger(engine).slot_lease() is None
+    engine.dispose()
+
+
+def test_a_slot_held_by_a_dead_run_of_another_database_fails_the_run_after_the_wait_in_one_line(
+        tmp_path, prefect_harness):
+    """The slot is taken and this database has no record of who took it (a run of another
+    portfolio died holding it; an ephemeral Prefect server never frees it): the run waits
+    ETERNAL_BYBIT__SLOT_WAIT_S, then fails saying why and what to do, instead of hanging."""
+    from prefect.client.orchestration import get_client
+
+    from tasks.exchange_limit import ensure_limit
+
+    engine = connect(f"sqlite:///{tmp_path / 'eternal.db'}")
+    ensure_limit()
+    with get_client(sync_client=True) as client:
+        client.increment_concurrency_slots([BYBIT_API], 1, "concurrency")
+    try:
+        with pytest.raises(EternalError, match="waited 1 s for a slot of the Prefect global concurrency limit"):
+            with exchange_slot(SimpleNamespace(mode=Mode.DEMO, bybit=SimpleNamespace(slot_wait_s=1.0)), engine):
+                pass
+    finally:
+        with get_client(sync_client=True) as client:
+            client.release_concurrency_slots([BYBIT_API], 1, 1.0)
     engine.dispose()
 
 

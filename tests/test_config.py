@@ -219,6 +219,19 @@ def test_exchange_mode_with_sub_accounts_but_no_main_account_is_refused_in_one_l
                                                                          "tactical", "main"}
 
 
+def test_one_key_pair_for_two_sleeves_is_refused_one_account_would_be_counted_twice(monkeypatch):
+    """A user pointed TREND_1 at CORE's sub-account: the portfolio started with 145,000 USDT of a
+    100,000 account, then both sleeves halted. Refused before anything runs."""
+    monkeypatch.setenv("ETERNAL_MODE", "demo")
+    for sleeve in ("CORE", "TREND_1", "TREND_2", "FUNDING", "TACTICAL", "MAIN"):
+        key = "key-CORE" if sleeve == "TREND_1" else f"key-{sleeve}"
+        monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_KEY", key)
+        monkeypatch.setenv(f"ETERNAL_BYBIT__KEYS__{sleeve}__API_SECRET", f"s3cret-{sleeve}")
+    message = _config_error()
+    [line] = message.splitlines()[1:]
+    assert "core and trend_1 have the same API key" in line and "key-CORE" not in message
+
+
 def test_demo_mode_without_a_key_pair_per_sleeve_is_refused_naming_the_variables(monkeypatch):
     monkeypatch.setenv("ETERNAL_MODE", "demo")
     monkeypatch.setenv("ETERNAL_BYBIT__KEYS__CORE__API_KEY", "k")
