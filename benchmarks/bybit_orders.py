@@ -59,7 +59,7 @@ def main() -> None:
     print(f"orders/s through execute() to the Bybit emulator, limiter off: sustained median "
           f"{statistics.median(rates):.0f} (range {min(rates):.0f}-{max(rates):.0f}, {args.batches} x {BATCH}); "
           f"burst (first 10 of a fresh client, markets loaded) median {statistics.median(bursts):.0f}")
-    print("each order: a lookup by orderLinkId (open, closed, cancelled lists), the create, a read back")
+    print("each order: a lookup by orderLinkId (open orders, then the order history), the create, a read back")
 
 
 if __name__ == "__main__":
