@@ -409,7 +409,13 @@ class BybitExchange:
         symbol = t["symbol"]
         cid = t.get("clientOrderId") or (t.get("info") or {}).get("orderLinkId") or ""
         stop = self.stops.get((sleeve, symbol))
-        reason = "" if cid else (stop.reason if stop is not None else "venue")
+        info = t.get("info") or {}
+        # an order Bybit made itself: the position's stop loss (ours, set by trading-stop: a run
+        # that did not set it this process knows it by Bybit's stopOrderType) or a liquidation
+        venue_reason = ("liquidation" if info.get("execType") in ("BustTrade", "AdlTrade") else
+                        "trailing_stop" if info.get("stopOrderType") == "TrailingStop" else
+                        "hard_stop" if info.get("stopOrderType") in ("StopLoss", "PartialStopLoss") else "venue")
+        reason = "" if cid else (stop.reason if stop is not None and venue_reason != "liquidation" else venue_reason)
         fee = t.get("fee") or {}
         return Fill(cid or f"venue-{t['order']}", utc(datetime.fromtimestamp(t["timestamp"] / 1000).astimezone()),
                     sleeve, symbol, Market.PERP if _category(symbol) == "linear" else Market.SPOT, Side(t["side"]),
