@@ -133,6 +133,13 @@ def test_a_perp_short_its_stop_at_the_venue_and_funding_come_back_through_the_jo
     assert [f.reason for f in again] == ["", "hard_stop"]
 
 
+def test_a_stop_for_a_position_the_venue_already_closed_is_nothing_to_do(emu, venue):
+    """Bybit answers 10001 "can not set tp/sl/ts for zero position": a stored plan moving a stop
+    whose position a stop fill closed since must not fail every later run."""
+    venue.set_stop(T1, "ETH/USDT:USDT", StopLevel(2_000.0, "hard_stop"))
+    assert (T1, "ETH/USDT:USDT") not in venue.stops
+
+
 def test_withdrawals_suspended_are_read_from_fetch_currencies(emu, venue):
     assert venue.withdrawals_suspended() == []
     emu.suspend_withdrawals("USDT")
