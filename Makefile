@@ -38,7 +38,7 @@ test: install
 # timeouts, 5xx, 429/10006, unreadable bodies, partial fills, SIGKILL between steps); CHAOS_RUNS
 # sets how many runs (default 500); then the 60-day parity with the paper backfill (BYBIT_PARITY_DAYS).
 chaos: install
-	CHAOS_RUNS=$${CHAOS_RUNS:-500} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py tests/test_bybit_parity.py
+	CHAOS_RUNS=$${CHAOS_RUNS:-500} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py tests/test_bybit_virtual.py tests/test_bybit_parity.py
 
 bench: install
 	$(BIN)/python benchmarks/replay.py

@@ -275,7 +275,9 @@ class BybitKeys(SettingsModel):
 class BybitSettings(SettingsModel):
     """Bybit accounts by sleeve: ETERNAL_BYBIT__KEYS__CORE__API_KEY, ..._API_SECRET (trend_1,
     trend_2, funding, tactical likewise), and `main`: the master UID, where deposits land and whose
-    key makes every universal transfer between the sub-accounts (Bybit's rule)."""
+    key makes every universal transfer between the sub-accounts (Bybit's rule). A sleeve without a
+    key pair trades on the main account; sleeves on one account (the main one, or one key pair given
+    to several) are virtual ledgers there (`eternal.exchange.bybit`)."""
 
     # not named `keys`: a model with a `keys` attribute reads as a mapping to dict() (Prefect does so)
     model_config = ConfigDict(frozen=True, allow_inf_nan=False, extra="forbid", populate_by_name=True)
@@ -372,25 +374,29 @@ class Settings(BaseSettings):
         if self.mode not in EXCHANGE_MODES:
             return self
         wanted = [f for f, w in self.weights.model_dump().items() if w > 0]
-        missing = [f for f in wanted if f not in self.bybit.accounts]
+        # a sleeve without a key pair of its own is a virtual ledger on the main account
+        missing = [] if MAIN_ACCOUNT in self.bybit.accounts else [f for f in wanted if f not in self.bybit.accounts]
         if missing:
             raise ValueError(f"ETERNAL_MODE={self.mode.value!r} trades on Bybit{' demo trading (its own keys)' if self.mode == Mode.DEMO else ''}: "
                              f"no key pair for {', '.join(missing)}; set ETERNAL_BYBIT__KEYS__<SLEEVE>__API_KEY and "
                              f"__API_SECRET for each (e.g. ETERNAL_BYBIT__KEYS__{missing[0].upper()}__API_KEY)"
-                             + ("" if MAIN_ACCOUNT in self.bybit.accounts or len(wanted) < 2 else
-                                ", and ETERNAL_BYBIT__KEYS__MAIN__* for the master account"))
+                             ", or ETERNAL_BYBIT__KEYS__MAIN__* alone: the master account, where the sleeves "
+                             "without keys of their own trade as virtual ledgers")
         unknown = sorted(set(self.bybit.accounts) - set(self.weights.model_dump()) - {MAIN_ACCOUNT})
         if unknown:
             raise ValueError(f"ETERNAL_BYBIT__KEYS: no sleeve named {', '.join(unknown)} (sleeves: "
                              f"{', '.join(self.weights.model_dump())}; and {MAIN_ACCOUNT}, the master account)")
-        by_key: dict[str, list[str]] = {}
+        by_key: dict[str, dict[str, list[str]]] = {}
         for name, keys in self.bybit.accounts.items():
-            by_key.setdefault(keys.api_key.get_secret_value(), []).append(name)
-        shared = [names for names in by_key.values() if len(names) > 1]
-        if shared:                # one account's books would be counted as two sleeves' (virtual sleeves: not built)
-            raise ValueError(f"ETERNAL_BYBIT__KEYS: {' and '.join(shared[0])} have the same API key; each sleeve "
-                             "trades in a sub-account of its own (and the master account is not a sleeve's)")
-        subs = [f for f in self.bybit.accounts if f != MAIN_ACCOUNT]
+            by_key.setdefault(keys.api_key.get_secret_value(), {}).setdefault(
+                keys.api_secret.get_secret_value(), []).append(name)
+        for secrets in by_key.values():
+            if len(secrets) > 1:     # a typo, or a pair pasted half: which account is meant cannot be known
+                names = [n for group in secrets.values() for n in group]
+                raise ValueError(f"ETERNAL_BYBIT__KEYS: {' and '.join(names)} have the same API key with different "
+                                 "secrets; sleeves that share one account (virtual ledgers) give it the same key pair")
+        # sleeves given one key pair share that account as virtual ledgers (tasks.exchange)
+        subs = {keys.api_key.get_secret_value() for f, keys in self.bybit.accounts.items() if f != MAIN_ACCOUNT}
         if len(subs) > 1 and MAIN_ACCOUNT not in self.bybit.accounts:
             raise ValueError(f"ETERNAL_MODE={self.mode.value!r} with {len(subs)} Bybit sub-accounts moves money "
                              "between them (deposits, rebalancing), which Bybit allows the master account's key "

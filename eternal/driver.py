@@ -263,6 +263,42 @@ def book_differences(ours: SleeveBook, theirs: SleeveBook | None, tolerance: flo
     return out
 
 
+def account_differences(ours: list[SleeveBook], theirs: SleeveBook, marks: dict[str, float],
+                        tolerance: float = 1e-6) -> list[str]:
+    """What differs between one venue account that holds several (virtual) sleeves and the sum of
+    their books: each coin, each perp's net qty, and the USDT equity at the venue's `marks`
+    (cash + margin + unrealised P&L). Equity, not cash: a sleeve's exit that crosses another's
+    position realises P&L at the venue on the net position, in our ledger on the sleeve's, and the
+    two differ by exactly the unrealised P&L that remains. Empty: equal."""
+    def differ(a: float, b: float, scale: float = 0.0) -> bool:
+        return not math.isclose(a, b, rel_tol=1e-9, abs_tol=tolerance + 1e-12 * scale)
+
+    out = []
+    for asset in sorted({a for b in [*ours, theirs] for a in (*b.holdings, *b.staked)}):
+        for what, field_ in (("free", "holdings"), ("staked", "staked")):
+            a = math.fsum(getattr(b, field_).get(asset, 0.0) for b in ours)
+            t = getattr(theirs, field_).get(asset, 0.0)
+            if differ(a, t):
+                out.append(f"{asset} {what}: ledger {a:.10g}, exchange {t:.10g}")
+    gross = 0.0
+    for sym in sorted({s for b in [*ours, theirs] for s in b.perps}):
+        a = math.fsum(b.perps[sym].qty for b in ours if sym in b.perps)
+        t = theirs.perps[sym].qty if sym in theirs.perps else 0.0
+        if differ(a, t):
+            out.append(f"{sym} position: ledger {a:+.10g}, exchange {t:+.10g}")
+        if sym in theirs.perps or a:
+            gross += abs(t) * marks.get(sym, 0.0)
+
+    def equity(b: SleeveBook) -> float:
+        return b.cash + math.fsum(p.margin + (marks.get(s, p.entry_price) - p.entry_price) * p.qty
+                                  for s, p in b.perps.items())
+
+    a, t = math.fsum(equity(b) for b in ours), equity(theirs)
+    if differ(a, t, gross):
+        out.append(f"USDT equity at the marks: ledger {a:.8f}, exchange {t:.8f}")
+    return out
+
+
 # the driver ------------------------------------------------------------------------------------
 class Driver:
     """One portfolio, one market view, one exchange, one ledger; `run` advances them together."""
@@ -327,12 +363,21 @@ class Driver:
         report.adopted += adopted
         now = utc(Due.from_key(p.clock).ts)
         self.check_invariants(p, batch, now)           # a broken book is named as such, then compared
-        for sleeve, book in p.books.items():
-            diff = book_differences(book, self.exchange.books.get(sleeve))
-            if diff and sleeve.value not in p.halted:
+        # each venue account against what our ledger holds in it: a sleeve's own account against its
+        # book; an account of virtual sleeves against their sum (all of them halted when it differs)
+        shared = self.exchange.account_books()
+        compared = [((sleeve,), book_differences(book, self.exchange.books.get(sleeve)))
+                    for sleeve, book in p.books.items() if not any(sleeve in sls for sls, _, _ in shared)]
+        compared += [(sls, account_differences([p.books[s] for s in sls if s in p.books], theirs, marks))
+                     for sls, theirs, marks in shared]
+        for sleeves, diff in compared:
+            for sleeve in sleeves:
+                if not diff or sleeve.value in p.halted:
+                    continue
+                whose = str(sleeve) if len(sleeves) == 1 else f"{sleeve} (one Bybit account with {', '.join(map(str, sleeves))})"
                 p.halted[sleeve.value] = "; ".join(diff)
                 batch.events.append(Event(utc(Due.from_key(p.clock).ts), "reconciliation_failed",
-                                          f"{sleeve}: ledger and exchange differ ({'; '.join(diff)}): sleeve "
+                                          f"{whose}: ledger and exchange differ ({'; '.join(diff)}): sleeve "
                                           "halted, no new orders until an operator resolves it", sleeve,
                                           "alert", {"differences": diff}))
                 report.differences[sleeve.value] = diff
@@ -434,12 +479,14 @@ class Driver:
                                               f"({item.reason})", item.sleeve,
                                               "alert" if item.reason == "liquidation" else "warning",
                                               {"trade_id": item.trade_id, "qty": item.qty}))
-            elif kind == "funding":
-                books.apply_funding(p.books[item.sleeve], item)
-                batch.payments.append(item)
-                if item.sleeve == Sleeve.FUNDING:
-                    asset = base_of(item.symbol)
-                    p.funding_unclaimed[asset] = p.funding_unclaimed.get(asset, 0.0) + item.amount
+            elif kind in ("funding", "account_funding"):
+                # an account of virtual sleeves is paid on its net position: split by our positions
+                for pay in [item] if kind == "funding" else books.split_funding(p.books, *item):
+                    books.apply_funding(p.books[pay.sleeve], pay)
+                    batch.payments.append(pay)
+                    if pay.sleeve == Sleeve.FUNDING:
+                        asset = base_of(pay.symbol)
+                        p.funding_unclaimed[asset] = p.funding_unclaimed.get(asset, 0.0) + pay.amount
             else:
                 sleeve, asset, reward = item
                 book = p.books[sleeve]
@@ -545,6 +592,10 @@ class Driver:
             for asset, qty in moves.items():
                 moved = ex.stake(sleeve, asset, qty, f"stake|{due.key}|{sleeve.value}|{asset}")
                 books.stake(p.books[sleeve], asset, moved)
+        # what a venue keeping several sleeves in one account sizes their stop orders by (Bybit's
+        # virtual sleeves); a venue with an account per sleeve knows it itself
+        ex.use_ledger({(s, sym): pos.qty for s, b in p.books.items() for sym, pos in b.perps.items()},
+                      {(s, sym): lv for s, levels in p.stops.items() for sym, lv in levels.items() if lv})
         for sleeve, levels in plan.stops.items():
             for symbol, level in levels.items():
                 ex.set_stop(sleeve, symbol, level)

@@ -24,6 +24,7 @@ from eternal.models import (
     Market,
     PerpPosition,
     Side,
+    Sleeve,
     SleeveBook,
     base_of,
     utc,
@@ -105,6 +106,23 @@ def settle_funding(book: SleeveBook, symbol: str, rate: float, price: float, ts:
     booked = expected if amount is None else amount
     book.cash += booked
     return FundingPayment(utc(ts), book.sleeve, symbol, pos.qty, price, rate, booked, expected)
+
+
+def split_funding(books: Mapping[Sleeve, SleeveBook], sleeves: tuple[Sleeve, ...],
+                  payment: FundingPayment) -> list[FundingPayment]:
+    """One settlement of an account's net position (`payment`: its symbol, rate and price) as
+    each of the account's virtual `sleeves` holding that perp earned it: -rate x the sleeve's
+    signed qty x price. Linear in qty, so the parts sum to the venue's figure whenever the sleeves'
+    positions sum to the account's; when they do not, the account's reconciliation says so (the
+    difference is not spread over the sleeves)."""
+    out = []
+    for sleeve in sleeves:
+        pos = books[sleeve].perps.get(payment.symbol) if sleeve in books else None
+        if pos is not None and pos.qty:
+            amount = -payment.rate * pos.qty * payment.price
+            out.append(FundingPayment(payment.ts, sleeve, payment.symbol, pos.qty, payment.price, payment.rate,
+                                      amount, amount))
+    return out
 
 
 def apply_funding(book: SleeveBook, payment: FundingPayment) -> None:

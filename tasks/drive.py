@@ -311,13 +311,20 @@ def starting_capital(s: Settings, exchange, weights: dict[Sleeve, float]) -> tup
     this ledger would be differences it cannot explain)."""
     if s.mode == Mode.PAPER:
         return s.initial_capital, weights
-    books = {sl: exchange.books[sl] for sl in exchange.clients}
-    held = [f"{sl}: {', '.join([*(a for a, q in b.holdings.items() if q), *b.perps])}" for sl, b in books.items()
-            if any(q for q in b.holdings.values()) or b.perps]
+    # each account once: a sleeve's own, or the one its virtual ledger shares with other sleeves
+    accounts = [((sl,), exchange.books[sl]) for sl in exchange.books]
+    accounts += [(sleeves, book) for sleeves, book, _ in exchange.account_books()]
+    held = [f"{'+'.join(map(str, sls))}: {', '.join([*(a for a, q in b.holdings.items() if q), *b.perps])}"
+            for sls, b in accounts if any(q for q in b.holdings.values()) or b.perps]
     if held:
-        raise ConfigError("a new ledger starts from Bybit sub-accounts holding USDT only; found " + "; ".join(held)
+        raise ConfigError("a new ledger starts from Bybit accounts holding USDT only; found " + "; ".join(held)
                           + ": sell or move them, or start from a ledger that holds them")
-    capital = sum(b.cash for b in books.values())
+    capital = sum(b.cash for _, b in accounts)
     if not capital > 0:
-        raise ConfigError(f"the sleeves' Bybit sub-accounts hold {capital:.2f} USDT: deposit first")
-    return capital, {sl: (books[sl].cash / capital if sl in books else 0.0) for sl in Sleeve}
+        raise ConfigError(f"the sleeves' Bybit accounts hold {capital:.2f} USDT: deposit first")
+    shares = dict.fromkeys(Sleeve, 0.0)
+    for sleeves, book in accounts:        # an account of virtual sleeves: split by their target weights
+        total = sum(weights.get(sl, 0.0) for sl in sleeves)
+        for sl in sleeves:
+            shares[sl] = book.cash / capital * (weights.get(sl, 0.0) / total if total > 0 else 1 / len(sleeves))
+    return capital, shares

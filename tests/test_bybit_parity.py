@@ -90,6 +90,7 @@ def check(fills, equity, funding, halted, backfill, end, days: int, engine=None)
     gap = ((live_eq.loc[common, replay_eq.columns] - replay_eq.loc[common]) / replay_eq.loc[common]).abs()
     assert gap.to_numpy().max() < 0.005, gap.max()
     return {"orders": len(want), "fills": len(fills), "settlements": len(live_pay), "closes": len(common),
+            "last day": f"{common[-1] + timedelta(days=1):%Y-%m-%d}",
             "max equity gap": float(gap.to_numpy().max()),
             "equity": (float(live_eq.loc[common[-1]].sum()), float(replay_eq.loc[common[-1]].sum()))}
 

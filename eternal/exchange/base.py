@@ -71,6 +71,16 @@ class Exchange(Protocol):
         setting the same value again is harmless. Raises ExchangeError above 2x, at or below 0, or
         when changing it under an open position (close it first)."""
 
+    def account_books(self) -> list[tuple[tuple[Sleeve, ...], SleeveBook, dict[str, float]]]:
+        """Accounts that hold several sleeves (virtual ledgers): (their sleeves, the account's
+        book, perp symbol -> mark), reconciled against the sum of those sleeves' books; they are
+        not in `books`. Empty on a venue with an account per sleeve."""
+
+    def use_ledger(self, positions: dict[tuple[Sleeve, str], float],
+                   stops: dict[tuple[Sleeve, str], StopLevel]) -> None:
+        """Our ledger's perp positions and stop levels before a plan is acted on: a venue that
+        keeps several sleeves in one account sizes each sleeve's stop order by them."""
+
     def set_stop(self, sleeve: Sleeve, symbol: str, level: StopLevel | None) -> None:
         """The perp position's one reduce-only stop (Bybit: position trading-stop), replaced on
         every call; None clears it. The venue fills it; its fills come back with reason level.reason."""

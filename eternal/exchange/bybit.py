@@ -1,8 +1,16 @@
 """Bybit through ccxt: the Exchange port for the demo, testnet and live modes (issue 13).
 
-One Unified Trading Account per sleeve (a key pair per sleeve: `ETERNAL_BYBIT__KEYS__CORE__API_KEY`,
-...): each sleeve's books at the venue are its account's wallet and positions, so reconciliation
-compares like with like and two sleeves' perps never net out in one-way mode. Every order carries
+A sleeve with a key pair of its own (`ETERNAL_BYBIT__KEYS__CORE__API_KEY`, ...) trades in its own
+Unified Trading Account: its books at the venue are that account's wallet and positions, compared
+one to one. Sleeves without one (or sharing one key) are virtual ledgers on one account (the main
+one, `ETERNAL_BYBIT__KEYS__MAIN__*`): the venue holds their sum. Their orders are told apart by the
+sleeve code that starts every client order id; their perps net in one one-way position, so their
+orders are never reduce-only (a sleeve's exit may cross another's position) and each sleeve's stop
+is a conditional market order of its own (`orderLinkId` `<code>stop<h|t>-...`, sized by the
+sleeve's position as our ledger holds it and by the fills since) instead of the position's
+trading-stop; a funding settlement of the net position is split by the ledger's positions
+(journal kind "account_funding"); money between two of them moves in our ledger only; and
+reconciliation compares the account with the sum of its sleeves (`account_books`). Every order carries
 `orderLinkId` = our client order id. An uncertain outcome of a send (timeout, connection reset,
 5xx, an HTTP 200 whose body is not JSON, Bybit's reused-id rejection 110072/170141, which ccxt
 raises as InvalidOrder) is resolved by `orderLinkId` before anything is sent again: the order
@@ -55,6 +63,10 @@ from eternal.models import (
 )
 
 REUSED_ID_CODES = ("110072", "170141")
+TRIGGER_PASSED_CODES = ("110092", "110093")    # a conditional order whose trigger the price already passed
+STOP_TAG = "stop"
+"""A virtual sleeve's stop order: `orderLinkId` = sleeve code + 'stop' + reason letter + '-' + hex."""
+STOP_REASONS = {"h": "hard_stop", "t": "trailing_stop"}
 MAX_SLIPPAGE = 0.005            # spec 8.1: no urgent order when the best price is 0.5 % off the decision's
 SLEEVE_OF_CODE = {code: sleeve for sleeve, code in SLEEVE_CODES.items()}
 CATEGORIES = {Sleeve.CORE: ("spot",), Sleeve.TACTICAL: ("spot",), Sleeve.TREND_1: ("linear",),
@@ -140,6 +152,9 @@ class BybitExchange:
         self.decision_prices: dict[str, float] = {}
         self.stops: dict[tuple[Sleeve, str], StopLevel] = {}
         self.leverage: dict[tuple[Sleeve, str], float] = {}
+        # virtual sleeves: (sleeve, perp symbol) -> signed qty, as the ledger held it when the run began
+        # acting (`use_ledger`) plus the fills of the orders sent since: what each stop order covers
+        self.positions: dict[tuple[Sleeve, str], float] = {}
         # sleeve (None: the main account) -> its UID for universal transfers; read from its key when not set
         self.member_ids: dict[Sleeve | None, str] = {**(on_transfer_account or {}),
                                                      **({None: main_member_id} if main_member_id else {})}
@@ -168,6 +183,27 @@ class BybitExchange:
                     {k: v for k, v in client.options.items() if k.startswith("enableUnified")})
             self._markets_loaded.add(sleeve)
         return client
+
+    def accounts(self) -> list[tuple[Any, tuple[Sleeve, ...]]]:
+        """Each Bybit account we trade in (its client) with the sleeves it holds, in sleeve order."""
+        out: dict[int, tuple[Any, list[Sleeve]]] = {}
+        for sleeve, client in self.clients.items():
+            out.setdefault(id(client), (client, []))[1].append(sleeve)
+        return [(client, tuple(sleeves)) for client, sleeves in out.values()]
+
+    def shared(self, sleeve: Sleeve) -> bool:
+        """The sleeve is a virtual ledger on an account that holds other sleeves too."""
+        client = self.clients.get(sleeve)
+        return client is not None and sum(c is client for c in self.clients.values()) > 1
+
+    def use_ledger(self, positions: Mapping[tuple[Sleeve, str], float],
+                   stops: Mapping[tuple[Sleeve, str], StopLevel]) -> None:
+        """Our ledger's perp positions (signed qty) and stop levels before a plan is acted on: what
+        a virtual sleeve's stop order covers (see the module's docstring)."""
+        self.positions = {k: q for k, q in positions.items() if self.shared(k[0])}
+        for key, level in stops.items():
+            if self.shared(key[0]):
+                self.stops.setdefault(key, level)
 
     def _call(self, fn: Callable, doing: str, *args, **kwargs):
         """A read (idempotent) with backoff: a network error, a 5xx or Bybit's rate limit (429,
@@ -205,7 +241,13 @@ class BybitExchange:
     # orders ------------------------------------------------------------------------------------
     def place_order(self, client_order_id: str, intent: OrderIntent, now: datetime) -> ExchangeOrder:
         """Send one order (`_send`); an urgent one that comes back open is followed (`_follow`)."""
-        return self._follow(self._send(client_order_id, intent), intent)
+        order = self._follow(self._send(client_order_id, intent), intent)
+        if intent.market == Market.PERP and self.shared(intent.sleeve) and order.filled_qty:
+            key = (intent.sleeve, intent.symbol)
+            sign = 1.0 if intent.side == Side.BUY else -1.0
+            self.positions[key] = self.positions.get(key, 0.0) + sign * order.filled_qty
+            self._sync_stop(*key)            # the stop order follows the sleeve's position
+        return order
 
     def _follow(self, order: ExchangeOrder, intent: OrderIntent) -> ExchangeOrder:
         """An urgent (market) order still open after the send, filled partly or not yet: looked up
@@ -243,14 +285,15 @@ class BybitExchange:
 
         client = self._client(intent.sleeve)
         params: dict[str, Any] = {"orderLinkId": client_order_id, "category": _category(intent.symbol)}
-        if intent.reduce_only:
+        shared = self.shared(intent.sleeve)
+        if intent.reduce_only and not shared:    # a virtual sleeve's exit may cross the net position
             params["reduceOnly"] = True
         if intent.post_only:
             params["postOnly"] = True
         if intent.order_type == OrderType.MARKET:
             self._slippage_guard(client, intent)
         stop = self.stops.get((intent.sleeve, intent.symbol))
-        if stop is not None and intent.market == Market.PERP and not intent.reduce_only:
+        if stop is not None and intent.market == Market.PERP and not intent.reduce_only and not shared:
             params["stopLoss"] = stop.price              # attached at entry; moved by set_stop
         try:
             order = client.create_order(intent.symbol, intent.order_type.value, intent.side.value, intent.qty,
@@ -351,11 +394,25 @@ class BybitExchange:
     def book_of(self, sleeve: Sleeve) -> SleeveBook:
         """The sleeve's account as our books hold it: USDT cash without the perps' initial margin,
         coins, and each linear position (signed qty, entry, margin, leverage)."""
+        return self._account_book(sleeve)[0]
+
+    def account_books(self) -> list[tuple[tuple[Sleeve, ...], SleeveBook, dict[str, float]]]:
+        """Every account that holds more than one sleeve (virtual ledgers): (its sleeves, its book
+        as `book_of` reads it, perp symbol -> Bybit's mark price), for reconciliation against the
+        sum of those sleeves' books (`eternal.driver.account_differences`)."""
+        out = []
+        for _, sleeves in self.accounts():
+            if len(sleeves) > 1:
+                book, marks = self._account_book(sleeves[0])
+                out.append((sleeves, book, marks))
+        return out
+
+    def _account_book(self, sleeve: Sleeve) -> tuple[SleeveBook, dict[str, float]]:
         client = self._client(sleeve)
         balance = self._call(client.fetch_balance, f"{sleeve}: wallet balance")
         positions = self._call(client.fetch_positions, f"{sleeve}: positions", None,
                                {"category": "linear", "settleCoin": QUOTE})
-        book = SleeveBook(sleeve)
+        book, marks = SleeveBook(sleeve), {}
         margin = 0.0
         for p in positions:
             qty = float(p.get("contracts") or 0.0)
@@ -365,6 +422,8 @@ class BybitExchange:
             lev = float(p.get("leverage") or 1.0)
             m = float(p.get("initialMargin") or abs(qty) * float(p["entryPrice"]) / lev)
             margin += m
+            if p.get("markPrice"):
+                marks[p["symbol"]] = float(p["markPrice"])
             book.perps[p["symbol"]] = PerpPosition(p["symbol"], qty, float(p["entryPrice"]), m, lev,
                                                    utc(datetime.fromtimestamp((p.get("timestamp") or 0) / 1000).astimezone()))
         total = balance.get("total", {})
@@ -372,29 +431,35 @@ class BybitExchange:
         for coin, qty in total.items():
             if coin != QUOTE and qty:
                 book.holdings[coin] = float(qty)
-        return book
+        return book, marks
 
     def journal_since(self, seq: int) -> list[tuple[int, str, Any]]:
         """Fills (executions) and funding (transaction-log settlements) of every sleeve numbered
         above `seq`, oldest first (see the module's docstring for the numbering)."""
         since = seq // 1000 if seq else None
         items: list[tuple[int, str, str, Any]] = []
-        for sleeve, client in self.clients.items():
-            self._client(sleeve)
-            for category in CATEGORIES[sleeve]:
-                trades = self._call(client.fetch_my_trades, f"{sleeve}: executions", None, since, 100,
+        for client, sleeves in self.accounts():
+            first = sleeves[0]
+            self._client(first)
+            categories = [c for c in ("spot", "linear") if any(c in CATEGORIES[s] for s in sleeves)]
+            for category in categories:
+                trades = self._call(client.fetch_my_trades, f"{first}: executions", None, since, 100,
                                     {"category": category})
                 for t in trades:
-                    items.append((int(t["timestamp"]), str(t["id"]), "fill", self._fill(sleeve, t)))
-            if "linear" not in CATEGORIES[sleeve]:
+                    items.append((int(t["timestamp"]), str(t["id"]), "fill",
+                                  self._fill(self._owner(t, sleeves, category), t)))
+            if "linear" not in categories:
                 continue                          # no perps, no funding
-            ledger = self._call(client.fetch_ledger, f"{sleeve}: transaction log", QUOTE, since, 50,
+            perps = tuple(s for s in sleeves if "linear" in CATEGORIES[s])
+            ledger = self._call(client.fetch_ledger, f"{first}: transaction log", QUOTE, since, 50,
                                 {"type": "SETTLEMENT"})
             for e in ledger:
                 info = e.get("info") or {}
                 if info.get("type") != "SETTLEMENT":
                     continue
-                items.append((int(e["timestamp"]), str(e["id"]), "funding", self._funding(sleeve, e, info)))
+                payment = self._funding(perps[0], e, info)
+                items.append((int(e["timestamp"]), str(e["id"]), *(
+                    ("funding", payment) if len(sleeves) == 1 else ("account_funding", (perps, payment)))))
         items.sort(key=lambda x: (x[0], x[1]))
         out, last_ms, rank = [], None, 0
         for ms, _, kind, item in items:
@@ -404,6 +469,20 @@ class BybitExchange:
             if number > seq:
                 out.append((number, kind, item))
         return out
+
+    @staticmethod
+    def _owner(t: Mapping[str, Any], sleeves: tuple[Sleeve, ...], category: str) -> Sleeve:
+        """The sleeve an execution belongs to: the account's one sleeve, or, on an account of
+        virtual sleeves, the sleeve named by its client order id's code. One with no id of ours (a
+        liquidation of the net position) goes to the first sleeve trading its category: the
+        account's reconciliation still balances, and the fill raises its alert."""
+        if len(sleeves) == 1:
+            return sleeves[0]
+        cid = t.get("clientOrderId") or (t.get("info") or {}).get("orderLinkId") or ""
+        owner = SLEEVE_OF_CODE.get(cid[:2])
+        if owner in sleeves:
+            return owner
+        return next((s for s in sleeves if category in CATEGORIES[s]), sleeves[0])
 
     def _fill(self, sleeve: Sleeve, t: Mapping[str, Any]) -> Fill:
         symbol = t["symbol"]
@@ -415,7 +494,9 @@ class BybitExchange:
         venue_reason = ("liquidation" if info.get("execType") in ("BustTrade", "AdlTrade") else
                         "trailing_stop" if info.get("stopOrderType") == "TrailingStop" else
                         "hard_stop" if info.get("stopOrderType") in ("StopLoss", "PartialStopLoss") else "venue")
-        reason = "" if cid else (stop.reason if stop is not None and venue_reason != "liquidation" else venue_reason)
+        reason = ("" if cid else (stop.reason if stop is not None and venue_reason != "liquidation" else venue_reason))
+        if cid[2:6] == STOP_TAG:                  # a virtual sleeve's own stop order (`_sync_stop`)
+            reason = STOP_REASONS.get(cid[6:7], "hard_stop")
         fee = t.get("fee") or {}
         return Fill(cid or f"venue-{t['order']}", utc(datetime.fromtimestamp(t["timestamp"] / 1000).astimezone()),
                     sleeve, symbol, Market.PERP if _category(symbol) == "linear" else Market.SPOT, Side(t["side"]),
@@ -453,8 +534,11 @@ class BybitExchange:
         if self.leverage.get((sleeve, symbol)) == leverage:
             return
         client = self._client(sleeve)
+        # virtual sleeves share one position: the account's leverage is the cap (2x), each sleeve's
+        # own leverage lives in our ledger (its fills' margin) and the risk step holds it
+        venue = 2.0 if self.shared(sleeve) else leverage
         try:
-            client.set_leverage(leverage, symbol, {"category": "linear"})
+            client.set_leverage(venue, symbol, {"category": "linear"})
         except ccxt.BadRequest as exc:
             if "110043" not in str(exc):         # "leverage not modified": already so
                 raise ExchangeError(f"{sleeve} {symbol}: set leverage {leverage:g}: {exc}") from None
@@ -463,9 +547,17 @@ class BybitExchange:
         self.leverage[(sleeve, symbol)] = leverage
 
     def set_stop(self, sleeve: Sleeve, symbol: str, level: StopLevel | None) -> None:
-        """The position's stop loss (Bybit trading-stop), replaced; None clears it (0)."""
+        """The position's stop loss (Bybit trading-stop), replaced; None clears it (0). A virtual
+        sleeve's: its own conditional order (`_sync_stop`)."""
         if level is not None and not (math.isfinite(level.price) and level.price > 0):
             raise ExchangeError(f"stop {level.price!r} for {sleeve} {symbol} refused: it must be positive")
+        if self.shared(sleeve):
+            if level is None:
+                self.stops.pop((sleeve, symbol), None)
+            else:
+                self.stops[(sleeve, symbol)] = level
+            self._sync_stop(sleeve, symbol)
+            return
         client = self._client(sleeve)
         market = client.market(symbol)
         price = client.price_to_precision(symbol, level.price) if level is not None else "0"
@@ -486,15 +578,84 @@ class BybitExchange:
         else:
             self.stops[(sleeve, symbol)] = level
 
+    def _sync_stop(self, sleeve: Sleeve, symbol: str) -> None:
+        """A virtual sleeve's stop at Bybit: one conditional market order (not reduce-only: the
+        account's position is the sum of its sleeves') for the sleeve's whole position, on the
+        side that closes it, triggered at its level by the last price. The one resting is amended
+        when only its trigger or qty changed, else cancelled and sent again; none is left for a flat
+        sleeve or a cleared level. A trigger the price already passed sends it as a market order now:
+        that is what the stop is for. Safe to repeat: what rests is read first."""
+        import ccxt
+
+        client = self._client(sleeve)
+        prefix = SLEEVE_CODES[sleeve] + STOP_TAG
+        params = {"category": "linear", "orderFilter": "StopOrder"}
+        resting = [o for o in self._call(client.fetch_open_orders, f"{sleeve} {symbol}: stop orders", symbol,
+                                         None, None, dict(params))
+                   if (o.get("clientOrderId") or "").startswith(prefix)]
+        level, qty = self.stops.get((sleeve, symbol)), self.positions.get((sleeve, symbol), 0.0)
+        amount = float(client.amount_to_precision(symbol, abs(qty))) if abs(qty) > 0 else 0.0
+        if level is None or amount <= 0:
+            for o in resting:
+                self._cancel_stop(client, o, symbol)
+            return
+        side = "sell" if qty > 0 else "buy"
+        tag = next((t for t, r in STOP_REASONS.items() if r == level.reason), "h")
+        trigger = float(client.price_to_precision(symbol, level.price))
+        keep = next((o for o in resting if o["side"] == side and o["clientOrderId"][6:7] == tag), None)
+        for o in resting:
+            if o is not keep:
+                self._cancel_stop(client, o, symbol)
+        if keep is not None:
+            if math.isclose(float(keep.get("triggerPrice") or 0), trigger) and math.isclose(float(keep["amount"]), amount):
+                return
+            try:
+                self._call(client.edit_order, f"{sleeve} {symbol}: moving its stop", keep["id"], symbol, "market",
+                           side, amount, None, {"category": "linear", "triggerPrice": trigger})
+                return
+            except ExchangeError:       # triggered meanwhile, or the trigger is passed: start again
+                self._cancel_stop(client, keep, symbol)
+        cid = f"{prefix}{tag}-{uuid.uuid4().hex}"[:36]
+        try:
+            client.create_order(symbol, "market", side, amount, None,
+                                {"category": "linear", "orderLinkId": cid, "triggerPrice": trigger,
+                                 "triggerDirection": "descending" if side == "sell" else "ascending"})
+        except ccxt.BaseError as exc:
+            if any(code in str(exc) for code in TRIGGER_PASSED_CODES):      # the stop is hit already
+                self._call(client.create_order, f"{sleeve} {symbol}: stop {cid} hit at the send", symbol, "market",
+                           side, amount, None, {"category": "linear", "orderLinkId": cid})
+                self.positions[(sleeve, symbol)] = 0.0     # closed: its fill is booked from the journal
+                return
+            if not _uncertain(exc) or not self._call(client.fetch_open_orders, f"looking up {cid}", symbol, None, None,
+                                                     {**params, "orderLinkId": cid}):
+                self._raise(f"{sleeve} {symbol}: stop order {cid}", exc)
+
+    def _cancel_stop(self, client, order: Mapping[str, Any], symbol: str) -> None:
+        import ccxt
+
+        try:
+            client.cancel_order(order["id"], symbol, {"category": "linear", "orderFilter": "StopOrder"})
+        except ccxt.OrderNotFound:                # triggered or cancelled meanwhile
+            pass
+        except ccxt.BaseError as exc:
+            self._raise(f"cancelling stop order {order.get('clientOrderId')}", exc)
+
     def transfer(self, t: Transfer, key: str | None = None) -> None:
         """USDT into a sleeve's account under a transfer id derived from `key` (a repeated key moves
         nothing): from another sleeve's account, or (from_sleeve None) a deposit's share from the
         main account's deposit wallet. Each is one universal transfer made with the main account's
         key: Bybit refuses one between two sub-accounts made with a sub-account's key."""
-        if t.from_sleeve is None and self.main is None and len(self.clients) == 1:
+        dst = self.clients.get(t.to_sleeve)
+        if t.from_sleeve is not None and self.clients.get(t.from_sleeve) is dst:
+            return                                # two virtual ledgers of one account: ours alone moves
+        if t.from_sleeve is None and self.main is None and len(self.accounts()) == 1:
             return                                # one account and no main one: the deposit landed there
-        client = self._main_client(f"transfer {t.from_sleeve or 'main'} -> {t.to_sleeve}")
         transfer_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"eternal|{key or t}"))
+        if t.from_sleeve is None and dst is not None and dst is self.main:
+            if self.deposit_wallet != "UNIFIED":  # a sleeve on the main account: Funding -> Unified wallet
+                self._inter_transfer(t, transfer_id)
+            return
+        client = self._main_client(f"transfer {t.from_sleeve or 'main'} -> {t.to_sleeve}")
         if self._transfer_done(client, transfer_id):      # a repeated plan (crash, retry): made before
             return
         params = {"transferId": transfer_id, "coin": t.asset, "amount": f"{t.qty:.8f}",
@@ -510,6 +671,28 @@ class BybitExchange:
                 return
             self._raise(f"transfer {transfer_id} ({t.qty:.8f} {t.asset} {t.from_sleeve or 'main'} -> "
                         f"{t.to_sleeve})", exc)
+
+    def _inter_transfer(self, t: Transfer, transfer_id: str) -> None:
+        """A deposit's share from the main account's Funding wallet to its Unified one (where its
+        virtual sleeves trade), under `transfer_id`: looked up before it is sent and after an error."""
+        import ccxt
+
+        def done() -> bool:
+            found = self._call(self.main.privateGetV5AssetTransferQueryInterTransferList,
+                               f"looking up transfer {transfer_id}", {"transferId": transfer_id, "coin": t.asset})
+            rows = ((found or {}).get("result") or {}).get("list") or []
+            return any(r.get("transferId") == transfer_id and r.get("status") == "SUCCESS" for r in rows)
+
+        if done():
+            return
+        try:
+            self.main.privatePostV5AssetTransferInterTransfer(
+                {"transferId": transfer_id, "coin": t.asset, "amount": f"{t.qty:.8f}",
+                 "fromAccountType": "FUND", "toAccountType": "UNIFIED"})
+        except ccxt.BaseError as exc:
+            if not done():
+                self._raise(f"transfer {transfer_id} ({t.qty:.8f} {t.asset} Funding -> Unified wallet of the "
+                            f"main account, for {t.to_sleeve})", exc)
 
     def _transfer_done(self, client, transfer_id: str) -> bool:
         """Bybit holds a successful universal transfer under this id (its transfer list)."""
@@ -566,7 +749,7 @@ class BybitExchange:
         return sorted(found.values(), key=lambda d: (d.ts, d.deposit_id))
 
     def _deposit_client(self):
-        if self.main is None and len(self.clients) == 1:
+        if self.main is None and len(self.accounts()) == 1:
             return self._client(next(iter(self.clients)))
         client = self._main_client("reading deposits")
         if client.markets is None:                # ccxt parses by the currencies: the sub-accounts' markets
@@ -611,20 +794,22 @@ class BybitExchange:
 
 
 class _LazyBooks(Mapping):
-    """`exchange.books`: each sleeve's account read when asked for (reconciliation asks each once)."""
+    """`exchange.books`: each sleeve with an account of its own, read when asked for
+    (reconciliation asks each once); virtual sleeves are in `account_books` instead."""
 
     def __init__(self, ex: BybitExchange):
         self.ex, self._cache = ex, {}
+        self._own = [s for s in ex.clients if not ex.shared(s)]
 
     def __getitem__(self, sleeve: Sleeve) -> SleeveBook:
-        if sleeve not in self.ex.clients:
+        if sleeve not in self._own:
             raise KeyError(sleeve)
         if sleeve not in self._cache:
             self._cache[sleeve] = self.ex.book_of(sleeve)
         return self._cache[sleeve]
 
     def __iter__(self):
-        return iter(self.ex.clients)
+        return iter(self._own)
 
     def __len__(self) -> int:
-        return len(self.ex.clients)
+        return len(self._own)

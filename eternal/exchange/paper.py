@@ -105,6 +105,14 @@ class PaperExchange(PerpDesk):
         self._lookup: Callable[[str], ExchangeOrder | None] | None = None   # orders not in memory
         self._journal_loader: Callable[[int, int], list[tuple[int, str, Any]]] | None = None
 
+    # one account per sleeve ----------------------------------------------------------------------
+    def account_books(self) -> list:
+        """No account holds two sleeves here (the port's: Bybit's virtual sleeves)."""
+        return []
+
+    def use_ledger(self, positions, stops) -> None:
+        """Nothing to size: each paper sleeve's stop covers its own position (the port's)."""
+
     # prices ----------------------------------------------------------------------------------
     def set_quotes(self, quotes: Mapping[str, Quote]) -> None:
         self.quotes.update(quotes)

@@ -53,10 +53,16 @@ class Order:
     cancel_type: str = "UNKNOWN"
     stop_order_type: str = ""
     create_type: str = "CreateByUser"
+    trigger_price: float | None = None     # a conditional order: Untriggered until the price crosses it
+    trigger_direction: int = 0             # 1: when the price rises to it, 2: when it falls to it
 
     @property
     def is_open(self) -> bool:
-        return self.status in ("New", "PartiallyFilled")
+        return self.status in ("New", "PartiallyFilled", "Untriggered")
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.trigger_price is not None
 
 
 @dataclass

@@ -82,12 +82,14 @@ def create_order(emu, acct: Account, p: dict) -> dict:
         raise Reject(10001, f"emulator: category {category!r} not supported")
     if not any(i["symbol"] == symbol for i in emu.instruments[category]):
         raise Reject(10001, f"params error: symbol invalid {symbol!r}")
-    if p.get("triggerPrice") or p.get("orderFilter") in ("StopOrder", "tpslOrder"):
-        raise Reject(10001, "emulator: conditional orders are not emulated")
+    if p.get("orderFilter") in ("StopOrder", "tpslOrder") or (p.get("triggerPrice") and category == "spot"):
+        raise Reject(10001, "emulator: spot conditional and TP/SL orders are not emulated")
     link = p.get("orderLinkId") or ""
     if link and link in acct.link_ids:
         raise Reject(*_DUPLICATE[category])
     bid, ask, last = emu.quote(category, symbol)
+    if p.get("triggerPrice"):
+        return _conditional(emu, acct, p, last)
     o = emu._new_order(acct, p)
     try:
         _check_funds(emu, acct, o, bid, ask)
@@ -113,6 +115,26 @@ def create_order(emu, acct: Account, p: dict) -> dict:
             book.fill(acct, o, o.qty, ask if o.side == "Buy" else bid, maker=False, mark=last, now_ms=now)
         elif o.time_in_force in ("IOC", "FOK"):
             o.status, o.reject_reason = "Cancelled", "EC_NoImmediateQtyToFill"
+    return {"orderId": o.order_id, "orderLinkId": o.link_id}
+
+
+def _conditional(emu, acct: Account, p: dict, last: float) -> dict:
+    """A linear conditional order (triggerPrice, triggerDirection 1 rising / 2 falling): it waits
+    Untriggered and becomes its market or limit order when the last price reaches the trigger
+    (`BybitEmulator._match`); funds are checked then. A trigger already passed is refused, as
+    Bybit does (110092 / 110093)."""
+    try:
+        trigger, direction = float(p["triggerPrice"]), int(p.get("triggerDirection") or 0)
+    except (TypeError, ValueError):
+        raise Reject(10001, f"params error: triggerPrice {p.get('triggerPrice')!r}") from None
+    if direction == 1 and trigger <= last:
+        raise Reject(110092, f"expect Rising, but trigger_price[{trigger}] <= current[{last}]??LastPrice")
+    if direction == 2 and trigger >= last:
+        raise Reject(110093, f"expect Falling, but trigger_price[{trigger}] >= current[{last}]??LastPrice")
+    if direction not in (1, 2):
+        raise Reject(10001, "params error: triggerDirection must be 1 or 2")
+    o = emu._new_order(acct, p)
+    o.status, o.trigger_price, o.trigger_direction, o.stop_order_type = "Untriggered", trigger, direction, "Stop"
     return {"orderId": o.order_id, "orderLinkId": o.link_id}
 
 
@@ -146,6 +168,10 @@ def amend_order(emu, acct: Account, p: dict) -> dict:
         o.qty = float(p["qty"])
     if p.get("price"):
         o.price = float(p["price"])
+    if p.get("triggerPrice"):
+        if not o.is_conditional or o.status != "Untriggered":
+            raise Reject(10001, "params error: triggerPrice of an order that is not an untriggered conditional")
+        o.trigger_price = float(p["triggerPrice"])
     o.updated_ms = emu.now_ms()
     emu._match(o.category, o.symbol)
     return {"orderId": o.order_id, "orderLinkId": o.link_id}
@@ -160,7 +186,8 @@ def cancel_order(emu, acct: Account, p: dict) -> dict:
 
 
 def _cancel(emu, o) -> None:
-    o.status = "PartiallyFilledCanceled" if o.cum_qty and o.category == "spot" else "Cancelled"
+    o.status = ("Deactivated" if o.status == "Untriggered" else
+                "PartiallyFilledCanceled" if o.cum_qty and o.category == "spot" else "Cancelled")
     o.cancel_type, o.updated_ms = "CancelByUser", emu.now_ms()
 
 
@@ -192,6 +219,8 @@ def _orders(acct: Account, p: dict, *, endpoint: str) -> list:
         chosen = [o for o in chosen if o.order_id == p["orderId"]]
     if p.get("orderLinkId"):
         chosen = [o for o in chosen if o.link_id == p["orderLinkId"]]
+    if p.get("orderFilter") in ("Order", "StopOrder"):   # absent: every kind (a unified account)
+        chosen = [o for o in chosen if o.is_conditional == (p["orderFilter"] == "StopOrder")]
     if endpoint == "realtime":
         # by id: open or one of the recent closed orders; openOnly=1: recent closed ones
         if not by_id:
@@ -286,12 +315,15 @@ def _transfer(emu, acct: Account, p: dict) -> dict:
     if tid in acct.transfers:      # idempotent: the same id moves the money once
         return {"transferId": tid, "status": "SUCCESS"}
     coin, amount = p.get("coin"), float(p.get("amount") or 0)
-    if p.get("fromAccountType") == "UNIFIED":
-        if acct.balances.get(coin, 0.0) < amount:
-            raise Reject(131212, "insufficient balance")
-        acct.book(coin, -amount)
-    elif p.get("toAccountType") == "UNIFIED":
-        acct.book(coin, amount)
+    wallets = {"UNIFIED": acct.balances, "FUND": acct.fund}
+    source, target = wallets.get(p.get("fromAccountType")), wallets.get(p.get("toAccountType"))
+    if source is None or target is None or source is target:
+        raise Reject(10001, f"emulator: between UNIFIED and FUND only, got {p.get('fromAccountType')!r} -> "
+                            f"{p.get('toAccountType')!r}")
+    if not amount > 0 or source.get(coin, 0.0) < amount - 1e-12:
+        raise Reject(131212, "insufficient balance")
+    source[coin] = source.get(coin, 0.0) - amount
+    target[coin] = target.get(coin, 0.0) + amount
     acct.transfers[tid] = {"transferId": tid, "coin": coin, "amount": rows.num(amount),
                            "fromAccountType": p.get("fromAccountType"), "toAccountType": p.get("toAccountType"),
                            "timestamp": str(emu.now_ms()), "status": "SUCCESS"}
@@ -299,7 +331,8 @@ def _transfer(emu, acct: Account, p: dict) -> dict:
 
 
 def transfer_list(emu, acct: Account, p: dict) -> dict:
-    chosen = [t for t in reversed(acct.transfers.values()) if p.get("coin") in (None, t["coin"])]
+    chosen = [t for t in reversed(acct.transfers.values()) if p.get("coin") in (None, t["coin"])
+              and p.get("transferId") in (None, t["transferId"])]
     return {"list": [{**t, "nextPageCursor": _CURSOR} for t in chosen[: _limit(p, 20, 50)]],
             "nextPageCursor": _CURSOR}
 

@@ -25,16 +25,16 @@ def order_row(o, *, endpoint: str, cursor: str) -> dict:
         "avgPrice": num(avg) if avg else ("" if o.category == "linear" else "0"),
         "stopOrderType": o.stop_order_type, "lastPriceOnCreated": num(o.last_price_on_created),
         "orderStatus": o.status, "takeProfit": "", "cumExecValue": num(o.cum_value),
-        "smpType": "None", "triggerDirection": "0", "blockTradeId": "",
+        "smpType": "None", "triggerDirection": str(o.trigger_direction), "blockTradeId": "",
         "rejectReason": o.reject_reason, "isLeverage": "", "price": num(o.price or 0),
         "orderIv": "", "createdTime": str(o.created_ms), "tpTriggerBy": "", "positionIdx": "0",
         "timeInForce": o.time_in_force, "leavesValue": num((o.qty - o.cum_qty) * (o.price or o.last_price_on_created)
                                                             if o.is_open else 0),
         "updatedTime": str(o.updated_ms), "side": o.side, "smpGroup": "0",
-        "triggerPrice": "", "tpLimitPrice": "0", "cumExecFee": num(o.cum_fee), "slTriggerBy": "",
+        "triggerPrice": num(o.trigger_price) if o.trigger_price else "", "tpLimitPrice": "0", "cumExecFee": num(o.cum_fee), "slTriggerBy": "",
         "leavesQty": num(o.qty - o.cum_qty if o.is_open else 0), "closeOnTrigger": False,
         "placeType": "", "cumExecQty": num(o.cum_qty), "reduceOnly": o.reduce_only,
-        "qty": num(o.qty), "stopLoss": "", "smpOrderId": "", "triggerBy": "",
+        "qty": num(o.qty), "stopLoss": "", "smpOrderId": "", "triggerBy": "LastPrice" if o.trigger_price else "",
     }
     if o.category == "spot":  # spot captures (2024-01): isLeverage "0", marketUnit, row cursor
         common.update({"isLeverage": "0", "triggerPrice": "0", "stopLoss": "0", "takeProfit": "0",

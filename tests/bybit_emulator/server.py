@@ -206,6 +206,11 @@ class BybitEmulator(BybitStub):
         now = self.now_ms()
         for acct in self.accounts.values():
             for o in list(acct.orders.values()):
+                if o.status == "Untriggered" and o.category == category and o.symbol == symbol and (
+                        (o.trigger_direction == 2 and last <= o.trigger_price)
+                        or (o.trigger_direction == 1 and last >= o.trigger_price)):
+                    self._trigger(acct, o, bid, ask, last, now)
+                    continue
                 if not (o.is_open and o.order_type == "Limit" and o.category == category and o.symbol == symbol):
                     continue
                 if (o.side == "Buy" and ask <= o.price) or (o.side == "Sell" and bid >= o.price):
@@ -218,6 +223,22 @@ class BybitEmulator(BybitStub):
                                                "reduceOnly": True})
                     o.stop_order_type, o.create_type = "StopLoss", "CreateByStopLoss"
                     book.fill(acct, o, o.qty, bid if p.size > 0 else ask, maker=False, mark=last, now_ms=now)
+
+    def _trigger(self, acct: Account, o: Order, bid: float, ask: float, last: float, now: int) -> None:
+        """A conditional order whose trigger the price reached: its order is placed now (a market
+        one fills at the bid or ask; funds and reduce-only are checked as at a send)."""
+        from .private import _check_funds
+
+        o.status, o.create_type, o.updated_ms = "Triggered", "CreateByStopOrder", now
+        try:
+            _check_funds(self, acct, o, bid, ask)
+        except Reject as exc:
+            o.status, o.reject_reason = "Rejected", f"EC_{exc.code}"
+            return
+        if o.order_type == "Market":
+            book.fill(acct, o, o.qty, ask if o.side == "Buy" else bid, maker=False, mark=last, now_ms=now)
+        else:
+            o.status = "New"
 
     def _new_order(self, acct: Account, p: dict) -> Order:
         category, symbol = p.get("category"), p.get("symbol")
