@@ -152,3 +152,37 @@ def test_withdrawals_suspended_are_read_from_fetch_currencies(emu, venue):
 def test_the_predicted_funding_rate_is_the_tickers(emu, venue):
     emu.set_funding_rate("BTCUSDT", 0.000137)
     assert venue.predicted_funding_rate("BTC/USDT:USDT") == pytest.approx(0.000137)
+
+
+def test_the_journal_pages_past_bybits_limits_and_walks_its_seven_day_windows(emu, venue):
+    """Bybit answers at most 100 executions and 50 transaction-log rows a request, newest first,
+    over at most 7 days. 120 CORE buys (one a second) and 60 settlements of TREND-1's perp (one a
+    minute) on 2024-01-02 come back complete, oldest first; after nine quiet days one more buy is
+    found from the last cursor (a single 7-day window from it would hold nothing)."""
+    from datetime import timedelta
+
+    start = datetime(2024, 1, 2, 1, tzinfo=UTC)
+    try:
+        for n in range(120):
+            emu.now = start + timedelta(seconds=n)
+            venue.place_order(f"co-page-{n:03d}", buy(CORE, "BTC/USDT", 0.001, key=f"p{n}"), NOW)
+        emu.now = start + timedelta(minutes=3)
+        venue.set_leverage(T1, "BTC/USDT:USDT", 1.0)
+        venue.place_order("t1-page-entry", buy(T1, "BTC/USDT:USDT", 0.01), NOW)
+        for n in range(60):
+            emu.now = start + timedelta(minutes=4 + n)
+            emu.settle_funding("BTCUSDT", 0.0001)
+        emu.now = start + timedelta(hours=2)
+        journal = venue.journal_since(0)
+        fills = [x.client_order_id for _, k, x in journal if k == "fill" and x.sleeve == CORE]
+        assert fills == [f"co-page-{n:03d}" for n in range(120)]
+        assert sum(1 for _, k, x in journal if k == "funding" and x.sleeve == T1) == 60
+        numbers = [n for n, _, _ in journal]
+        assert numbers == sorted(set(numbers))
+        emu.now = start + timedelta(days=9)
+        venue.place_order("co-page-late", buy(CORE, "BTC/USDT", 0.001, key="late"), NOW)
+        emu.now = start + timedelta(days=9, hours=1)
+        later = venue.journal_since(numbers[-1])
+        assert [x.client_order_id for _, k, x in later if k == "fill"] == ["co-page-late"]
+    finally:
+        emu.now = None

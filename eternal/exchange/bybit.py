@@ -75,6 +75,8 @@ CATEGORIES = {Sleeve.CORE: ("spot",), Sleeve.TACTICAL: ("spot",), Sleeve.TREND_1
 MARKETS_TTL_S = 3600.0
 """A process re-reads Bybit's markets (instruments-info, every category) at most hourly."""
 _MARKETS: dict[str, tuple[float, dict, dict, dict]] = {}
+HISTORY_SPAN_MS = 7 * 86_400_000
+"""Bybit's execution list and transaction log answer at most 7 days per request."""
 DEPOSIT_WINDOW_MS = 30 * 86_400_000 - 1000
 """Bybit reads deposit records over at most 30 days per request."""
 DEPOSIT_PAGE = 50
@@ -437,22 +439,25 @@ class BybitExchange:
         """Fills (executions) and funding (transaction-log settlements) of every sleeve numbered
         above `seq`, oldest first (see the module's docstring for the numbering)."""
         since = seq // 1000 if seq else None
+        until = None
         items: list[tuple[int, str, str, Any]] = []
         for client, sleeves in self.accounts():
             first = sleeves[0]
             self._client(first)
             categories = [c for c in ("spot", "linear") if any(c in CATEGORIES[s] for s in sleeves)]
+            if until is None:               # the venue's clock: the windows end at its now
+                until = int(self._call(client.fetch_time, "Bybit's time"))
             for category in categories:
-                trades = self._call(client.fetch_my_trades, f"{first}: executions", None, since, 100,
-                                    {"category": category})
+                trades = self._history(client.fetch_my_trades, f"{first}: executions", since, until, 100,
+                                       {"category": category})
                 for t in trades:
                     items.append((int(t["timestamp"]), str(t["id"]), "fill",
                                   self._fill(self._owner(t, sleeves, category), t)))
             if "linear" not in categories:
                 continue                          # no perps, no funding
             perps = tuple(s for s in sleeves if "linear" in CATEGORIES[s])
-            ledger = self._call(client.fetch_ledger, f"{first}: transaction log", QUOTE, since, 50,
-                                {"type": "SETTLEMENT"})
+            ledger = self._history(client.fetch_ledger, f"{first}: transaction log", since, until, 50,
+                                   {"type": "SETTLEMENT"}, code=QUOTE)
             for e in ledger:
                 info = e.get("info") or {}
                 if info.get("type") != "SETTLEMENT":
@@ -469,6 +474,30 @@ class BybitExchange:
             if number > seq:
                 out.append((number, kind, item))
         return out
+
+    def _history(self, fetch: Callable, doing: str, since: int | None, until: int, limit: int,
+                 params: dict[str, Any], code: str | None = None) -> list[dict]:
+        """Every row of a Bybit history (the execution list, the transaction log) with since <= time
+        <= until (ms; since None: the last 7 days): read in windows of Bybit's widest span, 7 days,
+        each newest first, page by page (the next page ends at the oldest row of a full one; rows
+        read twice count once). Without the windows a ledger quiet for a week would ask for a week
+        that never holds its next fill; without the pages, more than `limit` rows in a run would
+        lose the oldest."""
+        rows: dict[str, dict] = {}
+        lo = since if since is not None else until - HISTORY_SPAN_MS
+        while lo <= until:
+            hi = end = min(until, lo + HISTORY_SPAN_MS)
+            while True:
+                page = self._call(fetch, doing, code, lo, limit, {**params, "endTime": end})
+                rows.update((str(r["id"]), r) for r in page)
+                if len(page) < limit:
+                    break
+                oldest = min(int(r["timestamp"]) for r in page)
+                if oldest >= end:               # a whole page within one ms: more cannot be told apart
+                    raise ExchangeError(f"{doing}: more than {limit} rows at {oldest} ms; Bybit cannot page them")
+                end = oldest
+            lo = hi + 1
+        return list(rows.values())
 
     @staticmethod
     def _owner(t: Mapping[str, Any], sleeves: tuple[Sleeve, ...], category: str) -> Sleeve:

@@ -244,9 +244,21 @@ def order_history(emu, acct: Account, p: dict) -> dict:
             "list": [rows.order_row(o, endpoint="history", cursor=_CURSOR) for o in _orders(acct, p, endpoint="history")]}
 
 
-def _window(p: dict, items: list[dict], stamp: str) -> list[dict]:
+_DAYS_7_MS = 7 * 86_400_000
+
+
+def _window(emu, p: dict, items: list[dict], stamp: str) -> list[dict]:
+    """Bybit's time window of the execution list and the transaction log: at most 7 days; only
+    startTime: 7 days from it; only endTime: 7 days up to it; neither: the last 7 days."""
     lo, hi = p.get("startTime"), p.get("endTime")
-    return [r for r in items if (lo is None or r[stamp] >= int(lo)) and (hi is None or r[stamp] <= int(hi))]
+    lo, hi = (int(lo) if lo else None), (int(hi) if hi else None)
+    if lo is not None and hi is not None and hi - lo > _DAYS_7_MS:
+        raise Reject(10001, "params error: the time span between startTime and endTime must be within 7 days")
+    if lo is None and hi is None:
+        hi = emu.now_ms()
+    lo = hi - _DAYS_7_MS if lo is None else lo
+    hi = lo + _DAYS_7_MS if hi is None else hi
+    return [r for r in items if lo <= r[stamp] <= hi]
 
 
 def executions(emu, acct: Account, p: dict) -> dict:
@@ -255,7 +267,7 @@ def executions(emu, acct: Account, p: dict) -> dict:
     for key in ("symbol", "orderId", "orderLinkId", "execType"):
         if p.get(key):
             chosen = [e for e in chosen if e[key] == p[key]]
-    chosen = _window(p, chosen, "execTime")[: _limit(p, 50, 100)]
+    chosen = _window(emu, p, chosen, "execTime")[: _limit(p, 50, 100)]
     return {"nextPageCursor": _CURSOR, "category": category, "list": [rows.execution_row(e, _CURSOR) for e in chosen]}
 
 
@@ -264,7 +276,7 @@ def transaction_log(emu, acct: Account, p: dict) -> dict:
     for key, field in (("currency", "currency"), ("category", "category"), ("type", "type")):
         if p.get(key):
             chosen = [r for r in chosen if r[field] == p[key]]
-    chosen = _window(p, chosen, "transactionTime")[: _limit(p, 20, 50)]
+    chosen = _window(emu, p, chosen, "transactionTime")[: _limit(p, 20, 50)]
     return {"nextPageCursor": _CURSOR, "list": [rows.ledger_row(r, _CURSOR) for r in chosen]}
 
 
