@@ -122,6 +122,8 @@ def test_five_virtual_sleeves_on_one_account_trade_like_the_backfill_and_each_st
     assert cid.startswith("t1stop") and qty == pytest.approx(abs(t1_qty)) and reason == p.stops[T1][sym].reason
     assert "stop_filled" in kinds
     assert account_vs_ledger(emu, engine) == []
+    raw = open(engine.url.database, "rb").read()         # the one key pair traded all of this: not stored
+    assert MAIN_KEY.encode() not in raw and MAIN_SECRET.encode() not in raw
 
 
 def test_a_deposit_to_one_account_is_booked_once_and_moved_to_the_unified_wallet_once_across_a_kill(
