@@ -106,6 +106,13 @@ def targets(regime: Regime | str, params: AllocationParams,
     return out
 
 
+def targets_in_force(state: dict | None, params: AllocationParams,
+                     base: dict[Sleeve, float] | None = None) -> dict[Sleeve, float]:
+    """The targets of the regime in force in a stored allocation state (none yet: Base)."""
+    active = AllocationState.model_validate(state or {}).active
+    return targets(active or Regime.BASE, params, base)
+
+
 def _groups(values: dict[Sleeve, float]) -> dict[str, float]:
     """TREND-1 and TREND-2 are one sleeve for the band (the spec's TREND)."""
     out = {s.value: v for s, v in values.items() if s not in TREND}

@@ -329,45 +329,10 @@ def cmd_data(args, s) -> int:
 
 
 def cmd_status(args, s) -> int:
-    from eternal.data.store import MarketStore
-    from eternal.reporting import portfolio_rows
     from eternal.store.db import connect
-    from eternal.store.ledger import LedgerStore
+    from tasks.status import status_text
 
-    engine = connect(s.database_url)
-    ledger, market = LedgerStore(engine), MarketStore(engine)
-    print(f"mode: {s.mode.value}   database: {s.database_url}")   # credentials masked
-    if not ledger.is_initialised():
-        print("no portfolio yet: run `eternal run daily` to start one")
-        return 0
-    from eternal.driver import Due
-    from eternal.store.driver_store import SqlLedger
-
-    p = SqlLedger(engine).load()
-    if p is not None:
-        print(f"clock: {Due.from_key(p.clock)} (the last event processed)")
-        for sleeve, why in p.halted.items():
-            print(f"HALTED {sleeve}: {why}")
-        for d in p.deposits:
-            print(f"deposit waiting for the next close: {d['usdt']:,.2f} USDT ({d['reference']})")
-    books = ledger.load_books()
-    prices = {}
-    for sym in ("BTC/USDT", "ETH/USDT", "SOL/USDT"):
-        last = market.load_candles(sym, "1d", start=(market.last_candle_ts(sym, "1d") or datetime.now(UTC)))
-        if len(last):
-            prices[sym.split("/")[0]] = float(last["close"].iloc[-1])
-    total = 0.0
-    print(f"\n{'sleeve':10} {'asset':16} {'qty':>18} {'value USDT':>16}")
-    for r in portfolio_rows(books, prices):
-        total += r["value_usdt"]
-        print(f"{r['sleeve']:10} {r['asset']:16} {r['qty']:>18.8f} {r['value_usdt']:>16,.2f}")
-    print(f"{'total':10} {'':16} {'':>18} {total:>16,.2f}")
-    for sleeve, state in ledger.load_states().items():
-        print(f"\n{sleeve.value} state: {state.get('phase', '?')}  {json.dumps(state, default=str)}")
-    run = ledger.last_run()
-    if run:
-        print(f"\nlast run: {run.flow} for {run.scheduled:%Y-%m-%d %H:%M} UTC, {run.status}, "
-              f"started {run.started_at:%Y-%m-%d %H:%M:%S} UTC")
+    print(status_text(s, connect(s.database_url)))   # credentials masked
     return 0
 
 

@@ -32,11 +32,13 @@ from typing import Any, Protocol
 from eternal import breakers, cycle, invariants, risk
 from eternal import ledger as books
 from eternal.instruments import apply_rules
+from eternal.allocation import targets_in_force
 from eternal.config import Settings
 from eternal.errors import EternalError
 from eternal.execution import execute, scaled_event, sync_record
 from eternal.market import MarketView
 from eternal.plans import plan_from_json, plan_to_json
+from eternal.valuation import Valuation, value_portfolio
 from eternal.models import (
     QUOTE,
     Event,
@@ -163,6 +165,10 @@ class Portfolio:
     stops: dict[Sleeve, dict[str, StopLevel]] = field(default_factory=dict)
     risk: breakers.RiskState = field(default_factory=breakers.RiskState)   # unit value, breakers, kill switch
     mode: str = ""                                      # the venue it trades on (paper, demo, testnet, live)
+    # USDT each sleeve was given, net (starting capital, deposits, transfers in less out; coins at
+    # the price they moved at): its P&L since the start is its equity less this
+    capital_in: dict[Sleeve, float] = field(default_factory=dict)
+    last_close: dict[str, Any] = field(default_factory=dict)   # the last close's equity and P&L by sleeve
 
     def doc(self) -> dict[str, Any]:
         """The small part persisted as one document (books, states and orders have their tables)."""
@@ -172,7 +178,8 @@ class Portfolio:
                 "deposits": list(self.deposits),
                 "stops": {s.value: {sym: [lv.price, lv.reason] for sym, lv in lv_.items()}
                           for s, lv_ in self.stops.items()},
-                "risk": breakers.dump(self.risk), "mode": self.mode}
+                "risk": breakers.dump(self.risk), "mode": self.mode,
+                "capital_in": {s.value: v for s, v in self.capital_in.items()}, "last_close": dict(self.last_close)}
 
     def load_doc(self, doc: dict[str, Any]) -> None:
         self.clock = doc.get("clock", "")
@@ -185,6 +192,9 @@ class Portfolio:
                       for s, lv in doc.get("stops", {}).items()}
         self.risk = breakers.load(doc.get("risk"))
         self.mode = doc.get("mode", "")
+        if "capital_in" in doc:                 # a ledger from before it: SqlLedger.load sums its transfers
+            self.capital_in = {Sleeve(s): v for s, v in doc["capital_in"].items()}
+        self.last_close = dict(doc.get("last_close", {}))
 
 
 @dataclass
@@ -223,6 +233,7 @@ class RunReport:
     orders: list[OrderRecord] = field(default_factory=list)
     payments: list[FundingPayment] = field(default_factory=list)
     clock: str = ""
+    closing: Valuation | None = None     # the portfolio at the last close processed (its equity records)
 
     def line(self) -> str:
         if not self.processed:
@@ -234,9 +245,8 @@ class RunReport:
 def equity_rows(day: datetime, books: dict[Sleeve, SleeveBook], closes: dict[str, float],
                 marks: dict[str, float]) -> list[dict]:
     """One row per sleeve at a close: equity marked to market (spot at the close, perps at the
-    mark) and cash, in USDT."""
-    return [{"day": day, "sleeve": sl.value, "equity": b.equity(closes, marks), "cash": b.cash}
-            for sl, b in books.items()]
+    mark) and cash, in USDT (`eternal.valuation`)."""
+    return value_portfolio(day, books, closes, marks).equity_rows()
 
 
 # reconciliation --------------------------------------------------------------------------------
@@ -330,7 +340,8 @@ class Driver:
         """The stored portfolio, or a new one with `capital` split by `shares` from `start` on."""
         p = self.ledger.load()
         if p is None:
-            p = Portfolio({s: SleeveBook(s, capital * w) for s, w in shares.items()}, clock=clock_before(start))
+            p = Portfolio({s: SleeveBook(s, capital * w) for s, w in shares.items()}, clock=clock_before(start),
+                          capital_in={s: capital * w for s, w in shares.items()})
             self.ledger.initialise(p, capital, shares, utc(start))
         return p
 
@@ -452,7 +463,8 @@ class Driver:
             batch.deposits_taken, batch.plan_key = deposits, due.key
         if due.kind == Kind.CLOSE:
             closes, marks = view.closes(i), view.marks(i)
-            batch.equity = equity_rows(due.day, p.books, closes, marks)
+            report.closing = self.valuation(p, due.day, closes, marks)
+            batch.equity = report.closing.equity_rows()
             if self.on_close is not None:
                 self.on_close(due.day, p, closes, marks)
         self.check_invariants(p, batch, due.ts, *((closes, marks) if due.kind == Kind.CLOSE else ()))
@@ -463,6 +475,17 @@ class Driver:
         report.events += batch.events
         report.orders += batch.orders
         report.payments += batch.payments
+
+    def valuation(self, p: Portfolio, day: datetime, closes: dict[str, float],
+                  marks: dict[str, float]) -> Valuation:
+        """The portfolio at the close of `day`, with the targets in force, the stops kept and the
+        P&L of the day and since the start; remembered as the ledger's last close."""
+        s = self.settings
+        v = value_portfolio(day, p.books, closes, marks,
+                            targets_in_force(p.allocation, s.allocation, s.weights.by_sleeve()), p.stops,
+                            capital_in=p.capital_in, previous=p.last_close or None)
+        p.last_close = v.close_doc()
+        return v
 
     # what the venue did ------------------------------------------------------------------------
     def sync(self, p: Portfolio, batch: Batch) -> list[Fill]:
@@ -588,6 +611,10 @@ class Driver:
             _crash_point("transfer_sent")
             books.apply_transfer(p.books, t)
             batch.transfers.append(t)
+            worth = t.qty if t.asset == QUOTE else t.qty * (prices or {}).get(t.asset, 0.0)
+            for sleeve, sign in ((t.from_sleeve, -1.0), (t.to_sleeve, 1.0)):
+                if sleeve is not None:
+                    p.capital_in[sleeve] = p.capital_in.get(sleeve, 0.0) + sign * worth
         for sleeve, moves in plan.stakes.items():
             for asset, qty in moves.items():
                 moved = ex.stake(sleeve, asset, qty, f"stake|{due.key}|{sleeve.value}|{asset}")

@@ -215,14 +215,11 @@ class SleeveBook:
         return self.holdings.get(asset, 0.0) + self.staked.get(asset, 0.0)
 
     def equity(self, prices: dict[str, float], marks: dict[str, float] | None = None) -> float:
-        """Mark to market: spot at `prices` (asset -> price), perps at `marks` (perp symbol ->
-        price; default: the spot price of the same base asset)."""
-        assets = set(self.holdings) | set(self.staked)
-        value = self.cash + sum(self.qty(a) * prices[a] for a in assets if self.qty(a))
-        for sym, pos in self.perps.items():
-            mark = marks[sym] if marks and sym in marks else prices[base_of(sym)]
-            value += pos.margin + pos.unrealised(mark)
-        return value
+        """Mark to market (`eternal.valuation`): spot at `prices` (asset -> price), perps at
+        `marks` (perp symbol -> mark; a perp without one is refused, not valued at the spot)."""
+        from eternal.valuation import value_book
+
+        return value_book(self, prices, marks).equity
 
     def copy(self) -> SleeveBook:
         return SleeveBook(self.sleeve, self.cash, dict(self.holdings), dict(self.staked),

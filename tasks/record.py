@@ -21,15 +21,16 @@ def record_run(d, flow: str) -> dict:
     if r.differences:
         rows = [{"sleeve": sl, "difference": line} for sl, lines in r.differences.items() for line in lines]
         create_table_artifact(rows, key="reconciliation", description="ledger vs exchange: sleeves halted")
-    if closes_done:
-        last = closes_done[-1]
-        i = view.index(last.day)
-        closes, marks = view.closes(i), view.marks(i)
-        equity = {sl.value: b.equity(closes, marks) for sl, b in p.books.items()}
-        report |= {"day": f"{last.day:%Y-%m-%d}", "equity": equity, "total_equity": sum(equity.values())}
-        key = f"{flow}-{last.day:%Y-%m-%d}"
-        create_markdown_artifact(cycle_markdown(last.day, p.books, closes, r.events), key=key,
-                                 description="portfolio by sleeve and asset, decisions with reasons")
+    if closes_done and r.closing is not None:
+        # the books as they were at the close (the run may go on past it: a settlement, the next
+        # open's fills): the very numbers of the day's equity records
+        v = r.closing
+        equity = {sl.value: sv.equity for sl, sv in v.sleeves.items()}
+        report |= {"day": f"{v.day:%Y-%m-%d}", "equity": equity, "total_equity": v.total}
+        key = f"{flow}-{v.day:%Y-%m-%d}"
+        create_markdown_artifact(cycle_markdown(v, r.events, r.orders), key=key,
+                                 description="the portfolio at the close (spot at the close, perps at the mark), "
+                                 "P&L, weights against targets, positions with stops, orders, decisions")
     if flow == "quarterly-rebalance" and "equity" in report:
         from eternal import allocation
 

@@ -63,6 +63,8 @@ class SqlLedger:
                                "database, or replay the history with `eternal backfill`")
         p = Portfolio(self.store.load_books(), self.store.load_states(), self.store.load_allocation_state())
         p.load_doc(doc)
+        if "capital_in" not in doc:
+            p.capital_in = self.store.capital_in()
         p.open_orders = {r.client_order_id: _record(r) for r in open_rows}
         return p
 

@@ -300,6 +300,22 @@ class LedgerStore:
                 {**asdict(t), "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
                  "to_sleeve": t.to_sleeve.value} for t in transfers])
 
+    def capital_in(self) -> dict[Sleeve, float]:
+        """USDT each sleeve was given, net, by the transfers recorded (the starting capital too)."""
+        out: dict[Sleeve, float] = {}
+        with Session(self.engine) as session:
+            for t in session.scalars(select(TransferRow).where(TransferRow.asset == QUOTE)):
+                out[Sleeve(t.to_sleeve)] = out.get(Sleeve(t.to_sleeve), 0.0) + t.qty
+                if t.from_sleeve:
+                    out[Sleeve(t.from_sleeve)] = out.get(Sleeve(t.from_sleeve), 0.0) - t.qty
+        return out
+
+    def equity_records(self, day: datetime) -> dict[Sleeve, float]:
+        """Sleeve -> equity recorded at the close of `day` (empty: none)."""
+        with Session(self.engine) as session:
+            return {Sleeve(r.sleeve): r.equity for r in
+                    session.scalars(select(EquitySnapshotRow).where(EquitySnapshotRow.day == day))}
+
     def load_allocation_state(self) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             row = session.get(RiskStateRow, ALLOCATION_ROW)
