@@ -93,7 +93,9 @@ def test_first_cycle_buys_cores_first_tranche_at_the_next_days_open_at_the_maker
     # the run's artifacts: the portfolio at the close with the decisions, and the orders
     md = latest_artifact("daily-cycle-2024-01-01").data
     assert "# Daily cycle, close of 2024-01-01 UTC" in md
-    assert f"| core | BTC | {qty['BTC']:.8g} | {qty['BTC'] * close['BTC']:,.2f} |" in md   # valued at the close
+    # the books at the close (the tranche's orders rest until the next open): its equity record
+    assert "Portfolio value: **100,000.00 USDT**" in md and "| core | 60,000.00 | 60,000.00 | 60.00% | 60.00% |" in md
+    assert f"| core | BTC/USDT | buy | {qty['BTC']:.8g} | filled |" in md     # the run's orders
     assert "- `core_tranche` (core): tranche 1/4 on day 0: 14250.00 USDT split 2:1 BTC:ETH" in md
     table = table_rows(latest_artifact("daily-cycle-orders"))
     ours = {r.client_order_id for r in rows(db, OrderRow.client_order_id)}
