@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = data_sub.add_parser("validate", help="run the data quality suite on the stored data")
     val.add_argument("--asof", type=_date, help="check freshness as of this time (default: now)")
 
+    rpt = sub.add_parser("report", help="rebuild a backfill report (report.md, charts) from a ledger")
+    rpt.add_argument("source", help="a backfill's output directory (its backfill.db), a .db file or a database URL")
+    rpt.add_argument("--out", type=Path, default=None, help="where to write (default: the directory of the ledger)")
+    rpt.add_argument("--data-dir", type=Path, default=None, help="CSV data for the benchmarks and "
+                     "coins moved in kind (default: ETERNAL_DATA_DIR; without data, no benchmarks)")
     sub.add_parser("status", help="sleeves, positions, last run, engine states")
     cfg = sub.add_parser("config", help="settings")
     cfg_sub = cfg.add_subparsers(dest="action", required=True)
@@ -228,7 +233,8 @@ def print_summary(summary: dict, out: Path) -> None:
     if summary.get("exit_reasons"):
         rows.append(("perp exits", ", ".join(f"{k} {v}" for k, v in summary["exit_reasons"].items())))
     if summary.get("funding"):
-        rows.append(("funding", f"{summary['funding']:,.2f} USDT (> 0 received)"))
+        rows.append(("funding", f"received {summary.get('funding_received', 0.0):,.2f} USDT, paid "
+                                f"{summary.get('funding_paid', 0.0):,.2f} USDT, net {summary['funding']:+,.2f} USDT"))
     if tac := summary.get("tactical_sleeve"):
         rows.append(("tactical", f"{len(tac['deployments'])} deployments, {len(tac['exits'])} exits, "
                                  f"{tac['returned_to_core_usdt']:,.2f} USDT returned to CORE"))
@@ -255,7 +261,12 @@ def print_summary(summary: dict, out: Path) -> None:
                                                        if v["weight"] > 0.001)))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    print(f"\nwritten: {out}/trades.csv, {out}/equity.csv, {out}/summary.json, {out}/events.csv")
+    if (b := (summary.get("report") or {}).get("benchmarks")):
+        rows = [(f"benchmark {k}", f"{v['total_return']:+.2%}, max drawdown {v['max_drawdown']:.2%}") for k, v in b.items()]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    print(f"\nwritten: {out}/report.md, {out}/equity.png, {out}/drawdown.png, {out}/sleeves.png, {out}/trades.csv, "
+          f"{out}/equity.csv, {out}/summary.json, {out}/events.csv")
 
 
 def cmd_data(args, s) -> int:
@@ -385,8 +396,25 @@ def cmd_risk(args, s) -> int:
     return 0
 
 
+def cmd_report(args, s) -> int:
+    from tasks.report import rebuild
+
+    data_dir = args.data_dir or s.data_dir
+    data = None
+    if data_dir is not None:
+        from eternal.data.csv_files import read_dir
+        data = read_dir(Path(data_dir))
+    built, out = rebuild(args.source, args.out, data, s)
+    t = built.summary["sleeves"]["total"]
+    print(f"total return {t['total_return']:+.2%}, max drawdown {t['max_drawdown']:.2%}; "
+          + "; ".join(f"{k} {v['total_return']:+.2%}" for k, v in built.summary["benchmarks"].items()))
+    print(f"written: {out}/report.md, {out}/equity.png, {out}/drawdown.png, {out}/sleeves.png, {out}/summary.json")
+    return 0
+
+
 COMMANDS = {"config": cmd_config, "run": cmd_run, "backfill": cmd_backfill, "demo": cmd_demo,
             "data": cmd_data, "status": cmd_status, "halt": cmd_halt, "resume": cmd_resume, "risk": cmd_risk}
+COMMANDS["report"] = cmd_report
 
 if __name__ == "__main__":
     sys.exit(main())

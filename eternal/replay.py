@@ -59,6 +59,10 @@ class BackfillResult:
     events: list[Event] = field(default_factory=list)
     out_dir: Path | None = None
     funding: list[FundingPayment] = field(default_factory=list)
+    start: datetime | None = None
+    opening: dict[str, float] = field(default_factory=dict)      # sleeve -> USDT at the start
+    transfers: list[Transfer] = field(default_factory=list)
+    equity_rows: list[dict] = field(default_factory=list)         # day, sleeve, equity, cash
 
 
 def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
@@ -136,11 +140,12 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  capital: float | None = None, out_dir: Path | None = None,
                  engine: Engine | None = None, progress: bool = True,
                  on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0,
-                 compare_breakers: bool = True) -> BackfillResult:
+                 compare_breakers: bool = True,
+                 deposits: list[tuple[datetime, float]] | None = None) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
     marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
-    each month's last day. With every sleeve selected, the orchestration layer runs before the
+    each month's last day; `deposits`: (time, USDT) on top (a ledger's, to replay it). With every sleeve selected, the orchestration layer runs before the
     engines at each close; a partial selection keeps its sleeves apart.
 
     With every sleeve selected, the circuit breakers act as live (a partial selection is no
@@ -220,6 +225,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             p.deposits.append({"ts": month.isoformat(), "usdt": monthly_deposit,
                                "reference": f"monthly {month:%Y-%m}"})
             deposited.append((month, monthly_deposit))
+    for n, (ts, usdt) in enumerate(deposits or ()):
+        p.deposits.append({"ts": utc(ts).isoformat(), "usdt": usdt, "reference": f"deposit {n}"})
+        deposited.append((utc(ts), usdt))
     driver.run(p, Due(end, Kind.CLOSE).key)
     if bar is not None:
         bar.close()
@@ -252,6 +260,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     summary["funding"] = float(sum(x.amount for x in payments))
     if Sleeve.FUNDING in sleeves:
         summary["funding_sleeve"] = funding_summary(trades, payments, transfers, utilisation)
+        summary["funding_received"] = float(sum(x.amount for x in payments if x.amount > 0))
+        summary["funding_paid"] = float(-sum(x.amount for x in payments if x.amount < 0))
     if Sleeve.TACTICAL in sleeves:
         summary["tactical_sleeve"] = tactical_summary(events)
     summary["breakers"] = breaker_summary(p.risk, events, start, end, settings, orchestrated)
@@ -281,7 +291,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         events_frame(events).to_csv(out_dir / "events.csv", index=False)
-    return BackfillResult(summary, trades, equity, events, out_dir, payments)
+    return BackfillResult(summary, trades, equity, events, out_dir, payments, start,
+                          {s.value: capital * w for s, w in shares.items()}, transfers,
+                          [{**r, "day": r["day"]} for r in kept])
 
 
 def tactical_summary(events: list[Event]) -> dict:
@@ -310,7 +322,9 @@ def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transf
     return {"entries": int(len(entries)), "days_invested": invested_days,
             "funding_received": float(sum(p.amount for p in mine if p.amount > 0)),
             "funding_paid": float(-sum(p.amount for p in mine if p.amount < 0)),
-            "to_tactical": float(sum(t.qty for t in transfers if t.to_sleeve == Sleeve.TACTICAL)),
+            # what FUNDING itself sent (rebalancing moves into TACTICAL from other sleeves are not it)
+            "to_tactical": float(sum(t.qty for t in transfers if t.to_sleeve == Sleeve.TACTICAL
+                                     and t.from_sleeve == Sleeve.FUNDING and t.asset == "USDT")),
             "fees": float(t.fee.sum()) if len(t) else 0.0,
             "average_utilisation": float(np.mean(utilisation)) if utilisation else 0.0}
 
@@ -331,7 +345,8 @@ def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start:
     daily = ((total - flows) / total.shift(1) - 1.0).dropna()
     growth = float((1.0 + daily).prod()) if len(daily) else 1.0
     sd = float(daily.std(ddof=1)) if len(daily) > 1 else 0.0
-    nav = (1.0 + daily).cumprod() if deposits else total
+    # the unit value, first day included (its peak may be the first day: 1.0 at the capital)
+    nav = pd.concat([pd.Series([1.0]), (1.0 + daily).cumprod()]) if deposits else total
     drawdown = float((nav / nav.cummax() - 1.0).min())
     invested = capital + sum(usdt for _, usdt in deposits)
     ret = growth - 1.0 if deposits else final / capital - 1.0

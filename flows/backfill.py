@@ -75,6 +75,7 @@ def backfill(start: datetime | None = None, end: datetime | None = None, engines
              result.summary["trades"])
     create_markdown_artifact(summary_markdown(result.summary), key="backfill-summary",
                              description="backfill summary")
+    write_report(result, data, s, out_dir)
     return result.summary
 
 
@@ -87,10 +88,27 @@ def check_amounts(capital: float | None, monthly_deposit_usdt: float) -> None:
         raise BackfillError(f"monthly_deposit_usdt must be a finite number of 0 or more, got {monthly_deposit_usdt}")
 
 
+def write_report(result: BackfillResult, data, settings, out_dir: Path) -> None:
+    """report.md, the charts and the report's numbers beside the replay's files, and on this run."""
+    from eternal.report import build
+    from tasks import report
+
+    rows = report.rows_from_result(result, report.closes_frame(data))
+    built = build(rows, report.core_alone(data, settings, rows))
+    report.write(built, out_dir, result.summary)
+    report.artifacts(built, out_dir)
+    result.summary["report"] = report.jsonable(built.summary)
+
+
 def summary_markdown(summary: dict) -> str:
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    rows = "\n".join(f"| {k} | {_fmt(v, k)} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
     return f"# Backfill {summary['start']}..{summary['end_exclusive']}\n\n| metric | value |\n|---|---:|\n{rows}\n"
 
 
-def _fmt(v) -> str:
-    return f"{v:,.6g}" if isinstance(v, float) else str(v)
+PERCENT_KEYS = {"total_return", "cagr", "max_drawdown"}      # fractions in summary.json, percentages here
+
+
+def _fmt(v, key: str = "") -> str:
+    if isinstance(v, float) and key in PERCENT_KEYS:
+        return f"{v:+.2%}"
+    return f"{v:,.2f}" if isinstance(v, float) else str(v)

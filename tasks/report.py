@@ -1,0 +1,244 @@
+"""The backfill report's files and Prefect artifacts: the shell around `eternal.report`.
+
+Rows come from a replay in memory or from a ledger database (`eternal report DIR_OR_DB`); charts
+are drawn with matplotlib's Agg backend (no display)."""
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import Engine, select
+
+from eternal import report as rep
+from eternal.data.csv_files import DataSet
+from eternal.models import Event, FundingPayment, Sleeve, Transfer
+from eternal.report_markdown import markdown
+
+CHARTS = ("equity.png", "drawdown.png", "sleeves.png")
+
+
+def closes_frame(data: DataSet) -> pd.DataFrame:
+    """Daily spot closes, day x asset ('BTC', ...), from a data set."""
+    cols = {}
+    for sym, tf in data.candles:
+        if tf == "1d" and ":" not in sym and sym.endswith("/USDT"):
+            c = data.daily(sym)["close"]
+            c.index = pd.to_datetime(c.index, utc=True)
+            cols[sym.split("/")[0]] = c
+    return pd.DataFrame(cols)
+
+
+def transfer_frame(transfers: Sequence[Transfer]) -> pd.DataFrame:
+    return pd.DataFrame([{"ts": t.ts, "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
+                          "to_sleeve": t.to_sleeve.value, "asset": t.asset, "qty": t.qty, "reason": t.reason}
+                         for t in transfers], columns=rep.TRANSFER_COLUMNS)
+
+
+def funding_frame(payments: Sequence[FundingPayment]) -> pd.DataFrame:
+    return pd.DataFrame([{"ts": p.ts, "sleeve": p.sleeve.value, "symbol": p.symbol, "amount": p.amount}
+                         for p in payments], columns=rep.FUNDING_COLUMNS)
+
+
+def event_dicts(events: Sequence[Event]) -> list[dict]:
+    return [{"ts": e.ts, "kind": e.kind, "sleeve": e.sleeve.value if e.sleeve else None, "message": e.message,
+             "data": e.data} for e in events]
+
+
+def rows_from_result(result, closes: pd.DataFrame | None) -> rep.LedgerRows:
+    """A replay's rows; its opening allocation as transfers from outside at the start, as a ledger
+    database records them."""
+    opening = [Transfer(result.start, None, Sleeve(s), "USDT", usdt, "initial allocation")
+               for s, usdt in result.opening.items() if usdt > 0]
+    equity = pd.DataFrame(result.equity_rows)
+    equity["sleeve"] = equity["sleeve"].astype(str)
+    return rep.LedgerRows(equity, result.trades, transfer_frame([*opening, *result.transfers]),
+                          funding_frame(result.funding), event_dicts(result.events), closes)
+
+
+def rebuild(source: str, out_dir: Path | None, data: DataSet | None, settings) -> tuple[rep.Report, Path]:
+    """`eternal report DIR_OR_DB`: the report of a ledger (DIR/backfill.db, a .db file or a database
+    URL), written to `out_dir` (default: DIR, or the .db file's directory)."""
+    from eternal.errors import EternalError
+    from eternal.store.db import connect
+
+    path = Path(source)
+    if "://" in source:
+        url, home = source, Path(".")
+    elif path.is_dir():
+        if not (path / "backfill.db").exists():
+            raise EternalError(f"{path} holds no backfill.db: give a backfill's output directory, a .db file "
+                               "or a database URL")
+        url, home = f"sqlite:///{(path / 'backfill.db').resolve()}", path
+    elif path.is_file():
+        url, home = f"sqlite:///{path.resolve()}", path.parent
+    else:
+        raise EternalError(f"{source}: no such directory or file; give a backfill's output directory, "
+                           "a .db file or a database URL")
+    closes = closes_frame(data) if data is not None else None
+    rows = rows_from_db(connect(url), closes)
+    built = rep.build(rows, core_alone(data, settings, rows) if data is not None else None)
+    out = out_dir or home
+    write(built, out)
+    return built, out
+
+
+def rows_from_db(engine: Engine, closes: pd.DataFrame | None) -> rep.LedgerRows:
+    """A ledger database's rows (a backfill's or a live ledger's)."""
+    from eternal.replay import TRADE_COLUMNS
+    from eternal.store.models import EquitySnapshotRow, EventRow, FillRow, FundingPaymentRow, TransferRow
+
+    with engine.connect() as conn:
+        def frame(q) -> pd.DataFrame:
+            return pd.DataFrame([dict(r._mapping) for r in conn.execute(q)])
+        equity = frame(select(EquitySnapshotRow.day, EquitySnapshotRow.sleeve, EquitySnapshotRow.equity,
+                              EquitySnapshotRow.cash).order_by(EquitySnapshotRow.day))
+        fills = frame(select(FillRow).order_by(FillRow.ts, FillRow.id))
+        transfers = frame(select(*(getattr(TransferRow, c) for c in rep.TRANSFER_COLUMNS)).order_by(TransferRow.id))
+        funding = frame(select(*(getattr(FundingPaymentRow, c) for c in rep.FUNDING_COLUMNS))
+                        .order_by(FundingPaymentRow.ts))
+        events = [dict(r._mapping) for r in conn.execute(
+            select(EventRow.ts, EventRow.kind, EventRow.sleeve, EventRow.message, EventRow.data)
+            .where(EventRow.kind == "regime_change"))]
+    if not len(equity):
+        raise rep_error("holds no equity record: nothing to report")
+    trades = (fills.rename(columns={"ts": "timestamp"}).assign(timestamp=lambda f: f.timestamp.map(
+        lambda t: pd.Timestamp(t).isoformat()))[TRADE_COLUMNS] if len(fills) else
+              pd.DataFrame(columns=TRADE_COLUMNS))
+    return rep.LedgerRows(equity, trades, transfers if len(transfers) else pd.DataFrame(columns=rep.TRANSFER_COLUMNS),
+                          funding if len(funding) else pd.DataFrame(columns=rep.FUNDING_COLUMNS), events, closes)
+
+
+def rep_error(msg: str):
+    from eternal.errors import EternalError
+    return EternalError(f"the ledger {msg}")
+
+
+def deposits_of(rows: rep.LedgerRows) -> list[tuple[datetime, float]]:
+    """Deposits after the opening, by time (to replay CORE alone with the same money)."""
+    t = rows.transfers
+    start = pd.to_datetime(rows.equity["day"], utc=True).min()
+    ext = t[t.from_sleeve.isna() & (t.asset == "USDT")]
+    ext = ext[[rep.close_day(ts) >= start for ts in ext.ts]]
+    return [(pd.Timestamp(ts).to_pydatetime(), float(q)) for ts, q in ext.groupby("ts").qty.sum().items()]
+
+
+# files ------------------------------------------------------------------------------------------
+def write(report: rep.Report, out_dir: Path, summary: dict | None = None) -> list[Path]:
+    """report.md, the three charts, and the report's numbers in summary.json (beside `summary`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(markdown(report))
+    charts(report, out_dir)
+    path = out_dir / "summary.json"
+    if summary is None:
+        summary = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**summary, "report": jsonable(report.summary)}, indent=2, default=str) + "\n")
+    return [out_dir / n for n in ("report.md", *CHARTS, "summary.json")]
+
+
+def jsonable(v):
+    """Strict JSON: an infinite profit factor (no losing trade) as "inf", NaN as null."""
+    if isinstance(v, dict):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def charts(report: rep.Report, out_dir: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sleeves = list(report.weights.columns)
+    bench = [c for c in report.equity.columns if c not in ("total", *sleeves)]
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=90)
+    ax.plot(report.equity.index, report.equity["total"], label="portfolio", color="black", lw=1.6)
+    for name in bench:
+        ax.plot(report.equity.index, report.equity[name], label=name, lw=1.0)
+    if len(report.deposits):
+        ax.scatter(report.deposits.index, report.equity["total"].reindex(report.deposits.index), marker="^",
+                   color="tab:green", s=18, zorder=3, label="deposit")
+    ax.set_yscale("log")
+    ax.set_ylabel("equity (USDT, log scale)")
+    ax.set_title(f"Equity and benchmarks, {report.summary['start']} .. {report.summary['end_exclusive']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out_dir / "equity.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4), dpi=90)
+    for name in ["total", *bench]:
+        u = report.unit[name]
+        dd = u / u.cummax().clip(lower=1.0) - 1.0
+        kw = {"color": "black", "lw": 1.4} if name == "total" else {"lw": 0.9, "alpha": 0.8}
+        ax.plot(dd.index, dd * 100, label="portfolio" if name == "total" else name, **kw)
+    ax.fill_between(report.unit.index, 0, (report.unit["total"] / report.unit["total"].cummax().clip(lower=1.0) - 1) * 100,
+                    color="tab:red", alpha=0.2)
+    ax.set_ylabel("drawdown of the unit value (%)")
+    ax.set_title("Drawdown (time-weighted: deposits neither hide nor add)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out_dir / "drawdown.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4.5), dpi=90)
+    w = report.weights.clip(lower=0.0) * 100
+    ax.stackplot(w.index, *[w[c] for c in sleeves], labels=sleeves, alpha=0.85)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("share of portfolio equity (%)")
+    ax.set_title("Sleeve weights over time")
+    ax.legend(loc="upper left", ncol=len(sleeves))
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "sleeves.png")
+    plt.close(fig)
+
+
+# Prefect ----------------------------------------------------------------------------------------
+def artifacts(report: rep.Report, out_dir: Path) -> None:
+    """The report on the flow run: report.md with the charts inline (data URIs), its main tables as
+    table artifacts, and links to the files."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    md = markdown(report)
+    for name in CHARTS:
+        data = base64.b64encode((out_dir / name).read_bytes()).decode()
+        md = md.replace(f"]({name})", f"](data:image/png;base64,{data})")
+    create_markdown_artifact(md, key="backfill-report", description="backfill report (report.md)")
+    for name in ("gates", "benchmarks", "by sleeve"):
+        t = report.tables[name]
+        t = t if name == "gates" else t.reset_index(names="portfolio" if name == "benchmarks" else "sleeve")
+        create_table_artifact(json.loads(t.to_json(orient="records")), key=f"backfill-{name.replace(' ', '-')}",
+                              description=f"backfill: {name} (fractions: 0.01 is 1 %)")
+    for name in ("report.md", *CHARTS):
+        create_link_artifact(f"file://{(out_dir / name).resolve()}", link_text=name,
+                             description=f"backfill {name}")
+
+
+def core_alone(data: DataSet, settings, rows: rep.LedgerRows, result=None) -> pd.Series | None:
+    """CORE's equity replayed alone with the same capital, days and deposits; the run itself when
+    it is CORE alone. None when the data cannot replay it (the report then leaves it out)."""
+    from eternal.models import Sleeve
+    from eternal.replay import BackfillError, run_backfill
+
+    sleeves = list(dict.fromkeys(rows.equity["sleeve"]))
+    days = pd.to_datetime(rows.equity["day"], utc=True)
+    if sleeves == [Sleeve.CORE.value]:
+        return rows.equity.set_index(days)["equity"].rename("CORE alone")
+    start, end = days.min().to_pydatetime(), (days.max() + timedelta(days=1)).to_pydatetime()
+    capital = sum(rep.flows(rows, pd.DatetimeIndex(sorted(days.unique())))[2].values())
+    try:
+        alone = run_backfill(data, settings, start=start, end=end, sleeves=(Sleeve.CORE,), capital=capital,
+                             progress=False, compare_breakers=False, deposits=deposits_of(rows))
+    except BackfillError:
+        return None
+    return alone.equity["core"]
