@@ -51,8 +51,6 @@ server: install
 	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
 serve: install
-	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/prefect global-concurrency-limit \
-	  create eternal-orders --limit 1 >/dev/null 2>&1 || true; \
 	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:4200/api} $(BIN)/python -m deployments.serve
 
 clean:

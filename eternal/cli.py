@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -57,6 +58,8 @@ def _secret_url(value: str) -> SecretUrl:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eternal", description="Eternal Engine: a multi-engine crypto portfolio.")
+    p.add_argument("--debug", action="store_true", help="on an error, show Prefect's logs and the traceback too "
+                   "(anywhere on the command line)")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run one flow now")
@@ -72,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     funding.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
     funding.add_argument("--mode", choices=["paper", "demo", "testnet", "live"],
                          help="the exchange (default: ETERNAL_MODE, else paper)")
+
+    rebalance = sub.add_parser("rebalance", help="run the quarterly-rebalance flow now: every event due (the "
+                               "quarter's first close rebalances the sleeves), then each sleeve's weight vs target")
+    rebalance.add_argument("--asof", type=_date, help="run as of this UTC time (default: now)")
+    deposit = sub.add_parser("deposit", help="take a deposit (paper): it waits in the ledger for the next daily "
+                             "close, which splits it across the sleeves by the deposit rules")
+    deposit.add_argument("amount", type=_positive, metavar="AMOUNT", help="USDT, above 0")
+    deposit.add_argument("--reference", required=True, help="names the deposit (a bank transfer's id, say): "
+                         "booked once per reference, so a repeated command books nothing")
 
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
     bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
@@ -126,15 +138,68 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv               # anywhere: `eternal run daily --debug` as `eternal --debug run daily`
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     try:
         if getattr(args, "mode", None):     # `eternal run daily --mode demo`: as ETERNAL_MODE=demo
             os.environ["ETERNAL_MODE"] = args.mode
         settings = load_settings()          # invalid settings stop everything, before any work
         return COMMANDS[args.command](args, settings)
     except EternalError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {scrub(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:            # a failure nobody refused on purpose: still one line, the trace on demand
+        if debug:
+            raise
+        text = " ".join(scrub(str(exc)).split())
+        print(f"error: {type(exc).__name__}: {text[:500]} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        while _UNDO:
+            _UNDO.pop()()
+
+
+class _NoFailureReports(logging.Filter):
+    """Prefect's console reports of a failed run (its traceback, "Finished in state Failed(...)"):
+    the CLI says the same in one line. They still reach the Prefect API, so the UI shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            return False
+        msg = record.getMessage()
+        return not (msg.startswith(("Encountered exception", "Task run failed with exception", "Parameter validation failed"))
+                    or "Finished in state Failed" in msg or "Finished in state Crashed" in msg)
+
+
+_UNDO: list = []
+
+
+def _quiet_prefect_failures(args) -> None:
+    """Before a command starts a flow (unless --debug): filter Prefect's console handlers, set up
+    when prefect is imported (so not before: a command without a flow never pays that import),
+    until the command ends."""
+    if args.debug:
+        return
+    import prefect  # noqa: F401  (configures logging)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    handlers = {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
+    f = _NoFailureReports()
+    for h in handlers:
+        h.addFilter(f)
+
+    def undo() -> None:
+        for h in handlers:
+            h.removeFilter(f)
+    _UNDO.append(undo)
 
 
 def cmd_config(args, s) -> int:
@@ -143,16 +208,8 @@ def cmd_config(args, s) -> int:
 
 
 def cmd_run(args, s) -> int:
-    if args.asof is not None:          # an operator's time: never behind the ledger's clock
-        from eternal.driver import ClockError, Due, Kind
-        from eternal.store.db import connect
-        from eternal.store.driver_store import SqlLedger
-
-        clock = SqlLedger(connect(s.database_url)).clock()
-        if clock is not None and Due(args.asof, Kind.OPEN).key < clock:
-            raise ClockError(f"--asof {args.asof:%Y-%m-%dT%H:%MZ} is before the ledger's clock "
-                             f"({Due.from_key(clock)}): a ledger never goes back in time; run without "
-                             "--asof to catch up to now")
+    _before_flow_run(args, s)
+    _quiet_prefect_failures(args)
     if args.flow == "funding":
         from flows.funding_collection import funding_collection
 
@@ -165,18 +222,83 @@ def cmd_run(args, s) -> int:
     return 0
 
 
+def cmd_rebalance(args, s) -> int:
+    _before_flow_run(args, s)
+    _quiet_prefect_failures(args)
+    from flows.quarterly_rebalance import quarterly_rebalance
+
+    print(json.dumps(quarterly_rebalance(asof=args.asof), indent=2, default=str))
+    return 0
+
+
+def cmd_deposit(args, s) -> int:
+    from flows.deposit_intake import check_deposit, deposit_intake
+
+    check_deposit(args.amount, s)          # refused here in a second, not after a Prefect server start
+    from eternal.store.db import connect
+
+    connect(s.database_url).dispose()     # a SQLite path in a missing directory is refused here too
+    _quiet_prefect_failures(args)
+    r = deposit_intake(amount_usdt=args.amount, reference=args.reference)
+    print(f"deposit {r['reference']}: {r['amount_usdt']:,.2f} USDT "
+          + ("was taken before: nothing booked" if r["duplicate"] else "waits for the next daily close "
+             "(`eternal run daily`), which splits it across the sleeves"))
+    return 0
+
+
+def _before_flow_run(args, s) -> None:
+    """What a flow would refuse, refused before it starts (in a second, not after a Prefect server
+    start): a SQLite path in a missing directory, an --asof behind the ledger's clock, market data
+    that cannot be brought up to the day decided on (no internet, ETERNAL_DATA_DIR too old)."""
+    from eternal.models import UTC as _UTC
+    from eternal.store.db import connect
+
+    connect(s.database_url).dispose()
+    if args.asof is not None:          # an operator's time: never behind the ledger's clock
+        from eternal.driver import ClockError, Due, Kind
+        from eternal.store.db import connect
+        from eternal.store.driver_store import SqlLedger
+
+        clock = SqlLedger(connect(s.database_url)).clock()
+        if clock is not None and Due(args.asof, Kind.OPEN).key < clock:
+            raise ClockError(f"--asof {args.asof:%Y-%m-%dT%H:%MZ} is before the ledger's clock "
+                             f"({Due.from_key(clock)}): a ledger never goes back in time; run without "
+                             "--asof to catch up to now")
+    from tasks.refresh import refresh_before_run
+
+    refresh_before_run(s, args.asof or datetime.now(_UTC), logging.getLogger("eternal.cli"))
+
+
 def cmd_backfill(args, s) -> int:
-    from eternal.replay import parse_sleeves
+    if args.start and args.end and args.end <= args.start:   # before the slow imports below
+        from eternal.models import end_before_start
 
-    parse_sleeves(args.engines)  # a bad --engines is refused here, before a Prefect flow run starts
-    from flows.backfill import backfill
+        raise EternalError(end_before_start(args.start, args.end))
+    from eternal.replay import check_window, parse_sleeves
 
+    # refused here, before a Prefect flow run starts: a bad --engines, a window outside the data
+    sleeves = parse_sleeves(args.engines)
+    if args.start or args.end:
+        data_dir = args.data_dir or s.data_dir
+        if data_dir is not None:
+            from eternal.data.csv_files import read_dir
+
+            data = read_dir(data_dir)
+        else:
+            from flows.backfill import load_data
+
+            data = load_data(None, s.database_url)
+        check_window(data, s, sleeves, args.start, args.end)
+    _quiet_prefect_failures(args)
+    from flows.backfill import PROGRESS_BAR, backfill
+
+    PROGRESS_BAR.set(not args.no_progress)
     # the URL reaches the flow as a setting, never as a parameter (Prefect stores those in the clear)
     with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
         load_settings()
         summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
                            data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
-                           progress=not args.no_progress, monthly_deposit_usdt=args.monthly_deposit)
+                           monthly_deposit_usdt=args.monthly_deposit)
     print_summary(summary, args.out)
     return 0
 
@@ -200,6 +322,7 @@ def _setting(name: str, value: str | None) -> Iterator[None]:
 
 def cmd_demo(args, s) -> int:
     """Data from ETERNAL_DATA_DIR when set, otherwise downloaded from Bybit first; then a replay."""
+    _quiet_prefect_failures(args)
     out = Path("out/demo")
     if s.data_dir is None:
         from eternal.data.download import download_market_data
@@ -412,9 +535,9 @@ def cmd_report(args, s) -> int:
     return 0
 
 
-COMMANDS = {"config": cmd_config, "run": cmd_run, "backfill": cmd_backfill, "demo": cmd_demo,
-            "data": cmd_data, "status": cmd_status, "halt": cmd_halt, "resume": cmd_resume, "risk": cmd_risk}
-COMMANDS["report"] = cmd_report
+COMMANDS = {"config": cmd_config, "run": cmd_run, "rebalance": cmd_rebalance, "deposit": cmd_deposit,
+            "backfill": cmd_backfill, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "status": cmd_status,
+            "halt": cmd_halt, "resume": cmd_resume, "risk": cmd_risk}
 
 if __name__ == "__main__":
     sys.exit(main())

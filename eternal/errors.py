@@ -21,6 +21,10 @@ class DataQualityError(DataError):
         self.failures = failures or []
 
 
+class DataUnreachable(DataError):
+    """The market data source cannot be reached (no network, DNS, a timeout): nothing was written."""
+
+
 class StaleDataError(DataQualityError):
     """The last candle is not the last closed UTC day for the cycle's asof."""
 

@@ -85,6 +85,12 @@ def utc(value: datetime | date | str) -> datetime:
     return value.astimezone(UTC)
 
 
+def end_before_start(start: datetime, end: datetime) -> str:
+    """The refusal of a window whose (exclusive) end is not after its start."""
+    return (f"--end {end:%Y-%m-%d} is not after --start {start:%Y-%m-%d} (the end is exclusive): "
+            "give an end at least one day after the start")
+
+
 def last_closed_day(asof: datetime) -> datetime:
     """Open time of the last daily candle that has closed at `asof` (UTC)."""
     asof = utc(asof)

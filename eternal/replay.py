@@ -26,12 +26,15 @@ from eternal.data.csv_files import DataSet
 from eternal.driver import Batch, Driver, Due, Kind, Portfolio, equity_rows
 from eternal.errors import EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
-from eternal.market import MarketView, check_dataset, check_history, earliest_start, history_needs
+from eternal.market import MarketView, check_dataset, check_history, earliest_start, history_needs, needed_assets
 from eternal.models import (
     Event,
     ExitReason,
     Fill,
     FundingPayment,
+    PERP_SYMBOLS,
+    SPOT_SYMBOLS,
+    end_before_start,
     OrderRecord,
     Sleeve,
     SleeveBook,
@@ -135,6 +138,39 @@ MAX_USDT = 1e12
 """Larger amounts are a typo, and quantities of them overflow the step arithmetic."""
 
 
+def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | None, end: datetime | None,
+                 first: datetime | None = None, last: datetime | None = None) -> tuple[datetime, datetime]:
+    """The replay's days [start, end): the defaults filled in (from the first day every warm-up
+    holds to the data's last day), or BackfillError saying which day to give instead. `first` and
+    `last`: the days every selected series covers (default: read from `data`'s candles, cheap
+    enough for the CLI to check before a flow run starts)."""
+    start, end = (utc(start) if start is not None else None), (utc(end) if end is not None else None)
+    if start is not None and end is not None and end <= start:
+        raise BackfillError(end_before_start(start, end))
+    if first is None or last is None:
+        spot, perp = needed_assets(sleeves)
+        frames = [f for sym in [SPOT_SYMBOLS[a] for a in spot] + [PERP_SYMBOLS[a] for a in perp]
+                  if len(f := data.candles.get((sym, "1d"), pd.DataFrame()))]
+        if not frames:
+            raise BackfillError("no daily candles for the selected sleeves: import them (`eternal data import "
+                                "DIR`) or give --data-dir")
+        first, last = max(f.index[0] for f in frames).to_pydatetime(), min(f.index[-1] for f in frames).to_pydatetime()
+    earliest = utc(earliest_start(data, history_needs(settings, sleeves, first), first))
+    after = last + timedelta(days=1)
+    if start is not None and start < earliest:
+        raise BackfillError(f"--start {start:%Y-%m-%d} is before the first day the data allows, {earliest:%Y-%m-%d} "
+                            f"(the data from {first:%Y-%m-%d} and the engines' warm-up before their first decision): "
+                            f"give --start {earliest:%Y-%m-%d} or later, or leave --start out")
+    if end is not None and end > after:
+        raise BackfillError(f"--end {end:%Y-%m-%d} is after the data, whose last day is {last:%Y-%m-%d}: give --end "
+                            f"{after:%Y-%m-%d} or earlier (the end is exclusive), or leave --end out")
+    start, end = start or earliest, end or after
+    if start >= end:
+        raise BackfillError(f"--start {start:%Y-%m-%d} leaves no day to replay: the data allows "
+                            f"{earliest:%Y-%m-%d}..{after:%Y-%m-%d} (end exclusive)")
+    return start, end
+
+
 def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
@@ -164,15 +200,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     first, last = view.first_day, view.last_day
     if first is None:
         raise BackfillError("the selected sleeves' series have no day in common")
-    start = utc(start) if start is not None else earliest_start(
-        data, history_needs(settings, sleeves, first), first)   # the first day every warm-up holds
-    end = utc(end) if end is not None else last + timedelta(days=1)
+    start, end = check_window(data, settings, sleeves, start, end, first, last)
     check_history(data, settings, sleeves, start)   # the engines' warm-up before the first day
-    if start < first or end > last + timedelta(days=1) or start >= end:
-        raise BackfillError(
-            f"backfill window {start:%Y-%m-%d}..{end:%Y-%m-%d} (end exclusive) is outside the data: "
-            f"{', '.join(view.spot_assets + [a + ' perp' for a in view.perp_assets])} cover "
-            f"{first:%Y-%m-%d}..{last:%Y-%m-%d}")
 
     shares = allocate(capital, settings, sleeves)
     if Sleeve.FUNDING in sleeves and Sleeve.TACTICAL not in shares:

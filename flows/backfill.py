@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from contextvars import ContextVar
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -15,6 +15,10 @@ from eternal.models import PERP_SYMBOLS
 from eternal.replay import BackfillError, BackfillResult, parse_sleeves, run_backfill
 from eternal.secrets import SecretUrl
 from eternal.store.db import connect
+from flows.params import OptionalUtcTime
+
+PROGRESS_BAR: ContextVar[bool] = ContextVar("backfill_progress_bar", default=False)
+"""A terminal progress bar (the CLI's, unless --no-progress); never a form field: a worker has no terminal."""
 
 
 def load_data(data_dir: Path | None, database_url: str | SecretUrl):
@@ -36,12 +40,25 @@ def load_data(data_dir: Path | None, database_url: str | SecretUrl):
 
 
 @flow(name="backfill")
-def backfill(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
+def backfill(start: OptionalUtcTime = None, end: OptionalUtcTime = None, engines: str | None = None,
              capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
-             progress: bool = True, monthly_deposit_usdt: float = 0.0) -> dict:
+             monthly_deposit_usdt: float = 0.0) -> dict:
     """The replay as one Prefect run: parameters from the UI form, progress shown as an artifact.
     Its ledger goes to ETERNAL_BACKFILL_DATABASE_URL when set (a setting: a URL may hold a
-    password, and Prefect stores parameters in the clear), else to OUT/backfill.db, started afresh."""
+    password, and Prefect stores parameters in the clear), else to OUT/backfill.db, started afresh.
+
+    Args:
+        start: The first day replayed, UTC (a plain date is 00:00 UTC). Empty: the first day the
+            data holds the engines' warm-up.
+        end: The day after the last one replayed (exclusive), UTC. Empty: after the data's last day.
+        engines: Comma-separated sleeves: core, trend-1, trend-2, trend (both), funding, tactical.
+            Empty: the whole portfolio; one sleeve alone receives the whole capital.
+        capital: Starting capital in USDT, above 0. Empty: ETERNAL_INITIAL_CAPITAL.
+        data_dir: A directory of CSV files on the machine that runs the flow. Empty:
+            ETERNAL_DATA_DIR, else the market data stored in the database.
+        out: The directory for trades.csv, equity.csv, summary.json, events.csv (on that machine).
+        monthly_deposit_usdt: USDT deposited at each month's end through the deposit rules (0: none).
+    """
     check_amounts(capital, monthly_deposit_usdt)     # before anything is read or written
     s = load_settings()
     log = get_run_logger()
@@ -68,7 +85,7 @@ def backfill(start: datetime | None = None, end: datetime | None = None, engines
             done["shown"] = pct
 
     result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
-                                          out_dir=out_dir, engine=connect(db_url), progress=progress,
+                                          out_dir=out_dir, engine=connect(db_url), progress=PROGRESS_BAR.get(),
                                           on_day=on_day, monthly_deposit=monthly_deposit_usdt)
     update_progress_artifact(bar, 100.0)
     log.info("backfill done: final equity %.2f, %d trades", result.summary["final_equity"],

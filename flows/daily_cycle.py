@@ -7,6 +7,7 @@ from prefect import flow, runtime
 
 from eternal.config import load_settings
 from eternal.models import UTC, last_closed_day, utc
+from flows.params import OptionalUtcTime
 from tasks.drive import drive_flow
 
 FLOW = "daily-cycle"
@@ -23,9 +24,14 @@ def run_time(asof: datetime | None) -> datetime:
 
 
 @flow(name=FLOW, log_prints=True)
-def daily_cycle(asof: datetime | None = None) -> dict:
+def daily_cycle(asof: OptionalUtcTime = None) -> dict:
     """Every event due up to the run's slot, in time order (missed settlements, opens and closes
     included): at each close the day's stops, then allocation and the engines decide; each
-    decision is stored before it is sent. A slot the ledger has passed does nothing."""
+    decision is stored before it is sent. A slot the ledger has passed does nothing.
+
+    Args:
+        asof: The run's time, UTC (a plain date is 00:00 UTC; a time without an offset is UTC).
+            Empty: the scheduled time of the run. A time before the ledger's clock does nothing.
+    """
     s = load_settings()
     return drive_flow(FLOW, run_time(asof), s)

@@ -7,7 +7,7 @@ from datetime import datetime
 from prefect import flow, runtime
 from prefect.artifacts import create_markdown_artifact
 
-from eternal.config import EXCHANGE_MODES, load_settings
+from eternal.config import EXCHANGE_MODES, Settings, load_settings
 from eternal.errors import ConfigError
 from eternal.models import UTC
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
@@ -17,18 +17,29 @@ from tasks.context import stores
 FLOW = "deposit-intake"
 
 
+def check_deposit(amount_usdt: float, s: Settings) -> None:
+    """A finite amount above 0, on paper (ConfigError otherwise, nothing booked)."""
+    if not (math.isfinite(amount_usdt) and amount_usdt > 0):
+        raise ConfigError(f"amount_usdt must be a positive number of USDT, got {amount_usdt}")
+    if s.mode in EXCHANGE_MODES:
+        raise ConfigError(f"ETERNAL_MODE={s.mode.value}: deposits are read from Bybit's deposit history by "
+                          "every run (each once, by its deposit id); booking one here too would count it twice")
+
+
 @flow(name=FLOW, log_prints=True)
 def deposit_intake(amount_usdt: float, reference: str | None = None) -> dict:
     """Take a deposit of `amount_usdt` USDT. At the next daily close the orchestration layer splits
     it (the most underweight sleeve first, up to its target, the rest by target weights) before the
     engines decide, the same point as in a backfill. `reference` names it (default: this flow run):
-    a retried or re-triggered run never books it twice."""
-    if not (math.isfinite(amount_usdt) and amount_usdt > 0):
-        raise ValueError(f"amount_usdt must be a positive number of USDT, got {amount_usdt}")
+    a retried or re-triggered run never books it twice.
+
+    Args:
+        amount_usdt: The deposit in USDT, above 0.
+        reference: What names this deposit (a bank transfer's id, say): a deposit is booked once
+            per reference. Empty: this flow run's id.
+    """
     s = load_settings()
-    if s.mode in EXCHANGE_MODES:
-        raise ConfigError(f"ETERNAL_MODE={s.mode.value}: deposits are read from Bybit's deposit history by "
-                          "every run (each once, by its deposit id); booking one here too would count it twice")
+    check_deposit(amount_usdt, s)
     now = datetime.now(UTC)
     ref = reference or f"run {runtime.flow_run.id or now.isoformat()}"
     _, store = stores(s)

@@ -50,7 +50,12 @@ class ResumeForm(RunInput):
 @flow(name="halt", log_prints=True)
 def halt(reason: str, who: str = "operator") -> dict:
     """Engage the kill switch: no order of any kind leaves and resting orders are cancelled, until a
-    confirmed resume. Funding is still booked, the ledger reconciled, reports written."""
+    confirmed resume. Funding is still booked, the ledger reconciled, reports written.
+
+    Args:
+        reason: Why (kept in the ledger's events and sent with the alert).
+        who: Who decides it (kept in the ledger's events).
+    """
     s = load_settings()
     result = override.halt(s, reason, who, datetime.now(UTC))
     md = override.status_markdown(result["status"])
@@ -65,7 +70,11 @@ def halt(reason: str, who: str = "operator") -> dict:
 def resume(reason: str | None = None) -> dict:
     """Show the risk state (breaker level, drawdown, positions, why it halted) and pause for the
     operator's typed answer in the UI; resume only when confirmed there (lifting the kill switch needs
-    the form's second confirmation). A refusal by the rules fails the run with its reason."""
+    the form's second confirmation). A refusal by the rules fails the run with its reason.
+
+    Args:
+        reason: Why trading may resume, shown prefilled on the form (empty: typed there).
+    """
     s = load_settings()
     log = get_run_logger()
     status = override.risk_status(s)

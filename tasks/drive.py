@@ -20,7 +20,7 @@ from eternal.data.csv_files import DataSet
 from eternal.data.quality import FEAR_GREED, funding_interval_hours, history_problems, validate_market_data
 from eternal.driver import ClockError, Driver, Due, Kind, Portfolio, RunReport
 from eternal.errors import ConfigError, DataError, DataQualityError
-from eternal.market import FULL_HISTORY_FROM, MarketView, history_needs, needed_assets
+from eternal.market import MarketView, history_needs, needed_assets
 from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Event, Sleeve, SleeveBook, last_closed_day, utc
 from eternal.secrets import reveal, scrub
 from eternal.store.driver_store import DRIVER_LOCK, SqlLedger
@@ -29,6 +29,7 @@ from eternal.store.locks import exclusive
 from eternal.store.models import CycleRunRow
 from tasks.context import stores
 from tasks.exchange_limit import exchange_slot
+from tasks.refresh import market_symbols, refresh_market
 
 
 @dataclass
@@ -59,34 +60,12 @@ def stored_market(s: Settings, asof: datetime, sleeves) -> MarketView:
     by `asof` and the settlements up to it are validated by the same Great Expectations suite as an
     import or a backfill. Both are remembered in the process while the stored rows are the same."""
     market, ledger = stores(s)
-    spot, perp = needed_assets(sleeves)
-    held = {a for b in ledger.load_books().values() for a in (*b.holdings, *b.staked) if b.qty(a)}
     day = last_closed_day(asof)
-    stored_symbols = set(market.candle_symbols("1d"))
-    missing = {a for a in (*spot, *perp) if (a in spot and SPOT_SYMBOLS[a] not in stored_symbols)
-               or (a in perp and PERP_SYMBOLS[a] not in stored_symbols)} - held
-    if missing and not (s.mode != Mode.REPLAY and s.data.refresh_before_cycle):
-        get_run_logger().warning("no candles stored for %s: the engines skip %s (import or download them)",
-                                 ", ".join(sorted(missing)), "it" if len(missing) == 1 else "them")
-    else:
-        missing = set()
-    spot, perp = [a for a in spot if a not in missing], [a for a in perp if a not in missing]
-    symbols = [SPOT_SYMBOLS[a] for a in sorted(set(spot) | held)] + [PERP_SYMBOLS[a] for a in perp]
+    spot, perp, symbols, missing = market_symbols(s, market, ledger, asof, sleeves, get_run_logger())
     if s.mode != Mode.REPLAY and s.data.refresh_before_cycle:
-        stale = [sym for sym in symbols if (market.last_candle_ts(sym, "1d") or utc("1970-01-01")) < day]
-        if stale:
-            from eternal.data.download import download_market_data, make_bybit_public
-
-            get_run_logger().info("refreshing %s up to %s from Bybit", stale, day.date())
-            corrected: list[Event] = []
-            # a series new to the store comes whole (all-time highs need the full history)
-            download_market_data(market, since=min(FULL_HISTORY_FROM.values()), now=asof, progress=False,
-                                 exchange=make_bybit_public(reveal(s.exchange.public_url)), events=corrected,
-                                 max_daily_move=s.data.max_daily_move, max_funding_rate=s.data.max_funding_rate_8h)
-            for event in corrected:
-                get_run_logger().warning(event.message)
-            ledger.append_events(corrected)
-        _refresh_fear_greed(s, market, day)
+        refresh_market(s, market, ledger, symbols, asof, get_run_logger())
+        if not (s.data_dir is not None and s.mode == Mode.PAPER):     # offline by choice: no index download
+            _refresh_fear_greed(s, market, day)
     stored_rows = _stored_rows(market.engine)
     if _ROWS.get("key") != (stored_rows, tuple(symbols), tuple(perp)):   # re-read only what changed
         _ROWS.update(key=(stored_rows, tuple(symbols), tuple(perp)),

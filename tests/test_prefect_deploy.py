@@ -30,7 +30,6 @@ def test_prefect_deploy_all_then_every_deployment_runs_to_completion(db_url, dat
     if db_url.startswith("postgresql"):
         pytest.skip("60 s a run: the deployments run on SQLite; the flows' PostgreSQL path is covered by "
                     "the crash matrix and the flow tests")
-    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
     from tests.flow_support import store_market
@@ -40,12 +39,7 @@ def test_prefect_deploy_all_then_every_deployment_runs_to_completion(db_url, dat
     env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value(), ETERNAL_HOME=str(ROOT),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
     prefect("work-pool", "create", "eternal", "--type", "process", "--overwrite", env=env)
-    prefect("global-concurrency-limit", "create", "eternal-orders", "--limit", "1", env=env)
-    try:
-        run_all(env, dataset, shared_data, tmp_path, db_url)
-    finally:                      # the session's server outlives this test: leave no limit behind
-        with get_client(sync_client=True) as client:
-            client.delete_global_concurrency_limit_by_name("eternal-orders")
+    run_all(env, dataset, shared_data, tmp_path, db_url)      # no limit created by hand: none is needed
 
 
 def run_all(env: dict, dataset, shared_data, tmp_path, db_url: str) -> None:
@@ -63,7 +57,7 @@ def run_all(env: dict, dataset, shared_data, tmp_path, db_url: str) -> None:
         "funding-collection": {"asof": "2023-12-31T16:05:00Z"},
         "quarterly-rebalance": {"asof": "2024-01-01T00:15:00Z"},
         "backfill": {"start": "2023-06-01T00:00:00Z", "end": "2023-07-01T00:00:00Z", "engines": "core",
-                     "data_dir": str(shared_data), "out": str(tmp_path / "bf"), "progress": False,
+                     "data_dir": str(shared_data), "out": str(tmp_path / "bf"),
                      "monthly_deposit_usdt": 100.0},
     }
     runs = {name: run_deployment(f"{name}/{name}", parameters=parameters[name], timeout=0) for name in names}

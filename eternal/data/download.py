@@ -26,7 +26,7 @@ import ccxt
 import pandas as pd
 from tqdm import tqdm
 
-from eternal.errors import ConfigError, DataError
+from eternal.errors import ConfigError, DataError, DataUnreachable
 from eternal.models import QUOTE
 
 TIMEFRAME = "1d"
@@ -266,7 +266,7 @@ def _call(fn, doing: str, *args):
     except ccxt.NetworkError as exc:
         hint = ("check the network connection and https://status.bybit.com, then rerun "
                 "`eternal data download` (it resumes from the last stored row)")
-        raise DataError(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from None
+        raise DataUnreachable(f"{doing} failed: {type(exc).__name__}: {_short(exc)}. {hint}") from None
     except ccxt.BaseError as exc:
         hint = ("Bybit answered with an error: rerun later (it resumes from the last stored row); "
                 "if it persists, the market may be delisted or the API changed: report this message")

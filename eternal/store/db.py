@@ -33,7 +33,7 @@ def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
     register(url)
     url = reveal(url)
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        check_sqlite_dir(url)
     try:
         engine = create_engine(url, future=True)
     except Exception as exc:  # bad URL, missing driver
@@ -50,6 +50,24 @@ def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
     if migrate:
         ensure_schema(engine)
     return engine
+
+
+DEFAULT_SQLITE = Path("var/eternal.db")
+"""The default ledger (ETERNAL_DATABASE_URL unset), relative to the working directory: its
+directory is created on first use."""
+
+
+def check_sqlite_dir(url: str) -> None:
+    """A SQLite file whose directory does not exist is refused (a mistyped path would otherwise
+    start an empty ledger beside the real one); only the default's `var/` is created."""
+    path = Path(url.removeprefix("sqlite:///").split("?")[0]).expanduser()
+    if path.parent.is_dir():
+        return
+    if path == DEFAULT_SQLITE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    raise ConfigError(f"SQLite database {path}: its directory {path.parent} does not exist (a mistyped path would "
+                      "start an empty ledger): correct ETERNAL_DATABASE_URL, or create the directory first")
 
 
 def _safe(url: str) -> str:
