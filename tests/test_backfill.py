@@ -97,8 +97,12 @@ def test_backfill_persists_orders_fills_and_events_in_bulk(result, tmp_path):
 
 
 def test_a_window_outside_the_data_is_refused_with_the_data_range(dataset):
-    with pytest.raises(BackfillError, match="2017-08-17..2026-01-05"):
+    # the window is judged against the data before anything runs: the first day it allows, named
+    with pytest.raises(BackfillError, match="before the first day the data allows, 2017-08-17"):
         run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2016-01-01"), end=utc("2017-01-01"),
+                     progress=False)
+    with pytest.raises(BackfillError, match="after the data, whose last day is 2026-01-05"):
+        run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2025-01-01"), end=utc("2027-01-01"),
                      progress=False)
 
 
