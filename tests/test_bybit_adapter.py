@@ -133,6 +133,26 @@ def test_a_perp_short_its_stop_at_the_venue_and_funding_come_back_through_the_jo
     assert [f.reason for f in again] == ["", "hard_stop"]
 
 
+def test_a_perp_fill_booked_by_a_later_run_carries_the_leverage_bybit_holds(emu, venue):
+    """TREND-1's 2x entry sent by one run and booked by the next (a run killed after its order, or
+    a retry: a new process, a new adapter): its margin is the venue's (notional / 2), not the whole
+    notional (the 500-run chaos halted TREND-1: ledger cash 12,651.79, Bybit 13,825.25)."""
+    venue.set_leverage(T1, "BTC/USDT:USDT", 2.0)
+    cid = client_order_id("daily-close", NOW, T1, "entry:BTC")
+    venue.place_order(cid, buy(T1, "BTC/USDT:USDT", 0.1, leverage=2.0), NOW)
+    later = BybitExchange(venue.clients)                   # the next run's adapter: it set no leverage
+    [(_, _, fill)] = later.journal_since(0)
+    assert fill.leverage == 2.0
+    from eternal.driver import book_differences
+    from eternal.ledger import apply_fill
+    from eternal.models import SleeveBook
+
+    ours = SleeveBook(T1, 10_000.0)
+    apply_fill(ours, fill)
+    assert ours.perps["BTC/USDT:USDT"].margin == pytest.approx(0.1 * 44230.2 / 2)
+    assert book_differences(ours, later.books[T1]) == []
+
+
 def test_a_stop_for_a_position_the_venue_already_closed_is_nothing_to_do(emu, venue):
     """Bybit answers 10001 "can not set tp/sl/ts for zero position": a stored plan moving a stop
     whose position a stop fill closed since must not fail every later run."""

@@ -531,7 +531,17 @@ class BybitExchange:
                     sleeve, symbol, Market.PERP if _category(symbol) == "linear" else Market.SPOT, Side(t["side"]),
                     float(t["amount"]), float(t["price"]), float(fee.get("cost") or 0.0), fee.get("currency") or QUOTE,
                     "maker" if t.get("takerOrMaker") == "maker" else "taker", str(t["id"]), reason,
-                    self.leverage.get((sleeve, symbol), 1.0))
+                    self._leverage_of(sleeve, symbol) if _category(symbol) == "linear" else 1.0)
+
+    def _leverage_of(self, sleeve: Sleeve, symbol: str) -> float:
+        """The symbol's leverage at Bybit: as this process set it, else read from its position (a
+        fill booked by a later run than the one that sent it: 1.0 there booked twice the venue's
+        margin; the 500-run chaos halted TREND-1 on the cash)."""
+        if (sleeve, symbol) not in self.leverage:
+            found = self._call(self._client(sleeve).fetch_position, f"{sleeve} {symbol}: leverage", symbol,
+                               {"category": "linear"})
+            self.leverage[(sleeve, symbol)] = float(((found or {}).get("info") or {}).get("leverage") or 1.0)
+        return self.leverage[(sleeve, symbol)]
 
     @staticmethod
     def _funding(sleeve: Sleeve, e: Mapping[str, Any], info: Mapping[str, Any]) -> FundingPayment:
