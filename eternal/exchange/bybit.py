@@ -536,7 +536,11 @@ class BybitExchange:
     def _leverage_of(self, sleeve: Sleeve, symbol: str) -> float:
         """The symbol's leverage at Bybit: as this process set it, else read from its position (a
         fill booked by a later run than the one that sent it: 1.0 there booked twice the venue's
-        margin; the 500-run chaos halted TREND-1 on the cash)."""
+        margin; the 500-run chaos halted TREND-1 on the cash). A virtual sleeve's own leverage is
+        not Bybit's (the account's position has the cap, 2x): unknown here, 1x is booked, the whole
+        notional as margin, which the account's reconciliation (equity) does not see as a difference."""
+        if self.shared(sleeve):
+            return self.leverage.get((sleeve, symbol), 1.0)
         if (sleeve, symbol) not in self.leverage:
             found = self._call(self._client(sleeve).fetch_position, f"{sleeve} {symbol}: leverage", symbol,
                                {"category": "linear"})
