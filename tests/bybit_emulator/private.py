@@ -44,10 +44,11 @@ def _margins(emu, acct: Account) -> tuple[float, float, float, float]:
     return upl, im, mm, order_im
 
 
-def _locked(acct: Account, coin: str) -> float:
+def _locked(acct: Account, coin: str, but=None) -> float:
+    """What the account's resting spot limits hold of `coin` (`but`: not this order's share)."""
     total = 0.0
     for o in acct.orders.values():
-        if o.is_open and o.category == "spot" and o.order_type == "Limit":
+        if o.is_open and o.category == "spot" and o.order_type == "Limit" and o is not but:
             if o.side == "Buy" and coin == QUOTE:
                 total += (o.qty - o.cum_qty) * o.price
             elif o.side == "Sell" and coin == book.base_of(o.symbol):
@@ -123,7 +124,8 @@ def _check_funds(emu, acct: Account, o, bid: float, ask: float) -> None:
             need, coin = o.qty * price, QUOTE
         else:
             need, coin = o.qty, book.base_of(o.symbol)
-        if acct.balances.get(coin, 0.0) - _locked(acct, coin) < need - 1e-9:
+        # the order itself is already in the book (`_new_order`): its own need is not locked yet
+        if acct.balances.get(coin, 0.0) - _locked(acct, coin, but=o) < need - 1e-9:
             raise Reject(170131, "Insufficient balance.")
         return
     pos = acct.position(o.symbol)
