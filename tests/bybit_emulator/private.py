@@ -281,6 +281,13 @@ def trading_stop(emu, acct: Account, p: dict) -> dict:
     return {}
 
 
+def _at_precision(balance: float) -> float:
+    """A balance as Bybit holds it (8 decimals): the emulator sums floats where Bybit sums decimals,
+    so a whole balance sent as its 8-decimal text (55.67710663) must not be refused for the float's
+    last bits (55.67710662999366)."""
+    return round(balance, 8)
+
+
 def _transfer(emu, acct: Account, p: dict) -> dict:
     tid = p.get("transferId")
     if not tid:
@@ -289,7 +296,7 @@ def _transfer(emu, acct: Account, p: dict) -> dict:
         return {"transferId": tid, "status": "SUCCESS"}
     coin, amount = p.get("coin"), float(p.get("amount") or 0)
     if p.get("fromAccountType") == "UNIFIED":
-        if acct.balances.get(coin, 0.0) < amount:
+        if _at_precision(acct.balances.get(coin, 0.0)) < amount:
             raise Reject(131212, "insufficient balance")
         acct.book(coin, -amount)
     elif p.get("toAccountType") == "UNIFIED":
@@ -349,7 +356,7 @@ def universal_transfer(emu, acct: Account, p: dict) -> dict:
         raise Reject(10001, f"emulator: account types UNIFIED and FUND only, got {from_type!r} -> {to_type!r}")
     coin, amount = p.get("coin"), float(p.get("amount") or 0)
     source, target = getattr(src, wallets[from_type]), getattr(dst, wallets[to_type])
-    if not amount > 0 or source.get(coin, 0.0) < amount - 1e-12:
+    if not amount > 0 or _at_precision(source.get(coin, 0.0)) < amount:
         raise Reject(131212, "insufficient balance")
     source[coin] = source.get(coin, 0.0) - amount
     target[coin] = target.get(coin, 0.0) + amount
