@@ -453,6 +453,14 @@ class Driver:
             if plan.intents or plan.transfers:      # an operator's halt since the run began stops them
                 self.check_halt_request(p, batch)
             self.act(p, due, plan, batch, prices)
+            if due.kind == Kind.SETTLEMENT:
+                # a settlement's orders fill at once (on paper at its price, as on a venue): booked
+                # with it, so the positions hold from the settlement on
+                if hasattr(ex, "fill_at_once"):
+                    ex.fill_at_once(due.ts, view.opens(i), {o.client_order_id for o in batch.orders
+                                                            if not o.status.is_final})
+                self.sync(p, batch)
+                batch.orders = list({o.client_order_id: o for o in batch.orders}.values())
             p.received, p.allocation = received, allocation if allocation is not None else p.allocation
             if due.kind == Kind.SETTLEMENT:     # the tick's decision saw them (a stored plan: before it was stored)
                 seen = stored.get("funding_seen", p.funding_unclaimed) if stored is not None else seen_funding
@@ -588,7 +596,8 @@ class Driver:
                            {a: opens[PERP_SYMBOLS[a]] for a in assets},
                            predicted,
                            {a: view.recent_rates(a, due.ts) for a in assets},
-                           p.books, p.states.get(Sleeve.FUNDING), received, fills_deferred=True,
+                           p.books, p.states.get(Sleeve.FUNDING), received,
+                           fills_deferred=False,      # a tick's orders fill at once everywhere (`process`)
                            entries_refused=refused)
         plan = cycle.funding_tick(tick, self.settings)
         carried = dict(p.received)

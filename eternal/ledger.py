@@ -31,6 +31,7 @@ from eternal.models import (
 )
 
 MAINTENANCE_MARGIN = 0.005   # fraction of notional (Bybit's lowest tier for BTC/ETH linear perps)
+_CLOSE_TOLERANCE = 1e-9     # a closing qty this close (relative) to the position closes it all
 
 
 def apply_fill(book: SleeveBook, fill: Fill) -> float:
@@ -65,7 +66,10 @@ def _apply_perp_fill(book: SleeveBook, fill: Fill) -> float:
     realised, opening = 0.0, fill.qty
     if pos is not None and (pos.qty > 0) != (sign > 0):          # reduce, close or flip
         size = abs(pos.qty)
-        closed = min(fill.qty, size)
+        # a venue's qty (a decimal) against our position (a sum of floats) may differ in the last
+        # bits: within the tolerance it is the whole position, leaving no 1e-18 residue or flip
+        whole = abs(fill.qty - size) <= _CLOSE_TOLERANCE * size
+        closed = size if whole else min(fill.qty, size)
         realised = (fill.price - pos.entry_price) * closed * (1.0 if pos.qty > 0 else -1.0)
         if closed == size:
             released = pos.margin                               # all of it: no residue
@@ -76,7 +80,7 @@ def _apply_perp_fill(book: SleeveBook, fill: Fill) -> float:
             pos.qty += sign * closed
             pos.margin -= released
         book.cash += released + realised
-        opening = fill.qty - closed
+        opening = 0.0 if whole else fill.qty - closed
     if opening > 0:                                             # open, increase or the flip's rest
         margin = opening * fill.price / fill.leverage
         if pos is None:

@@ -64,27 +64,54 @@ class Days:
                     df[["open", "low", "high", "close"]]
         self.rates = {sym.split(":")[0].replace("/", ""): df["funding_rate"] for sym, df in dataset.funding.items()}
         self.settled_to: datetime | None = None
-        self.lived: pd.Timestamp | None = None
+        self.lived: pd.Timestamp | None = None       # the last day whose close the venue lived
+        self.opened: pd.Timestamp | None = None      # the last day whose open it lived
         self.settlements = 0
 
     def market_at(self, ts: datetime) -> None:
-        """The venue up to `ts`: each day closed since the last call lived through (its open, low,
-        high, then close: resting limits and stops see the day's range, as on the paper
-        exchange), then every settlement in (the last one, ts] paid at the price then."""
-        day = pd.Timestamp(utc(ts).date(), tz="UTC") - pd.Timedelta(days=1)
+        """The venue up to `ts`, its clock moving with it (fills, settlements and transfers are
+        stamped in history, as a real venue stamps them when they happen):
+
+        * each day closed since the last call lives the rest of its range (its low, high, then
+          close, at its last minutes: resting limits and stops see the day's range, as on the
+          paper exchange);
+        * a day's open is its price after its 00:05 runs (they decide and trade at the close
+          before, as the backfill decides at it; the open follows within minutes on a real
+          venue): the price its later settlements are paid at and its later runs trade at, as
+          on the paper exchange, which pays and fills a settlement's orders at the day's open;
+        * every settlement in (the last one, ts] is paid at its time on the positions held then.
+        """
+        ts = utc(ts)
+        today = pd.Timestamp(ts.date(), tz="UTC")
         if self.lived is None:                   # the first slot: nothing rests yet, the close only
-            self._live(day, ("close",))
-        for d in pd.date_range(self.lived + pd.Timedelta(days=1), day, freq="D") if self.lived is not None else ():
-            self._live(d, ("open", "low", "high", "close"))
-        self.lived = day
-        start = self.settled_to or (utc(ts) - timedelta(hours=8))
-        for symbol, rates in self.rates.items():
-            due = rates[(rates.index > start) & (rates.index <= ts)]
-            if ("linear", symbol) not in self.emu.prices:
-                continue
-            for rate in due:
-                self.settlements += len(self.emu.settle_funding(symbol, float(rate)))
-        self.settled_to = utc(ts)
+            self._at(today - pd.Timedelta(seconds=1))
+            self._live(today - pd.Timedelta(days=1), ("close",))
+            self.lived = today - pd.Timedelta(days=1)
+        for d in pd.date_range(self.lived + pd.Timedelta(days=1), today - pd.Timedelta(days=1), freq="D"):
+            if self.opened is None or self.opened < d:      # a day without a later slot of its own
+                self._at(d)
+                self._live(d, ("open",))
+            for n, column in enumerate(("low", "high", "close")):
+                self._at(d + pd.Timedelta(days=1) - pd.Timedelta(minutes=3 - n))
+                self._live(d, (column,))
+        self.lived = today - pd.Timedelta(days=1)
+        start = self.settled_to or (ts - timedelta(hours=8))
+        due = sorted((t, symbol, float(rates[t])) for symbol, rates in self.rates.items()
+                     if ("linear", symbol) in self.emu.prices
+                     for t in rates.index[(rates.index > start) & (rates.index <= ts)])
+        opens_at = today + pd.Timedelta(hours=1)            # after the day's 00:05 runs
+        if ts >= opens_at and (self.opened is None or self.opened < today):
+            self._at(min([t for t, _, _ in due if t >= opens_at] + [ts - timedelta(minutes=5)]))
+            self._live(today, ("open",))
+            self.opened = today
+        for t, symbol, rate in due:
+            self._at(t)
+            self.settlements += len(self.emu.settle_funding(symbol, rate))
+        self.settled_to = ts
+        self._at(ts)
+
+    def _at(self, ts) -> None:
+        self.emu.set_clock(pd.Timestamp(ts).to_pydatetime())
 
     def _live(self, day: pd.Timestamp, prices: tuple[str, ...]) -> None:
         for (category, symbol), bars in self.bars.items():

@@ -2,17 +2,26 @@
 exchange, within the fees and the emulator's fill prices.
 
 From 2021-02-01 00:05 on every scheduled run (daily cycle, funding collection at 00:05, 08:05 and
-16:05, the quarterly rebalance) against the emulator, which lives each day through its real open,
-low, high and close and pays each real settlement (tests.bybit_days); beside it the backfill of the
-same days from the close of 2021-01-31 with the same 100,000 USDT. The venues differ where they
-must: Bybit fills a market order at the ask or bid (2 bps spread here), a settlement tick's orders
-at the emulator's last price (the close before) instead of the day's open, and settles funding at
-that price. So: the same orders (client order ids, sides; quantities within 1 %), every
-settlement booked, and equity within 0.5 % per sleeve at every close.
+16:05, the quarterly rebalance) against the emulator, which lives in history (tests.bybit_days):
+its clock reads the slot's time, so fills, settlements and transfers are stamped when they happen
+there; the 00:05 runs trade at the close before (what the day's decisions were made at), the day's
+open is its price from then on, and each day closed lives its low, high and close (resting limits
+and stops see the day's range, as on the paper exchange); every real settlement is paid at its
+time. Beside it the backfill of the same days from the close of 2021-01-31 with the same 100,000
+USDT. The venues differ where they must: Bybit fills a market order at the ask or bid (2 bps spread
+here), a daily decision's orders at the close before instead of the next open, a spot buy's fee in
+the coin bought; its position stop triggers at the stop price during the day and fills at the bid
+or ask, and it names the fill itself (no orderLinkId). A settlement's orders fill at once on both,
+at the day's open. So: the same orders (client order ids, sides; quantities within 1 %), the
+venue's own fills (stops, liquidations) one to one by sleeve, symbol, side, day and reason
+(quantities within 1 %, prices within 0.5 %), every settlement booked, and equity within 0.5 % per
+sleeve at every close.
 
 `make test` runs the first 6 days (the first FUNDING pairs, TREND entries and their stops, CORE's
 tranches resting and filling on the day's range, FUNDING's first transfers to TACTICAL); `make
-chaos` the full 60 days (BYBIT_PARITY_DAYS).
+chaos` the full 60 days (BYBIT_PARITY_DAYS): FUNDING's 14-day exits and re-entries at 08:00, TREND's
+hard stops of 2021-02-22 and 02-26, CORE's last tranche and its deposits, the breaker's L1, and the
+quarterly rebalance of 2021-04-01.
 """
 from __future__ import annotations
 
@@ -53,11 +62,38 @@ def parity(demo, dataset, days: int):
     return fills, equity, funding, halted, backfill, end
 
 
+def venue_made(fills: pd.DataFrame) -> pd.Series:
+    """Fills of orders the venue made itself (a position's stop, a liquidation): the paper exchange
+    names them `stop-<sleeve>-<asset>-<day>` / `liquidation-...`, Bybit has no orderLinkId for them
+    (`venue-<its order id>`)."""
+    return fills.client_order_id.str.startswith(("stop-", "liquidation-", "venue-"))
+
+
+def same_venue_fills(live: pd.DataFrame, replay: pd.DataFrame, end) -> int:
+    """The venue's own fills match one to one by (sleeve, symbol, side, day, reason), quantities
+    within 1 % and prices within 0.5 % (Bybit's stop triggers at the stop and fills at the bid or
+    ask; the paper exchange fills at the stop or at the open beyond it). Bybit's fill before the
+    end and after the backfill's last close counted is not compared."""
+    def keyed(df: pd.DataFrame) -> pd.DataFrame:
+        day = pd.to_datetime(df["ts" if "ts" in df else "timestamp"], utc=True).dt.floor("D")
+        return df.assign(day=day).set_index(["sleeve", "symbol", "side", "day", "reason"]).sort_index()
+
+    live, replay = keyed(live), keyed(replay)
+    live = live[live.index.get_level_values("day") < end - timedelta(days=1)]
+    assert list(live.index) == list(replay.index), (live.index, replay.index)
+    assert live.qty.to_numpy() == pytest.approx(replay.qty.to_numpy(), rel=0.01)
+    assert live.price.to_numpy() == pytest.approx(replay.price.to_numpy(), rel=0.005)
+    return len(live)
+
+
 def check(fills, equity, funding, halted, backfill, end, days: int, engine=None) -> dict:
     assert halted == []
     # the same orders: every client order id the backfill filled before the end, and no other
     replay = backfill.trades[backfill.trades.reason != "end"]
     replay = replay[pd.to_datetime(replay.timestamp, utc=True) < end - timedelta(days=1)]
+    replay, replay_venue = replay[~venue_made(replay)], replay[venue_made(replay)]
+    fills, live_venue = fills[~venue_made(fills)], fills[venue_made(fills)]
+    stops = same_venue_fills(live_venue, replay_venue, end)
     live = fills.groupby("client_order_id").agg(qty=("qty", "sum"), side=("side", "first"), sleeve=("sleeve", "first"))
     want = replay.groupby("client_order_id").agg(qty=("qty", "sum"), side=("side", "first"), sleeve=("sleeve", "first"))
     missing = sorted(set(want.index) - set(live.index))
@@ -89,7 +125,8 @@ def check(fills, equity, funding, halted, backfill, end, days: int, engine=None)
     assert len(common) >= days - 1
     gap = ((live_eq.loc[common, replay_eq.columns] - replay_eq.loc[common]) / replay_eq.loc[common]).abs()
     assert gap.to_numpy().max() < 0.005, gap.max()
-    return {"orders": len(want), "fills": len(fills), "settlements": len(live_pay), "closes": len(common),
+    return {"orders": len(want), "fills": len(fills) + len(live_venue), "stops": stops,
+            "settlements": len(live_pay), "closes": len(common),
             "last day": f"{common[-1] + timedelta(days=1):%Y-%m-%d}",
             "max equity gap": float(gap.to_numpy().max()),
             "equity": (float(live_eq.loc[common[-1]].sum()), float(replay_eq.loc[common[-1]].sum()))}
@@ -102,11 +139,10 @@ def test_six_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, d
 
 
 @pytest.mark.chaos
-@pytest.mark.xfail(strict=True, reason="known gap, measured over 30 days from 2021-02-01: the venues part "
-                   "from 2021-02-15 (FUNDING's ticks decide differently), 2021-02-22 (CORE's tranche buy refused "
-                   "for insufficient balance: Bybit holds the cash of resting post-only tranches, the paper "
-                   "exchange does not) and the TREND stops (Bybit's trading-stop fill vs the paper's stop on the "
-                   "day's range); a 6-day window matches (make test)")
+@pytest.mark.xfail(strict=True, reason="one order of 150 apart, measured over 60 days from 2021-02-01: CORE's "
+                   "deposit buy of 2021-02-23 (ETH 0.47728 at Bybit, 0.46377 on paper, +2.8 %), sized by the "
+                   "cash floor from CORE's cash, which on paper has paid every spot buy's fee in USDT while Bybit "
+                   "takes it in the coin bought (the paper exchange's fee model, not yet Bybit's)")
 def test_sixty_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, dataset):
     days = int(os.environ.get("BYBIT_PARITY_DAYS", "60"))
     result = check(*parity(demo, dataset, days), days=days, engine=demo[1])

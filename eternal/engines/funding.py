@@ -176,7 +176,10 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
         perp_pos = book.perps.get(PERP_SYMBOLS[asset])
         fill_time = utc(perp_pos.opened_at) if perp_pos is not None else tick.ts   # held from the fill
         if st.phase == "ENTERING" and held:
-            st.opened_at, st.sent_at = fill_time, None
+            # held from the entry's decision: the same instant on every venue (Bybit stamps the
+            # fills minutes after the settlement, the paper exchange at it), so the holding limit
+            # ends at the same settlement on both
+            st.opened_at, st.sent_at = st.sent_at or fill_time, None
             move(st, asset, "FUNDING_COLLECTING", f"spot {spot_qty:.6g} / perp -{perp_qty:.6g} filled")
         elif st.phase == "ENTERING" and pending:
             continue

@@ -188,11 +188,14 @@ class PaperExchange(PerpDesk):
         self.journal_seq += 1
         self.journal.append((self.journal_seq, kind, item))
 
-    def on_bar(self, ts: datetime, opens: Mapping[str, float]) -> list[ExchangeOrder]:
-        """NEXT_OPEN policy: fill resting orders at these opens, spot sells and perp closes first.
-        Returns the orders that changed; one the sleeve cannot pay for is rejected with its reason."""
+    def on_bar(self, ts: datetime, opens: Mapping[str, float],
+               only: set[str] | None = None) -> list[ExchangeOrder]:
+        """NEXT_OPEN policy: fill resting orders at these opens, spot sells and perp closes first
+        (`only`: those client order ids). Returns the orders that changed; one the sleeve cannot
+        pay for is rejected with its reason."""
         changed = []
-        pending = sorted(self.open_orders(), key=self._opens_exposure)
+        pending = sorted((o for o in self.open_orders() if only is None or o.client_order_id in only),
+                         key=self._opens_exposure)
         for order in pending:
             price = opens.get(order.intent.symbol)
             if price is None:
@@ -209,6 +212,14 @@ class PaperExchange(PerpDesk):
         if changed:
             self._changed()
         return changed
+
+    def fill_at_once(self, ts: datetime, prices: Mapping[str, float], client_order_ids: set[str]) -> None:
+        """NEXT_OPEN policy: these resting orders fill now at `prices`, as a venue fills a market
+        order when it is sent. A funding settlement's orders: decided at the price the settlement
+        is paid at (the day's open, the last price the daily data knows then), they fill there at
+        once, as on Bybit, so the position holds from the settlement on and earns the next one."""
+        if self.policy == FillPolicy.NEXT_OPEN and client_order_ids:
+            self.on_bar(ts, prices, only=set(client_order_ids))
 
     def _opens_exposure(self, order: ExchangeOrder) -> bool:
         """Sort key of a bar: False (first) for spot sells and perp orders that reduce or close."""

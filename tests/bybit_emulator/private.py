@@ -44,10 +44,11 @@ def _margins(emu, acct: Account) -> tuple[float, float, float, float]:
     return upl, im, mm, order_im
 
 
-def _locked(acct: Account, coin: str) -> float:
+def _locked(acct: Account, coin: str, but=None) -> float:
+    """What the account's resting spot limits hold of `coin` (`but`: not this order's share)."""
     total = 0.0
     for o in acct.orders.values():
-        if o.is_open and o.category == "spot" and o.order_type == "Limit":
+        if o.is_open and o.category == "spot" and o.order_type == "Limit" and o is not but:
             if o.side == "Buy" and coin == QUOTE:
                 total += (o.qty - o.cum_qty) * o.price
             elif o.side == "Sell" and coin == book.base_of(o.symbol):
@@ -145,7 +146,8 @@ def _check_funds(emu, acct: Account, o, bid: float, ask: float) -> None:
             need, coin = o.qty * price, QUOTE
         else:
             need, coin = o.qty, book.base_of(o.symbol)
-        if acct.balances.get(coin, 0.0) - _locked(acct, coin) < need - 1e-9:
+        # the order itself is already in the book (`_new_order`): its own need is not locked yet
+        if acct.balances.get(coin, 0.0) - _locked(acct, coin, but=o) < need - 1e-9:
             raise Reject(170131, "Insufficient balance.")
         return
     pos = acct.position(o.symbol)
@@ -320,6 +322,13 @@ def trading_stop(emu, acct: Account, p: dict) -> dict:
     return {}
 
 
+def _at_precision(balance: float) -> float:
+    """A balance as Bybit holds it (8 decimals): the emulator sums floats where Bybit sums decimals,
+    so a whole balance sent as its 8-decimal text (55.67710663) must not be refused for the float's
+    last bits (55.67710662999366)."""
+    return round(balance, 8)
+
+
 def _transfer(emu, acct: Account, p: dict) -> dict:
     tid = p.get("transferId")
     if not tid:
@@ -332,7 +341,7 @@ def _transfer(emu, acct: Account, p: dict) -> dict:
     if source is None or target is None or source is target:
         raise Reject(10001, f"emulator: between UNIFIED and FUND only, got {p.get('fromAccountType')!r} -> "
                             f"{p.get('toAccountType')!r}")
-    if not amount > 0 or source.get(coin, 0.0) < amount - 1e-12:
+    if not amount > 0 or _at_precision(source.get(coin, 0.0)) < amount:
         raise Reject(131212, "insufficient balance")
     source[coin] = source.get(coin, 0.0) - amount
     target[coin] = target.get(coin, 0.0) + amount
@@ -392,7 +401,7 @@ def universal_transfer(emu, acct: Account, p: dict) -> dict:
         raise Reject(10001, f"emulator: account types UNIFIED and FUND only, got {from_type!r} -> {to_type!r}")
     coin, amount = p.get("coin"), float(p.get("amount") or 0)
     source, target = getattr(src, wallets[from_type]), getattr(dst, wallets[to_type])
-    if not amount > 0 or source.get(coin, 0.0) < amount - 1e-12:
+    if not amount > 0 or _at_precision(source.get(coin, 0.0)) < amount:
         raise Reject(131212, "insufficient balance")
     source[coin] = source.get(coin, 0.0) - amount
     target[coin] = target.get(coin, 0.0) + amount

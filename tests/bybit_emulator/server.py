@@ -52,6 +52,7 @@ class BybitEmulator(BybitStub):
         self.state = threading.RLock()
         self._emu_faults: list[dict] = []
         self.last_responses: dict[str, dict] = {}   # path -> the last JSON body served
+        self.clock_offset_ms: int | None = None     # set_clock: the venue's time minus the real time
 
     # accounts and market state ---------------------------------------------------------------
     def add_account(self, api_key: str, secret: str, usdt: float = 100_000.0, master: bool = False,
@@ -67,13 +68,28 @@ class BybitEmulator(BybitStub):
     def account(self, api_key: str) -> Account:
         return self.accounts[api_key]
 
+    def set_clock(self, ts) -> None:
+        """The venue's clock reads `ts` (an aware datetime) now and runs on at real speed from there:
+        a walk through history stamps fills, settlements and transfers when they happen in it, as a
+        real venue stamps them at the time it does them. It never goes back: an earlier `ts` than
+        the clock reads leaves it where it is (the first call sets it from the real clock)."""
+        ms = int(ts.timestamp() * 1000)
+        if self.clock_offset_ms is None or ms > self.now_ms():
+            self.clock_offset_ms = ms - int(time.time() * 1000)
+
+    def now_ms(self) -> int:
+        if self.clock_offset_ms is None:
+            return super().now_ms()
+        return int(time.time() * 1000) + self.clock_offset_ms
+
     def set_price(self, symbol: str, price: float, category: str | None = None) -> None:
         """The current price of `symbol` ("BTCUSDT"); None sets spot and linear. Resting limit
         orders and stop losses it crosses fill."""
         with self.state:
             for cat in ([category] if category else ["spot", "linear"]):
+                before = self.prices.get((cat, symbol))
                 self.prices[(cat, symbol)] = float(price)
-                self._match(cat, symbol)
+                self._match(cat, symbol, before)
 
     def set_prices_from_candles(self, day, data_dir: Path | str = "/work/shared/data", column: str = "close") -> dict:
         """Set every symbol's price from the daily candle of `day` (a date/Timestamp) of the data dir."""
@@ -201,7 +217,11 @@ class BybitEmulator(BybitStub):
         return ex
 
     # matching ----------------------------------------------------------------------------------
-    def _match(self, category: str, symbol: str) -> None:
+    def _match(self, category: str, symbol: str, before: float | None = None) -> None:
+        """Resting limits the price crosses fill at their limit; a position's stop loss the price
+        reached triggers at the stop when the price came through it from `before` (a move from one
+        set price to the next stands for a path through every price between), at the price where
+        it is otherwise, and fills at market (the bid or the ask around that price)."""
         bid, ask, last = self.quote(category, symbol)
         now = self.now_ms()
         for acct in self.accounts.values():
@@ -218,11 +238,15 @@ class BybitEmulator(BybitStub):
             p = acct.positions.get(symbol)
             if category == "linear" and p and p.size and p.stop_loss:
                 if (p.size > 0 and last <= p.stop_loss) or (p.size < 0 and last >= p.stop_loss):
+                    crossed = before is not None and ((before > p.stop_loss) if p.size > 0 else (before < p.stop_loss))
+                    at = p.stop_loss if crossed else last
+                    half = at * self.spread / 2
                     o = self._new_order(acct, {"category": "linear", "symbol": symbol, "orderType": "Market",
                                                "side": "Sell" if p.size > 0 else "Buy", "qty": str(abs(p.size)),
                                                "reduceOnly": True})
                     o.stop_order_type, o.create_type = "StopLoss", "CreateByStopLoss"
-                    book.fill(acct, o, o.qty, bid if p.size > 0 else ask, maker=False, mark=last, now_ms=now)
+                    book.fill(acct, o, o.qty, at - half if p.size > 0 else at + half, maker=False, mark=last,
+                              now_ms=now)
 
     def _trigger(self, acct: Account, o: Order, bid: float, ask: float, last: float, now: int) -> None:
         """A conditional order whose trigger the price reached: its order is placed now (a market
