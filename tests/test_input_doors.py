@@ -23,7 +23,7 @@ import pytest
 
 from eternal.data.csv_files import DataSet
 from eternal.data.store import MarketStore
-from eternal.errors import DataQualityError
+from eternal.errors import ConfigError, DataQualityError
 from eternal.store.db import connect
 from eternal.store.models import CandleRow, EventRow, FearGreedRow, FundingRateRow, OrderRow, PaperOrderRow
 from tests.flow_support import count, daily, funding, quarterly, store_market
@@ -267,7 +267,7 @@ def test_backfill_refuses_and_writes_nothing(kind, dataset, good_dir, tmp_path, 
     out = tmp_path / "out"
     with pytest.raises(DataQualityError) as error:
         backfill(data_dir=str(directory), out=str(out), start=datetime(2023, 6, 1, tzinfo=UTC),
-                 end=datetime(2024, 1, 1, tzinfo=UTC), progress=False)
+                 end=datetime(2024, 1, 1, tzinfo=UTC))
     assert_message(error.value, bad, file_label(kind, bad))
     assert not (out / "summary.json").exists() and not (out / "trades.csv").exists()
 
@@ -390,7 +390,7 @@ def test_deposit_intake_refuses_amounts_that_are_not_a_positive_number(amount, t
 
     url = f"sqlite:///{tmp_path / 'eternal.db'}"
     monkeypatch.setenv("ETERNAL_DATABASE_URL", url)
-    with pytest.raises(ValueError, match="amount_usdt must be a positive number of USDT"):
+    with pytest.raises(ConfigError, match="amount_usdt must be a positive number of USDT"):
         deposit_intake(amount_usdt=amount, reference="bad")
 
 
