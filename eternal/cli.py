@@ -289,6 +289,10 @@ def cmd_backfill(args, s) -> int:
 
             data = load_data(None, s.database_url)
         check_window(data, s, sleeves, args.start, args.end)
+    if args.database_url is not None and reveal(args.database_url).startswith("sqlite:///"):
+        from eternal.store.db import check_sqlite_dir
+
+        check_sqlite_dir(reveal(args.database_url), "--database-url")      # before the flow starts
     _quiet_prefect_failures(args)
     from flows.backfill import PROGRESS_BAR, backfill
 

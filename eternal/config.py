@@ -442,6 +442,8 @@ def load_settings(**overrides: Any) -> Settings:
                 msg = "no such setting" + _known_fields(loc[:-1])
             if not loc:  # a rule across fields: its message names the fields itself
                 lines.append(msg)
+            elif err.get("type") == "missing":   # its input is the group around it: name the variable alone
+                lines.append(f"{_env_name(loc)}: not set ({msg.lower()})")
             elif isinstance(value, dict):  # a rule across a group: name each variable given
                 given = ", ".join(f"{_env_name((*loc, k))}={_shown(str(k), v)}" for k, v in value.items())
                 lines.append(f"{given or _env_name(loc)}: {msg}")

@@ -370,3 +370,12 @@ def test_every_settings_group_refuses_inf_and_nan():
     assert len(groups) == 13
     assert Settings.model_config["allow_inf_nan"] is False
     assert all(g.model_config["allow_inf_nan"] is False and g.model_config["frozen"] for g in groups)
+
+
+def test_a_key_without_its_secret_names_the_missing_variable_alone(monkeypatch):
+    """Found by a new user: the refusal read ETERNAL_BYBIT__KEYS__MAIN__API_SECRET__API_KEY=...
+    (the group's given keys appended to the missing one's name)."""
+    monkeypatch.setenv("ETERNAL_MODE", "demo")
+    monkeypatch.setenv("ETERNAL_BYBIT__KEYS__MAIN__API_KEY", "key-MAIN")
+    [line] = _config_error().splitlines()[1:]
+    assert line.strip() == "ETERNAL_BYBIT__KEYS__MAIN__API_SECRET: not set (field required)"

@@ -114,6 +114,9 @@ def test_a_sqlite_path_in_a_missing_directory_is_refused(tmp_path, monkeypatch, 
     assert "its directory" in line and "typo" in line and "does not exist" in line
     assert not (tmp_path / "typo").exists()
     _refused(["deposit", "100", "--reference", "r"], capsys)
+    # the backfill's own ledger, given on the command line: named as such, before any flow starts
+    line, _ = _refused(["backfill", "--database-url", f"sqlite:///{tmp_path / 'typo2' / 'b.db'}"], capsys)
+    assert "typo2" in line and "correct --database-url" in line and not (tmp_path / "typo2").exists()
 
 
 @pytest.fixture

@@ -57,9 +57,10 @@ DEFAULT_SQLITE = Path("var/eternal.db")
 directory is created on first use."""
 
 
-def check_sqlite_dir(url: str) -> None:
+def check_sqlite_dir(url: str, setting: str = "ETERNAL_DATABASE_URL") -> None:
     """A SQLite file whose directory does not exist is refused (a mistyped path would otherwise
-    start an empty ledger beside the real one); only the default's `var/` is created."""
+    start an empty ledger beside the real one); only the default's `var/` is created. `setting`:
+    where the URL came from, named in the refusal."""
     path = Path(url.removeprefix("sqlite:///").split("?")[0]).expanduser()
     if path.parent.is_dir():
         return
@@ -67,7 +68,7 @@ def check_sqlite_dir(url: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         return
     raise ConfigError(f"SQLite database {path}: its directory {path.parent} does not exist (a mistyped path would "
-                      "start an empty ledger): correct ETERNAL_DATABASE_URL, or create the directory first")
+                      f"start an empty ledger): correct {setting}, or create the directory first")
 
 
 def _safe(url: str) -> str:
