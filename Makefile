@@ -13,7 +13,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test install clean bench server serve chaos
+.PHONY: demo test install clean bench peers server serve chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: install
 	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/orders.py
 	$(BIN)/python benchmarks/bybit_orders.py
+	$(BIN)/python benchmarks/peers.py
+
+# Ours beside the same TREND-1 rules in backtrader, fresh processes, BENCH_PAIRS (5) alternating pairs.
+peers: install
+	$(BIN)/python benchmarks/peers.py
 
 # A local Prefect server (UI at http://127.0.0.1:4200) and, in another terminal, every deployment
 # served in one process on it (see deployments/README.md for production).
