@@ -129,7 +129,6 @@ class Trend(bt.Strategy):
 
     # the close of each day ---------------------------------------------------------------------
     def next(self):
-        p = self.p.p
         day = self.datas[0].datetime.date(0)
         assert all(d.datetime.date(0) == day for d in self.datas), "datas out of step"
         funding = 0.0
@@ -278,8 +277,8 @@ def run(data_dir: Path, start: date, end: date, capital: float) -> tuple[Trend, 
     for name, (_, candles, _) in ASSETS.items():
         cerebro.adddata(bt.feeds.GenericCSVData(
             dataname=str(data_dir / candles), dtformat="%Y-%m-%dT%H:%M:%SZ",
-            todate=datetime.combine(last_day, datetime.max.time()), datetime=0, open=1, high=2, low=3, close=4, volume=5,
-            openinterest=-1, timeframe=bt.TimeFrame.Days), name=name)
+            todate=datetime.combine(last_day, datetime.max.time()), datetime=0, open=1, high=2, low=3, close=4,
+            volume=5, openinterest=-1, timeframe=bt.TimeFrame.Days), name=name)
     funding = {name: Funding(data_dir / f) for name, (_, _, f) in ASSETS.items()}
     cerebro.addstrategy(Trend, start=start, last_day=last_day, funding=funding)
     cerebro.broker.setcash(capital)
