@@ -285,7 +285,7 @@ def cmd_backfill(args, s) -> int:
 
             data = read_dir(data_dir)
         else:
-            from flows.backfill import load_data
+            from tasks.backfill import load_data
 
             data = load_data(None, s.database_url)
         check_window(data, s, sleeves, args.start, args.end)
@@ -293,18 +293,30 @@ def cmd_backfill(args, s) -> int:
         from eternal.store.db import check_sqlite_dir
 
         check_sqlite_dir(reveal(args.database_url), "--database-url")      # before the flow starts
+    params = dict(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
+                  data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
+                  monthly_deposit_usdt=args.monthly_deposit)
+    # the URL reaches the job as a setting, never as a parameter (Prefect stores those in the clear)
+    with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
+        load_settings()
+        summary = _backfill(args, params, progress_bar=not args.no_progress)
+    print_summary(summary, args.out)
+    return 0
+
+
+def _backfill(args, params: dict, progress_bar: bool) -> dict:
+    """The backfill job: as a Prefect flow run when a Prefect server is configured (the run stays in
+    its UI), else directly, without Prefect (an ephemeral server would vanish with the process and
+    cost about 8 s; `tasks.backfill`)."""
+    from tasks.backfill import prefect_configured, run_job
+
+    if not prefect_configured():
+        return run_job(**params, progress_bar=progress_bar)
     _quiet_prefect_failures(args)
     from flows.backfill import PROGRESS_BAR, backfill
 
-    PROGRESS_BAR.set(not args.no_progress)
-    # the URL reaches the flow as a setting, never as a parameter (Prefect stores those in the clear)
-    with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
-        load_settings()
-        summary = backfill(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
-                           data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
-                           monthly_deposit_usdt=args.monthly_deposit)
-    print_summary(summary, args.out)
-    return 0
+    PROGRESS_BAR.set(progress_bar)
+    return backfill(**params)
 
 
 @contextmanager
@@ -326,7 +338,6 @@ def _setting(name: str, value: str | None) -> Iterator[None]:
 
 def cmd_demo(args, s) -> int:
     """Data from ETERNAL_DATA_DIR when set, otherwise downloaded from Bybit first; then a replay."""
-    _quiet_prefect_failures(args)
     out = Path("out/demo")
     if s.data_dir is None:
         from eternal.data.download import download_market_data
@@ -338,9 +349,8 @@ def cmd_demo(args, s) -> int:
 
         download_market_data(MarketStore(connect(s.database_url)), since=datetime(2017, 1, 1, tzinfo=UTC),
                              now=datetime.now(UTC), exchange=make_bybit_public(reveal(s.exchange.public_url)))
-    from flows.backfill import backfill
-
-    summary = backfill(data_dir=str(s.data_dir) if s.data_dir else None, out=str(out))
+    summary = _backfill(args, dict(data_dir=str(s.data_dir) if s.data_dir else None, out=str(out)),
+                        progress_bar=True)
     print_summary(summary, out)
     return 0
 
@@ -459,7 +469,7 @@ def cmd_data(args, s) -> int:
     fg = store.load_fear_greed()
     data.fear_greed = fg[fg.index < day_end] if len(fg) else None
     sleeves = [sl for sl in Sleeve if getattr(s.weights, sl.weight_field) > 0]
-    check_dataset(data, s, sleeves, asof=asof)      # the suite of every door, and the engines' history
+    check_dataset(data, s, sleeves, asof=asof, always_ge=True)      # the suite of every door, and the engines' history
     print(f"{len(data.candles)} daily series, {len(data.funding)} funding series"
           f"{' and Fear & Greed' if data.fear_greed is not None else ''} valid as of {asof:%Y-%m-%d %H:%M} UTC: "
           f"{', '.join(sym for sym, _ in data.candles)}")

@@ -22,6 +22,7 @@ memory for a backfill, the database for the flows). The decisions are `eternal.c
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -99,8 +100,8 @@ class Due:
     ts: datetime
     kind: Kind
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:        # read several times per event: formatted once
         return f"{self.ts:%Y-%m-%dT%H:%M:%S}|{int(self.kind)}"
 
     @property

@@ -8,6 +8,8 @@ and their warm-up) and the all-time high, which always comes from the whole stor
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -82,7 +84,8 @@ def earliest_start(data: DataSet, needs: list[HistoryNeed], first: datetime) -> 
 
 
 def check_dataset(data: DataSet, settings: Settings, sleeves, *, asof: datetime | None = None,
-                  first_day: datetime | None = None, end: datetime | None = None) -> None:
+                  first_day: datetime | None = None, end: datetime | None = None,
+                  always_ge: bool = False) -> None:
     """The one validation of market data, whichever door it came through (CSV import, download,
     backfill, a flow's gather): every daily candle series, every funding series and the Fear & Greed
     index of `data` (rows before `end` when given) against the Great Expectations suite, plus the
@@ -101,7 +104,7 @@ def check_dataset(data: DataSet, settings: Settings, sleeves, *, asof: datetime 
     validate_market_data(candles, funding, asof, max_daily_move=settings.data.max_daily_move,
                          max_funding_rate=settings.data.max_funding_rate_8h,
                          fear_greed=cut(data.fear_greed) if data.fear_greed is not None else None,
-                         needs=history_needs(settings, sleeves, first_day), names=names)
+                         needs=history_needs(settings, sleeves, first_day), names=names, always_ge=always_ge)
 
 
 def check_history(data: DataSet, settings: Settings, sleeves, first_day: datetime) -> None:
@@ -201,10 +204,14 @@ class MarketView:
     # by day ------------------------------------------------------------------------------------
     def index(self, day: datetime) -> int | None:
         """Position of `day` (a UTC midnight) in `days`, or None when not every series has it."""
-        if not len(self.days):
+        if self._day0 is None:
             return None
-        i = (pd.Timestamp(day) - self.days[0]).days
+        i = (day - self._day0).days
         return i if 0 <= i < len(self.days) else None
+
+    @functools.cached_property
+    def _day0(self) -> datetime | None:        # index() runs for every event: no Timestamp per call
+        return self.days[0].to_pydatetime() if len(self.days) else None
 
     @property
     def first_day(self) -> datetime | None:

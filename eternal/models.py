@@ -223,9 +223,9 @@ class SleeveBook:
     def equity(self, prices: dict[str, float], marks: dict[str, float] | None = None) -> float:
         """Mark to market (`eternal.valuation`): spot at `prices` (asset -> price), perps at
         `marks` (perp symbol -> mark; a perp without one is refused, not valued at the spot)."""
-        from eternal.valuation import value_book
+        from eternal.valuation import book_equity
 
-        return value_book(self, prices, marks).equity
+        return book_equity(self, prices, marks)
 
     def copy(self) -> SleeveBook:
         return SleeveBook(self.sleeve, self.cash, dict(self.holdings), dict(self.staked),

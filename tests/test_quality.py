@@ -366,3 +366,88 @@ def test_six_daily_series_and_three_funding_series_validate_silently(capfd):
     assert sum(len(frame) for frame in daily.values()) > 14_000
     out, err = capfd.readouterr()
     assert out == "" and err == "", "GE must not print progress bars or logs"
+
+
+# --- numpy and Great Expectations give one verdict ---------------------------------------------
+# The suites' rules are evaluated with numpy first; GE runs only to report what failed. A rule where
+# numpy says "holds" and GE says "fails" would let bad data trade, so each corruption of a real
+# series below is judged by both, rule by rule.
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+from eternal.data import quality  # noqa: E402
+
+CORRUPTIONS = ("nan", "zero", "negative", "inf", "high_below", "low_above", "duplicate", "swap", "gap",
+               "hour", "jump", "future")
+PARAMS = {"max_funding_gap": quality.MAX_FUNDING_GAP, "max_daily_move": 0.60, "max_funding_rate": 0.03,
+          "min_funding_rate": -0.03}
+
+
+def _corrupt(frame: pd.DataFrame, how: str, row: int, column: str) -> pd.DataFrame:
+    f = frame.copy()
+    idx = f.index.to_list()
+    if how == "nan":
+        f.iloc[row, f.columns.get_loc(column)] = np.nan
+    elif how == "zero":
+        f.iloc[row, f.columns.get_loc(column)] = 0.0
+    elif how == "negative":
+        f.iloc[row, f.columns.get_loc(column)] = -abs(f.iloc[row][column]) - 1
+    elif how == "inf":
+        f.iloc[row, f.columns.get_loc(column)] = np.inf
+    elif how == "high_below" and "high" in f:
+        f.iloc[row, f.columns.get_loc("high")] = min(f.iloc[row]["open"], f.iloc[row]["close"]) * 0.999
+    elif how == "low_above" and "low" in f:
+        f.iloc[row, f.columns.get_loc("low")] = max(f.iloc[row]["open"], f.iloc[row]["close"]) * 1.001
+    elif how == "duplicate":
+        f = pd.concat([f.iloc[: row + 1], f.iloc[row: row + 1], f.iloc[row + 1:]])
+    elif how == "swap" and row + 1 < len(f):
+        idx[row], idx[row + 1] = idx[row + 1], idx[row]
+        f.index = pd.DatetimeIndex(idx, name=f.index.name)
+    elif how == "gap":
+        f = f.drop(f.index[row])
+    elif how == "hour":
+        idx[row] = idx[row] + pd.Timedelta(hours=1)
+        f.index = pd.DatetimeIndex(idx, name=f.index.name)
+    elif how == "jump":
+        f.iloc[row:, f.columns.get_loc(column)] = f.iloc[row:][column] * 2.5
+    elif how == "future":
+        f.index = f.index + pd.Timedelta(days=3)
+    return f
+
+
+def _verdicts(suite: str, kind: str, frame: pd.DataFrame) -> tuple[list, list]:
+    """(rules failing with numpy, rules failing in GE) of one stacked frame."""
+    labels = {**PARAMS, "last_closed_day": "x"}
+    by_numpy = sorted({rule for rule, _, check in quality._rules(suite) if not quality._holds(check, frame, PARAMS)})
+    by_ge = sorted({f.rule for f in quality._run_suite(suite, kind, frame, PARAMS, labels, always_ge=True)})
+    return by_numpy, by_ge
+
+
+@hsettings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(how=st.sampled_from(CORRUPTIONS), row=st.integers(1, 40),
+       column=st.sampled_from(("open", "high", "low", "close", "volume")))
+def test_numpy_and_great_expectations_fail_the_same_candle_rules(how, row, column):
+    # ETH spot, 2022-11-01..2022-12-11 (the FTX collapse), corrupted once
+    real = candles("ETH-USDT").loc["2022-11-01":"2022-12-11"]
+    frame = quality._candle_frame("ETH/USDT", _corrupt(real, how, row, column), utc("2022-12-11T00:00:00Z"))
+    by_numpy, by_ge = _verdicts("candles_fresh", "candles", frame)
+    assert by_numpy == by_ge
+
+
+@hsettings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(how=st.sampled_from(("nan", "inf", "negative", "duplicate", "swap", "gap", "hour", "jump")),
+       row=st.integers(1, 60))
+def test_numpy_and_great_expectations_fail_the_same_funding_rules(how, row):
+    # SOL funding around 2022-11-09, when settlements came every 2 hours; rates scaled to bound tests
+    real = funding("SOLUSDT").loc["2022-11-01":"2022-11-20"]
+    if how == "jump":
+        real = real * 40          # some settlements over |0.03| after scaling
+    frame = quality._funding_frame("SOL/USDT:USDT", _corrupt(real, how if how != "jump" else "none", row,
+                                                              "funding_rate"), None)
+    by_numpy, by_ge = _verdicts("funding", "funding", frame)
+    assert by_numpy == by_ge
+
+
+def test_the_real_files_pass_with_numpy_and_great_expectations_alike():
+    frame = quality._candle_frame("BTC/USDT", candles("BTC-USDT"), None)
+    assert _verdicts("candles", "candles", frame) == ([], [])

@@ -155,3 +155,26 @@ def test_pnl_of_the_day_leaves_out_capital_moved_between_sleeves():
     v = value_portfolio(day, {Sleeve.TACTICAL: book}, {}, {}, capital_in={Sleeve.TACTICAL: 5_100.0},
                         previous={"equity": {"tactical": 5_000.0}, "capital_in": {"tactical": 5_000.0}})
     assert v.pnl_today == {Sleeve.TACTICAL: 0.0} and v.pnl_since_start == {Sleeve.TACTICAL: 0.0}
+
+
+def test_book_equity_is_value_book_to_the_last_bit_at_every_close_of_a_replay(dataset):
+    # The replay values each book with `book_equity` (no lines built); every operator-facing number
+    # comes from `value_book`. Every sleeve at every close of 2022-05-01..2022-07-01 (LUNA and the
+    # June crash: FUNDING's perps, TREND's shorts, TACTICAL's buys, CORE's staked ETH) must agree exactly.
+    from eternal.config import load_settings
+    from eternal.replay import run_backfill
+    from eternal.valuation import book_equity
+
+    seen = []
+
+    def on_day(day, books, _exchange_books, closes, marks, _risk):
+        for book in books.values():
+            seen.append((book_equity(book, closes, marks), value_book(book, closes, marks).equity,
+                         bool(book.perps), bool(book.staked)))
+
+    s = load_settings().model_copy(update={"core": load_settings().core.model_copy(update={"staking_apy": 0.03})})
+    run_backfill(dataset, s, start=utc("2022-05-01"), end=utc("2022-07-01"), progress=False, on_day=on_day,
+                 compare_breakers=False)
+    assert len(seen) == 61 * 5
+    assert all(fast == slow for fast, slow, *_ in seen)
+    assert any(perps for *_, perps, _ in seen) and any(staked for *_, staked in seen)

@@ -1,0 +1,176 @@
+"""The backfill job: data in, the one driver over history (`eternal.replay`), the report out.
+
+One function, `run_job`, does the work wherever it is started: inside the `backfill` Prefect flow
+(a deployment, or `eternal backfill` with a Prefect server configured) it also reports to the run
+(progress artifact, run logger, summary and report artifacts); started from the CLI with no Prefect
+server configured it runs without Prefect at all. An ephemeral Prefect server would hold the run
+only until the process ends, and costs about 8 s (imports 3 s, start and health polling 4.5 s, stop
+1 s) against a replay of about 1-2 s, so the CLI does not start one (`prefect_configured`).
+
+Prefect is never imported here unless a flow run is active (`in_flow_run`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import tomllib
+from datetime import datetime
+from pathlib import Path
+
+from eternal.config import load_settings
+from eternal.data.csv_files import read_dir
+from eternal.models import PERP_SYMBOLS
+from eternal.replay import BackfillError, BackfillResult, parse_sleeves, run_backfill
+from eternal.secrets import SecretUrl
+
+log = logging.getLogger("eternal.backfill")
+
+
+def in_flow_run() -> bool:
+    """True inside a Prefect flow run; False (without importing Prefect) when Prefect is not loaded."""
+    if "prefect" not in sys.modules:
+        return False
+    from prefect.context import FlowRunContext
+
+    return FlowRunContext.get() is not None
+
+
+def prefect_configured(env: dict[str, str] | None = None) -> bool:
+    """Whether runs have a Prefect server to go to: PREFECT_API_URL in the environment or in the
+    active Prefect profile ($PREFECT_HOME/profiles.toml, PREFECT_PROFILE picks it). Read without
+    importing Prefect; an unreadable profiles file counts as no server."""
+    env = os.environ if env is None else env
+    if env.get("PREFECT_API_URL"):
+        return True
+    home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    name = env.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    return bool(profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL"))
+
+
+def load_data(data_dir: Path | None, database_url: str | SecretUrl):
+    """From CSV files when a data dir is given, else from the market data in the database."""
+    if data_dir is not None:
+        return read_dir(data_dir)
+    from eternal.data.csv_files import DataSet
+    from eternal.data.store import MarketStore
+    from eternal.store.db import connect
+
+    store = MarketStore(connect(database_url))
+    data = DataSet()
+    for sym in store.candle_symbols("1d"):           # spot and perp candles
+        data.candles[(sym, "1d")] = store.load_candles(sym, "1d")
+    for sym in PERP_SYMBOLS.values():
+        if len(f := store.load_funding(sym)):
+            data.funding[sym] = f
+    fg = store.load_fear_greed()
+    data.fear_greed = fg if len(fg) else None
+    return data
+
+
+def check_amounts(capital: float | None, monthly_deposit_usdt: float) -> None:
+    """A finite capital above 0 and a finite deposit of 0 or more, or BackfillError naming the
+    parameter (inf would pass a plain `> 0` and end as Infinity in summary.json)."""
+    if capital is not None and not (math.isfinite(capital) and capital > 0):
+        raise BackfillError(f"capital must be a finite number above 0, got {capital}")
+    if not (math.isfinite(monthly_deposit_usdt) and monthly_deposit_usdt >= 0):
+        raise BackfillError(f"monthly_deposit_usdt must be a finite number of 0 or more, got {monthly_deposit_usdt}")
+
+
+def run_job(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
+            capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
+            monthly_deposit_usdt: float = 0.0, progress_bar: bool = False) -> dict:
+    """The backfill (parameters as the `backfill` flow's) -> its summary (summary.json's dict).
+    Its ledger goes to ETERNAL_BACKFILL_DATABASE_URL when set, else to OUT/backfill.db, started
+    afresh. Raises BackfillError / DataQualityError / ConfigError (one line each) on bad input,
+    before anything is written."""
+    check_amounts(capital, monthly_deposit_usdt)     # before anything is read or written
+    s = load_settings()
+    sleeves = parse_sleeves(engines)
+    out_dir = Path(out)
+    data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    db_url = s.backfill_database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
+    if s.backfill_database_url is None and (out_dir / "backfill.db").exists():
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
+    flow_run = in_flow_run()
+    from eternal.store.db import connect
+
+    bar = _ProgressArtifact(start, end) if flow_run else None
+    result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
+                                          out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
+                                          on_day=bar,
+                                          monthly_deposit=monthly_deposit_usdt)
+    if bar is not None:
+        bar.update(100.0)
+    (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
+                                              result.summary["final_equity"], result.summary["trades"])
+    write_report(result, data, s, out_dir, flow_run)
+    return result.summary
+
+
+def _run_logger():
+    from prefect import get_run_logger
+
+    return get_run_logger()
+
+
+class _ProgressArtifact:
+    """An on_day callback that moves a progress artifact on the flow run (about 50 updates a run)."""
+
+    def __init__(self, start: datetime | None, end: datetime | None) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.bar = create_progress_artifact(0.0, key="backfill-progress", description="days replayed")
+        self.start, self.end, self.days, self.shown = start, end, 0, 0.0
+
+    def __call__(self, day: datetime, *_) -> None:
+        self.start = self.start or day
+        self.days += 1
+        pct = min(100.0, 100.0 * self.days / (((self.end or day) - self.start).days or 1))
+        if pct - self.shown >= 2.0:
+            self.update(pct)
+
+    def update(self, pct: float) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        update_progress_artifact(self.bar, pct)
+        self.shown = pct
+
+
+def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False) -> None:
+    """report.md, the charts and the report's numbers beside the replay's files, and on the flow
+    run when there is one."""
+    from eternal.report import build
+    from tasks import report
+
+    rows = report.rows_from_result(result, report.closes_frame(data))
+    built = build(rows, report.core_alone(data, settings, rows))
+    report.write(built, out_dir, result.summary)
+    result.summary["report"] = report.jsonable(built.summary)
+    if flow_run:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(summary_markdown(result.summary), key="backfill-summary",
+                                 description="backfill summary")
+        report.artifacts(built, out_dir)
+
+
+def summary_markdown(summary: dict) -> str:
+    rows = "\n".join(f"| {k} | {_fmt(v, k)} |" for k, v in summary.items() if not isinstance(v, (dict, list)))
+    return f"# Backfill {summary['start']}..{summary['end_exclusive']}\n\n| metric | value |\n|---|---:|\n{rows}\n"
+
+
+PERCENT_KEYS = {"total_return", "cagr", "max_drawdown"}      # fractions in summary.json, percentages here
+
+
+def _fmt(v, key: str = "") -> str:
+    if isinstance(v, float) and key in PERCENT_KEYS:
+        return f"{v:+.2%}"
+    return f"{v:,.2f}" if isinstance(v, float) else str(v)
