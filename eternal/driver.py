@@ -121,6 +121,12 @@ class Due:
         return what[self.kind]
 
 
+@functools.lru_cache(maxsize=4096)
+def _utc_cached(value: str | datetime) -> datetime:
+    """`utc` of a stored time, parsed once: every close compares each pending deposit's time."""
+    return utc(value)
+
+
 def clock_before(start: datetime) -> str:
     """The clock of a portfolio that starts on day `start`: its first event is that day's close
     (its first decision), then the next day's settlements and open. A live portfolio starts on the
@@ -571,7 +577,7 @@ class Driver:
     def decide_close(self, p: Portfolio, due: Due, i: int, refused: frozenset = frozenset()):
         from dataclasses import replace
 
-        deposits = [d for d in p.deposits if utc(d["ts"]) <= due.ts]
+        deposits = [d for d in p.deposits if _utc_cached(d["ts"]) <= due.ts]
         usdt = math.fsum(d["usdt"] for d in deposits)
         snap = replace(self.view.snapshot(i, p.books, p.states, p.received), entries_refused=refused)
         plan, received, allocation = cycle.at_close(snap, self.settings, self.daily_sleeves, p.allocation, usdt,

@@ -222,7 +222,20 @@ class MarketView:
         return self.days[-1].to_pydatetime() if len(self.days) else None
 
     def opens(self, i: int) -> dict[str, float]:
-        """Symbol -> open of day i, spot and perp: the first price after the previous close."""
+        """Symbol -> open of day i, spot and perp: the first price after the previous close (a new
+        dict per call, built once per day: an event reads it several times)."""
+        cached = self._opens_of.get(i)
+        if cached is None:
+            if len(self._opens_of) > 8:
+                self._opens_of.clear()
+            cached = self._opens_of[i] = self._build_opens(i)
+        return dict(cached)
+
+    @functools.cached_property
+    def _opens_of(self) -> dict[int, dict[str, float]]:
+        return {}
+
+    def _build_opens(self, i: int) -> dict[str, float]:
         out = {SPOT_SYMBOLS[a]: float(self.spot[a]["open"][i]) for a in self.spot_assets}
         return out | {PERP_SYMBOLS[a]: float(self.markets[a].open[self.perp_pos[a][i]]) for a in self.perp_assets}
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 # Before anything imports prefect or reads settings: no telemetry, no stray ETERNAL_ settings.
@@ -27,13 +28,27 @@ from sqlalchemy import create_engine, text  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 PG_BASE_URL = os.environ.get("ETERNAL_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
-# pytest-xdist: each worker has a database of its own (test_gw0, ...), never a schema another drops
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-PG_URL = f"{PG_BASE_URL}_{_WORKER}" if _WORKER else PG_BASE_URL
+"""A PostgreSQL database the suite may connect to as a user allowed to CREATE DATABASE. Nothing in
+it is touched: the suite creates databases of its own beside it and drops them at the end."""
+# One database per suite run and xdist worker (test_<run>_gw0, ...): never a schema of a shared
+# database dropped, and two suites running at once never share one.
+_RUN = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"p{os.getpid()}")[:8]
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def _own_database_url() -> str:
+    from sqlalchemy.engine import make_url
+
+    base = make_url(PG_BASE_URL)
+    return base.set(database=f"{base.database}_{_RUN}_{_WORKER}").render_as_string(hide_password=False)
+
+
+PG_URL = _own_database_url()
 
 
 def create_database(name: str) -> None:
-    """Create PostgreSQL database `name` on the test server unless it exists."""
+    """Create PostgreSQL database `name` on the test server unless it exists (dropped at the end
+    of the session)."""
     admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
@@ -44,10 +59,40 @@ def create_database(name: str) -> None:
 
 
 def _ensure_worker_database() -> None:
-    if _WORKER:
-        from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url
 
-        create_database(make_url(PG_URL).database)
+    create_database(make_url(PG_URL).database)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_own_databases():
+    """The databases this session's worker made (its own and those named after it, e.g. _replay),
+    dropped when it ends; open connections are closed first."""
+    yield
+    from sqlalchemy.engine import make_url
+
+    own = make_url(PG_URL).database
+    admin = create_engine(PG_BASE_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            names = [n for (n,) in conn.execute(text("SELECT datname FROM pg_database"))
+                     if n == own or n.startswith(own + "_")]
+    except Exception:           # no PostgreSQL in this session: nothing was made
+        names = []
+    if names:
+        from eternal.store.db import cached_engine, close_all
+
+        cached_engine.cache_clear()
+        close_all()
+    try:
+        for name in names:
+            try:
+                with admin.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            except Exception as exc:    # a leftover database fails no test; the next run uses new names
+                print(f"\nleft PostgreSQL database {name} behind: {exc}", file=sys.stderr)
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -87,20 +132,29 @@ def dataset(shared_data):
     return read_dir(shared_data)
 
 
+def _masked(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _reset_postgres() -> None:
     try:
         _ensure_worker_database()
     except Exception as exc:
-        pytest.fail(f"PostgreSQL at {PG_BASE_URL} is unreachable ({exc.__class__.__name__}: {exc})")
+        pytest.fail(f"PostgreSQL at {_masked(PG_BASE_URL)} is unreachable or refuses CREATE DATABASE "
+                    f"({exc.__class__.__name__}: {exc}). Start PostgreSQL (trust auth, database 'test') or set "
+                    "ETERNAL_TEST_PG_URL=postgresql+psycopg2://USER@HOST:PORT/DB, a database USER may connect to "
+                    "and a USER allowed to create databases: the suite creates its own beside DB and drops them.")
     engine = create_engine(PG_URL)
     try:
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
             conn.execute(text("CREATE SCHEMA public"))
     except Exception as exc:  # loud, never a skip: CI must run the PostgreSQL half
-        pytest.fail(f"PostgreSQL at {PG_URL} is unreachable ({exc.__class__.__name__}: {exc}). "
+        pytest.fail(f"PostgreSQL at {_masked(PG_URL)} is unreachable ({exc.__class__.__name__}: {exc}). "
                     "The database tests run on SQLite AND PostgreSQL; start PostgreSQL "
-                    "(trust auth, database 'test') or set ETERNAL_TEST_PG_URL.")
+                    "(trust auth, database 'test') or set ETERNAL_TEST_PG_URL (see tests/conftest.py).")
     finally:
         engine.dispose()
 

@@ -1,6 +1,8 @@
 """The backfill replays the daily cycle: decisions at the close of D, fills at the open of D+1."""
 from __future__ import annotations
 
+import os
+
 import json
 from datetime import timedelta
 
@@ -133,23 +135,40 @@ def test_staked_eth_accrues_the_configured_apy_daily(dataset, monkeypatch):
     assert 0 < gain < 0.04 * 38 / 365 * r.equity["core"].iloc[-1] / 3
 
 
-def test_cli_backfill_writes_outputs_and_prints_the_summary(shared_data, tmp_path, prefect_harness):
-    import contextlib
-    import io
+def test_cli_backfill_writes_outputs_and_prints_the_summary(shared_data, tmp_path):
+    # `eternal backfill` as a user runs it, with no Prefect server configured: the job runs without
+    # Prefect (no ephemeral server: its run would vanish with the process), and exits leaving no
+    # SQLite -wal file beside the ledger
+    import subprocess
+    import sys
 
-    from eternal.cli import main
-
-    out, stdout = tmp_path / "cli-out", io.StringIO()
-    # stdout only: capsys would also swap stderr, and Prefect's log handler keeps the stderr it
-    # first sees, which capsys closes after this test
-    with contextlib.redirect_stdout(stdout):
-        code = main(["backfill", "--start", "2023-01-01", "--end", "2023-04-01", "--capital", "20000",
-                     "--data-dir", str(shared_data), "--out", str(out), "--no-progress"])
-    assert code == 0
-    printed = stdout.getvalue()
-    assert "final equity" in printed and "2023-01-01 .. 2023-04-01 (90 days)" in printed
-    assert {p.name for p in out.iterdir()} >= {"trades.csv", "equity.csv", "summary.json", "backfill.db"}
+    out = tmp_path / "cli-out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "DO_NOT_TRACK": "1"}
+    r = subprocess.run([sys.executable, "-m", "eternal.cli", "backfill", "--start", "2023-01-01", "--end", "2023-04-01",
+                        "--capital", "20000", "--data-dir", str(shared_data), "--out", str(out), "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "final equity" in r.stdout and "2023-01-01 .. 2023-04-01 (90 days)" in r.stdout
+    assert "flow run" not in r.stdout + r.stderr and "temporary server" not in r.stdout + r.stderr
+    assert {p.name for p in out.iterdir()} >= {"trades.csv", "equity.csv", "summary.json", "backfill.db", "report.md"}
+    assert not (out / "backfill.db-wal").exists()
     assert json.loads((out / "summary.json").read_text())["initial_capital"] == 20_000.0
+
+
+def test_a_prefect_server_counts_as_configured_from_the_environment_or_the_active_profile(tmp_path):
+    from tasks.backfill import prefect_configured
+
+    home = tmp_path / "home"
+    assert not prefect_configured({"PREFECT_HOME": str(home)})                  # no profiles file at all
+    assert prefect_configured({"PREFECT_HOME": str(home), "PREFECT_API_URL": "http://127.0.0.1:4200/api"})
+    home.mkdir()
+    (home / "profiles.toml").write_text('active = "local"\n[profiles.local]\n'
+                                        'PREFECT_API_URL = "http://127.0.0.1:4200/api"\n[profiles.ephemeral]\n')
+    assert prefect_configured({"PREFECT_HOME": str(home)})
+    assert not prefect_configured({"PREFECT_HOME": str(home), "PREFECT_PROFILE": "ephemeral"})
+    (home / "profiles.toml").write_text("not toml [")
+    assert not prefect_configured({"PREFECT_HOME": str(home)})
 
 
 def test_replay_decides_like_the_daily_flow_on_the_same_day(dataset):

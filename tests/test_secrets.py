@@ -262,6 +262,10 @@ def test_no_fake_credential_appears_in_any_output_row_log_file_or_error(
         outputs += [out, err]
         assert err.splitlines()[-1].startswith("error: ") and f"127.0.0.1:{dead}" in err
     out_dir = tmp_path / "out"
+    # with a Prefect server configured the backfill is a flow run (stored: its parameters are searched)
+    from prefect.settings import PREFECT_API_URL
+
+    monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())
     assert main(["backfill", "--data-dir", str(shared_data), "--start", "2024-01-01", "--end", "2024-01-20",
                  "--monthly-deposit", "500", "--out", str(out_dir), "--database-url", replay_url,
                  "--no-progress"]) == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -13,6 +14,16 @@ from eternal.errors import ConfigError, EternalError
 from eternal.secrets import redact_url, register, reveal, scrub
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()   # every engine `connect` made, for `close_all`
+
+
+def close_all() -> None:
+    """Close every pooled connection of the engines `connect` made: a SQLite ledger is checkpointed
+    and its -wal file removed, as at a normal interpreter exit (the CLI's fast exit calls this)."""
+    for engine in list(_ENGINES):
+        engine.dispose()
 
 
 class DatabaseUnavailable(EternalError):
@@ -40,6 +51,7 @@ def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
         raise ConfigError(scrub(f"ETERNAL_DATABASE_URL={_safe(url)!r} cannot be used: {exc}")) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+    _ENGINES.add(engine)
     try:
         with engine.connect():
             pass
