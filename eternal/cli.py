@@ -278,6 +278,7 @@ def cmd_backfill(args, s) -> int:
 
     # refused here, before a Prefect flow run starts: a bad --engines, a window outside the data
     sleeves = parse_sleeves(args.engines)
+    data = None
     if args.start or args.end:
         data_dir = args.data_dir or s.data_dir
         if data_dir is not None:
@@ -299,19 +300,19 @@ def cmd_backfill(args, s) -> int:
     # the URL reaches the job as a setting, never as a parameter (Prefect stores those in the clear)
     with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
         load_settings()
-        summary = _backfill(args, params, progress_bar=not args.no_progress)
+        summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
     print_summary(summary, args.out)
     return 0
 
 
-def _backfill(args, params: dict, progress_bar: bool) -> dict:
+def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
     """The backfill job: as a Prefect flow run when a Prefect server is configured (the run stays in
     its UI), else directly, without Prefect (an ephemeral server would vanish with the process and
     cost about 8 s; `tasks.backfill`)."""
     from tasks.backfill import prefect_configured, run_job
 
     if not prefect_configured():
-        return run_job(**params, progress_bar=progress_bar)
+        return run_job(**params, progress_bar=progress_bar, data=data)    # the data read once
     _quiet_prefect_failures(args)
     from flows.backfill import PROGRESS_BAR, backfill
 

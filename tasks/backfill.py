@@ -84,16 +84,18 @@ def check_amounts(capital: float | None, monthly_deposit_usdt: float) -> None:
 
 def run_job(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
             capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
-            monthly_deposit_usdt: float = 0.0, progress_bar: bool = False) -> dict:
+            monthly_deposit_usdt: float = 0.0, progress_bar: bool = False, data=None) -> dict:
     """The backfill (parameters as the `backfill` flow's) -> its summary (summary.json's dict).
     Its ledger goes to ETERNAL_BACKFILL_DATABASE_URL when set, else to OUT/backfill.db, started
-    afresh. Raises BackfillError / DataQualityError / ConfigError (one line each) on bad input,
+    afresh. `data`: the market data already read from those same sources (the CLI reads it to
+    check the window first), else read here. Raises BackfillError / DataQualityError / ConfigError (one line each) on bad input,
     before anything is written."""
     check_amounts(capital, monthly_deposit_usdt)     # before anything is read or written
     s = load_settings()
     sleeves = parse_sleeves(engines)
     out_dir = Path(out)
-    data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
+    if data is None:
+        data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
     out_dir.mkdir(parents=True, exist_ok=True)
     db_url = s.backfill_database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
     if s.backfill_database_url is None and (out_dir / "backfill.db").exists():
