@@ -507,8 +507,23 @@ class Driver:
         """Book the venue's journal since our cursor and refresh our open orders from it; returns
         the fills booked."""
         fills = []
-        for seq, kind, item in self.exchange.journal_since(p.journal_seq):
+        rereads = hasattr(self.exchange, "journal_and_late") and hasattr(self.ledger, "known_trades")
+        if rereads:
+            # a venue that lists a fill late (Bybit) gives the recent fills behind our cursor too:
+            # each booked unless its trade is; an entry above the cursor whose trade is booked
+            # (its rank moved when a late one came in at its ms) is not booked again
+            journal, late = self.exchange.journal_and_late(p.journal_seq)
+            journal = late + journal
+            trades = {item.trade_id for _, kind, item in journal if kind == "fill"}
+            booked = (self.ledger.known_trades(trades) if trades else set()) | {f.trade_id for f in batch.fills}
+        else:
+            journal, booked = self.exchange.journal_since(p.journal_seq), set()
+        for seq, kind, item in journal:
+            if kind == "fill" and item.trade_id in booked:
+                p.journal_seq = max(p.journal_seq, seq)
+                continue
             if kind == "fill":
+                booked.add(item.trade_id)
                 books.apply_fill(p.books[item.sleeve], item)
                 fills.append(item)
                 if item.reason in ("hard_stop", "trailing_stop", "liquidation"):
@@ -533,7 +548,7 @@ class Driver:
                     when = batch.due.ts if batch.due is not None else Due.from_key(p.clock).ts
                     batch.events.append(Event(when, "staking_reward", f"{reward:.8f} {asset} staking reward", sleeve,
                                               data={"asset": asset, "qty": reward}))
-            p.journal_seq = seq
+            p.journal_seq = max(p.journal_seq, seq)
         batch.fills += fills
         for cid in list(p.open_orders):
             rec = p.open_orders[cid]

@@ -77,6 +77,9 @@ MARKETS_TTL_S = 3600.0
 _MARKETS: dict[str, tuple[float, dict, dict, dict]] = {}
 HISTORY_SPAN_MS = 7 * 86_400_000
 """Bybit's execution list and transaction log answer at most 7 days per request."""
+JOURNAL_LOOKBACK_MS = 10 * 60_000
+"""`journal_and_late` reads the fills of the 10 minutes before its cursor again: Bybit's execution
+list shows an execution a moment after it happened, so one may appear after a later one was booked."""
 DEPOSIT_WINDOW_MS = 30 * 86_400_000 - 1000
 """Bybit reads deposit records over at most 30 days per request."""
 DEPOSIT_PAGE = 50
@@ -124,6 +127,14 @@ def make_client(api_key: str, api_secret: str, *, mode: str, url: str | None = N
 
 def _category(symbol: str) -> str:
     return "linear" if symbol.endswith(":USDT") else "spot"
+
+
+def _id_order(entry_id: str) -> tuple[str, int, str]:
+    """A journal entry's id in the order Bybit made them: its digits as a number (after any
+    letters), so "e10" follows "e9"; other ids as text."""
+    head = entry_id.rstrip("0123456789")
+    digits = entry_id[len(head):]
+    return (head, len(digits), digits)
 
 
 def _uncertain(exc: Exception) -> bool:
@@ -438,7 +449,14 @@ class BybitExchange:
     def journal_since(self, seq: int) -> list[tuple[int, str, Any]]:
         """Fills (executions) and funding (transaction-log settlements) of every sleeve numbered
         above `seq`, oldest first (see the module's docstring for the numbering)."""
-        since = seq // 1000 if seq else None
+        return self.journal_and_late(seq)[0]
+
+    def journal_and_late(self, seq: int) -> tuple[list[tuple[int, str, Any]], list[tuple[int, str, Any]]]:
+        """`journal_since(seq)`, and the fills of the `JOURNAL_LOOKBACK_MS` before `seq` (numbered
+        at or below it), oldest first: Bybit lists an execution a moment after it happened, so
+        one may appear after a later one was booked, behind the cursor. The caller books those of
+        them it has not booked yet, by trade id (`Driver.sync`)."""
+        since = seq // 1000 - JOURNAL_LOOKBACK_MS if seq else None
         until = None
         items: list[tuple[int, str, str, Any]] = []
         for client, sleeves in self.accounts():
@@ -465,15 +483,20 @@ class BybitExchange:
                 payment = self._funding(perps[0], e, info)
                 items.append((int(e["timestamp"]), str(e["id"]), *(
                     ("funding", payment) if len(sleeves) == 1 else ("account_funding", (perps, payment)))))
-        items.sort(key=lambda x: (x[0], x[1]))
-        out, last_ms, rank = [], None, 0
+        # within one ms by id as a number (Bybit's are numbers, the emulator's a letter and a number):
+        # as text "e10" < "e9", and a row that Bybit shows after the others of its ms would take
+        # the rank of one already booked
+        items.sort(key=lambda x: (x[0], _id_order(x[1])))
+        out, late, last_ms, rank = [], [], None, 0
         for ms, _, kind, item in items:
             rank = rank + 1 if ms == last_ms else 0
             last_ms = ms
             number = ms * 1000 + rank
             if number > seq:
                 out.append((number, kind, item))
-        return out
+            elif kind == "fill":
+                late.append((number, kind, item))
+        return out, late
 
     def _history(self, fetch: Callable, doing: str, since: int | None, until: int, limit: int,
                  params: dict[str, Any], code: str | None = None) -> list[dict]:

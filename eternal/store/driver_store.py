@@ -30,6 +30,7 @@ from eternal.models import UTC, OrderStatus, Sleeve, SleeveBook, utc
 from eternal.store.ledger import LedgerStore, _jsonable, _record
 from eternal.store.models import (
     DriverStateRow,
+    FillRow,
     OrderRow,
     PaperJournalRow,
     PaperKeyRow,
@@ -73,6 +74,11 @@ class SqlLedger:
         with self.engine.connect() as conn:
             return set(conn.execute(select(OrderRow.client_order_id).where(
                 OrderRow.client_order_id.in_(sorted(client_order_ids)))).scalars())
+
+    def known_trades(self, trade_ids: set[str]) -> set[str]:
+        """Which of these venue trade ids our ledger has booked a fill for."""
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(FillRow.trade_id).where(FillRow.trade_id.in_(sorted(trade_ids)))).scalars())
 
     def clock(self) -> str | None:
         with self.engine.connect() as conn:
