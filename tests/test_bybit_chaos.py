@@ -94,7 +94,10 @@ def chaos(emu, engine, dataset, monkeypatch, runs: int, seed: int, *, kill_first
         emu.partial_fill_next(None)            # an armed partial fill no order took is disarmed
     monkeypatch.setattr(emu, "_take_fault", real)
     last = plan[-1].asof
-    Days.run(Slot("daily", last)), Days.run(Slot("funding", last))   # the same slot, without faults: converges
+    # the same slot again, without faults: converges. Asserted: a failed converge run would leave the
+    # last settlements at Bybit and out of our ledger, which the checks after it would misname
+    converged = Days.run(Slot("daily", last)), Days.run(Slot("funding", last))
+    assert converged == ("ok", "ok"), f"the runs after the faults did not converge: {converged}"
     seen["settlements at Bybit"] = days.settlements
     return seen
 
