@@ -290,45 +290,60 @@ def part_loop(report: Report) -> None:
     settings = load_settings()
     data = read_dir(DATA)
 
-    def replay(start: str) -> tuple[float, list[float], float]:
-        """(wall s of run_backfill, time of each day's close, perf_counter at the start)."""
-        stamps: list[float] = []
-        t = time.perf_counter()
-        run_backfill(data, settings, start=utc(start), end=utc(END), progress=False, monthly_deposit=DEPOSIT,
-                     compare_breakers=False, on_day=lambda *_: stamps.append(time.perf_counter()))
-        return time.perf_counter() - t, stamps, t
+    # wall (perf_counter) is the figure; this process's CPU time (process_time) beside it is about
+    # what the wall would be on an idle machine (the replay is single-threaded). Both clocks are
+    # read at each close: about 1 us against milliseconds per day.
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
 
-    full_rate: list[float] = []
-    loop_rate: list[float] = []
-    per_day: dict[int, list[float]] = {y: [] for y in YEARS}
-    last_year: dict[int, list[float]] = {y: [] for y in YEARS}
-    setup: list[float] = []
+    def replay(start: str) -> dict[str, tuple[float, list[float]]]:
+        """Per clock: (s of run_backfill, the clock at each day's close minus the clock at the start)."""
+        stamps: dict[str, list[float]] = {c: [] for c in clocks}
+
+        def on_day(*_) -> None:
+            stamps["wall"].append(time.perf_counter())
+            stamps["cpu"].append(time.process_time())
+
+        t = {c: clocks[c]() for c in clocks}
+        run_backfill(data, settings, start=utc(start), end=utc(END), progress=False, monthly_deposit=DEPOSIT,
+                     compare_breakers=False, on_day=on_day)
+        took = {c: clocks[c]() - t[c] for c in clocks}
+        return {c: (took[c], [x - t[c] for x in stamps[c]]) for c in clocks}
+
+    rate: dict[str, list[float]] = {c: [] for c in clocks}
+    loop_rate: dict[str, list[float]] = {c: [] for c in clocks}
+    setup: dict[str, list[float]] = {c: [] for c in clocks}
+    per_day = {c: {y: [] for y in YEARS} for c in clocks}
+    last_year = {c: {y: [] for y in YEARS} for c in clocks}
     for n in range(RUNS):
-        wall, stamps, t0 = replay(START)
-        full_rate.append(len(stamps) / wall)
-        loop_rate.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-        setup.append(stamps[0] - t0)
+        for c, (took, stamps) in replay(START).items():
+            rate[c].append(len(stamps) / took)
+            loop_rate[c].append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+            setup[c].append(stamps[0])
         for years, start in YEARS.items():
-            wall, stamps, _ = replay(start)
-            per_day[years].append(1000 * wall / len(stamps))
-            tail = stamps[-366:]                 # 2025's 365 closes
-            last_year[years].append(1000 * (tail[-1] - tail[0]) / (len(tail) - 1))
-        print(f"  round {n + 1}: {full_rate[-1]:6.0f} days/s over {START}..{END}; ms/day of 2025 after 0/2/4 "
-              f"years: {' / '.join(f'{last_year[y][-1]:.2f}' for y in YEARS)}   (load {load()})", flush=True)
-    print(f"  run_backfill {START}..{END}, in memory: {spread(full_rate, '{:.0f}', 'days/s')}; its loop alone "
-          f"(first to last close) {spread(loop_rate, '{:.0f}', 'days/s')}; before the first close (checks, "
-          f"market view) {spread(setup)}")
-    for years in YEARS:
-        print(f"  {years} year(s) to {END}: {spread(per_day[years], '{:.3f}', 'ms/day')} overall, "
-              f"2025's days {spread(last_year[years], '{:.3f}', 'ms/day')}")
-    growth = [b / a for a, b in zip(last_year[1], last_year[5])]
+            for c, (took, stamps) in replay(start).items():
+                per_day[c][years].append(1000 * took / len(stamps))
+                tail = stamps[-366:]                 # 2025's 365 closes
+                last_year[c][years].append(1000 * (tail[-1] - tail[0]) / (len(tail) - 1))
+        print(f"  round {n + 1}: {rate['wall'][-1]:5.0f} days/s wall, {rate['cpu'][-1]:5.0f} CPU over "
+              f"{START}..{END}; ms/day of 2025 after 0/2/4 years: "
+              f"{' / '.join(f'{last_year['wall'][y][-1]:.2f}' for y in YEARS)} wall, "
+              f"{' / '.join(f'{last_year['cpu'][y][-1]:.2f}' for y in YEARS)} CPU   (load {load()})", flush=True)
+    for c in clocks:
+        print(f"  {c:>4}: run_backfill {START}..{END}, in memory: {spread(rate[c], '{:.0f}', 'days/s')}; its loop "
+              f"(first to last close) {spread(loop_rate[c], '{:.0f}', 'days/s')}; before the first close "
+              f"(checks, market view) {spread(setup[c])}")
+        for years in YEARS:
+            print(f"        {years} year(s) to {END}: {spread(per_day[c][years], '{:.3f}', 'ms/day')} overall, "
+                  f"2025's days {spread(last_year[c][years], '{:.3f}', 'ms/day')}")
+    growth = {c: [b / a for a, b in zip(last_year[c][1], last_year[c][5])] for c in clocks}
     report.rows += [
-        Row("loop: simulated days/s (run_backfill)", full_rate, "days/s", f">= {DAYS_PER_S:,.0f}",
-            statistics.median(full_rate) >= DAYS_PER_S, f"loop alone {spread(loop_rate, '{:.0f}', 'days/s')}",
+        Row("loop: simulated days/s (run_backfill)", rate["wall"], "days/s", f">= {DAYS_PER_S:,.0f}",
+            statistics.median(rate["wall"]) >= DAYS_PER_S, f"by CPU time {spread(rate['cpu'], '{:.0f}', 'days/s')}",
             fmt="{:.0f}"),
-        *(Row(f"loop: ms per day over {y} year(s)", per_day[y], "ms", "flat", None, fmt="{:.3f}") for y in YEARS),
-        Row("loop: 2025's ms/day after 4 years vs none", growth, "x", f"<= {FLAT:g}x (flat)",
-            statistics.median(growth) <= FLAT),
+        *(Row(f"loop: ms per day over {y} year(s)", per_day["wall"][y], "ms", "flat", None,
+              f"by CPU time {spread(per_day['cpu'][y], '{:.3f}', 'ms')}", fmt="{:.3f}") for y in YEARS),
+        Row("loop: 2025's ms/day after 4 years vs none", growth["wall"], "x", f"<= {FLAT:g}x (flat)",
+            statistics.median(growth["wall"]) <= FLAT, f"by CPU time {spread(growth['cpu'], unit='x')}"),
     ]
 
 
