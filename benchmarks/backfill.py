@@ -260,14 +260,16 @@ def part_fresh(report: Report, server: subprocess.Popen, url: str, tmp: Path) ->
     walls, cpus = [r.wall for r in plain], [r.cpu for r in plain]
     mem = [r.peak_rss / MIB for r in plain]
     added = [f.wall - p.wall for p, f in zip(plain, flow)]
-    added_cpu = [f.cpu + f.extra_cpu - p.cpu for p, f in zip(plain, flow)]
+    added_cpu = [f.cpu - p.cpu for p, f in zip(plain, flow)]          # in the CLI's process
+    server_cpu = [f.extra_cpu for f in flow]
     flow_mem = [(f.peak_rss + f.extra_rss) / MIB for f in flow]
     print(f"  eternal backfill, no Prefect server: wall {spread(walls)}, CPU {spread(cpus)}, "
           f"peak {spread(mem, '{:.0f}', 'MiB')} (the process tree's RSS summed)")
     print(f"  as a Prefect flow run:              wall {spread([r.wall for r in flow])}, "
           f"CPU {spread([r.cpu for r in flow])} + server {spread([r.extra_cpu for r in flow])}, "
           f"peak {spread(flow_mem, '{:.0f}', 'MiB')} with the server")
-    print(f"  added by the flow run (paired):     wall {spread(added)}, CPU {spread(added_cpu)} (server's included)")
+    print(f"  added by the flow run (paired):     wall {spread(added)}; CPU {spread(added_cpu)} in the CLI's process, "
+          f"{spread(server_cpu)} in the server's (partly in parallel on an idle 2-core machine)")
     report.rows += [
         Row("full backfill, fresh process: wall", walls, "s", f"< {WALL_S:g} s",
             statistics.median(walls) < WALL_S, f"CPU {spread(cpus)}"),
@@ -275,7 +277,8 @@ def part_fresh(report: Report, server: subprocess.Popen, url: str, tmp: Path) ->
             statistics.median(mem) < MEMORY_MIB, f"as a flow run, server included: {spread(flow_mem, '{:.0f}', 'MiB')}",
             fmt="{:.0f}"),
         Row("Prefect flow run: added wall", added, "s", f"<= {FLOW_ADDED_S:g} s",
-            statistics.median(added) <= FLOW_ADDED_S, f"added CPU {spread(added_cpu)}"),
+            statistics.median(added) <= FLOW_ADDED_S,
+            f"added CPU {spread(added_cpu)} in the CLI, {spread(server_cpu)} in the server"),
     ]
 
 

@@ -15,6 +15,7 @@ artifacts (the Prefect artifact calls made inside it); ours = task - artifacts; 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import functools
 import json
 import os
@@ -34,6 +35,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="warm runs after the first (at most 55: the data stored)")
     ap.add_argument("--dir", type=Path, required=True, help="a directory for the ledger (created)")
+    ap.add_argument("--profile", type=Path, help="write cProfile stats of the warm runs (CPU time) here")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     os.environ.update({"ETERNAL_DATABASE_URL": f"sqlite:///{args.dir.resolve() / 'ledger.db'}",
@@ -66,15 +68,22 @@ def main() -> int:
     tasks.drive.drive.fn = timed("task", tasks.drive.drive.fn)
     for name in ("create_markdown_artifact", "create_table_artifact"):
         setattr(tasks.record, name, timed("artifacts", getattr(tasks.record, name)))
+    profile = cProfile.Profile(time.process_time) if args.profile else None
     for n in range(args.runs + 1):
         asof = utc(FIRST) + timedelta(days=n)
         spent.update(task=0.0, artifacts=0.0)
+        if profile is not None and n > 0:
+            profile.enable()
         t = time.perf_counter()
         result = daily_cycle(asof=asof.isoformat())
         wall = time.perf_counter() - t
+        if profile is not None:
+            profile.disable()
         print(json.dumps({"asof": f"{asof:%Y-%m-%d %H:%M}", "wall": wall, "task": spent["task"],
                           "artifacts": spent["artifacts"], "ours": spent["task"] - spent["artifacts"],
                           "orders": result["orders"]}), flush=True)
+    if profile is not None:
+        profile.dump_stats(args.profile)
     return 0
 
 
