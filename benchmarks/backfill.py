@@ -443,6 +443,10 @@ def main() -> int:
             part_peers(report, tmp)
     if report.rows:
         table(report)
+    busy = float(load().split()[0])
+    if busy > (os.cpu_count() or 1):
+        print(f"\nthe machine is busy (load {busy:.1f} on {os.cpu_count()} CPUs): walls are inflated; the CPU times "
+              "beside them are about what an idle machine gives; peers.py and part 4 print walls only")
     for line in report.failures:
         print(f"FAILED: {line}")
     print(f"\n{time.perf_counter() - began:.0f} s in all; load average now {load()} (1, 5, 15 min)")
