@@ -60,8 +60,9 @@ YEARS = {1: "2025-01-01", 3: "2023-01-01", 5: "2021-01-01"}      # windows endin
 MIB = 1024 * 1024
 ENV = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-ENV.pop("PREFECT_API_URL", None)
-ENV.pop("PREFECT_PROFILE", None)
+for name in ("PREFECT_API_URL", "PREFECT_PROFILE",     # set again where a part wants a server
+             "ETERNAL_BACKFILL_DATABASE_URL"):          # each backfill's ledger: OUT/backfill.db, fresh
+    ENV.pop(name, None)
 
 # issue 15's targets
 WALL_S, MEMORY_MIB, DAYS_PER_S, FLOW_ADDED_S, OUR_SHARE, PEER_RATIO = 5.0, 500.0, 2_000.0, 2.0, 0.30, 1.0
