@@ -40,11 +40,12 @@ test: install
 chaos: install
 	CHAOS_RUNS=$${CHAOS_RUNS:-500} $(BIN)/python -m pytest -m chaos -n 0 -s tests/test_bybit_chaos.py tests/test_bybit_virtual.py tests/test_bybit_parity.py
 
+# Orders per second, then issue 15's figures against their targets, one table at the end
+# (BENCH_RUNS, 3; BENCH_PAIRS, 5; BENCH_PARTS picks parts; benchmarks/backfill.py runs peers.py).
 bench: install
-	$(BIN)/python benchmarks/replay.py
 	$(BIN)/python benchmarks/orders.py
 	$(BIN)/python benchmarks/bybit_orders.py
-	$(BIN)/python benchmarks/peers.py
+	$(BIN)/python benchmarks/backfill.py
 
 # Ours beside the same TREND-1 rules in backtrader, fresh processes, BENCH_PAIRS (5) alternating pairs.
 peers: install

@@ -9,8 +9,9 @@ start, imports, everything up to the exit):
 * the same rules written for backtrader (`benchmarks/peers_backtrader.py`).
 
 BENCH_PAIRS pairs (default 5), alternating which goes first. Prints the median and range of each
-wall time, their ratio, backtrader's loop alone (cerebro.run) and our flow's own span (from
-"Beginning flow run" to "backfill done" in its log: data, checks, the replay, the ledger), then
+wall time, their ratio, backtrader's loop alone (cerebro.run) and, only when a Prefect server is
+configured (without one the backfill runs without Prefect and logs no flow run), our flow's own span
+(from "Beginning flow run" to "backfill done" in its log: data, checks, the replay, the ledger), then
 whether the trade lists agree: round trips by asset, side, entry and exit day (quantity and exit
 reason too), and the final equity within FINAL_EQUITY_TOLERANCE. Exits 1 when they disagree.
 """
