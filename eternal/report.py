@@ -53,21 +53,32 @@ def close_day(ts) -> pd.Timestamp:
     return (pd.Timestamp(ts) - pd.Timedelta(microseconds=1)).floor("D")
 
 
+def close_days(ts: pd.Series) -> pd.Series:
+    """`close_day` of every time in a column (UTC), at once."""
+    return (pd.to_datetime(ts, utc=True) - pd.Timedelta(microseconds=1)).dt.floor("D")
+
+
 def transfer_values(transfers: pd.DataFrame, closes: pd.DataFrame | None) -> pd.Series:
-    """Each transfer in USDT: coins at their close of the day the transfer belongs to."""
-    def value(row) -> float:
-        if row.asset == QUOTE:
-            return float(row.qty)
-        if closes is None or row.asset not in closes:
-            return float("nan")
-        return float(row.qty) * float(closes[row.asset].asof(close_day(row.ts)))
-    return transfers.apply(value, axis=1) if len(transfers) else pd.Series(dtype=float)
+    """Each transfer in USDT: coins at their close of the day the transfer belongs to (NaN for a
+    coin without closes)."""
+    if not len(transfers):
+        return pd.Series(dtype=float)
+    qty = transfers["qty"].astype(float)
+    out = pd.Series(float("nan"), index=transfers.index)
+    out[transfers["asset"] == QUOTE] = qty[transfers["asset"] == QUOTE]
+    days = close_days(transfers["ts"])
+    for asset in set(transfers["asset"]) - {QUOTE}:
+        if closes is None or asset not in closes:
+            continue
+        rows = transfers["asset"] == asset
+        out[rows] = qty[rows].to_numpy() * closes[asset].asof(pd.DatetimeIndex(days[rows])).to_numpy(float)
+    return out
 
 
 def flows(rows: LedgerRows, days: pd.DatetimeIndex) -> tuple[pd.DataFrame, pd.Series, dict, pd.Series]:
     """(net flows into each sleeve by day, external flows (deposits) into the portfolio by day,
     opening capital per sleeve, deposits by day) over `days`; moves before the first day are the
-    opening."""
+    opening. Summed per day and sleeve in one step (a full backfill has ~9,000 transfers)."""
     t = rows.transfers.copy()
     sleeves = list(rows.equity["sleeve"].unique())
     per = pd.DataFrame(0.0, index=days, columns=sleeves)
@@ -76,20 +87,18 @@ def flows(rows: LedgerRows, days: pd.DatetimeIndex) -> tuple[pd.DataFrame, pd.Se
     if not len(t):
         return per, external, opening, external.copy()
     t["usdt"] = transfer_values(t, rows.closes)
-    t["day"] = [close_day(ts) for ts in t.ts]
-    for r in t.itertuples():
-        before = r.day < days[0]
-        if r.day > days[-1]:
-            continue
-        for sleeve, sign in ((r.to_sleeve, 1.0), (r.from_sleeve, -1.0)):
-            if sleeve is None or (isinstance(sleeve, float) and math.isnan(sleeve)) or sleeve not in opening:
-                continue
-            if before:
-                opening[sleeve] += sign * r.usdt
-            else:
-                per.loc[r.day, sleeve] += sign * r.usdt
-        if (r.from_sleeve is None or (isinstance(r.from_sleeve, float) and math.isnan(r.from_sleeve))) and not before:
-            external[r.day] += r.usdt
+    t["day"] = close_days(t["ts"]).to_numpy()
+    t = t[t["day"] <= days[-1]]
+    before = t["day"] < days[0]
+    legs = pd.concat([pd.DataFrame({"sleeve": t["to_sleeve"], "usdt": t["usdt"], "day": t["day"], "before": before}),
+                      pd.DataFrame({"sleeve": t["from_sleeve"], "usdt": -t["usdt"], "day": t["day"], "before": before})])
+    legs = legs[legs["sleeve"].isin(sleeves)]
+    for sleeve, usdt in legs[legs["before"]].groupby("sleeve", sort=False)["usdt"].sum().items():
+        opening[sleeve] += float(usdt)
+    moved = legs[~legs["before"]].pivot_table(index="day", columns="sleeve", values="usdt", aggfunc="sum")
+    per = per.add(moved.reindex(index=days, columns=sleeves), fill_value=0.0).fillna(0.0)[sleeves]
+    deposits = t[t["from_sleeve"].isna() & ~before].groupby("day")["usdt"].sum()
+    external = external.add(deposits.reindex(days), fill_value=0.0).fillna(0.0)
     return per, external, opening, external.copy()
 
 
