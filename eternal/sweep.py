@@ -231,8 +231,6 @@ def check_sweep(spec: SweepSpec, settings: Settings, data: DataSet) -> SweepPlan
             check_history(data, settings_of(values), sleeves, start)
         except EternalError as exc:
             raise type(exc)(f"grid point {_label(p)}: {exc}") from None
-    if not (math.isfinite(capital) and capital > 0):
-        raise ConfigError(f"capital must be a finite number above 0, got {capital}")
     return SweepPlan(tuple(spec.grid), pts, chosen, sleeves, start, end, capital, spec.monthly_deposit_usdt)
 
 

@@ -19,7 +19,7 @@ from flows.params import OptionalUtcTime
 Metric = Literal["cagr", "max_drawdown", "sharpe"]
 
 
-@task(name="replay-point", cache_policy=NO_CACHE)
+@task(name="replay-point", cache_policy=NO_CACHE)   # never skipped: a cache key would hash the whole data set
 def replay_point(data, settings: dict, point: dict[str, Any], sleeves: tuple, start, end, capital: float,
                  monthly_deposit_usdt: float) -> dict:
     """One grid point's backfill in memory (the worker needs neither database nor data files)."""

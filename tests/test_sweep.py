@@ -24,6 +24,7 @@ def test_a_3x3_sweep_of_trend1_smas_on_dask_matches_the_nine_backfills_run_one_b
 
     from eternal.config import load_settings
     from eternal.replay import run_backfill
+    from eternal.sweep import heatmap_frame
     from flows.sweep import sweep
 
     one_by_one = {}
@@ -55,6 +56,9 @@ def test_a_3x3_sweep_of_trend1_smas_on_dask_matches_the_nine_backfills_run_one_b
         (f, s) for f in FAST for s in SLOW]
     assert len({s["final_equity"] for s in one_by_one.values()}) == 9     # each point's SMAs matter
     assert (tmp_path / "sweep" / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pivot, shown = heatmap_frame(table, ("trend_1.fast_sma", "trend_1.slow_sma"), "sharpe")   # what the PNG draws
+    assert shown == "sharpe" and list(pivot.index) == FAST and list(pivot.columns) == SLOW
+    assert all(pivot.loc[f, s] == one_by_one[(f, s)]["sharpe"] for f in FAST for s in SLOW)
 
     with get_client(sync_client=True) as client:          # nine Prefect task runs of this flow run
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
