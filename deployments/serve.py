@@ -20,6 +20,7 @@ from flows.deposit_intake import deposit_intake  # noqa: E402
 from flows.funding_collection import funding_collection  # noqa: E402
 from flows.override import halt, resume  # noqa: E402
 from flows.quarterly_rebalance import quarterly_rebalance  # noqa: E402
+from flows.sweep import sweep  # noqa: E402
 
 SCHEDULES = {   # name -> (flow, cron or None for manual runs only, whether it places orders)
     "daily-cycle": (daily_cycle, "5 0 * * *", True),   # 00:05 UTC, after the daily candle has closed
@@ -29,6 +30,7 @@ SCHEDULES = {   # name -> (flow, cron or None for manual runs only, whether it p
     "halt": (halt, None, True),          # the kill switch: acts on the ledger and the venue's orders
     "resume": (resume, None, True),      # pauses for the operator's form in the UI
     "backfill": (backfill, None, False),
+    "sweep": (sweep, None, False),       # many backfills in parallel on Dask
 }
 
 

@@ -99,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "ETERNAL_BACKFILL_DATABASE_URL, else OUT/backfill.db); a secret, never a flow parameter")
     bf.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    sw = sub.add_parser("sweep", help="many backfills with different settings, in parallel on Dask: one table "
+                        "(sweep.csv) and a heatmap")
+    sw.add_argument("--grid", type=Path, required=True, metavar="FILE", help="YAML, JSON or TOML: engines, start, "
+                    "end (exclusive), capital, monthly_deposit_usdt, and grid: {group.field: [values]} named as in "
+                    "the settings, e.g. trend_1.fast_sma: [40, 50, 60]")
+    sw.add_argument("--metric", choices=["cagr", "max_drawdown", "sharpe"], default="cagr",
+                    help="what the heatmap shows (default cagr; the table has all three)")
+    sw.add_argument("--address", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786, whose workers can "
+                    "import this project (default: a local cluster for this run)")
+    sw.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core)")
+    sw.add_argument("--data-dir", type=Path, help="CSV directory (default: ETERNAL_DATA_DIR, else the database)")
+    sw.add_argument("--out", type=Path, default=Path("out/sweep"), help="output directory")
+
     data = sub.add_parser("data", help="market data: import, download, validate")
     data_sub = data.add_subparsers(dest="action", required=True)
     imp = data_sub.add_parser("import", help="load the CSV files of a directory into the database")
@@ -318,6 +331,41 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
 
     PROGRESS_BAR.set(progress_bar)
     return backfill(**params)
+
+
+def cmd_sweep(args, s) -> int:
+    from eternal import sweep as sw
+
+    if args.workers is not None and args.workers < 1:
+        raise EternalError(f"--workers must be 1 or more, got {args.workers}")
+    if args.address is not None and not args.address.strip():
+        raise EternalError("--address is empty: give a Dask scheduler's address (tcp://host:8786) or leave it out")
+    raw = sw.read_grid(args.grid)
+    spec = sw.parse_spec(raw, f"--grid {args.grid}")
+    data_dir = args.data_dir or s.data_dir
+    if data_dir is not None:
+        from eternal.data.csv_files import read_dir
+
+        data = read_dir(data_dir)
+    else:
+        from flows.backfill import load_data
+
+        data = load_data(None, s.database_url)
+    plan = sw.check_sweep(spec, s, data)          # refused here, before a Prefect server or a cluster starts
+    _quiet_prefect_failures(args)
+    from flows.sweep import sweep
+
+    result = sweep(grid=spec.grid, engines=spec.engines, start=spec.start, end=spec.end, capital=spec.capital,
+                   monthly_deposit_usdt=spec.monthly_deposit_usdt, metric=args.metric, address=args.address,
+                   workers=args.workers, data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out))
+    import pandas as pd
+
+    frame = sw.table(result["rows"], plan.params)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(frame.to_string(index=False))
+    print(f"\n{len(frame)} points, {result['start']} .. {result['end_exclusive']}; written: {result['table']}, "
+          f"{result['heatmap']} ({args.metric})")
+    return 0
 
 
 @contextmanager
@@ -551,7 +599,7 @@ def cmd_report(args, s) -> int:
 
 
 COMMANDS = {"config": cmd_config, "run": cmd_run, "rebalance": cmd_rebalance, "deposit": cmd_deposit,
-            "backfill": cmd_backfill, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "status": cmd_status,
+            "backfill": cmd_backfill, "sweep": cmd_sweep, "report": cmd_report, "demo": cmd_demo, "data": cmd_data, "status": cmd_status,
             "halt": cmd_halt, "resume": cmd_resume, "risk": cmd_risk}
 
 def entry() -> None:

@@ -15,7 +15,7 @@ SCHEDULES = {
     "quarterly-rebalance": ("15 0 1 1,4,7,10 *", "quarterly-rebalance"),   # quarter's first day, 00:15
 }
 MANUAL = {"deposit-intake": "deposit-intake", "backfill": "backfill",       # no schedule
-          "halt": "halt", "resume": "resume"}
+          "halt": "halt", "resume": "resume", "sweep": "sweep"}
 
 
 def _prefect_yaml() -> dict:
@@ -58,7 +58,8 @@ def test_manual_deployments_have_no_schedule_and_typed_parameters(name):
 
     props = parameter_schema(served.flow if hasattr(served, "flow") else _flow(deployment)).model_dump()["properties"]
     wanted = {"deposit-intake": {"amount_usdt": "number"}, "backfill": {"monthly_deposit_usdt": "number"},
-              "halt": {"reason": "string", "who": "string"}, "resume": {"reason": "string"}}[name]
+              "halt": {"reason": "string", "who": "string"}, "resume": {"reason": "string"},
+              "sweep": {"grid": "object", "metric": "string", "address": "string", "workers": "integer"}}[name]
     for param, kind in wanted.items():
         assert kind in {props[param].get("type"), *(t.get("type") for t in props[param].get("anyOf", []))}
 
@@ -73,7 +74,7 @@ def test_trading_deployments_never_overlap_with_themselves():
 
     spec = _prefect_yaml()
     for d in deployments():
-        trades = d.name != "backfill"
+        trades = d.name not in ("backfill", "sweep")      # replays: no order leaves
         assert (spec[d.name].get("concurrency_limit") == 1) is trades
         limit = d.concurrency_limit
         limit = getattr(limit, "limit", limit)
