@@ -240,7 +240,7 @@ def weights_text(s) -> str:
     """Each sleeve's weight against its target after a run: the books valued at the close of the
     ledger's last day (`eternal.valuation`, as `eternal status`)."""
     from eternal.data.store import MarketStore
-    from eternal.reporting import money, sleeve_rows
+    from eternal.reporting import sleeve_rows
     from eternal.store.db import connect
     from eternal.store.driver_store import SqlLedger
     from tasks.status import valuation
@@ -250,7 +250,7 @@ def weights_text(s) -> str:
     rows = [{k: r[k] for k in ("sleeve", "equity", "weight", "target", "off target")} for r in sleeve_rows(v)]
     width = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
     line = lambda r: "  ".join(r[k].ljust(width[k]) if k == "sleeve" else r[k].rjust(width[k]) for k in r)  # noqa: E731
-    return "\n".join([f"weights at the close of {v.day:%Y-%m-%d} (portfolio {money(v.total)} USDT)",
+    return "\n".join([f"weights after the run, at the close of {v.day:%Y-%m-%d} (spot at the close, perps at the mark)",
                       line({k: k for k in rows[0]}), *(line(r) for r in rows)])
 
 
@@ -573,8 +573,8 @@ def cmd_report(args, s) -> int:
         data = read_dir(Path(data_dir))
     built, out = rebuild(args.source, args.out, data, s)
     t = built.summary["sleeves"]["total"]
-    print(f"total return {t['total_return']:+.2%}, max drawdown {t['max_drawdown']:.2%}; "
-          + "; ".join(f"{k} {v['total_return']:+.2%}" for k, v in built.summary["benchmarks"].items()))
+    print("; ".join([f"total return {t['total_return']:+.2%}, max drawdown {t['max_drawdown']:.2%}",   # no stray "; "
+                     *(f"{k} {v['total_return']:+.2%}" for k, v in built.summary["benchmarks"].items())]))
     print(f"written: {out}/report.md, {out}/equity.png, {out}/drawdown.png, {out}/sleeves.png, {out}/summary.json")
     return 0
 

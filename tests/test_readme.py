@@ -35,8 +35,8 @@ from pathlib import Path
 
 import pytest
 
-from eternal.cli import main
 from eternal.models import last_closed_day, utc
+from tests.flow_support import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 NOT_RUN = {"make": "`make demo` replays all history (minutes) and `make test` is this suite"}
@@ -145,7 +145,7 @@ def _check(ln: Line, code: int, out: str, err: str, ledger, seen: set[str]) -> N
         assert [(d["reference"], d["usdt"]) for d in ledger().deposits] == [(ref, amount)]
     elif a[0] == "rebalance":
         day = last_closed_day(_asof(a))
-        assert f"weights at the close of {day:%Y-%m-%d}" in out, (where, out)
+        assert f"weights after the run, at the close of {day:%Y-%m-%d}" in out, (where, out)
         weights = re.findall(r"^(core|trend-1|trend-2|funding|tactical)\s+[\d,.]+\s+([\d.]+)%\s+([\d.]+)%", out, re.M)
         assert len(weights) == 5 and sum(float(w) for _, w, _ in weights) == pytest.approx(100, abs=0.03), out
         assert not ledger().deposits, "the deposit is split at the first close after it"
@@ -173,7 +173,7 @@ def _check(ln: Line, code: int, out: str, err: str, ledger, seen: set[str]) -> N
 
 
 @pytest.mark.flow
-def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, shared_data, prefect_harness, offline, capsys):
+def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, shared_data, prefect_harness, offline):
     repo = tmp_path / "checkout"
     repo.mkdir()
     (tmp_path / "shared").mkdir()
@@ -199,9 +199,7 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch, shared_data
         with monkeypatch.context() as m:
             for k, v in ln.env.items():
                 m.setenv(k, v)
-            capsys.readouterr()
-            code = main(ln.argv[1:])
-            out, err = capsys.readouterr()
+            code, out, err = run_cli(ln.argv[1:])
         _check(ln, code, out, err, ledger, set(ran))
         ran.append(ln.text)
     assert skipped == ["make demo", "make test"]
