@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     deposit.add_argument("amount", type=_positive, metavar="AMOUNT", help="USDT, above 0")
     deposit.add_argument("--reference", required=True, help="names the deposit (a bank transfer's id, say): "
                          "booked once per reference, so a repeated command books nothing")
+    deposit.add_argument("--asof", type=_date, help="when it arrived, UTC (default: now); the first daily close "
+                         "after it splits it, so an offline `run daily --asof` replay takes it; never before the "
+                         "ledger's clock")
 
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
     bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
@@ -240,8 +243,28 @@ def cmd_rebalance(args, s) -> int:
     _quiet_prefect_failures(args)
     from flows.quarterly_rebalance import quarterly_rebalance
 
-    print(json.dumps(quarterly_rebalance(asof=args.asof), indent=2, default=str))
+    report = quarterly_rebalance(asof=args.asof)
+    print(report["line"] + (f" (regime: {report['regime']})" if report.get("regime") else ""))
+    print(weights_text(s))
     return 0
+
+
+def weights_text(s) -> str:
+    """Each sleeve's weight against its target after a run: the books valued at the close of the
+    ledger's last day (`eternal.valuation`, as `eternal status`)."""
+    from eternal.data.store import MarketStore
+    from eternal.reporting import sleeve_rows
+    from eternal.store.db import connect
+    from eternal.store.driver_store import SqlLedger
+    from tasks.status import valuation
+
+    engine = connect(s.database_url)
+    v = valuation(s, SqlLedger(engine).load(), MarketStore(engine))
+    rows = [{k: r[k] for k in ("sleeve", "equity", "weight", "target", "off target")} for r in sleeve_rows(v)]
+    width = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    line = lambda r: "  ".join(r[k].ljust(width[k]) if k == "sleeve" else r[k].rjust(width[k]) for k in r)  # noqa: E731
+    return "\n".join([f"weights after the run, at the close of {v.day:%Y-%m-%d} (spot at the close, perps at the mark)",
+                      line({k: k for k in rows[0]}), *(line(r) for r in rows)])
 
 
 def cmd_deposit(args, s) -> int:
@@ -250,11 +273,18 @@ def cmd_deposit(args, s) -> int:
     check_deposit(args.amount, s)          # refused here in a second, not after a Prefect server start
     from eternal.store.db import connect
 
-    connect(s.database_url).dispose()     # a SQLite path in a missing directory is refused here too
+    engine = connect(s.database_url)      # a SQLite path in a missing directory is refused here too
+    if args.asof is not None:
+        from eternal.store.driver_store import SqlLedger
+        from flows.deposit_intake import check_not_before_clock
+
+        check_not_before_clock(SqlLedger(engine).clock(), args.asof)
+    engine.dispose()
     _quiet_prefect_failures(args)
-    r = deposit_intake(amount_usdt=args.amount, reference=args.reference)
+    r = deposit_intake(amount_usdt=args.amount, reference=args.reference, asof=args.asof)
     print(f"deposit {r['reference']}: {r['amount_usdt']:,.2f} USDT "
           + ("was taken before: nothing booked" if r["duplicate"] else "waits for the next daily close "
+             f"{'after ' + format(args.asof, '%Y-%m-%d %H:%M') + ' UTC ' if args.asof else ''}"
              "(`eternal run daily`), which splits it across the sleeves"))
     return 0
 
@@ -268,15 +298,10 @@ def _before_flow_run(args, s) -> None:
 
     connect(s.database_url).dispose()
     if args.asof is not None:          # an operator's time: never behind the ledger's clock
-        from eternal.driver import ClockError, Due, Kind
-        from eternal.store.db import connect
         from eternal.store.driver_store import SqlLedger
+        from flows.deposit_intake import check_not_before_clock
 
-        clock = SqlLedger(connect(s.database_url)).clock()
-        if clock is not None and Due(args.asof, Kind.OPEN).key < clock:
-            raise ClockError(f"--asof {args.asof:%Y-%m-%dT%H:%MZ} is before the ledger's clock "
-                             f"({Due.from_key(clock)}): a ledger never goes back in time; run without "
-                             "--asof to catch up to now")
+        check_not_before_clock(SqlLedger(connect(s.database_url)).clock(), args.asof)
     from tasks.refresh import refresh_before_run
 
     refresh_before_run(s, args.asof or datetime.now(_UTC), logging.getLogger("eternal.cli"))
@@ -480,8 +505,9 @@ def cmd_data(args, s) -> int:
     if args.action == "fear-greed":
         from eternal.data.fear_greed import update_fear_greed
 
-        n = update_fear_greed(store, reveal(s.data.fear_greed_url), timeout_s=s.data.fear_greed_timeout_s,
-                              retries=s.data.fear_greed_retries)
+        with _offline_way("the Fear & Greed index (alternative.me)"):
+            n = update_fear_greed(store, reveal(s.data.fear_greed_url), timeout_s=s.data.fear_greed_timeout_s,
+                                  retries=s.data.fear_greed_retries)
         print(f"fear & greed: {n} rows written")
         return 0
     if args.action == "download":
@@ -490,10 +516,11 @@ def cmd_data(args, s) -> int:
         from eternal.data.download import make_bybit_public
 
         corrected: list = []
-        written = download_market_data(store, since=args.since, now=datetime.now(UTC),
-                                       exchange=make_bybit_public(reveal(s.exchange.public_url)), events=corrected,
-                                       max_daily_move=s.data.max_daily_move,
-                                       max_funding_rate=s.data.max_funding_rate_8h)
+        with _offline_way("Bybit"):
+            written = download_market_data(store, since=args.since, now=datetime.now(UTC),
+                                           exchange=make_bybit_public(reveal(s.exchange.public_url)),
+                                           events=corrected, max_daily_move=s.data.max_daily_move,
+                                           max_funding_rate=s.data.max_funding_rate_8h)
         for series, n in written.items():
             print(f"{series}: {n} rows written")
         for event in corrected:
@@ -523,6 +550,19 @@ def cmd_data(args, s) -> int:
           f"{' and Fear & Greed' if data.fear_greed is not None else ''} valid as of {asof:%Y-%m-%d %H:%M} UTC: "
           f"{', '.join(sym for sym, _ in data.candles)}")
     return 0
+
+
+@contextmanager
+def _offline_way(source: str) -> Iterator[None]:
+    """A source that cannot be reached: one line saying so and naming the offline way."""
+    from eternal.errors import DataUnreachable
+    from tasks.refresh import OFFLINE_WAY
+
+    try:
+        yield
+    except DataUnreachable as exc:
+        cause = str(exc).split("; check ")[0].split(". check ")[0]      # its own hint is "check the network"
+        raise DataUnreachable(f"no internet: {source} cannot be reached ({cause}); {OFFLINE_WAY}") from None
 
 
 def cmd_status(args, s) -> int:
@@ -592,8 +632,8 @@ def cmd_report(args, s) -> int:
         data = read_dir(Path(data_dir))
     built, out = rebuild(args.source, args.out, data, s)
     t = built.summary["sleeves"]["total"]
-    print(f"total return {t['total_return']:+.2%}, max drawdown {t['max_drawdown']:.2%}; "
-          + "; ".join(f"{k} {v['total_return']:+.2%}" for k, v in built.summary["benchmarks"].items()))
+    print("; ".join([f"total return {t['total_return']:+.2%}, max drawdown {t['max_drawdown']:.2%}",   # no stray "; "
+                     *(f"{k} {v['total_return']:+.2%}" for k, v in built.summary["benchmarks"].items())]))
     print(f"written: {out}/report.md, {out}/equity.png, {out}/drawdown.png, {out}/sleeves.png, {out}/summary.json")
     return 0
 

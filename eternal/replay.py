@@ -10,7 +10,6 @@ the whole window; indicators and all-time highs are computed once per series (`M
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -258,6 +257,10 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         p.deposits.append({"ts": utc(ts).isoformat(), "usdt": usdt, "reference": f"deposit {n}"})
         deposited.append((utc(ts), usdt))
     driver.run(p, Due(end, Kind.CLOSE).key)
+    # a deposit still waiting never arrived (one dated at `end` waits for a close the replay does not
+    # reach): it is neither capital put in nor a flow to take out of the last day's return
+    waiting = {(utc(d["ts"]), d["usdt"]) for d in p.deposits}
+    deposited = [d for d in deposited if (d[0], d[1]) not in waiting]
     if bar is not None:
         bar.close()
     last_i = view.index(end - timedelta(days=1))
@@ -360,25 +363,22 @@ def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transf
 
 def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
               end: datetime, sleeves: tuple[Sleeve, ...], deposits: list[tuple[datetime, float]] = ()) -> dict:
-    """Returns are time-weighted: a deposit is not a gain (each day's return excludes the money
-    that arrived at its close); `total_return` and CAGR compare the final equity with the capital
-    plus every deposit only when there are none, else they are the chained daily returns."""
+    """Returns are time-weighted, on the unit value of `eternal.report` (the one computation of
+    returns: the report's and this summary's numbers are the same): a deposit is not a gain (each
+    day's return excludes the money that arrived at its close). `total_return` is the unit value's
+    (final equity / capital - 1 when there are no deposits), CAGR over len(days) / 365 years,
+    maximum drawdown from the opening capital, Sharpe on daily returns (sqrt 365)."""
+    from eternal.report import metrics, unit_value
+
     total = equity["total"]
     final = float(total.iloc[-1])
-    years = len(total) / 365.0
-    flows = pd.Series(0.0, index=total.index)
+    inflow = pd.Series(0.0, index=total.index)
     for ts, usdt in deposits:                       # deposited at the cycle on `ts`: the close before
         day = pd.Timestamp(ts - timedelta(days=1))
-        if day in flows.index:
-            flows[day] += usdt
-    daily = ((total - flows) / total.shift(1) - 1.0).dropna()
-    growth = float((1.0 + daily).prod()) if len(daily) else 1.0
-    sd = float(daily.std(ddof=1)) if len(daily) > 1 else 0.0
-    # the unit value, first day included (its peak may be the first day: 1.0 at the capital)
-    nav = pd.concat([pd.Series([1.0]), (1.0 + daily).cumprod()]) if deposits else total
-    drawdown = float((nav / nav.cummax() - 1.0).min())
+        if day in inflow.index:
+            inflow[day] += usdt
+    m = metrics(unit_value(total, inflow, capital), start)
     invested = capital + sum(usdt for _, usdt in deposits)
-    ret = growth - 1.0 if deposits else final / capital - 1.0
     return {
         "start": f"{start:%Y-%m-%d}", "end_exclusive": f"{end:%Y-%m-%d}", "days": len(total),
         "sleeves": [s.value for s in sleeves],
@@ -386,10 +386,10 @@ def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start:
         "deposits": invested - capital,
         "final_equity": final,
         "final_equity_by_sleeve": {c: float(equity[c].iloc[-1]) for c in equity.columns if c != "total"},
-        "total_return": ret,                     # time-weighted when there are deposits
-        "cagr": (1.0 + ret) ** (1.0 / years) - 1.0 if years > 0 and ret > -1.0 else None,
-        "max_drawdown": drawdown,
-        "sharpe": float(daily.mean() / sd * math.sqrt(365)) if sd > 0 else None,
+        "total_return": m["total_return"],        # time-weighted when there are deposits
+        "cagr": m["cagr"],
+        "max_drawdown": m["max_drawdown"],
+        "sharpe": m["sharpe"],
         "trades": int(len(trades)),
         "exit_reasons": {str(k): int(v) for k, v in trades[trades.market == "perp"]["reason"]
                          .value_counts().items() if k not in ("entry", "compound", "rehedge")} if len(trades) else {},

@@ -250,6 +250,18 @@ def equity_frames(rows: LedgerRows) -> tuple[pd.DataFrame, pd.DataFrame]:
     return eq, cash
 
 
+def exit_reasons(trips: pd.DataFrame) -> pd.DataFrame:
+    """One row per sleeve and exit reason (indexed by both): the closed trades it ended and their
+    share of the sleeve's closed trades (a fraction), most frequent first."""
+    if not len(trips):
+        return pd.DataFrame()
+    n = trips.groupby(["sleeve", "exit_reason"]).size().rename("closed_trades").reset_index()
+    n["share"] = n.closed_trades / n.groupby("sleeve").closed_trades.transform("sum")
+    n["exit_reason"] = n.exit_reason.str.replace("_", " ")
+    n = n.sort_values(["sleeve", "closed_trades", "exit_reason"], ascending=[True, False, True])
+    return n.set_index(["sleeve", "exit_reason"])
+
+
 def build(rows: LedgerRows, core_alone: pd.Series | None = None) -> Report:
     """The whole report of one ledger; `core_alone`: CORE's equity replayed alone over the same
     days and deposits (a benchmark), None to leave it out."""
@@ -309,8 +321,7 @@ def build(rows: LedgerRows, core_alone: pd.Series | None = None) -> Report:
         "gates": pd.DataFrame(summary["gates"]),
         "monthly returns": monthly_returns(units["total"], start),
         "trades by sleeve and asset": trades_table(trades, trips),
-        "exit reasons": (trips.groupby(["sleeve", "exit_reason"]).size().unstack(fill_value=0)
-                         if len(trips) else pd.DataFrame()),
+        "exit reasons": exit_reasons(trips),
         "time in each regime": pd.DataFrame([{"regime": k, "days": v, "share": v / len(days)}
                                              for k, v in summary["regimes"].items()]),
     }

@@ -18,7 +18,7 @@ def fmt(value, column: str = "", percent: bool = False) -> str:
     if isinstance(value, bool):
         return "PASS" if value else "FAIL"
     if isinstance(value, (int, float)) and math.isinf(value):
-        return "inf"
+        return "n/a (no losses)" if column == "profit_factor" else "inf"   # gains / 0: no losing trade
     if percent or column in PERCENT:
         return f"{value:+.2%}" if column not in ("utilisation", "win_rate", "share", "volatility") else f"{value:.2%}"
     if column in COUNT:
@@ -86,7 +86,7 @@ def markdown(report: Report) -> str:
               "fees and with the funding booked while open.", "",
               table(t["trades by sleeve and asset"].set_index(["sleeve", "asset"]) if len(t["trades by sleeve and asset"])
                     else None, "sleeve, asset"),
-              "## Exit reasons (closed trades)", "", table(t["exit reasons"], "sleeve"),
+              "## Exit reasons (closed trades)", "", table(t["exit reasons"], "sleeve, exit reason"),
               "## Time in each regime", "", table(t["time in each regime"].set_index("regime")
                                                   if len(t["time in each regime"]) else None, "regime"),
               "## Charts", "", "![equity](equity.png)", "", "![drawdown](drawdown.png)", "",

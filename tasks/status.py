@@ -8,6 +8,7 @@ the next open's fills) shows its books as they are now, at the same prices.
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -56,6 +57,24 @@ def valuation(s: Settings, p: Portfolio, market) -> Valuation:
                            capital_in=p.capital_in, previous=previous)
 
 
+def headline(v: Valuation, last_close: dict) -> tuple[float, float | None, float, float, float | None]:
+    """(portfolio, P&L today, P&L since start, capital put in, change since the close) in USDT.
+
+    The portfolio is the close's own valuation, the day's equity records, which `eternal run
+    daily` reports: a run at 00:05 goes on past the close (a settlement, the next open's fills
+    and fees), and valuing those later books at the close's prices gave another total (0.12 USDT
+    off on 2025-12-01). That change is returned apart (None when there is none, or when the
+    ledger kept no record of that close): the books are shown as they are now."""
+    if last_close.get("day") != f"{v.day:%Y-%m-%d}" or not last_close.get("equity"):
+        today = math.fsum(v.pnl_today.values()) if v.pnl_today else None
+        return v.total, today, math.fsum(v.pnl_since_start.values()), math.fsum(v.capital_in.values()), None
+    total = math.fsum(last_close["equity"].values())
+    given = math.fsum(last_close.get("capital_in", {}).values())
+    today = math.fsum(last_close["pnl_today"].values()) if last_close.get("pnl_today") else None
+    after = v.total - total
+    return total, today, total - given, given, (after if round(after, 2) else None)
+
+
 def engine_line(state: dict) -> str:
     """An engine's state machine in a few words: its phase, or each asset's."""
     if "assets" in state:
@@ -96,15 +115,16 @@ def status_text(s: Settings, engine) -> str:
         return "\n".join([*lines, "no portfolio yet: run `eternal run daily` to start one"])
     p = SqlLedger(engine).load()
     v = valuation(s, p, MarketStore(engine))
-    total = v.total
-    today = sum(v.pnl_today.values()) if v.pnl_today else None
-    since, given = sum(v.pnl_since_start.values()), sum(v.capital_in.values())
+    total, today, since, given, after = headline(v, p.last_close)
     lines += [f"clock: {Due.from_key(p.clock)} (the last event processed); valued at the close of "
               f"{v.day:%Y-%m-%d} UTC (spot at the close, perps at the mark)", "",
               f"portfolio {money(total)} USDT   P&L today {money(today, signed=True)} USDT"
               f" ({pct(today / (total - today) if today is not None and total - today else None, signed=True)})"
               f"   since start {money(since, signed=True)} USDT ({pct(since / given if given else None, signed=True)}"
               f" of {money(given)} put in)"]
+    if after is not None:
+        lines.append(f"since that close: {money(after, signed=True)} USDT (the next open's fills and their fees, "
+                     f"funding settled); the books below, now, at that close's prices: {money(v.total)} USDT")
     r = p.risk
     lines.append(f"breaker level: {LEVEL_NAMES[r.level]}   drawdown {pct(r.drawdown)}   kill switch: "
                  + ("not engaged" if r.kill_switch is None else

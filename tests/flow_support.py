@@ -3,7 +3,9 @@ and the check that our ledger equals the paper exchange's books (not a test modu
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+from contextlib import redirect_stderr, redirect_stdout
 from datetime import datetime
 
 from sqlalchemy import func, select
@@ -95,3 +97,15 @@ def frozen_datetime(at: datetime) -> type[datetime]:
             return at
 
     return Frozen
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """`eternal ARGV` in this process: (exit status, stdout, stderr). Captured in buffers never
+    closed, not capsys: Prefect may set its console log handler up on the stream of the moment
+    during a flow run, and one left on a closed capsys stream fails every later flow's logging."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        from eternal.cli import main
+
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()

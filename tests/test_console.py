@@ -7,12 +7,14 @@ imports are paid once per session); `eternal deposit` and `eternal rebalance` ru
 """
 from __future__ import annotations
 
-import time
+import json
+import re
 
 import pytest
 
 from eternal.cli import main
 from eternal.store.db import connect
+from tests.flow_support import run_cli
 
 
 
@@ -142,17 +144,79 @@ def test_run_daily_reads_eternal_data_dir_and_refuses_a_day_after_it(stored, sha
 
 
 @pytest.mark.flow
-def test_deposit_and_rebalance_commands_on_a_paper_ledger(stored, prefect_harness, capsys):
-    assert main(["run", "daily", "--asof", "2023-12-30T00:05Z"]) == 0
-    capsys.readouterr()
-    assert main(["deposit", "1000", "--reference", "bank-1"]) == 0
-    assert "deposit bank-1: 1,000.00 USDT waits for the next daily close" in capsys.readouterr().out
-    assert main(["deposit", "1000", "--reference", "bank-1"]) == 0
-    assert "was taken before: nothing booked" in capsys.readouterr().out
-    assert main(["rebalance", "--asof", "2024-01-01T00:15Z"]) == 0
-    out = capsys.readouterr().out
-    assert '"flow": "quarterly-rebalance"' in out or "quarterly" in out
+def test_deposit_and_rebalance_commands_on_a_paper_ledger(stored, prefect_harness):
+    """An offline replay: a deposit given --asof 2023-12-30 10:00 is split by the close of that
+    day, which `rebalance --asof 2024-01-01T00:15Z` processes (the quarter's first close among
+    its events); it then prints each sleeve's weight against its target."""
     from eternal.store.driver_store import SqlLedger
 
-    p = SqlLedger(connect(stored)).load()       # booked once, at its time (now): the next close splits it
+    assert run_cli(["run", "daily", "--asof", "2023-12-30T00:05Z"])[0] == 0
+    code, out, _ = run_cli(["deposit", "1000", "--reference", "bank-1", "--asof", "2023-12-30T10:00Z"])
+    assert code == 0 and "deposit bank-1: 1,000.00 USDT waits for the next daily close after 2023-12-30 10:00 UTC" in out
+    code, out, _ = run_cli(["deposit", "1000", "--reference", "bank-1", "--asof", "2023-12-30T10:00Z"])
+    assert code == 0 and "was taken before: nothing booked" in out
+    # a time behind the ledger's clock (the open of 2023-12-30) is refused: no close would take it
+    code, _, err = run_cli(["deposit", "500", "--reference", "bank-0", "--asof", "2023-12-29T12:00Z"])
+    assert code == 2 and err.startswith("error: --asof 2023-12-29T12:00Z is before the ledger's clock")
+    assert len(err.strip().splitlines()) == 1
+    p = SqlLedger(connect(stored)).load()
     assert [(d["reference"], d["usdt"]) for d in p.deposits] == [("bank-1", 1000.0)]
+    assert sum(p.capital_in.values()) == pytest.approx(100_000)
+
+    code, out, err = run_cli(["rebalance", "--asof", "2024-01-01T00:15Z"])
+    assert code == 0, err
+    p = SqlLedger(connect(stored)).load()
+    assert p.deposits == [] and sum(p.capital_in.values()) == pytest.approx(101_000)   # split at the close
+    assert "weights after the run, at the close of 2023-12-31" in out
+    rows = re.findall(r"^(core|trend-1|trend-2|funding|tactical)\s+([\d,.]+)\s+([\d.]+)%\s+([\d.]+)%\s+([+-][\d.]+)%",
+                      out, re.M)
+    from tasks.status import valuation
+    from eternal.data.store import MarketStore
+    from eternal.config import load_settings
+
+    v = valuation(load_settings(), p, MarketStore(connect(stored)))
+    assert {r[0] for r in rows} == {"core", "trend-1", "trend-2", "funding", "tactical"}
+    for sleeve, equity, weight, target, off in rows:      # the valuation's numbers, as printed
+        sl = next(x for x in v.sleeves if x.value == sleeve)
+        assert float(equity.replace(",", "")) == round(v.equity(sl), 2)
+        assert float(weight) == round(v.weight(sl) * 100, 2) and float(target) == round(v.targets[sl] * 100, 2)
+    assert sum(float(r[2]) for r in rows) == pytest.approx(100, abs=0.03)
+
+    # without --asof a deposit is stamped now: it waits (this replay's closes are long before it)
+    assert run_cli(["deposit", "250", "--reference", "bank-2"])[0] == 0
+    assert [d["reference"] for d in SqlLedger(connect(stored)).load().deposits] == ["bank-2"]
+
+
+@pytest.mark.flow
+def test_run_daily_and_status_report_the_same_portfolio(stored, prefect_harness):
+    """A run at 00:05 goes past the close it decides on: the open of 2024-01-02 fills CORE's first
+    tranche and TREND's entries (fees paid, at the open's price). `status` valued those later books
+    at the close of 2024-01-01 and said a total other than the run's; both now say the close's
+    valuation, the day's equity records, and status names the change since apart."""
+    from eternal.models import utc
+    from eternal.reporting import money
+    from eternal.store.ledger import LedgerStore
+
+    code, out, err = run_cli(["run", "daily", "--asof", "2024-01-02T00:05Z"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["day"] == "2024-01-01" and report["orders"] > 0
+    engine = connect(stored)
+    records = LedgerStore(engine).equity_records(utc("2024-01-01"))
+    assert report["total_equity"] == pytest.approx(sum(records.values()), abs=1e-6)
+    code, out, _ = run_cli(["status"])
+    assert code == 0
+    shown = float(re.search(r"^portfolio ([\d,.]+) USDT", out, re.M).group(1).replace(",", ""))
+    assert shown == round(report["total_equity"], 2)
+    # the books after the open's fills, at the close of 2024-01-01: what status used to headline
+    from tests.conftest import SHARED_DATA
+    from eternal.data.csv_files import read_dir
+
+    data = read_dir(SHARED_DATA)
+    closes = {a: float(data.daily(f"{a}/USDT").loc["2024-01-01", "close"]) for a in ("BTC", "ETH", "SOL")}
+    books = LedgerStore(engine).load_books()
+    marks = {sym: float(data.daily(sym).loc["2024-01-01", "close"]) for b in books.values() for sym in b.perps}
+    now = sum(b.equity(closes, marks) for b in books.values())
+    assert abs(now - report["total_equity"]) > 0.01          # the two totals an operator saw
+    assert (f"since that close: {money(now - report['total_equity'], signed=True)} USDT" in out
+            and f"at that close's prices: {money(now)} USDT" in out), out

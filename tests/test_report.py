@@ -117,6 +117,45 @@ def test_report_tables_agree_with_equity_csv_and_trades_csv(whole):
     assert (out / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_backfill_summary_and_report_compute_returns_once(whole, dataset):
+    """`eternal backfill`'s summary takes its returns from the report's unit value, so both say the
+    same. 2021-01-01..2021-06-01 with 1,000 USDT monthly: the crash of May 2021 engages L4 (the
+    kill switch), under which deposits wait for a resume; the one of 2021-06-01 never arrived,
+    yet the summary counted it as put in and took it out of the last day's return (+23.25 % where
+    the ledger's unit value says +24.22 %). Only the deposits the ledger took count now."""
+    r, built, _ = whole           # every deposit arrived (the last one at the close on 2021-04-01)
+    total = built.summary["sleeves"]["total"]
+    for key in ("total_return", "cagr", "max_drawdown", "sharpe"):
+        assert r.summary[key] == pytest.approx(total[key], rel=1e-12, abs=1e-15), key
+    assert r.summary["deposits"] == 3_000.0
+
+    r = run_backfill(dataset, load_settings(), start=utc("2021-01-01"), end=utc("2021-06-01"),
+                     monthly_deposit=1_000.0, progress=False, compare_breakers=False)
+    assert r.summary["breakers"]["kill_switch"]
+    arrived = sum(t.qty for t in r.transfers if t.from_sleeve is None and t.asset == "USDT" and t.ts > utc("2021-01-01"))
+    assert arrived == pytest.approx(4_000.0) and r.summary["deposits"] == 4_000.0
+    total = rep.build(shell.rows_from_result(r, shell.closes_frame(dataset))).summary["sleeves"]["total"]
+    for key in ("total_return", "cagr", "max_drawdown", "sharpe"):
+        assert r.summary[key] == pytest.approx(total[key], rel=1e-12, abs=1e-15), key
+
+
+def test_report_md_exit_reasons_and_a_profit_factor_without_losses(whole):
+    from eternal.report_markdown import fmt, markdown
+
+    _, built, out = whole
+    text = (out / "report.md").read_text()
+    exits = built.tables["exit reasons"]
+    assert list(exits.index.names) == ["sleeve", "exit_reason"] and list(exits.columns) == ["closed_trades", "share"]
+    section = text[text.index("## Exit reasons"):text.index("## Time in each regime")]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| sleeve")]
+    assert len(rows) == len(exits) > 0
+    for sleeve, trips in exits.groupby(level="sleeve"):      # one row per reason; shares of the sleeve's trades
+        assert trips.share.sum() == pytest.approx(1.0)
+        assert trips.closed_trades.sum() == built.summary["sleeves"][sleeve]["closed_trades"]
+    assert fmt(float("inf"), "profit_factor") == "n/a (no losses)"
+    assert "inf" not in markdown(built).replace("info", "")
+
+
 def test_eternal_report_rebuilds_the_same_report_from_the_ledger(whole, dataset, tmp_path):
     r, built, out = whole
     again, written = shell.rebuild(str(out), tmp_path / "again", dataset, load_settings())

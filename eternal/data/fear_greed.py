@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pandas as pd
 
-from eternal.errors import DataError
+from eternal.errors import DataError, DataUnreachable
 
 if TYPE_CHECKING:
     from eternal.data.store import MarketStore
@@ -41,7 +41,7 @@ def fetch_fear_greed(url: str, *, timeout_s: float, retries: int, backoff_s: flo
     own_client = client is None
     client = client or httpx.Client(follow_redirects=True)
     try:
-        cause = ""
+        cause, unreachable = "", False
         for attempt in range(retries + 1):
             if attempt and backoff_s > 0:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
@@ -52,16 +52,20 @@ def fetch_fear_greed(url: str, *, timeout_s: float, retries: int, backoff_s: flo
                                 f"fix {URL_SETTING}") from None
             except httpx.TransportError as exc:   # timeouts, refused or dropped connections
                 cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                unreachable = True
                 continue
             status = response.status_code
             if status == 429 or status >= 500:   # rate limited or a server fault: worth retrying
                 cause = f"HTTP {status} {response.reason_phrase}".rstrip()
+                unreachable = False
                 continue
             if status >= 400:
                 raise DataError(f"Fear & Greed index at {shown} refused the request: HTTP {status} "
                                 f"{response.reason_phrase}; check {URL_SETTING}")
             return parse_fear_greed(response.content, source=shown)
-        raise DataError(f"Fear & Greed index unreachable at {shown} after {retries + 1} tries: "
+        # no answer at all (no network, refused, timed out) is DataUnreachable: the offline way helps
+        raise (DataUnreachable if unreachable else DataError)(
+            f"Fear & Greed index unreachable at {shown} after {retries + 1} tries: "
                         f"{cause}; check the network or set {URL_SETTING}")
     finally:
         if own_client:
