@@ -213,15 +213,18 @@ def test_backfill_ledger_persists_on_both_databases(db_url, dataset):
 
 
 def test_a_buy_the_cash_cannot_cover_at_the_fill_price_is_scaled_down_and_reported(dataset, monkeypatch):
-    # no buffer, one tranche: BTC takes 2/3 of the cash plus its fee, so ETH's 1/3 cannot be paid
+    # no buffer, one tranche decided on the close of 2021-01-05: BTC takes 2/3 of the cash at an
+    # unchanged open, ETH's 1/3 cannot be paid at the 2021-01-06 open, 0.60 USDT above its close
+    # (the buys' fees are paid in the coins: on 2021-01-01, with an unchanged ETH open, the cash covers it)
     monkeypatch.setenv("ETERNAL_CORE__CASH_BUFFER", "0")
     monkeypatch.setenv("ETERNAL_RISK__CORE_CASH_FLOOR", "0")     # the policy's floor follows it here
     monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "1")
-    r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-01-04"),
+    r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-05"), end=utc("2021-01-08"),
                      capital=9_000.0, progress=False)
     btc, eth = (r.trades[r.trades.symbol == s].iloc[0] for s in ("BTC/USDT", "ETH/USDT"))
-    cash_left = 9_000.0 - btc.qty * btc.price * 1.001
-    assert eth.qty == pytest.approx(cash_left / (eth.price * 1.001))     # exactly what the cash buys
+    cash_left = 9_000.0 - btc.qty * btc.price            # the buys' fees are paid in the coins
+    # exactly what the cash buys, down to the 0.00001 ETH step
+    assert cash_left / eth.price - 0.00001 < eth.qty <= cash_left / eth.price
     assert r.equity["core"].iloc[0] > 0
     scaled = [e for e in r.events if e.kind == "order_scaled_to_cash"]
     assert len(scaled) == 1 and "ETH/USDT" in scaled[0].message and scaled[0].level == "warning"
