@@ -1,6 +1,8 @@
 """Pure bookkeeping of sleeve books: fills, funding, transfers, staking. No I/O.
 
-Spot: a buy pays qty x price plus the fee in USDT; a sell receives qty x price minus the fee.
+Spot: a buy pays qty x price; its fee comes out of the coins received when charged in the coin
+bought (Bybit's rule, the paper exchange's too), else out of the cash; a sell receives qty x price
+minus the fee (in USDT).
 
 USDT-margined linear perpetuals (spec, issue 3): one-way positions, cross margin within the sleeve.
 Opening or increasing moves the initial margin (notional / leverage) out of `cash` into the

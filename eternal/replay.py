@@ -10,7 +10,7 @@ the whole window; indicators and all-time highs are computed once per series (`M
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from eternal.models import (
     Fill,
     FundingPayment,
     PERP_SYMBOLS,
+    QUOTE,
     SPOT_SYMBOLS,
     end_before_start,
     OrderRecord,
@@ -45,7 +46,9 @@ from eternal.store.ledger import LedgerStore
 
 FLOW = "backfill"
 ALIASES = {"trend": (Sleeve.TREND_1, Sleeve.TREND_2)}
-TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price", "fee", "reason",
+# `fee` in USDT (a fee charged in a coin at the fill's price); `fee_asset`: what it was charged in (a
+# spot buy's fee in the coin bought leaves the sleeve fewer coins, not less cash)
+TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price", "fee", "fee_asset", "reason",
                  "client_order_id"]
 
 
@@ -284,10 +287,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     equity = equity[[s.value for s in p.books]]
     equity.insert(0, "total", equity.sum(axis=1))
     equity.index = pd.DatetimeIndex(equity.index, name="date")
-    trades = pd.DataFrame([{
-        "timestamp": f.ts.isoformat(), "sleeve": f.sleeve.value, "symbol": f.symbol, "market": f.market.value,
-        "side": f.side.value, "qty": f.qty, "price": f.price, "fee": f.fee, "reason": f.reason,
-        "client_order_id": f.client_order_id} for f in fills], columns=TRADE_COLUMNS)
+    trades = trades_frame(fills)
     summary = summarise(equity, trades, capital, start, end, sleeves, deposited)
     summary["funding"] = float(sum(x.amount for x in payments))
     if Sleeve.FUNDING in sleeves:
@@ -342,6 +342,20 @@ def tactical_summary(events: list[Event]) -> dict:
     return {"deployments": deployments, "exits": exits,
             "returned_to_core_usdt": float(sum(e.data["proceeds_usdt"] for e in events
                                                if e.kind == "tactical_exit_filled"))}
+
+
+def fee_usdt(fee: float, fee_asset: str, price: float) -> float:
+    """A fill's fee in USDT: as charged when in USDT, else the coin at the fill's price."""
+    return fee if fee_asset == QUOTE else fee * price
+
+
+def trades_frame(fills: Iterable[Fill]) -> pd.DataFrame:
+    """The fills as trades.csv rows (TRADE_COLUMNS): `fee` in USDT, so fee totals are USDT."""
+    return pd.DataFrame([{
+        "timestamp": f.ts.isoformat(), "sleeve": f.sleeve.value, "symbol": f.symbol, "market": f.market.value,
+        "side": f.side.value, "qty": f.qty, "price": f.price, "fee": fee_usdt(f.fee, f.fee_asset, f.price),
+        "fee_asset": f.fee_asset, "reason": f.reason, "client_order_id": f.client_order_id} for f in fills],
+        columns=TRADE_COLUMNS)
 
 
 def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transfers: list[Transfer],

@@ -11,12 +11,15 @@ BTC bought and held, a static 2:1 BTC/ETH mix rebalanced at each quarter's last 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
+
+from eternal import instruments
 
 TRANSFER_COLUMNS = ["ts", "from_sleeve", "to_sleeve", "asset", "qty", "reason"]
 FUNDING_COLUMNS = ["ts", "sleeve", "symbol", "amount"]
@@ -142,16 +145,28 @@ def metrics(unit: pd.Series, start: datetime | None = None) -> dict:
 
 
 # trades ---------------------------------------------------------------------------------------
+@functools.cache
+def spot_dust(asset: str) -> float:
+    """Under this qty a spot holding of `asset` cannot be sold (the exchange's minimum qty)."""
+    rules = instruments.default().get(f"{asset}/{QUOTE}")
+    return rules.min_qty if rules is not None else 0.0
+
+
 def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataFrame,
                 closes: pd.DataFrame | None) -> pd.DataFrame:
     """Every closed trade of a sleeve in one asset: from flat (spot and perp legs) to flat again.
     P&L = cash from its fills (sells - buys) - fees + funding booked while open; coins leaving or
-    joining the sleeve in kind count at that day's close. CORE's holdings never close."""
+    joining the sleeve in kind count at that day's close. CORE's holdings never close. A fee charged
+    in the coin (`fee_asset`; a spot buy's, as Bybit charges it; `fee` is in USDT at the fill price)
+    costs coins, not cash: the sleeve holds, and later sells, that many fewer."""
     moves = []
     for r in trades.itertuples():
         sign = 1.0 if r.side == "buy" else -1.0
-        moves.append((pd.Timestamp(r.timestamp), 0, r.sleeve, r.symbol.split("/")[0], r.market, sign * r.qty,
-                      -sign * r.qty * r.price - r.fee, r.fee, r.reason))
+        asset = r.symbol.split("/")[0]
+        in_coin = getattr(r, "fee_asset", QUOTE) == asset
+        coins = sign * r.qty - (r.fee / r.price if in_coin else 0.0)
+        moves.append((pd.Timestamp(r.timestamp), 0, r.sleeve, asset, r.market, coins,
+                      -sign * r.qty * r.price - (0.0 if in_coin else r.fee), r.fee, r.reason))
     for r in transfers.itertuples():
         if r.asset == QUOTE or closes is None or r.asset not in closes:
             continue
@@ -183,7 +198,10 @@ def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataF
         t["pnl"] += cash
         t["fees"] += fee
         t["size"] = max(t["size"], abs(t["spot"]), abs(t["perp"]))
-        if abs(t["spot"]) <= 1e-9 * max(t["size"], 1.0) and abs(t["perp"]) <= 1e-9 * max(t["size"], 1.0):
+        # spot dust (under the exchange's minimum qty: what a coin fee leaves after a sale down to
+        # the step) cannot be sold: the trade is flat without it
+        if (abs(t["spot"]) <= max(1e-9 * max(t["size"], 1.0), spot_dust(asset))
+                and abs(t["perp"]) <= 1e-9 * max(t["size"], 1.0)):
             out.append({"sleeve": sleeve, "asset": asset, "opened": t["opened"], "closed": ts,
                         "pnl_usdt": t["pnl"], "fees_usdt": t["fees"], "funding_usdt": t["funding"],
                         "exit_reason": reason})

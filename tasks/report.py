@@ -16,7 +16,7 @@ from sqlalchemy import Engine, select
 
 from eternal import report as rep
 from eternal.data.csv_files import DataSet
-from eternal.models import Event, FundingPayment, Sleeve, Transfer
+from eternal.models import QUOTE, Event, FundingPayment, Sleeve, Transfer
 from eternal.report_markdown import markdown
 
 CHARTS = ("equity.png", "drawdown.png", "sleeves.png")
@@ -106,8 +106,10 @@ def rows_from_db(engine: Engine, closes: pd.DataFrame | None) -> rep.LedgerRows:
             .where(EventRow.kind == "regime_change"))]
     if not len(equity):
         raise rep_error("holds no equity record: nothing to report")
-    trades = (fills.rename(columns={"ts": "timestamp"}).assign(timestamp=lambda f: f.timestamp.map(
-        lambda t: pd.Timestamp(t).isoformat()))[TRADE_COLUMNS] if len(fills) else
+    # the fee in USDT, as a backfill's trades.csv has it (a spot buy's fee is charged in the coin bought)
+    trades = (fills.rename(columns={"ts": "timestamp"}).assign(
+        timestamp=lambda f: f.timestamp.map(lambda t: pd.Timestamp(t).isoformat()),
+        fee=lambda f: f.fee.where(f.fee_asset == QUOTE, f.fee * f.price))[TRADE_COLUMNS] if len(fills) else
               pd.DataFrame(columns=TRADE_COLUMNS))
     return rep.LedgerRows(equity, trades, transfers if len(transfers) else pd.DataFrame(columns=rep.TRANSFER_COLUMNS),
                           funding if len(funding) else pd.DataFrame(columns=rep.FUNDING_COLUMNS), events, closes)

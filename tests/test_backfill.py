@@ -46,6 +46,29 @@ def test_first_tranche_is_decided_on_the_first_close_and_filled_at_the_next_open
     assert (btc.market, btc.side, btc.sleeve) == ("spot", "buy", "core")
 
 
+def test_a_core_buy_pays_its_notional_in_usdt_and_its_maker_fee_in_the_coin_bought(result, dataset, tmp_path):
+    """2021-01-02: CORE's first tranche fills at the open as post-only limits, maker fee 0.10 %. As
+    Bybit charges a spot buy, the sleeve pays qty x price USDT and receives qty x (1 - 0.001) coins;
+    trades.csv gives that fee in USDT at the fill price."""
+    day = "2021-01-02"
+    opens = {a: float(dataset.daily(f"{a}/USDT").loc[day, "open"]) for a in ("BTC", "ETH")}
+    closes = {a: float(dataset.daily(f"{a}/USDT").loc[day, "close"]) for a in ("BTC", "ETH")}
+    with connect(f"sqlite:///{tmp_path / 'bf.db'}").connect() as conn:
+        fills = pd.read_sql(select(FillRow).where(FillRow.ts < utc("2021-01-03")), conn)
+    assert sorted(fills.fee_asset) == ["BTC", "ETH"] and set(fills.side) == {"buy"}
+    qty = {f.fee_asset: f.qty for f in fills.itertuples()}
+    for f in fills.itertuples():
+        assert f.price == opens[f.fee_asset] and f.fee == pytest.approx(f.qty * 0.001, rel=1e-12)
+    for t in pd.read_csv(result.out_dir / "trades.csv").iloc[:2].itertuples():
+        asset = t.symbol.split("/")[0]
+        assert t.fee_asset == asset and t.fee == pytest.approx(qty[asset] * opens[asset] * 0.001, rel=1e-12)
+    (row,) = [r for r in result.equity_rows if f"{r['day']:%Y-%m-%d}" == day]
+    # the cash paid the notionals alone: 10,000 - 0.95 / 4 of it in coins
+    assert row["cash"] == pytest.approx(10_000 - sum(q * opens[a] for a, q in qty.items()), rel=1e-12)
+    assert row["equity"] == pytest.approx(row["cash"] + sum(q * 0.999 * closes[a] for a, q in qty.items()),
+                                          rel=1e-12)
+
+
 def test_tranches_fill_on_days_1_8_15_22_after_the_start(result):
     trades = pd.read_csv(result.out_dir / "trades.csv")
     tranche_days = sorted({t[:10] for t, r in zip(trades.timestamp, trades.reason) if r.startswith("tranche")})
@@ -56,7 +79,7 @@ def test_outputs_have_the_documented_columns_and_agree_with_each_other(result):
     out = result.out_dir
     trades = pd.read_csv(out / "trades.csv")
     assert list(trades.columns) == ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price",
-                                    "fee", "reason", "client_order_id"]
+                                    "fee", "fee_asset", "reason", "client_order_id"]
     assert trades.client_order_id.str.len().max() <= 36 and trades.client_order_id.is_unique
     equity = pd.read_csv(out / "equity.csv", index_col="date")
     assert list(equity.columns) == ["total", "core"]
@@ -79,7 +102,9 @@ def test_final_equity_reconciles_with_the_ledger_at_the_last_close(result, datas
     assert core.equity(closes) == pytest.approx(result.summary["final_equity"], rel=1e-12)
     # and the ledger is exactly the initial capital plus what the fills imply
     trades = result.trades
-    signed = np.where(trades.side == "buy", -1, 1) * trades.qty * trades.price - trades.fee
+    # trades.csv gives every fee in USDT; a buy's was charged in the coin bought and left the cash alone
+    signed = (np.where(trades.side == "buy", -1, 1) * trades.qty * trades.price
+              - trades.fee.where(trades.fee_asset == "USDT", 0.0))
     assert core.cash == pytest.approx(10_000 + signed.sum())
 
 
@@ -207,15 +232,18 @@ def test_backfill_ledger_persists_on_both_databases(db_url, dataset):
 
 
 def test_a_buy_the_cash_cannot_cover_at_the_fill_price_is_scaled_down_and_reported(dataset, monkeypatch):
-    # no buffer, one tranche: BTC takes 2/3 of the cash plus its fee, so ETH's 1/3 cannot be paid
+    # no buffer, one tranche decided on the close of 2021-01-05: BTC takes 2/3 of the cash at an
+    # unchanged open, ETH's 1/3 cannot be paid at the 2021-01-06 open, 0.60 USDT above its close
+    # (the buys' fees are paid in the coins: on 2021-01-01, with an unchanged ETH open, the cash covers it)
     monkeypatch.setenv("ETERNAL_CORE__CASH_BUFFER", "0")
     monkeypatch.setenv("ETERNAL_RISK__CORE_CASH_FLOOR", "0")     # the policy's floor follows it here
     monkeypatch.setenv("ETERNAL_CORE__TRANCHES", "1")
-    r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-01-04"),
+    r = run_backfill(dataset, load_settings(), sleeves=CORE, start=utc("2021-01-05"), end=utc("2021-01-08"),
                      capital=9_000.0, progress=False)
     btc, eth = (r.trades[r.trades.symbol == s].iloc[0] for s in ("BTC/USDT", "ETH/USDT"))
-    cash_left = 9_000.0 - btc.qty * btc.price * 1.001
-    assert eth.qty == pytest.approx(cash_left / (eth.price * 1.001))     # exactly what the cash buys
+    cash_left = 9_000.0 - btc.qty * btc.price            # the buys' fees are paid in the coins
+    # exactly what the cash buys, down to the 0.00001 ETH step
+    assert cash_left / eth.price - 0.00001 < eth.qty <= cash_left / eth.price
     assert r.equity["core"].iloc[0] > 0
     scaled = [e for e in r.events if e.kind == "order_scaled_to_cash"]
     assert len(scaled) == 1 and "ETH/USDT" in scaled[0].message and scaled[0].level == "warning"

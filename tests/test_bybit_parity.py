@@ -9,9 +9,9 @@ open is its price from then on, and each day closed lives its low, high and clos
 and stops see the day's range, as on the paper exchange); every real settlement is paid at its
 time. Beside it the backfill of the same days from the close of 2021-01-31 with the same 100,000
 USDT. The venues differ where they must: Bybit fills a market order at the ask or bid (2 bps spread
-here), a daily decision's orders at the close before instead of the next open, a spot buy's fee in
-the coin bought; its position stop triggers at the stop price during the day and fills at the bid
-or ask, and it names the fill itself (no orderLinkId). A settlement's orders fill at once on both,
+here), a daily decision's orders at the close before instead of the next open; its position stop
+triggers at the stop price during the day and fills at the bid or ask, and it names the fill itself
+(no orderLinkId). A settlement's orders fill at once on both,
 at the day's open. So: the same orders (client order ids, sides; quantities within 1 %), the
 venue's own fills (stops, liquidations) one to one by sleeve, symbol, side, day and reason
 (quantities within 1 %, prices within 0.5 %), every settlement booked, and equity within 0.5 % per
@@ -21,7 +21,10 @@ sleeve at every close.
 tranches resting and filling on the day's range, FUNDING's first transfers to TACTICAL); `make
 chaos` the full 60 days (BYBIT_PARITY_DAYS): FUNDING's 14-day exits and re-entries at 08:00, TREND's
 hard stops of 2021-02-22 and 02-26, CORE's last tranche and its deposits, the breaker's L1, and the
-quarterly rebalance of 2021-04-01.
+quarterly rebalance of 2021-04-01. Both venues charge a spot buy's fee in the coin bought (the
+paper exchange as Bybit does): CORE's cash, and so its deposit buy of 2021-02-23 sized by the cash
+floor, is the same on both. Measured: 150 orders, 164 fills, 4 stops, 905 settlements, the largest
+equity gap of a sleeve at a close 0.039 %, 119,263.61 USDT at Bybit and 119,270.37 on paper.
 """
 from __future__ import annotations
 
@@ -139,10 +142,6 @@ def test_six_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, d
 
 
 @pytest.mark.chaos
-@pytest.mark.xfail(strict=True, reason="one order of 150 apart, measured over 60 days from 2021-02-01: CORE's "
-                   "deposit buy of 2021-02-23 (ETH 0.47728 at Bybit, 0.46377 on paper, +2.8 %), sized by the "
-                   "cash floor from CORE's cash, which on paper has paid every spot buy's fee in USDT while Bybit "
-                   "takes it in the coin bought (the paper exchange's fee model, not yet Bybit's)")
 def test_sixty_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, dataset):
     days = int(os.environ.get("BYBIT_PARITY_DAYS", "60"))
     result = check(*parity(demo, dataset, days), days=days, engine=demo[1])

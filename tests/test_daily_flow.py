@@ -76,10 +76,11 @@ def test_first_cycle_buys_cores_first_tranche_at_the_next_days_open_at_the_maker
         f = fills[f"{a}/USDT"]
         assert (utc(f.ts), f.price, f.liquidity, f.side) == (utc("2024-01-02"), open_[a], "maker", "buy")
         assert f.qty == pytest.approx(qty[a], rel=1e-12)
-        assert f.fee == pytest.approx(qty[a] * open_[a] * 0.001, rel=1e-12)      # 0.10 % maker
+        # 0.10 % maker, charged in the coin bought (as Bybit charges a spot buy)
+        assert (f.fee, f.fee_asset) == (pytest.approx(qty[a] * 0.001, rel=1e-12), a)
     core = LedgerStore(db).load_books()[Sleeve.CORE]
-    assert core.holdings == pytest.approx(qty, rel=1e-12)
-    assert core.cash == pytest.approx(60_000 - sum(qty[a] * open_[a] * 1.001 for a in qty), rel=1e-12)
+    assert core.holdings == pytest.approx({a: q * 0.999 for a, q in qty.items()}, rel=1e-12)
+    assert core.cash == pytest.approx(60_000 - sum(qty[a] * open_[a] for a in qty), rel=1e-12)
     orders = rows(db, OrderRow, where=[OrderRow.sleeve == "core"])
     assert {(o.symbol, o.order_type, o.post_only, o.limit_price, o.status, o.flow) for o in orders} == {
         ("BTC/USDT", "limit", True, close["BTC"], "filled", "daily-close"),
@@ -186,7 +187,9 @@ def test_eth_is_staked_once_although_the_first_commit_failed_and_a_days_reward_f
     monkeypatch.setenv("ETERNAL_CORE__STAKING_APY", "0.03")
     daily(FIRST)
     eth = LedgerStore(db).load_books()[Sleeve.CORE].holdings["ETH"]
-    assert eth == pytest.approx(trading_rules()["ETH/USDT"].floor_qty(60_000 * 0.95 / 3 / 2_352.04), rel=1e-12)
+    # the qty bought less its 0.10 % maker fee, charged in ETH
+    bought = trading_rules()["ETH/USDT"].floor_qty(60_000 * 0.95 / 3 / 2_352.04)
+    assert eth == pytest.approx(bought * 0.999, rel=1e-12)
 
     original, failed = SqlLedger.commit, []
 

@@ -143,7 +143,7 @@ def test_execute_sends_each_intent_once(prices):
         (ids[0], 0.5, 46339.16), (ids[1], 5.0, 2618.01), (ids[2], 0.1, 46339.16)]
     assert result.events == []
     btc = result.orders[0]
-    assert btc.avg_price == 46339.16 and btc.fee == pytest.approx(0.5 * 46339.16 * 0.001, rel=1e-12)
+    assert btc.avg_price == 46339.16 and btc.fee == pytest.approx(0.5 * 0.001, rel=1e-12)   # in BTC, as Bybit
     assert btc.exchange_order_id == "paper-1" and btc.created_at == NOW
 
 
@@ -173,7 +173,7 @@ def test_a_new_schedule_sends_the_same_intents_again_under_new_ids(prices):
     execute(PLAN[:1], ex, flow=FLOW, scheduled=SCHEDULED, now=NOW, known={})
     nxt = execute(PLAN[:1], ex, flow=FLOW, scheduled=SCHEDULED + timedelta(days=1), now=NOW, known={})
     assert nxt.sent == 1 and len(set(ex.placed)) == 2
-    assert ex.inner.books[Sleeve.CORE].holdings["BTC"] == 1.0
+    assert ex.inner.books[Sleeve.CORE].holdings["BTC"] == pytest.approx(2 * 0.5 * 0.999)   # 0.1 % fee in BTC
 
 
 # recovery --------------------------------------------------------------------------------------
@@ -188,7 +188,7 @@ def test_order_accepted_by_the_exchange_but_unknown_to_our_ledger_is_adopted_not
     (rec,) = result.orders
     assert (rec.status, rec.exchange_order_id, rec.filled_qty) == (OrderStatus.FILLED, "paper-1", 0.5)
     assert [f.client_order_id for f in result.fills] == [cid]     # its fill is booked once, now
-    assert ex.inner.books[Sleeve.CORE].holdings == {"BTC": 0.5}
+    assert ex.inner.books[Sleeve.CORE].holdings == {"BTC": 0.5 * 0.999}
 
 
 def test_order_submitted_before_a_crash_is_adopted_when_the_exchange_has_it(prices):
@@ -221,7 +221,7 @@ def test_duplicate_order_on_send_adopts_the_exchange_order(prices):
     ex.fetch_order = fetch_once_blind
     result = execute(PLAN[:1], ex, flow=FLOW, scheduled=SCHEDULED, now=NOW, known={})
     assert result.sent == 0 and result.orders[0].status == OrderStatus.FILLED
-    assert inner.books[Sleeve.CORE].holdings == {"BTC": 0.5}          # bought once, not twice
+    assert inner.books[Sleeve.CORE].holdings == {"BTC": 0.5 * 0.999}          # bought once, not twice
 
 
 def test_lost_response_then_retry_places_the_order_once(prices):
@@ -231,7 +231,7 @@ def test_lost_response_then_retry_places_the_order_once(prices):
     retry = execute(PLAN[:1], ex, flow=FLOW, scheduled=SCHEDULED, now=NOW, known={})
     assert len(ex.placed) == 1 and retry.sent == 0
     assert [e.kind for e in retry.events] == ["order_recovered"]
-    assert ex.inner.books[Sleeve.CORE].holdings == {"BTC": 0.5}
+    assert ex.inner.books[Sleeve.CORE].holdings == {"BTC": 0.5 * 0.999}
 
 
 def test_fills_are_never_double_counted_on_resync(prices, dataset):
@@ -268,12 +268,12 @@ def test_insufficient_funds_rejects_that_order_with_an_alert_and_the_plan_goes_o
     placed, rejected, after = result.orders
     assert placed.status == after.status == OrderStatus.FILLED
     assert [f.client_order_id for f in result.fills] == [ids[0], ids[2]]
-    assert rejected.status == OrderStatus.REJECTED and "needs 46385.50 USDT" in rejected.error
+    assert rejected.status == OrderStatus.REJECTED and "needs 46339.16 USDT" in rejected.error
     assert rejected.updated_at == NOW and rejected.exchange_order_id is None
     (alert,) = result.events
     assert (alert.kind, alert.level, alert.sleeve) == ("insufficient_funds", "alert", Sleeve.CORE)
     assert alert.data == {"client_order_id": ids[1], "intent": "b-too-big"}
     assert result.sent == 2 and ex.placed == ids
     eth = [f for f in result.fills if f.client_order_id == ids[2]][0]
-    assert ex.inner.books[Sleeve.CORE].cash == pytest.approx(10_000 - 0.1 * 46339.16 * 1.001
-                                                             - 0.5 * eth.price * 1.001, rel=1e-12)
+    # the buys' fees are in the coins bought: the cash pays the notionals alone
+    assert ex.inner.books[Sleeve.CORE].cash == pytest.approx(10_000 - 0.1 * 46339.16 - 0.5 * eth.price, rel=1e-12)

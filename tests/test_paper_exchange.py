@@ -72,7 +72,8 @@ def test_spot_fees_are_configurable_and_the_taker_rate_is_charged_on_a_market_bu
     ex = exchange(FeeParams(spot_maker=0.0, spot_taker=0.0006), core=SleeveBook(Sleeve.CORE, 100_000.0))
     ex.set_quotes(ath_quotes)
     order = ex.place_order("fee-1", intent(Side.BUY, 1.0), NOW)
-    assert order.fee == pytest.approx(64882.44 * 0.0006, rel=1e-12)           # 38.929464 USDT
+    assert order.fee == pytest.approx(1.0 * 0.0006, rel=1e-12)           # 0.0006 BTC: a buy's fee is in the coin
+    assert order.fills[0].fee_asset == "BTC"
 
 
 # IMMEDIATE -------------------------------------------------------------------------------------
@@ -83,10 +84,10 @@ def test_immediate_market_buy_fills_at_the_ask_with_the_taker_fee(ath_quotes):
     (fill,) = order.fills
     assert order.status == OrderStatus.FILLED and order.filled_qty == 0.5
     assert (fill.price, fill.liquidity) == (64882.44, "taker")              # the ask, not the close
-    assert fill.fee == pytest.approx(0.5 * 64882.44 * 0.00055, rel=1e-12)
+    assert (fill.fee, fill.fee_asset) == (pytest.approx(0.5 * 0.00055, rel=1e-12), "BTC")   # in the coin bought
     book = ex.books[Sleeve.CORE]
-    assert book.cash == pytest.approx(100_000 - 0.5 * 64882.44 * 1.00055, rel=1e-12)
-    assert book.holdings == {"BTC": 0.5}
+    assert book.cash == pytest.approx(100_000 - 0.5 * 64882.44, rel=1e-12)
+    assert book.holdings == {"BTC": pytest.approx(0.5 * (1 - 0.00055), rel=1e-15)}
 
 
 def test_immediate_market_sell_fills_at_the_bid_with_the_taker_fee(ath_quotes):
@@ -104,8 +105,9 @@ def test_immediate_post_only_limit_fills_at_its_limit_price_with_the_maker_fee(a
     # ETH at the 2021-11-10 bid 4628.78, the way CORE-HODL places its tranches
     (fill,) = ex.place_order("lmt-buy", intent(Side.BUY, 3.0, ETH, limit=4628.78), NOW).fills
     assert (fill.price, fill.liquidity) == (4628.78, "maker")
-    assert fill.fee == pytest.approx(3 * 4628.78 * 0.0002, rel=1e-12)       # 2.777268 USDT
-    assert ex.books[Sleeve.CORE].cash == pytest.approx(100_000 - 3 * 4628.78 * 1.0002, rel=1e-12)
+    assert (fill.fee, fill.fee_asset) == (pytest.approx(3 * 0.0002, rel=1e-12), "ETH")   # 0.0006 ETH
+    assert ex.books[Sleeve.CORE].cash == pytest.approx(100_000 - 3 * 4628.78, rel=1e-12)
+    assert ex.books[Sleeve.CORE].holdings == {"ETH": pytest.approx(3 * (1 - 0.0002), rel=1e-15)}
 
 
 def test_immediate_order_without_a_price_is_refused_and_not_recorded():
@@ -134,10 +136,10 @@ def test_next_open_orders_rest_open_until_on_bar_then_fill_at_that_open(dataset)
     (lf,), (mf,) = limit.fills, market.fills
     assert (lf.price, lf.liquidity, lf.ts) == (46339.16, "maker", utc("2024-01-12"))   # the open, not the limit
     assert (mf.price, mf.liquidity) == (2618.01, "taker")
-    assert lf.fee == pytest.approx(0.5 * 46339.16 * 0.0002, rel=1e-12)
-    assert mf.fee == pytest.approx(4.0 * 2618.01 * 0.00055, rel=1e-12)
-    assert ex.books[Sleeve.CORE].cash == pytest.approx(
-        100_000 - 0.5 * 46339.16 * 1.0002 - 4.0 * 2618.01 * 1.00055, rel=1e-12)
+    assert lf.fee == pytest.approx(0.5 * 0.0002, rel=1e-12)                  # BTC
+    assert mf.fee == pytest.approx(4.0 * 0.00055, rel=1e-12)                 # ETH
+    assert ex.books[Sleeve.CORE].cash == pytest.approx(100_000 - 0.5 * 46339.16 - 4.0 * 2618.01, rel=1e-12)
+    assert ex.books[Sleeve.CORE].holdings == {"BTC": pytest.approx(0.5 * 0.9998), "ETH": pytest.approx(4 * 0.99945)}
 
 
 def test_next_open_order_keeps_resting_while_its_symbol_has_no_open(dataset):
@@ -151,21 +153,21 @@ def test_next_open_sells_fill_before_buys_so_a_sale_funds_a_purchase(dataset):
     btc_open, eth_open = open_(dataset, BTC, "2024-01-12"), open_(dataset, ETH, "2024-01-12")
     ex = exchange(policy=FillPolicy.NEXT_OPEN, core=SleeveBook(Sleeve.CORE, 0.0, {"BTC": 1.0}))
     # the buy is placed first, and only the sale's proceeds (46,292.82 USDT) can pay for it
-    buy = ex.place_order("buy-eth", intent(Side.BUY, 17.0, ETH), NOW)          # 44,549.08 USDT with fee
+    buy = ex.place_order("buy-eth", intent(Side.BUY, 17.0, ETH), NOW)          # 44,506.17 USDT
     sell = ex.place_order("sell-btc", intent(Side.SELL, 1.0), NOW)
     changed = ex.on_bar(utc("2024-01-12"), {BTC: btc_open, ETH: eth_open})
     assert changed == [sell, buy]
     assert buy.status == sell.status == OrderStatus.FILLED
     book = ex.books[Sleeve.CORE]
-    assert book.holdings == {"BTC": 0.0, "ETH": 17.0}
-    assert book.cash == pytest.approx(46339.16 * 0.999 - 17 * 2618.01 * 1.001, rel=1e-12)   # 1,743.74
+    assert book.holdings == {"BTC": 0.0, "ETH": pytest.approx(17.0 * 0.999, rel=1e-15)}   # the fee in ETH
+    assert book.cash == pytest.approx(46339.16 * 0.999 - 17 * 2618.01, rel=1e-12)   # 1,786.30
 
 
 # funds -----------------------------------------------------------------------------------------
 def test_buy_the_cash_cannot_cover_raises_insufficient_funds_and_changes_nothing(ath_quotes):
     ex = exchange(core=SleeveBook(Sleeve.CORE, 60_000.0))
     ex.set_quotes(ath_quotes)
-    with pytest.raises(InsufficientFunds, match="needs 64947.32 USDT with fees, has 60000.00"):
+    with pytest.raises(InsufficientFunds, match="needs 64882.44 USDT, has 60000.00"):
         ex.place_order("too-big", intent(Side.BUY, 1.0), NOW)
     assert ex.books[Sleeve.CORE] == SleeveBook(Sleeve.CORE, 60_000.0)
     assert ex.fetch_order("too-big") is None            # nothing recorded: the id may be used again
@@ -179,17 +181,18 @@ def test_next_open_buy_the_cash_cannot_cover_is_rejected_at_the_bar(dataset):
     assert ex.books[Sleeve.CORE] == SleeveBook(Sleeve.CORE, 40_000.0)
 
 
-def test_scale_to_cash_buys_the_whole_steps_that_cost_plus_fee_the_cash_covers(ath_quotes):
+def test_scale_to_cash_buys_the_whole_steps_whose_notional_the_cash_covers(ath_quotes):
     ex = exchange(core=SleeveBook(Sleeve.CORE, 60_000.0))
     ex.set_quotes(ath_quotes)
     order = ex.place_order("scaled", intent(Side.BUY, 1.0, scale_to_cash=True), NOW)
     (fill,) = order.fills
-    # 60,000 / (64,882.44 x 1.001) = 0.92380... BTC, down to the 0.000001 BTC step
-    assert fill.qty == RULES[BTC].floor_qty(60_000 / (64882.44 * 1.001))
-    assert fill.fee == pytest.approx(fill.qty * 64882.44 * 0.001, rel=1e-12)
+    # 60,000 / 64,882.44 = 0.9247494... BTC, down to the 0.000001 BTC step: the fee is paid in BTC
+    assert fill.qty == RULES[BTC].floor_qty(60_000 / 64882.44) == 0.924749
+    assert (fill.fee, fill.fee_asset) == (pytest.approx(0.924749 * 0.001, rel=1e-12), "BTC")
     left = ex.books[Sleeve.CORE].cash
-    assert left == pytest.approx(60_000.0 - fill.qty * fill.price - fill.fee, abs=1e-9)
-    assert 0.0 <= left < RULES[BTC].qty_step * 64882.44 * 1.001     # less than one more step would cost
+    assert left == pytest.approx(60_000.0 - fill.qty * fill.price, abs=1e-9)
+    assert 0.0 <= left < RULES[BTC].qty_step * 64882.44             # less than one more step would cost
+    assert ex.books[Sleeve.CORE].holdings == {"BTC": pytest.approx(0.924749 * 0.999, rel=1e-15)}
 
 
 @settings(max_examples=300, deadline=None, database=None)
@@ -199,9 +202,11 @@ def test_scale_to_cash_never_leaves_the_cash_negative(cash, price, rate, over):
     rules = RULES[BTC]
     ex = exchange(FeeParams(spot_maker=rate, spot_taker=rate), core=SleeveBook(Sleeve.CORE, cash))
     ex.set_quotes({BTC: Quote(price, price, price)})
-    wanted = rules.floor_qty(over * cash / (price * (1 + rate)))       # as the driver sends it: on the step
+    # at most the 21 million BTC there will ever be (beyond, a step is under a float's resolution)
+    assume(cash / price <= 21e6)
+    wanted = rules.floor_qty(over * cash / price)       # as the driver sends it: on the step
     assume(wanted > 0 and rules.violation(wanted, price) is None)
-    affordable = rules.floor_qty(cash / (price * (1 + rate)))
+    affordable = rules.floor_qty(cash / price)          # the fee is paid in the coin: the notional alone
     if affordable <= 0 or rules.violation(affordable, price) is not None:
         # the cash covers no valid order: refused like Bybit, nothing changes
         with pytest.raises(InsufficientFunds):
@@ -209,11 +214,12 @@ def test_scale_to_cash_never_leaves_the_cash_negative(cash, price, rate, over):
         assert ex.books[Sleeve.CORE] == SleeveBook(Sleeve.CORE, cash)
         return
     (fill,) = ex.place_order("scaled", intent(Side.BUY, wanted, scale_to_cash=True), NOW).fills
-    assert fill.qty == affordable
-    assert fill.qty * fill.price + fill.fee <= cash
+    # the whole steps whose notional the cash covers (an exact fit may lose one step to float rounding)
+    assert rules.on_step(fill.qty) and affordable - rules.qty_step * 1.000001 <= fill.qty <= affordable
+    assert fill.qty * fill.price <= cash
     assert ex.books[Sleeve.CORE].cash >= 0.0
-    assert ex.books[Sleeve.CORE].cash < rules.qty_step * price * (1 + rate) + 1e-9 * cash   # under one more step
-    assert fill.fee == pytest.approx(fill.qty * price * rate, rel=1e-9, abs=1e-9 * cash)
+    assert ex.books[Sleeve.CORE].cash < rules.qty_step * price + 1e-9 * cash   # under one more step
+    assert fill.fee == pytest.approx(fill.qty * rate, rel=1e-12) and fill.fee_asset == "BTC"
 
 
 def test_selling_more_than_held_is_refused(ath_quotes):
@@ -251,7 +257,7 @@ def test_each_sleeve_has_its_own_balances(ath_quotes):
         ex.place_order("core-oversell", intent(Side.SELL, 0.6), NOW)
     with pytest.raises(ExchangeError, match="no account for sleeve funding"):
         ex.place_order("fu-buy", intent(Side.BUY, 0.01, sleeve=Sleeve.FUNDING), NOW)
-    assert ex.books[Sleeve.CORE].holdings == {"BTC": 0.5, "ETH": 0.0}
+    assert ex.books[Sleeve.CORE].holdings == {"BTC": 0.5 * 0.999, "ETH": 0.0}   # the buy's fee in BTC
 
 
 def test_books_given_to_the_exchange_are_copied_not_shared(ath_quotes):
@@ -308,7 +314,7 @@ def test_on_change_sees_every_accepted_order_before_place_order_returns(ath_quot
     ex.set_quotes(ath_quotes)
     ex.place_order("x", intent(Side.BUY, 0.1), NOW)
     assert saved[-1]["orders"]["x"]["status"] == "filled"
-    assert saved[-1]["books"]["core"]["holdings"] == {"BTC": 0.1}
+    assert saved[-1]["books"]["core"]["holdings"] == {"BTC": 0.1 * 0.999}     # the buy's fee in BTC
 
 
 # staking ---------------------------------------------------------------------------------------
@@ -372,7 +378,7 @@ def test_trades_at_a_constant_price_change_value_by_exactly_minus_the_fees(cash,
         order = ex.place_order(f"o{n}", intent(side, qty, symbol, sleeve=sleeve,
                                                limit=prices[symbol] if limit else None), NOW)
         assert order.status == OrderStatus.FILLED and order.filled_qty == qty
-        fees[sleeve] += order.fee
+        fees[sleeve] += order.fee * (prices[symbol] if side == Side.BUY else 1.0)   # a buy's fee is in the coin
         assert {s: b for s, b in ex.books.items() if s != sleeve} == other
         for b in ex.books.values():
             assert b.cash >= 0 and all(q >= 0 for q in b.holdings.values())

@@ -34,13 +34,14 @@ def prices(dataset, day: str, column: str) -> dict[str, float]:
 
 
 def lot_of(dataset) -> tuple[dict[str, float], float]:
-    """The level-1 lot: quantities sized at the close of 06-01 down to the spot steps (0.000001 BTC,
-    0.00001 ETH), and its cost at the 06-02 open with fee."""
+    """The level-1 lot: quantities bought, sized at the close of 06-01 down to the spot steps
+    (0.000001 BTC, 0.00001 ETH), and its cost at the 06-02 open: the cash paid, the notionals (the
+    0.1 % taker fee is charged in the coins bought, as Bybit charges a spot buy)."""
     close, open_ = prices(dataset, "2022-06-01", "close"), prices(dataset, "2022-06-02", "open")
     rules = trading_rules()
     qty = {"BTC": rules["BTC/USDT"].floor_qty(2_500 * 0.8 / close["BTC"]),
            "ETH": rules["ETH/USDT"].floor_qty(2_500 * 0.2 / close["ETH"])}
-    return qty, sum(qty[a] * open_[a] * 1.001 for a in qty)
+    return qty, sum(qty[a] * open_[a] for a in qty)
 
 
 def test_tactical_deploys_level_one_on_the_close_of_2022_06_01_and_fills_at_the_next_open(db, dataset):
@@ -60,9 +61,9 @@ def test_tactical_deploys_level_one_on_the_close_of_2022_06_01_and_fills_at_the_
         f = fills[f"{a}/USDT"]
         assert (f.side, f.price, f.liquidity) == ("buy", open_[a], "taker")
         assert f.qty == pytest.approx(qty[a], rel=1e-12)
-        assert f.fee == pytest.approx(qty[a] * open_[a] * 0.001, rel=1e-12)
+        assert (f.fee, f.fee_asset) == (pytest.approx(qty[a] * 0.001, rel=1e-12), a)
     tac = LedgerStore(db).load_books()[Sleeve.TACTICAL]
-    assert tac.holdings == pytest.approx(qty, rel=1e-12)
+    assert tac.holdings == pytest.approx({a: q * 0.999 for a, q in qty.items()}, rel=1e-12)
     assert tac.cash == pytest.approx(5_000 - cost, rel=1e-12)
     state = LedgerStore(db).load_states()[Sleeve.TACTICAL]
     assert state["phase"] == "DEPLOYING" and state["levels_fired"] == [1]
@@ -94,16 +95,17 @@ def test_a_lot_past_its_age_goes_to_core_in_kind_once_although_the_first_commit_
     qty, cost = lot_of(dataset)
     moved = rows(db, TransferRow.to_sleeve, TransferRow.asset, TransferRow.qty,
                  where=[TransferRow.from_sleeve == "tactical"])
-    assert {(t.to_sleeve, t.asset): t.qty for t in moved} == pytest.approx(
-        {("core", "BTC"): qty["BTC"], ("core", "ETH"): qty["ETH"]}, rel=1e-12)
+    assert {(t.to_sleeve, t.asset): t.qty for t in moved} == pytest.approx(     # what the lot holds
+        {("core", "BTC"): qty["BTC"] * 0.999, ("core", "ETH"): qty["ETH"] * 0.999}, rel=1e-12)
     assert len(moved) == 2                                           # once
     (opened,) = rows(db, EventRow.data, where=[EventRow.kind == "tactical_lot_opened"])
-    # 2,500 USDT + the 0.1 % fee, less what the steps rounded off: 2,502.47
-    assert opened.data["cost_usdt"] == pytest.approx(cost, rel=1e-12) and cost == pytest.approx(2_502.47, abs=0.01)
+    # 2,500 USDT less what the steps rounded off: 2,499.97 (the 0.1 % fee was paid in the coins)
+    assert opened.data["cost_usdt"] == pytest.approx(cost, rel=1e-12) and cost == pytest.approx(2_499.97, abs=0.01)
     assert count(db, EventRow, EventRow.kind == "tactical_exit") == 1
     books = LedgerStore(db).load_books()
     assert LedgerStore(db).load_states()[Sleeve.TACTICAL]["lots"] == []
     assert not any(books[Sleeve.TACTICAL].holdings.values())
     assert books[Sleeve.TACTICAL].cash == pytest.approx(5_000 - cost, rel=1e-12)
-    assert books[Sleeve.CORE].holdings == pytest.approx({a: core_before[a] + qty[a] for a in qty}, rel=1e-12)
+    assert books[Sleeve.CORE].holdings == pytest.approx({a: core_before[a] + qty[a] * 0.999 for a in qty},
+                                                        rel=1e-12)
     assert ledger_vs_exchange(db) == EQUAL

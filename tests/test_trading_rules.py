@@ -132,8 +132,8 @@ def test_a_buy_scaled_to_the_cash_is_rounded_down_to_the_step():
     ex = PaperExchange(Settings().fees, FillPolicy.IMMEDIATE, {F: SleeveBook(F, 1_000.0)})
     ex.set_quotes({"BTC/USDT": Quote(89_999.0, 90_001.0, 90_000.0)})
     order = ex.place_order("cid", intent("BTC/USDT", 0.02, scale_to_cash=True), T0)
-    # 1,000 / (90,001 x 1.001) = 0.01109989... BTC, down to 0.011099
-    assert order.filled_qty == 0.011099 and ex.books[F].cash == pytest.approx(1_000 - 0.011099 * 90_001 * 1.001)
+    # 1,000 / 90,001 = 0.01111098... BTC (the fee is paid in BTC), down to 0.01111
+    assert order.filled_qty == 0.01111 and ex.books[F].cash == pytest.approx(1_000 - 0.01111 * 90_001)
 
 
 # --- the full four-engine backfill --------------------------------------------------------------

@@ -58,7 +58,7 @@ class Lot(BaseModel):
     opened: datetime                         # when its orders were sent (filled at the next open)
     triggers: list[str]
     planned_usdt: float
-    cost_usdt: float = 0.0                   # cash spent with fees, known once filled
+    cost_usdt: float = 0.0                   # cash spent (a fee in the coin leaves fewer coins), known once filled
     qty: dict[str, float] = {}
     partial_done: bool = False
     level: int | None = None                 # the drawdown level this deployment used

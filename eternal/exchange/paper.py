@@ -5,7 +5,9 @@ Two fill policies, one code path:
   limit fills at its limit price (the touch is assumed to trade).
 * NEXT_OPEN (replay): every order rests until `on_bar` hands over the next daily open; limits
   then fill at that open at the maker fee, market orders at the taker fee (spec, replay rules).
-Sells fill before buys in a bar, so a rebalance's sales pay for its purchases; perp orders that
+Spot fees as Bybit charges them: a buy's (qty x rate) in the coin bought, so it pays qty x price
+USDT and receives qty - fee coins (a buy scaled to the cash needs only its notional); a sell's
+in USDT. Sells fill before buys in a bar, so a rebalance's sales pay for its purchases; perp orders that
 reduce or close a position fill before those that open one, so a close frees its margin first.
 
 Perpetuals (USDT-margined, one-way, cross margin within a sleeve): leverage per (sleeve, symbol)
@@ -17,6 +19,7 @@ produce are kept in `events_fills` (unique trade ids), for our own ledger to boo
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import StrEnum
@@ -261,21 +264,27 @@ class PaperExchange(PerpDesk):
         return cancelled
 
     def _fill(self, order: ExchangeOrder, price: float, liquidity: str, ts: datetime) -> None:
+        """Fill a spot order as Bybit does: a buy pays qty x price USDT and its fee (qty x rate) in
+        the coin bought, so the book receives qty - fee coins; a sell's fee is in USDT."""
         if order.intent.market == Market.PERP:
             return self._fill_perp(order, price, liquidity, ts)
         intent, book = order.intent, self.books[order.intent.sleeve]
         rate = self.fees.spot_maker if liquidity == "maker" else self.fees.spot_taker
-        qty, scaled = intent.qty, False
+        qty = intent.qty
         if intent.side == Side.BUY:
-            cost = qty * price * (1.0 + rate)
+            cost = qty * price
             if cost > book.cash + _DUST:
                 if not intent.scale_to_cash or book.cash <= 0:
                     raise InsufficientFunds(
                         f"{intent.sleeve} cannot buy {qty:.8g} {intent.symbol} at {price:.8g}: needs "
-                        f"{cost:.2f} {QUOTE} with fees, has {book.cash:.2f} ({order.client_order_id})")
-                # scaled down to the cash, fees included, and down to the step (Bybit's qty rule)
-                qty = self._scaled_qty(order, book.cash / (price * (1.0 + rate)), price)
-                scaled = True
+                        f"{cost:.2f} {QUOTE}, has {book.cash:.2f} ({order.client_order_id})")
+                # scaled down to the cash (the fee is paid in the coin) and down to the step
+                qty = self._scaled_qty(order, book.cash / price, price)
+                if qty * price > book.cash:   # an exact fit rounded up in floats: one step less
+                    rules = self.rules.get(intent.symbol)
+                    qty = (self._scaled_qty(order, qty - rules.qty_step, price) if rules is not None
+                           else math.nextafter(qty, 0.0))
+            fee, fee_asset = qty * rate, base_of(intent.symbol)
         else:
             free = book.holdings.get(base_of(intent.symbol), 0.0)
             if qty > free + _DUST:
@@ -284,11 +293,9 @@ class PaperExchange(PerpDesk):
                     f"({order.client_order_id})")
             if qty > free:
                 qty = self._scaled_qty(order, free, price)
-        notional = qty * price
-        # a scaled buy never spends more than the cash: float rounding cannot leave it below zero
-        fee = min(notional * rate, book.cash - notional) if scaled else notional * rate
+            fee, fee_asset = qty * price * rate, QUOTE
         fill = Fill(order.client_order_id, utc(ts), intent.sleeve, intent.symbol, intent.market,
-                    intent.side, qty, price, fee, QUOTE, liquidity,
+                    intent.side, qty, price, fee, fee_asset, liquidity,
                     trade_id=f"{order.exchange_order_id}-{len(order.fills) + 1}", reason=intent.reason)
         ledger.apply_fill(book, fill)
         self._record_fill(order, fill)
