@@ -263,7 +263,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     # a deposit still waiting never arrived (one dated at `end` waits for a close the replay does not
     # reach): it is neither capital put in nor a flow to take out of the last day's return
     waiting = {(utc(d["ts"]), d["usdt"]) for d in p.deposits}
-    deposited = [d for d in deposited if (d[0], d[1]) not in waiting]
+    deposited = taken_at(sorted(d for d in deposited if (d[0], d[1]) not in waiting),
+                         sorted({t.ts for t in ledger.transfers if t.from_sleeve is None and t.reason.startswith("deposit")}))
     if bar is not None:
         bar.close()
     last_i = view.index(end - timedelta(days=1))
@@ -373,6 +374,19 @@ def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transf
                                      and t.from_sleeve == Sleeve.FUNDING and t.asset == "USDT")),
             "fees": float(t.fee.sum()) if len(t) else 0.0,
             "average_utilisation": float(np.mean(utilisation)) if utilisation else 0.0}
+
+
+def taken_at(deposits: list[tuple[datetime, float]], booked: list[datetime]) -> list[tuple[datetime, float]]:
+    """Each deposit (time it arrived, USDT) at the time it was booked into the sleeves: the first
+    booking at or after its arrival (a close that held deposits back under the kill switch books
+    them later, and its return must not count them as a gain on the day they arrived)."""
+    import bisect
+
+    out = []
+    for ts, usdt in deposits:
+        i = bisect.bisect_left(booked, ts)
+        out.append((booked[i] if i < len(booked) else ts, usdt))
+    return out
 
 
 def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
