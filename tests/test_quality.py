@@ -423,7 +423,7 @@ def _verdicts(suite: str, kind: str, frame: pd.DataFrame) -> tuple[list, list]:
     return by_numpy, by_ge
 
 
-@hsettings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@hsettings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(how=st.sampled_from(CORRUPTIONS), row=st.integers(1, 40),
        column=st.sampled_from(("open", "high", "low", "close", "volume")))
 def test_numpy_and_great_expectations_fail_the_same_candle_rules(how, row, column):
@@ -434,7 +434,7 @@ def test_numpy_and_great_expectations_fail_the_same_candle_rules(how, row, colum
     assert by_numpy == by_ge
 
 
-@hsettings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@hsettings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(how=st.sampled_from(("nan", "inf", "negative", "duplicate", "swap", "gap", "hour", "jump")),
        row=st.integers(1, 60))
 def test_numpy_and_great_expectations_fail_the_same_funding_rules(how, row):
