@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["ETERNAL_MODE"] = args.mode
         settings = load_settings()          # invalid settings stop everything, before any work
         return COMMANDS[args.command](args, settings)
+    except KeyboardInterrupt:
+        print("error: interrupted: run the command again (a flow finishes its stored plan first; an "
+              "interrupted backfill leaves no outputs in its --out)", file=sys.stderr)
+        return 130
     except EternalError as exc:
         if debug:
             import traceback

@@ -16,6 +16,8 @@ import math
 import os
 import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -96,25 +98,50 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
     out_dir = Path(out)
     if data is None:
         data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BackfillError(f"--out {out_dir} is a file, not a directory: choose a directory for the outputs")
     out_dir.mkdir(parents=True, exist_ok=True)
-    db_url = s.backfill_database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
-    if s.backfill_database_url is None and (out_dir / "backfill.db").exists():
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
-    flow_run = in_flow_run()
-    from eternal.store.db import connect
+    with _only_writer(out_dir):
+        # what an earlier run left is removed first: an interrupted run never leaves a mix of two runs
+        for name in OUTPUTS:
+            (out_dir / name).unlink(missing_ok=True)
+        db_url = s.backfill_database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
+        if s.backfill_database_url is None:
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
+        flow_run = in_flow_run()
+        from eternal.store.db import connect
 
-    bar = _ProgressArtifact(start, end) if flow_run else None
-    result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
-                                          out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
-                                          on_day=bar,
-                                          monthly_deposit=monthly_deposit_usdt)
-    if bar is not None:
-        bar.update(100.0)
-    (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
-                                              result.summary["final_equity"], result.summary["trades"])
-    write_report(result, data, s, out_dir, flow_run)
+        bar = _ProgressArtifact(start, end) if flow_run else None
+        result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
+                                              out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
+                                              on_day=bar, monthly_deposit=monthly_deposit_usdt)
+        if bar is not None:
+            bar.update(100.0)
+        (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
+                                                  result.summary["final_equity"], result.summary["trades"])
+        write_report(result, data, s, out_dir, flow_run)
     return result.summary
+
+
+OUTPUTS = ("trades.csv", "equity.csv", "summary.json", "events.csv", "report.md", "equity.png", "drawdown.png",
+           "sleeves.png")
+"""The files a backfill writes in its --out (beside its ledger, backfill.db)."""
+
+
+@contextmanager
+def _only_writer(out_dir: Path) -> Iterator[None]:
+    """One backfill at a time per output directory: an exclusive lock on OUT/.backfill.lock, held
+    until the job ends (the OS releases it when the process dies); a second one is refused at once."""
+    import fcntl
+
+    with open(out_dir / ".backfill.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackfillError(f"another backfill is writing to {out_dir}: wait for it to end, or give "
+                                "another --out") from None
+        yield
 
 
 def _run_logger():

@@ -247,3 +247,64 @@ def test_a_buy_the_cash_cannot_cover_at_the_fill_price_is_scaled_down_and_report
     assert r.equity["core"].iloc[0] > 0
     scaled = [e for e in r.events if e.kind == "order_scaled_to_cash"]
     assert len(scaled) == 1 and "ETH/USDT" in scaled[0].message and scaled[0].level == "warning"
+
+
+def _cli(tmp_path, *argv):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "DO_NOT_TRACK": "1"}
+    return subprocess.Popen([sys.executable, "-m", "eternal.cli", "backfill", *argv, "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_second_backfill_into_the_same_out_is_refused_while_the_first_writes(shared_data, tmp_path):
+    # the first holds OUT/.backfill.lock (here this test holds it, as a running backfill would)
+    import fcntl
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".backfill.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = _cli(tmp_path, "--engines", "core", "--start", "2023-01-01", "--end", "2023-02-01",
+                      "--data-dir", str(shared_data), "--out", str(out))
+        _, err = second.communicate(timeout=600)
+    assert second.returncode == 2
+    assert err.strip().splitlines() == [f"error: another backfill is writing to {out}: wait for it to end, "
+                                        "or give another --out"]
+    assert not (out / "backfill.db").exists()
+
+
+def test_a_backfill_killed_mid_run_leaves_none_of_the_previous_runs_outputs(shared_data, tmp_path):
+    # a finished run's outputs in OUT, then a longer run into it killed (SIGKILL) once its ledger
+    # exists: the old report.md must not stay beside the new, partial ledger as if it were its report
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    first = _cli(tmp_path, "--engines", "core", "--start", "2023-01-01", "--end", "2023-02-01",
+                 "--data-dir", str(shared_data), "--out", str(out))
+    assert first.wait(timeout=600) == 0 and (out / "report.md").exists()
+    started = time.time_ns()
+    time.sleep(0.01)
+    second = _cli(tmp_path, "--start", "2020-09-14", "--end", "2026-01-01", "--data-dir", str(shared_data),
+                  "--out", str(out))
+
+    def new_ledger() -> bool:                   # the second run's own backfill.db (created after it started)
+        try:
+            return (out / "backfill.db").stat().st_ctime_ns > started
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 600
+    while not new_ledger() and second.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second.send_signal(signal.SIGKILL)
+    second.wait(timeout=60)
+    assert second.returncode == -signal.SIGKILL           # killed mid-run, not finished
+    assert not [n for n in ("report.md", "summary.json", "trades.csv", "equity.csv", "equity.png")
+                if (out / n).exists()]
+    rerun = _cli(tmp_path, "--engines", "core", "--start", "2023-01-01", "--end", "2023-02-01",
+                 "--data-dir", str(shared_data), "--out", str(out))
+    assert rerun.wait(timeout=600) == 0 and (out / "report.md").exists()
