@@ -13,7 +13,7 @@ SHARED_DATA := $(abspath ../shared/data)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test install clean bench peers server serve chaos
+.PHONY: demo test slow install clean bench peers server serve chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ chaos: install
 
 # Orders per second, then issue 15's figures against their targets, one table at the end
 # (BENCH_RUNS, 3; BENCH_PAIRS, 5; BENCH_PARTS picks parts; benchmarks/backfill.py runs peers.py).
+# Integration runs of a minute or more, left out of `make test` (prefect deploy --all with a worker
+# running every deployment; the 6-day Bybit parity, which the 60-day one in `make chaos` extends).
+slow: install
+	$(BIN)/python -m pytest -m slow
+
 bench: install
 	$(BIN)/python benchmarks/orders.py
 	$(BIN)/python benchmarks/bybit_orders.py

@@ -135,6 +135,7 @@ def check(fills, equity, funding, halted, backfill, end, days: int, engine=None)
             "equity": (float(live_eq.loc[common[-1]].sum()), float(replay_eq.loc[common[-1]].sum()))}
 
 
+@pytest.mark.slow         # the 60 days below prove more; `make slow` and `make chaos` run it
 def test_six_days_of_the_flows_on_bybit_trade_like_the_backfill_on_paper(demo, dataset):
     result = check(*parity(demo, dataset, 6), days=6, engine=demo[1])
     print(f"\nBybit parity over 6 days: {result}")

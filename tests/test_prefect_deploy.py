@@ -14,7 +14,9 @@ from eternal.store.db import connect
 from eternal.store.ledger import LedgerStore
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.db, pytest.mark.flow]
+# `make slow`: about 70 s of subprocesses (prefect deploy, a worker, five flow runs) on one test
+# worker; tests/test_deployments.py checks prefect.yaml against the served deployments in `make test`
+pytestmark = [pytest.mark.db, pytest.mark.flow, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 
 
