@@ -16,7 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from eternal.config import ENV_PREFIX, load_settings  # noqa: E402
-from eternal.errors import EternalError  # noqa: E402
+from eternal.errors import ConfigError, EternalError  # noqa: E402
 from eternal.models import UTC, utc  # noqa: E402
 from eternal.secrets import SecretUrl, register, reveal, scrub  # noqa: E402
 
@@ -201,7 +201,8 @@ _UNDO: list = []
 
 
 def _quiet_prefect_failures(args) -> None:
-    """Before a command starts a flow (unless --debug): filter Prefect's console handlers, set up
+    """Before a command starts a flow (unless --debug): Prefect's console handlers show warnings and
+    errors only, and not its reports of a failed run (the CLI says it in one line); they are set up
     when prefect is imported (so not before: a command without a flow never pays that import),
     until the command ends."""
     if args.debug:
@@ -213,12 +214,15 @@ def _quiet_prefect_failures(args) -> None:
                                       if isinstance(lg, logging.Logger))]
     handlers = {h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)}
     f = _NoFailureReports()
+    levels = {h: h.level for h in handlers}
     for h in handlers:
         h.addFilter(f)
+        h.setLevel(max(h.level, logging.WARNING))   # Prefect's INFO lines (servers, runs) only with --debug
 
     def undo() -> None:
         for h in handlers:
             h.removeFilter(f)
+            h.setLevel(levels[h])
     _UNDO.append(undo)
 
 
@@ -319,6 +323,9 @@ def cmd_backfill(args, s) -> int:
     from eternal.replay import check_window, parse_sleeves
 
     # refused here, before a Prefect flow run starts: a bad --engines, a window outside the data
+    if args.engines is not None and not args.engines.strip(" ,"):
+        raise EternalError("--engines is empty: name sleeves (core, trend-1, trend-2, trend, funding, tactical), "
+                           "or leave --engines out for the whole portfolio")
     sleeves = parse_sleeves(args.engines)
     data = None
     if args.start or args.end:
@@ -354,7 +361,15 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
     from tasks.backfill import prefect_configured, run_job
 
     if not prefect_configured():
-        return run_job(**params, progress_bar=progress_bar, data=data)    # the data read once
+        from eternal.store.db import DatabaseUnavailable
+
+        try:
+            return run_job(**params, progress_bar=progress_bar, data=data)    # the data read once
+        except (ConfigError, DatabaseUnavailable) as exc:
+            if args.database_url is None:
+                raise
+            # the URL came from --database-url (passed on as a setting): name what the user typed
+            raise type(exc)(str(exc).replace("ETERNAL_DATABASE_URL", "--database-url")) from None
     _quiet_prefect_failures(args)
     from flows.backfill import PROGRESS_BAR, backfill
 

@@ -194,6 +194,15 @@ def test_date_arguments_are_read_as_utc():
         2024, 1, 5, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("engines", ["", " , "])
+def test_backfill_with_empty_engines_is_refused_not_read_as_the_whole_portfolio(engines, capsys, tmp_path):
+    code, out, err = _run(["backfill", "--engines", engines], capsys)
+    assert code == 2 and out == "" and err.strip().splitlines() == [
+        "error: --engines is empty: name sleeves (core, trend-1, trend-2, trend, funding, tactical), or leave "
+        "--engines out for the whole portfolio"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_backfill_unknown_engine_exits_2_naming_it_before_any_flow_runs(capsys, tmp_path):
     code, out, err = _run(["backfill", "--engines", "core,nosuch"], capsys)
     assert code == 2 and out == ""
@@ -460,3 +469,16 @@ def test_status_on_an_empty_database_says_there_is_no_portfolio_yet(db_file, cap
     assert code == 0
     assert out.splitlines() == [f"mode: paper   database: sqlite:///{db_file}",
                                 "no portfolio yet: run `eternal run daily` to start one"]
+
+
+@pytest.mark.parametrize("url, said", [
+    ("garbage://x", "--database-url='garbage://x' cannot be used"),
+    ("postgresql+psycopg2://bob:hunter2@127.0.0.1:1/db", "Start it or fix --database-url."),
+])
+def test_a_bad_backfill_database_url_is_one_line_naming_the_flag_typed(url, said, capsys, tmp_path):
+    code, out, err = _run(["backfill", "--engines", "core", "--start", "2023-01-01", "--end", "2023-02-01",
+                           "--data-dir", str(DATA), "--out", str(tmp_path / "out"), "--database-url", url,
+                           "--no-progress"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and said in lines[0], err
+    assert "hunter2" not in err and "ETERNAL_DATABASE_URL" not in err

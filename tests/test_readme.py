@@ -80,7 +80,7 @@ def test_the_parser_resolves_the_readmes_notation():
     lines = readme_lines((ROOT / "README.md").read_text())
     by_text = {ln.text: ln for ln in lines}
     backfill = next(ln for ln in lines if ln.argv[1:2] == ["backfill"])
-    assert backfill.argv == ["eternal", "backfill", "--start", "2020-09-14", "--end", "2025-01-01",
+    assert backfill.argv == ["eternal", "backfill", "--start", "2023-01-01", "--end", "2025-01-01",
                              "--data-dir", "../shared/data", "--out", "out/backfill"]
     alt = next(ln for ln in lines if ln.env)
     assert alt.env == {"ETERNAL_DATA_DIR": "../shared/data"} and alt.argv[:3] == ["eternal", "run", "daily"]
@@ -161,7 +161,8 @@ def _check(ln: Line, code: int, out: str, err: str, ledger, seen: set[str]) -> N
         assert ledger().risk.kill_switch is None, (where, out)
     elif a[0] == "backfill":
         out_dir = Path(a[a.index("--out") + 1])
-        assert re.search(r"^window\s+2020-09-14 \.\. 2025-01-01", out, re.M) and "final equity" in out, (where, out)
+        window = f"{a[a.index('--start') + 1]} .. {a[a.index('--end') + 1]}"
+        assert re.search(rf"^window\s+{re.escape(window)}", out, re.M) and "final equity" in out, (where, out)
         assert (out_dir / "report.md").read_text().startswith("#")
     elif a[0] == "sweep":
         out_dir = Path(a[a.index("--out") + 1]) if "--out" in a else Path("out/sweep")

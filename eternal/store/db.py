@@ -57,7 +57,8 @@ def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
             pass
     except OperationalError as exc:
         raise DatabaseUnavailable(scrub(
-            f"database {_safe(url)} is unreachable: {exc.orig}. Start it or fix ETERNAL_DATABASE_URL."
+            f"database {_safe(url)} is unreachable: {' '.join(str(exc.orig).split())}. Start it or fix "
+            "ETERNAL_DATABASE_URL."
         )) from None
     if migrate:
         ensure_schema(engine)
