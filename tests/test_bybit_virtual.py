@@ -58,6 +58,7 @@ def account_vs_ledger(emu, engine) -> list[str]:
     return account_differences([p.books[s] for s in sleeves], theirs, marks)
 
 
+@pytest.mark.slow     # 4 days of flows against the emulator (~23 s); `make slow`, and `make chaos` runs this file
 def test_five_virtual_sleeves_on_one_account_trade_like_the_backfill_and_each_stop_is_its_own_order(
         one_account, dataset):
     """2021-02-01..04 on one account: the same orders per sleeve as the paper backfill, every
