@@ -108,6 +108,7 @@ class MemoryLedger:
         self.transfers: list[Transfer] = []
         self.payments: list[FundingPayment] = []
         self.equity: list[dict] = []
+        self.deposits_taken: list[tuple[datetime, float]] = []   # (the event that took it, USDT)
 
     def load(self) -> Portfolio | None:
         return self.portfolio
@@ -134,6 +135,7 @@ class MemoryLedger:
         self.transfers += batch.transfers
         self.payments += batch.payments
         self.equity += batch.equity
+        self.deposits_taken += [(batch.due.ts, d["usdt"]) for d in batch.deposits_taken]
 
 
 MAX_USDT = 1e12
@@ -249,22 +251,17 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     driver = Driver(view, exchange, ledger, settings, sleeves, orchestrated=orchestrated, on_close=after_close,
                     deposit_shares=shares, simulate_resume=True, breakers_on=orchestrated)
     p = driver.open(capital, shares, start)
-    deposited: list[tuple[datetime, float]] = []
     if monthly_deposit > 0:
         month = datetime(start.year, start.month, 1, tzinfo=start.tzinfo)
         while (month := (month + timedelta(days=32)).replace(day=1)) <= end:
             p.deposits.append({"ts": month.isoformat(), "usdt": monthly_deposit,
                                "reference": f"monthly {month:%Y-%m}"})
-            deposited.append((month, monthly_deposit))
     for n, (ts, usdt) in enumerate(deposits or ()):
         p.deposits.append({"ts": utc(ts).isoformat(), "usdt": usdt, "reference": f"deposit {n}"})
-        deposited.append((utc(ts), usdt))
     driver.run(p, Due(end, Kind.CLOSE).key)
-    # a deposit still waiting never arrived (one dated at `end` waits for a close the replay does not
-    # reach): it is neither capital put in nor a flow to take out of the last day's return
-    waiting = {(utc(d["ts"]), d["usdt"]) for d in p.deposits}
-    deposited = taken_at(sorted(d for d in deposited if (d[0], d[1]) not in waiting),
-                         sorted({t.ts for t in ledger.transfers if t.from_sleeve is None and t.reason.startswith("deposit")}))
+    # the deposits as the driver took them, at the close that booked each (one the kill switch held
+    # back counts on that later close; one still waiting at the end never arrived)
+    deposited = ledger.deposits_taken
     if bar is not None:
         bar.close()
     last_i = view.index(end - timedelta(days=1))
@@ -374,19 +371,6 @@ def funding_summary(trades: pd.DataFrame, payments: list[FundingPayment], transf
                                      and t.from_sleeve == Sleeve.FUNDING and t.asset == "USDT")),
             "fees": float(t.fee.sum()) if len(t) else 0.0,
             "average_utilisation": float(np.mean(utilisation)) if utilisation else 0.0}
-
-
-def taken_at(deposits: list[tuple[datetime, float]], booked: list[datetime]) -> list[tuple[datetime, float]]:
-    """Each deposit (time it arrived, USDT) at the time it was booked into the sleeves: the first
-    booking at or after its arrival (a close that held deposits back under the kill switch books
-    them later, and its return must not count them as a gain on the day they arrived)."""
-    import bisect
-
-    out = []
-    for ts, usdt in deposits:
-        i = bisect.bisect_left(booked, ts)
-        out.append((booked[i] if i < len(booked) else ts, usdt))
-    return out
 
 
 def summarise(equity: pd.DataFrame, trades: pd.DataFrame, capital: float, start: datetime,
