@@ -8,7 +8,8 @@ and of the replay's capital rules (`eternal/replay.py`, `eternal/driver.py`, the
 * decisions on the close of day D, market orders filled at the open of D+1 at the taker fee;
 * a stop set at the close of D is a resting stop order for D+1's bar (a long's fills at
   min(open, stop), a short's at max(open, stop): backtrader's own stop order does exactly that);
-  an entry carries no stop on its fill day, as in the replay;
+  an entry carries its hard stop (decision close -/+ 2 ATR) from its fill on, as in the replay
+  (a stop order sent right after the entry's market order);
 * funding settlements of day D (a side table read from the data dir's funding CSVs) are paid at
   D's open price on the position held at the settlement: the 00:00 one on the position before
   D's open fills, the later ones on the position after them (stops of D count at the close);
@@ -246,7 +247,14 @@ class Trend(bt.Strategy):
                 continue
             st.side, st.entry_atr = ("long" if long_signal else "short"), atr
             st.trail, st.trail_active, st.extreme = None, False, None
+            # the hard stop goes out with the entry, at the decision close -/+ 2 ATR, as a stop order
+            # sent right after it: the broker fills the entry at the next open first, then checks
+            # that bar against the stop (a bracket's stop child would only rest from the bar after)
+            stop = close - p.hard_stop_atr * atr if long_signal else close + p.hard_stop_atr * atr
             (self.buy if long_signal else self.sell)(data=d, size=qty).addinfo(reason="entry")
+            st.stop_order = (self.sell if long_signal else self.buy)(data=d, size=qty, exectype=bt.Order.Stop,
+                                                                     price=stop)
+            st.stop_order.addinfo(reason="hard_stop")
             st.phase = "ENTERING"
 
     def size(self, name: str, equity: float, close: float, atr: float) -> float:

@@ -153,11 +153,34 @@ def test_a_perp_fill_booked_by_a_later_run_carries_the_leverage_bybit_holds(emu,
     assert book_differences(ours, later.books[T1]) == []
 
 
-def test_a_stop_for_a_position_the_venue_already_closed_is_nothing_to_do(emu, venue):
-    """Bybit answers 10001 "can not set tp/sl/ts for zero position": a stored plan moving a stop
-    whose position a stop fill closed since must not fail every later run."""
-    venue.set_stop(T1, "ETH/USDT:USDT", StopLevel(2_000.0, "hard_stop"))
-    assert (T1, "ETH/USDT:USDT") not in venue.stops
+def test_a_stop_set_while_flat_goes_out_with_the_entry_as_its_stop_loss(emu, venue):
+    """Bybit answers 10001 "can not set tp/sl/ts for zero position" to a trading stop while flat.
+    That is not a failure (a stored plan whose position a stop closed since must not fail every
+    later run): the level waits for the entry, which carries it as `stopLoss`. TREND-1's long
+    0.5 ETH at 2,352.04 then holds the stop 2,200 from its fill, and a fall to 2,190 closes it at
+    the venue (a "CreateByStopLoss" order) before any trading stop was set."""
+    venue.set_stop(T1, "ETH/USDT:USDT", StopLevel(2_200.0, "hard_stop"))
+    assert venue.stops[(T1, "ETH/USDT:USDT")] == StopLevel(2_200.0, "hard_stop")
+    venue.set_leverage(T1, "ETH/USDT:USDT", 2.0)
+    cid = client_order_id("daily-close", NOW, T1, "entry:ETH")
+    venue.place_order(cid, buy(T1, "ETH/USDT:USDT", 0.5, leverage=2.0), NOW)
+    account = emu.account(venue.clients[T1].apiKey)
+    assert account.positions["ETHUSDT"].size == 0.5 and account.positions["ETHUSDT"].stop_loss == 2_200.0
+    emu.set_price("ETHUSDT", 2_190.0, category="linear")
+    assert account.positions["ETHUSDT"].size == 0.0
+    [stop] = [o for o in orders_at(emu, venue, T1) if o.create_type == "CreateByStopLoss"]
+    assert stop.side == "Sell" and stop.qty == 0.5 and stop.status == "Filled"
+
+
+def test_an_entry_whose_stop_loss_is_on_the_wrong_side_is_refused(emu, venue):
+    """Bybit refuses a long whose stopLoss is above the price (10001): the order is not sent twice
+    and no position opens."""
+    venue.set_stop(T1, "ETH/USDT:USDT", StopLevel(2_500.0, "hard_stop"))
+    venue.set_leverage(T1, "ETH/USDT:USDT", 2.0)
+    with pytest.raises(OrderRefused, match="StopLoss"):
+        venue.place_order("t1-wrong-side", buy(T1, "ETH/USDT:USDT", 0.5, leverage=2.0), NOW)
+    assert emu.account(venue.clients[T1].apiKey).positions.get("ETHUSDT") is None or \
+        emu.account(venue.clients[T1].apiKey).positions["ETHUSDT"].size == 0.0
 
 
 def test_withdrawals_suspended_are_read_from_fetch_currencies(emu, venue):

@@ -227,26 +227,25 @@ def august_2024(db_url, dataset, monkeypatch, prefect_harness):
 BTC_PERP = PERP_SYMBOLS["BTC"]
 
 
-def test_a_trend_stop_kept_at_the_exchange_fires_on_the_days_range_and_is_booked_once(august_2024, dataset,
-                                                                                     monkeypatch):
-    """TREND-2 decides a BTC short on the close of 2024-08-07; it fills at the open of 08-08,
-    55,102.90. The close of 08-08 sets its hard stop at the exchange, fill + 2 ATR(08-07) =
-    61,467.15, which 08-08's own high (62,737.20) never tests: the stop did not exist that day.
-    08-09 opens at 61,659.80, through the stop: the exchange fills it at that open, on 08-09's
-    range, and the close of 08-09 books it, once, although our first commit of that close fails."""
+def test_a_trend_stop_sent_with_the_entry_fires_on_the_fill_days_range_and_is_booked_once(august_2024, dataset,
+                                                                                          monkeypatch):
+    """TREND-2 decides a BTC short on the close of 2024-08-07 (55,102.90) and sends its hard stop
+    with the entry: that close + 2 ATR(08-07) = 61,467.15. The entry fills at the open of 08-08,
+    55,102.90, guarded from that fill on: 08-08's own high (62,737.20) reaches the stop, the
+    exchange fills it at its level on 08-08's range, and the close of 08-08 books it, once,
+    although our first commit of that close fails. (When stops were only set at the first close
+    after the fill, this position lived through 08-08 and was stopped at 08-09's open, 61,659.80.)"""
     db, perp = august_2024, dataset.daily(BTC_PERP)
     daily("2024-08-08T00:05:00Z")
     pos = LedgerStore(db).load_books()[Sleeve.TREND_2].perps[BTC_PERP]
     assert pos.qty < 0 and pos.entry_price == float(perp.loc["2024-08-08", "open"]) == 55_102.9
-
-    daily("2024-08-09T00:05:00Z")
     stop = open_paper_exchange(db, load_settings().fees).stops[(Sleeve.TREND_2, BTC_PERP)]
     m = perp_market("BTC", BTC_PERP, perp[(perp.index >= "2023-08-01") & (perp.index < "2024-08-12")])
     atr_0807 = float(m.atr[m.index_of(utc("2024-08-07"))])
+    assert float(perp.loc["2024-08-07", "close"]) == 55_102.9
     assert stop.reason == "hard_stop" and stop.price == pytest.approx(55_102.9 + 2 * atr_0807, rel=1e-12)
     assert stop.price == pytest.approx(61_467.15, abs=0.01)
-    assert stop.price < float(perp.loc["2024-08-08", "high"]) == 62_737.2
-    assert LedgerStore(db).load_books()[Sleeve.TREND_2].perps[BTC_PERP].qty == pos.qty     # survived 08-08
+    assert float(perp.loc["2024-08-08", "open"]) < stop.price < float(perp.loc["2024-08-08", "high"]) == 62_737.2
 
     original, failed = SqlLedger.commit, []
 
@@ -257,14 +256,14 @@ def test_a_trend_stop_kept_at_the_exchange_fires_on_the_days_range_and_is_booked
         return original(self, p, batch)
 
     monkeypatch.setattr(SqlLedger, "commit", commit_lost_once)
-    report = daily("2024-08-10T00:05:00Z")
-    assert failed == ["2024-08-10T00:00:00|0"] and report["finished_plan"] == failed[0]   # the close of 08-09
-    assert report["closes"] == ["2024-08-09"]
+    report = daily("2024-08-09T00:05:00Z")
+    assert failed == ["2024-08-09T00:00:00|0"] and report["finished_plan"] == failed[0]   # the close of 08-08
+    assert report["closes"] == ["2024-08-08"]
     fired = rows(db, FillRow.ts, FillRow.sleeve, FillRow.side, FillRow.qty, FillRow.price,
                  where=[FillRow.reason == "hard_stop"])
-    assert [(utc(f.ts), f.sleeve, f.side, f.price) for f in fired] == [(utc("2024-08-09"), "trend-2", "buy", 61_659.8)]
+    assert [(utc(f.ts), f.sleeve, f.side) for f in fired] == [(utc("2024-08-08"), "trend-2", "buy")]
+    assert fired[0].price == pytest.approx(stop.price, rel=1e-12)       # inside the day's range: at the stop
     assert fired[0].qty == pytest.approx(-pos.qty, rel=1e-12)
-    assert float(perp.loc["2024-08-09", "open"]) == 61_659.8 > stop.price      # a gap fills at the open
     assert count(db, EventRow, EventRow.kind == "stop_filled", EventRow.sleeve == "trend-2") == 1
     assert ledger_vs_exchange(db) == EQUAL
 

@@ -89,8 +89,8 @@ def fills(r, on: str, reason: str) -> pd.DataFrame:
 def test_may_2021_l3_closes_trend_and_funding_then_l4_sells_everything_and_only_a_resume_lifts_it(crashes):
     r, seen = crashes
     l3, l4 = escalation(r, "2021-05-20"), escalation(r, "2021-05-24")
-    assert (l3["from"], l3["to"]) == (2, 3) and l3["drawdown"] == pytest.approx(0.2436, abs=5e-5)
-    assert (l4["from"], l4["to"]) == (3, 4) and l4["drawdown"] == pytest.approx(0.27697, abs=5e-5)
+    assert (l3["from"], l3["to"]) == (2, 3) and l3["drawdown"] == pytest.approx(0.2435, abs=5e-5)   # 0.2436 before TREND's stop went out with the entry
+    assert (l4["from"], l4["to"]) == (3, 4) and l4["drawdown"] == pytest.approx(0.27683, abs=5e-5)   # 0.27697 before the stop at entry
     # L3: TREND-2's BTC short bought back at the next open; no TREND or FUNDING perp after that close
     assert set(fills(r, "2021-05-20", "breaker_l3").sleeve) == {"trend-2"}
     assert all(not seen["2021-05-20"]["perps"][s] for s in (T1, T2))
@@ -111,8 +111,10 @@ def test_may_2021_l3_closes_trend_and_funding_then_l4_sells_everything_and_only_
     # the stand-in operator resumes 30 days later; the high-water mark is re-based there
     assert [x["at"] for x in r.summary["breakers"]["resumes"] if x["from"] == 4][0] == "2021-06-23"
     assert seen["2021-06-22"]["level"] == 0 and seen["2021-06-22"]["hwm"] == seen["2021-06-22"]["unit_value"]
-    # 3.3911 with every spot buy's fee paid in USDT: paid in the coins, it rose with them in the bull run
-    assert seen["2021-05-22"]["hwm"] == pytest.approx(3.3902, abs=5e-5)
+    # 3.3911 with every spot buy's fee paid in USDT: paid in the coins, it rose with them in the bull
+    # run; 3.3902 before TREND's stop went out with its entry (four entries of January and February
+    # 2021 are stopped on their fill day now)
+    assert seen["2021-05-22"]["hwm"] == pytest.approx(3.3810, abs=5e-5)
     back = t[t.timestamp.str.startswith("2021-06-23") & (t.sleeve == "core") & (t.side == "buy")]
     assert set(back.symbol) == {"BTC/USDT", "ETH/USDT"}          # CORE buys its targets back
 
@@ -121,8 +123,9 @@ def test_june_2022_climbs_l1_l2_l3_with_sizes_cut_then_entries_refused_then_posi
     r, seen = crashes
     steps = [(e["from"], e["to"], round(e["drawdown"], 4)) for e in r.summary["breakers"]["escalations"]
              if "2022-06-13" <= e["at"] <= "2022-06-19"]
-    # (0.1437, 0.1887, 0.2168 with every spot buy's fee paid in USDT; now in the coins, as on Bybit)
-    assert steps == [(0, 1, 0.1436), (1, 2, 0.1885), (2, 3, 0.2165)]
+    # (0.1437, 0.1887, 0.2168 with every spot buy's fee paid in USDT; now in the coins, as on Bybit;
+    # L3 0.2165 before TREND's hard stop went out with its entry)
+    assert steps == [(0, 1, 0.1436), (1, 2, 0.1885), (2, 3, 0.2166)]
     ev = [e for e in r.events if e.kind in ("risk_reduced", "risk_refused")
           and utc("2022-06-14") <= e.ts <= utc("2022-06-19") and e.data["rule"].startswith("breaker")]
     # L1 (06-14): TREND's entries cut to 0.75, and to a quarter of that after the L4 resume of
@@ -144,10 +147,12 @@ def test_ftx_week_jumps_from_l1_to_l3_in_one_close(crashes):
     r, seen = crashes
     assert escalation(r, "2022-11-09")["to"] == 1
     jump = escalation(r, "2022-11-10")
-    assert (jump["from"], jump["to"]) == (1, 3) and jump["drawdown"] == pytest.approx(0.2005, abs=5e-5)   # 0.2006 with fees in USDT
+    assert (jump["from"], jump["to"]) == (1, 3) and jump["drawdown"] == pytest.approx(0.2004, abs=5e-5)
+    # (0.2006 with fees in USDT, 0.2005 before TREND's hard stop went out with its entry)
     closed = fills(r, "2022-11-10", "breaker_l3")
     assert set(zip(closed.sleeve, closed.symbol)) == {("trend-1", "ETH/USDT:USDT"), ("trend-2", "ETH/USDT:USDT")}
-    assert seen["2022-11-09"]["perps"][T1] == {"ETH/USDT:USDT": pytest.approx(-0.13)}
+    # -0.13 before TREND's stop went out with the entry: TREND-1's equity, and so its size, moved
+    assert seen["2022-11-09"]["perps"][T1] == {"ETH/USDT:USDT": pytest.approx(-0.14)}
     assert not seen["2022-11-10"]["perps"][T1] and not seen["2022-11-10"]["perps"][T2]
 
 

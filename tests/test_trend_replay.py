@@ -23,21 +23,24 @@ def trend_2_aug_2024(dataset):
                         sleeves=parse_sleeves("trend-2"), capital=100_000.0, progress=False)
 
 
-def test_a_stop_gapped_through_overnight_fills_at_the_open_not_the_stop(trend_2_aug_2024, dataset):
-    """TREND-2 shorted BTC at the 2024-08-08 open (55,102.90); BTC closed that day at 61,659.80,
-    above the hard stop, but stops apply from the day after the fill: on 08-09 the stop fills at
-    max(open, stop) = the open."""
+def test_the_hard_stop_goes_out_with_the_entry_and_guards_the_fill_day(trend_2_aug_2024, dataset):
+    """TREND-2 shorted BTC at the 2024-08-08 open (55,102.90, 08-07's close). The hard stop went out
+    with the entry (Bybit: the order's stopLoss) at that close + 2 x ATR(08-07) = 61,467.15, and
+    08-08's high of 62,737.20 reached it: the stop bought back that same day at its level, not at
+    08-09's open of 61,659.80 as when stops were only set at the first close after the fill. The
+    engine, finding the entry flat at its next close, says the stop closed it on its fill day."""
     t = trend_2_aug_2024.trades
     btc = dataset.daily("BTC/USDT:USDT")
     entry = t[(t.symbol == "BTC/USDT:USDT") & (t.reason == "entry")].iloc[0]
     stop = t[(t.symbol == "BTC/USDT:USDT") & (t.reason == "hard_stop")].iloc[0]
     assert entry.timestamp.startswith("2024-08-08") and entry.price == btc.loc["2024-08-08", "open"] == 55_102.9
-    assert stop.timestamp.startswith("2024-08-09") and stop.side == "buy"
-    level = next(e for e in trend_2_aug_2024.events if "STOPPED_OUT" in e.message).message
-    stop_level = float(level.split("stop at ")[1].split(" ")[0])
-    atr_0807 = 2 * (stop_level - 55_102.9)                  # hard stop = fill + 2 x ATR(decision day)
-    assert atr_0807 > 0 and btc.loc["2024-08-08", "high"] > stop_level   # crossed on the fill day ...
-    assert stop.price == btc.loc["2024-08-09", "open"] == 61_659.8 > stop_level   # ... filled at the gap
+    assert btc.loc["2024-08-07", "close"] == 55_102.9
+    assert stop.timestamp.startswith("2024-08-08") and stop.side == "buy" and stop.qty == entry.qty
+    assert stop.price == pytest.approx(61_467.15, abs=0.005)
+    assert btc.loc["2024-08-08", "open"] < stop.price < btc.loc["2024-08-08", "high"] == 62_737.2
+    said = [e.message for e in trend_2_aug_2024.events if "STOPPED_OUT" in e.message and "BTC" in e.message]
+    assert said[0] == ("BTC: ENTERING -> STOPPED_OUT: stop at 61467.15 (hard_stop), sent with the entry, "
+                       "closed the position on its fill day")
 
 
 def test_entries_and_exits_fill_at_the_next_open_with_the_taker_fee(trend_2_aug_2024, dataset):

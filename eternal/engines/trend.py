@@ -1,10 +1,13 @@
 """TREND (spec chapter 3): BTC and ETH perpetuals on SMA/ADX/ATR rules, one state machine per asset.
 
 Decisions on the close of day D, fills at the open of D+1. Stops are levels handed to the exchange
-(a reduce-only stop kept in step each cycle); the replay checks them intraday. Pure: no I/O.
+(a reduce-only stop kept in step each cycle); the replay checks them intraday. The hard stop is
+sent with the entry (decision close -/+ hard_stop_atr x ATR), so the position is guarded from its
+fill on; the first close after the fill re-anchors it at the fill's price. Pure: no I/O.
 
   SCANNING -> SIGNAL_DETECTED -> ENTERING -> IN_POSITION -> EXITING -> SCANNING
   IN_POSITION -> STOPPED_OUT | TRAILING_STOP -> SCANNING      (the exchange's stop fired)
+  ENTERING -> STOPPED_OUT -> SCANNING                         (stopped on the fill day)
   SCANNING <-> NO_TRADE                                       (no-trend breaker)
 """
 from __future__ import annotations
@@ -96,6 +99,12 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
             if pos is not None:
                 st.opened_at, st.extreme_close = pos.opened_at, None
                 move("IN_POSITION", f"{st.side} {abs(pos.qty):.6g} filled at {pos.entry_price:.2f}")
+            elif st.stop is not None and (float(market.low[i]) <= st.stop if st.side == "long"
+                                          else float(market.high[i]) >= st.stop):
+                # the stop sent with the entry closed the position on its fill day
+                move("STOPPED_OUT", f"stop at {st.stop:.2f} ({st.stop_reason}), sent with the entry, "
+                     "closed the position on its fill day")
+                move("SCANNING", "flat after the stop")
             else:
                 move("SCANNING", "entry order did not fill", "warning")
         elif st.phase == "EXITING" and pos is None:
@@ -189,6 +198,11 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
              f"SMA{params.slow_sma} {sma_s:.2f}, ADX {adx:.1f}")
         st.side, st.entry_atr, st.decided_day = side, atr, snap.day
         st.trail, st.trail_active, st.extreme_close = None, False, None
+        # the hard stop goes out with the entry (Bybit: the order's stopLoss), anchored at the
+        # decision close until the fill's price is known; the next close moves it to the fill's
+        st.stop = close - params.hard_stop_atr * atr if long_signal else close + params.hard_stop_atr * atr
+        st.stop_reason = ExitReason.HARD_STOP
+        stops[symbol] = StopLevel(st.stop, st.stop_reason)
         intents.append(OrderIntent(sleeve, symbol, Market.PERP, Side.BUY if long_signal else Side.SELL, qty,
                                    OrderType.MARKET, "entry", f"entry:{asset}",
                                    leverage=params.max_leverage))

@@ -322,6 +322,13 @@ class BybitExchange:
                 raise DuplicateOrder(f"{client_order_id}: Bybit says the id was used, but no such order is "
                                      "found") from None
             return found
+        except ccxt.BadRequest as exc:
+            if "stoploss" not in str(exc).lower() or _uncertain(exc):
+                raise ExchangeError(f"sending {client_order_id}: {type(exc).__name__}: {str(exc)[:200]}") from None
+            # the price passed the entry's stop since the decision: the position would be stopped out
+            # at once; its engine sees at its next close that nothing filled
+            raise OrderRefused(f"Bybit refused {client_order_id} ({intent.symbol} {intent.side} {intent.qty:.8g}): "
+                               f"the price is past its stop loss {params.get('stopLoss')}: {str(exc)[:160]}") from None
         except ccxt.BaseError as exc:
             if not _uncertain(exc):
                 raise ExchangeError(f"sending {client_order_id}: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -634,10 +641,14 @@ class BybitExchange:
         except ExchangeError as exc:
             if "zero position" not in str(exc):
                 raise
-            # no position left at the venue (its stop or a liquidation closed it since the plan was
-            # made): nothing to protect; the journal books the close (found by the chaos run: a
-            # stored plan failed on this at every later run)
-            self.stops.pop((sleeve, symbol), None)
+            # no position at the venue: either the stop of an entry about to be sent (kept: `_send`
+            # attaches it as the order's stopLoss), or its stop or a liquidation closed the position
+            # since the plan was made (the journal books the close; a stored plan failed on this at
+            # every later run, found by the chaos run)
+            if level is None:
+                self.stops.pop((sleeve, symbol), None)
+            else:
+                self.stops[(sleeve, symbol)] = level
             return
         if level is None:
             self.stops.pop((sleeve, symbol), None)

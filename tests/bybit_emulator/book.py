@@ -55,6 +55,7 @@ class Order:
     create_type: str = "CreateByUser"
     trigger_price: float | None = None     # a conditional order: Untriggered until the price crosses it
     trigger_direction: int = 0             # 1: when the price rises to it, 2: when it falls to it
+    stop_loss: float | None = None         # an entry's stopLoss: the position's stop from its fill on
 
     @property
     def is_open(self) -> bool:
@@ -144,10 +145,13 @@ def fill(acct: Account, o: Order, qty: float, price: float, *, maker: bool, mark
                 p.size, p.entry_price, p.stop_loss = 0.0, 0.0, None
             if rest > 1e-12:
                 p.size, p.entry_price = sign * rest, price
+                p.stop_loss = o.stop_loss or None
         else:
             new_size = p.size + sign * qty
             p.entry_price = (abs(p.size) * p.entry_price + qty * price) / abs(new_size)
             p.size = new_size
+            if o.stop_loss:            # Bybit: an order's stopLoss (tpslMode Full) becomes the position's
+                p.stop_loss = o.stop_loss
             if not p.created_ms:
                 p.created_ms = now_ms
         p.cum_realised += pnl - fee

@@ -34,7 +34,7 @@ def order_row(o, *, endpoint: str, cursor: str) -> dict:
         "triggerPrice": num(o.trigger_price) if o.trigger_price else "", "tpLimitPrice": "0", "cumExecFee": num(o.cum_fee), "slTriggerBy": "",
         "leavesQty": num(o.qty - o.cum_qty if o.is_open else 0), "closeOnTrigger": False,
         "placeType": "", "cumExecQty": num(o.cum_qty), "reduceOnly": o.reduce_only,
-        "qty": num(o.qty), "stopLoss": "", "smpOrderId": "", "triggerBy": "LastPrice" if o.trigger_price else "",
+        "qty": num(o.qty), "stopLoss": num(o.stop_loss) if o.stop_loss else "", "smpOrderId": "", "triggerBy": "LastPrice" if o.trigger_price else "",
     }
     if o.category == "spot":  # spot captures (2024-01): isLeverage "0", marketUnit, row cursor
         common.update({"isLeverage": "0", "triggerPrice": "0", "stopLoss": "0", "takeProfit": "0",

@@ -277,6 +277,17 @@ class BybitEmulator(BybitStub):
             raise Reject(10001, f"params error: orderType {order_type!r} side {side!r} qty {qty}")
         if order_type == "Limit" and not price:
             raise Reject(10001, "params error: a Limit order needs a price")
+        stop_loss = None
+        if p.get("stopLoss") not in (None, "", "0"):
+            try:
+                stop_loss = float(p["stopLoss"])
+            except (TypeError, ValueError):
+                raise Reject(10001, f"params error: stopLoss {p.get('stopLoss')!r}") from None
+            if category != "linear":
+                raise Reject(10001, "emulator: spot TP/SL orders are not emulated")
+            if (side == "Buy" and stop_loss >= last) or (side == "Sell" and stop_loss <= last):
+                raise Reject(10001, f"StopLoss:{stop_loss} set for {side} position should "
+                             f"{'lower' if side == 'Buy' else 'higher'} than base_price:{last}??LastPrice")
         unit = ""
         if category == "spot" and order_type == "Market":
             unit = p.get("marketUnit") or ("quoteCoin" if side == "Buy" else "baseCoin")
@@ -287,7 +298,7 @@ class BybitEmulator(BybitStub):
         o = Order(order_id=book.new_id(), link_id=p.get("orderLinkId") or "", category=category, symbol=symbol,
                   side=side, order_type=order_type, qty=qty, price=price, time_in_force=tif,
                   reduce_only=p.get("reduceOnly") in (True, "true", "True", 1, "1"), created_ms=now,
-                  last_price_on_created=last, market_unit=unit, updated_ms=now)
+                  last_price_on_created=last, market_unit=unit, updated_ms=now, stop_loss=stop_loss)
         acct.orders[o.order_id] = o
         if o.link_id:
             acct.link_ids.add(o.link_id)
