@@ -23,8 +23,9 @@ chaos` the full 60 days (BYBIT_PARITY_DAYS): FUNDING's 14-day exits and re-entri
 hard stops of 2021-02-22 and 02-26, CORE's last tranche and its deposits, the breaker's L1, and the
 quarterly rebalance of 2021-04-01. Both venues charge a spot buy's fee in the coin bought (the
 paper exchange as Bybit does): CORE's cash, and so its deposit buy of 2021-02-23 sized by the cash
-floor, is the same on both. Measured: 150 orders, 164 fills, 4 stops, 905 settlements, the largest
-equity gap of a sleeve at a close 0.039 %, 119,263.61 USDT at Bybit and 119,270.37 on paper.
+floor, is the same on both. Measured (TREND's hard stop sent with the entry as its stopLoss):
+150 orders, 164 fills, 4 stops, 905 settlements, the largest equity gap of a sleeve at a close
+0.039 %, 119,225.03 USDT at Bybit and 119,231.82 on paper.
 """
 from __future__ import annotations
 
