@@ -186,12 +186,34 @@ def candles(dataset, symbol: str) -> pd.DataFrame:
     return dataset.daily(symbol)
 
 
+def computed_once(tmp_path_factory, name: str, produce):
+    """A session result that every xdist worker of this run shares: the first to ask computes it
+    and pickles it beside the workers' temp dirs, the others wait on a lock and load it."""
+    import fcntl
+    import pickle
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return produce()
+    path = tmp_path_factory.getbasetemp().parent / f"{name}.pickle"
+    with open(f"{path}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return pickle.loads(path.read_bytes())
+        value = produce()
+        path.write_bytes(pickle.dumps(value))
+        return value
+
+
 @pytest.fixture(scope="session")
-def full_backfill(dataset):
+def full_backfill(dataset, tmp_path_factory):
+    return computed_once(tmp_path_factory, "full_backfill", lambda: _full_backfill(dataset))
+
+
+def _full_backfill(dataset):
     """The whole portfolio 2020-09-14..2026-01-01, 100,000 USDT and 1,000 USDT monthly, breakers on.
     `.seen[day]` holds what the governance tests measure at each close: FUNDING's hedge per asset
-    and TREND's perp notional per asset as shares of their sleeve's equity, and each asset's net
-    exposure as a share of the portfolio."""
+    and TREND's perp notional per asset as shares of their sleeve's equity, each asset's net
+    exposure as a share of the portfolio, the breakers' state, and every sleeve's coins and perps."""
     from eternal.config import Settings
     from eternal.models import Sleeve, utc
     from eternal.replay import run_backfill
@@ -210,9 +232,35 @@ def full_backfill(dataset):
         seen[f"{day:%Y-%m-%d}"] = {
             "funding": {sym.split("/")[0]: abs(p.qty) * marks[sym] / fe for sym, p in f.perps.items()} if fe > 0 else {},
             "trend": trend,
-            "exposure": {a: v / total for a, v in net_exposures(books, closes, marks).items()}}
+            "exposure": {a: v / total for a, v in net_exposures(books, closes, marks).items()},
+            # the breakers through the crashes (tests/test_governance.py)
+            "level": state.level, "drawdown": state.drawdown, "unit_value": state.unit_value, "hwm": state.hwm,
+            "entries_blocked_until": state.entries_blocked_until, "units": state.units,
+            "coins": {s: {a: q for a, q in b.holdings.items() if abs(q) > 1e-9} for s, b in books.items()},
+            "perps": {s: dict((sym, p.qty) for sym, p in b.perps.items()) for s, b in books.items()}}
 
     r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2026-01-01"), progress=False,
                      monthly_deposit=1_000.0, compare_breakers=False, on_day=on_day)
     r.seen = seen
     return r
+
+
+# Seconds each heavy test file took in one suite run (2026-12-01, two workers, a busy machine):
+# only their order matters. xdist's loadfile hands files to workers in collection order, so the
+# longest go first and the short ones fill the gaps at the end (longest-first scheduling); in
+# alphabetical order a long file started last kept one worker busy alone for its whole length.
+FILE_SECONDS = {
+    "test_input_doors": 128, "test_crash_recovery": 92, "test_driver_parity": 77, "test_daily_flow": 54,
+    "test_governance": 51, "test_cli": 46, "test_readme": 40, "test_orchestration_flows": 39,
+    "test_funding_flow": 34, "test_missed_runs": 32, "test_backfill": 31, "test_sweep": 27,
+    "test_bybit_virtual": 25, "test_quality": 24, "test_bybit_chaos": 19, "test_store": 17,
+    "test_override": 16, "test_secrets": 16, "test_bybit_deposits": 13, "test_tactical_flow": 13,
+    "test_console": 13, "test_trading_rules": 11, "test_bybit_instruments": 10, "test_report": 10,
+    "test_bybit_flow": 10, "test_valuation": 10, "test_alerts": 9, "test_bybit_adapter": 9,
+}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Heaviest test files first (FILE_SECONDS), each file's tests kept together in their order."""
+    order = {id(item): n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.stem, 0), order[id(item)]))

@@ -52,21 +52,10 @@ def close(dataset, symbol: str, day: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def crashes(dataset):
-    """The whole portfolio 2020-09-14..2023-01-01, every close's books and risk state recorded."""
-    seen: dict[str, dict] = {}
-
-    def on_day(day, books, exchange_books, closes, marks, state):
-        seen[f"{day:%Y-%m-%d}"] = {
-            "level": state.level, "drawdown": state.drawdown, "unit_value": state.unit_value, "hwm": state.hwm,
-            "entries_blocked_until": state.entries_blocked_until,
-            "units": state.units, "coins": {s: {a: q for a, q in b.holdings.items() if abs(q) > 1e-9}
-                                            for s, b in books.items()},
-            "perps": {s: dict((sym, p.qty) for sym, p in b.perps.items()) for s, b in books.items()}}
-
-    r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2023-01-01"), progress=False,
-                     monthly_deposit=1_000.0, compare_breakers=False, on_day=on_day)
-    return r, seen
+def crashes(full_backfill):
+    """The whole portfolio from 2020-09-14, 1,000 USDT monthly, every close's books and risk state
+    recorded (the session's full backfill: the crashes of 2021 and 2022 are in it)."""
+    return full_backfill, full_backfill.seen
 
 
 def under_one_step(coins: dict[str, float]) -> bool:
