@@ -7,7 +7,8 @@ capital. Money moved at `ts` belongs to the close at or after it (the driver boo
 transfers at the next day's 00:00, a funding settlement's during the day).
 
 Benchmarks are priced at daily closes without fees over the same days and the same deposits:
-BTC bought and held, a static 2:1 BTC/ETH mix rebalanced at each quarter's last close, CORE alone.
+BTC bought and held, a static 2:1 BTC/ETH mix rebalanced at each quarter's last close, and CORE
+alone (replayed by the driver, with fees) when the run holds CORE beside other sleeves.
 """
 from __future__ import annotations
 

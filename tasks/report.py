@@ -227,8 +227,11 @@ def artifacts(report: rep.Report, out_dir: Path) -> None:
 
 
 def core_alone(data: DataSet, settings, rows: rep.LedgerRows, result=None) -> pd.Series | None:
-    """CORE's equity replayed alone with the same capital, days and deposits; the run itself when
-    it is CORE alone. None when the data cannot replay it (the report then leaves it out)."""
+    """CORE's equity replayed alone with the same capital, days and deposits: what the other
+    sleeves added to CORE. The run itself when it is CORE alone; None for a run without CORE
+    (TREND-1 alone is compared with BTC and the 2:1 mix, not with a sleeve it does not hold: that
+    replay was a quarter of a TREND-1 backfill's time) or when the data cannot replay it (the
+    report then leaves it out)."""
     from eternal.models import Sleeve
     from eternal.replay import BackfillError, run_backfill
 
@@ -236,6 +239,8 @@ def core_alone(data: DataSet, settings, rows: rep.LedgerRows, result=None) -> pd
     days = pd.to_datetime(rows.equity["day"], utc=True)
     if sleeves == [Sleeve.CORE.value]:
         return rows.equity.set_index(days)["equity"].rename("CORE alone")
+    if Sleeve.CORE.value not in sleeves:
+        return None
     start, end = days.min().to_pydatetime(), (days.max() + timedelta(days=1)).to_pydatetime()
     capital = sum(rep.flows(rows, pd.DatetimeIndex(sorted(days.unique())))[2].values())
     try:
