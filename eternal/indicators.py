@@ -110,7 +110,10 @@ def perp_market(asset: str, symbol: str, candles: pd.DataFrame, funding: pd.Data
         warnings.simplefilter("ignore")
         adx = ta.adx(high, low, close, length=adx_length)
         atr = ta.atr(high, low, close, length=atr_length)
-        smas = {n: ta.sma(close, length=n) for n in sorted(set(sma_lengths))}
+    # the SMA is pandas' rolling mean, not ta.sma: ta.sma is a numba function whose first call in a
+    # process loads numba's compiler (0.5-1.8 s measured, a fresh backfill's or flow run's); the
+    # two agree to 5e-15 relative, and TREND-1's 189 round trips are the same (benchmarks/peers.py)
+    smas = {n: close.astype(float).rolling(n, min_periods=n).mean() for n in sorted(set(sma_lengths))}
 
     def arr(series: pd.Series | None) -> np.ndarray:
         if series is None:            # too short a series: pandas-ta returns None
