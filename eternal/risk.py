@@ -101,12 +101,14 @@ def exposure(books: Mapping[Sleeve, SleeveBook], asset: str, view: RiskView) -> 
 
 # simulating an intent on a copy of the books -----------------------------------------------------
 def _simulate(book: SleeveBook, intent: OrderIntent, qty: float, price: float, fees: FeeParams) -> None:
-    if intent.market == Market.SPOT:
+    if intent.market == Market.SPOT:         # fees as the venues charge them: a buy's in the coin bought
         asset = base_of(intent.symbol)
-        sign = 1.0 if intent.side == Side.BUY else -1.0
-        fee = qty * price * fees.spot_taker
-        book.cash -= sign * qty * price + fee
-        book.holdings[asset] = book.holdings.get(asset, 0.0) + sign * qty
+        if intent.side == Side.BUY:
+            book.cash -= qty * price
+            book.holdings[asset] = book.holdings.get(asset, 0.0) + qty * (1.0 - fees.spot_taker)
+        else:
+            book.cash += qty * price * (1.0 - fees.spot_taker)
+            book.holdings[asset] = book.holdings.get(asset, 0.0) - qty
         return
     sign = 1.0 if intent.side == Side.BUY else -1.0
     pos = book.perps.get(intent.symbol)

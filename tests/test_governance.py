@@ -565,3 +565,20 @@ def test_the_summary_counts_a_deposit_the_kill_switch_held_back_on_the_day_it_wa
     built = build(report.rows_from_result(r, report.closes_frame(dataset)), None)
     assert r.summary["total_return"] == pytest.approx(built.summary["sleeves"]["total"]["total_return"], abs=1e-12)
     assert r.summary["max_drawdown"] == pytest.approx(built.summary["sleeves"]["total"]["max_drawdown"], abs=1e-12)
+
+
+def test_the_risk_steps_simulated_buy_pays_its_fee_in_the_coin_as_the_venues_do(dataset):
+    """The risk step sizes its checks on the books after the plan: a CORE buy of 0.1 BTC at the
+    close of 2024-01-01 (44,179.55) costs 4,417.955 USDT and holds 0.0999 BTC (the 0.1 % fee in the
+    coin, as Bybit and the paper exchange charge it); a sale of it pays the fee in USDT."""
+    price = close(dataset, "BTC/USDT", "2024-01-01")
+    assert price == 44_179.55
+    book = SleeveBook(CORE, 10_000.0)
+    buy = OrderIntent(CORE, "BTC/USDT", Market.SPOT, Side.BUY, 0.1, OrderType.MARKET, "test", "k")
+    risk._simulate(book, buy, 0.1, price, FeeParams())
+    assert book.cash == pytest.approx(10_000.0 - 4_417.955, abs=1e-9)
+    assert book.holdings["BTC"] == pytest.approx(0.0999, abs=1e-15)
+    sell = OrderIntent(CORE, "BTC/USDT", Market.SPOT, Side.SELL, 0.0999, OrderType.MARKET, "test", "k2")
+    risk._simulate(book, sell, 0.0999, price, FeeParams())
+    assert book.cash == pytest.approx(10_000.0 - 4_417.955 + 0.0999 * price * 0.999, abs=1e-9)
+    assert book.holdings["BTC"] == pytest.approx(0.0, abs=1e-15)
