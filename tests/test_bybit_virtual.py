@@ -260,3 +260,27 @@ def test_on_one_account_a_stop_the_price_passed_closes_its_sleeve_alone_and_fund
                 apply_fill(books[f.sleeve], f)
         [part] = split_funding(books, sleeves, paid)
         assert part.sleeve == F and part.amount == pytest.approx(paid.amount, rel=1e-12)
+
+
+def test_a_virtual_sleeves_stop_for_a_position_under_one_qty_step_is_no_order_and_no_error():
+    """Found by the 500-run chaos: a virtual sleeve whose ledger holds a perp position under one
+    qty step (0.004 ETH against Bybit's 0.01, a float rest of its fills' sum) failed every run at
+    ccxt's amount check while setting its stop. No order can cover it: none is sent, none rests,
+    and a whole-step position's stop order is still placed."""
+    from eternal.exchange.bybit import BybitExchange, make_client
+    from eternal.models import StopLevel
+
+    with BybitEmulator() as emu:
+        emu.set_prices_from_candles("2024-01-01")
+        emu.add_account(MAIN_KEY, MAIN_SECRET, usdt=20_000.0, master=True)
+        client = make_client(MAIN_KEY, MAIN_SECRET, mode="live", url=emu.url)
+        client.enableRateLimit = False
+        venue = BybitExchange({T1: client, F: client}, main=client)
+        sym = "ETH/USDT:USDT"
+        venue.use_ledger({(T1, sym): 0.004}, {})
+        venue.set_stop(T1, sym, StopLevel(2_000.0, "hard_stop"))
+        assert [o for o in emu.account(MAIN_KEY).orders.values() if o.is_conditional] == []
+        venue.use_ledger({(T1, sym): 0.5}, {})
+        venue.set_stop(T1, sym, StopLevel(2_000.0, "hard_stop"))
+        [stop] = [o for o in emu.account(MAIN_KEY).orders.values() if o.is_conditional]
+        assert (stop.side, stop.qty, stop.trigger_price) == ("Sell", 0.5, 2_000.0)

@@ -671,7 +671,10 @@ class BybitExchange:
                                          None, None, dict(params))
                    if (o.get("clientOrderId") or "").startswith(prefix)]
         level, qty = self.stops.get((sleeve, symbol)), self.positions.get((sleeve, symbol), 0.0)
-        amount = float(client.amount_to_precision(symbol, abs(qty))) if abs(qty) > 0 else 0.0
+        try:
+            amount = float(client.amount_to_precision(symbol, abs(qty))) if abs(qty) > 0 else 0.0
+        except ccxt.InvalidOrder:        # under one qty step (a sum of fills' float rest): no order covers it
+            amount = 0.0
         if level is None or amount <= 0:
             for o in resting:
                 self._cancel_stop(client, o, symbol)

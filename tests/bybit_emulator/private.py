@@ -1,6 +1,7 @@
 """Signed V5 endpoints of a Unified Trading Account: handlers (emu, account, params) -> result."""
 from __future__ import annotations
 
+import math
 import time
 
 from . import book, rows
@@ -102,7 +103,10 @@ def create_order(emu, acct: Account, p: dict) -> dict:
     if o.order_type == "Market":
         qty = o.qty
         if emu.partial_fill_fraction is not None:
-            qty, emu.partial_fill_fraction = o.qty * emu.partial_fill_fraction, None
+            # in whole steps of the instrument's qty, as Bybit fills (a fraction of 0.03 ETH is 0.01)
+            step = _qty_step(emu, category, symbol)
+            qty = max(step, round(math.floor(o.qty * emu.partial_fill_fraction / step + 1e-9) * step, 10))
+            emu.partial_fill_fraction = None
             if emu.partial_fill_rest_after_s is not None:
                 emu._rest_fills.append((time.monotonic() + emu.partial_fill_rest_after_s, acct, o))
                 emu.partial_fill_rest_after_s = None
@@ -117,6 +121,12 @@ def create_order(emu, acct: Account, p: dict) -> dict:
         elif o.time_in_force in ("IOC", "FOK"):
             o.status, o.reject_reason = "Cancelled", "EC_NoImmediateQtyToFill"
     return {"orderId": o.order_id, "orderLinkId": o.link_id}
+
+
+def _qty_step(emu, category: str, symbol: str) -> float:
+    row = next(i for i in emu.instruments[category] if i["symbol"] == symbol)
+    lot = row["lotSizeFilter"]
+    return float(lot.get("qtyStep") or lot.get("basePrecision"))
 
 
 def _conditional(emu, acct: Account, p: dict, last: float) -> dict:
