@@ -16,11 +16,11 @@ import pytest
 
 from eternal.config import load_settings
 from eternal.driver import Batch, Driver, Portfolio
-from eternal.exchange.bybit import BybitExchange, make_client
+from eternal.exchange.bybit import BybitExchange
 from eternal.models import Market, OrderIntent, OrderType, Side, Sleeve, SleeveBook
 from eternal.models import utc as as_utc
 from eternal.replay import MemoryLedger
-from tests.bybit_emulator import BybitEmulator
+from tests.bybit_emulator import BybitEmulator, venue_on_one_account
 
 KEY, SECRET = "journal-main", "secret-journal-main-0123456789"
 T1, F = Sleeve.TREND_1, Sleeve.FUNDING
@@ -37,11 +37,7 @@ class Ledger(MemoryLedger):
 @pytest.fixture
 def venue():
     with BybitEmulator() as emu:
-        emu.set_prices_from_candles("2024-01-01")
-        emu.add_account(KEY, SECRET, usdt=20_000.0, master=True)
-        client = make_client(KEY, SECRET, mode="live", url=emu.url)
-        client.enableRateLimit = False
-        ex = BybitExchange({T1: client, F: client}, main=client)
+        ex = venue_on_one_account(emu, KEY, SECRET, (T1, F))
         ex.use_ledger({}, {})
         for sleeve in (T1, F):
             ex.set_leverage(sleeve, BTC, 1.0)

@@ -21,7 +21,7 @@ from eternal.models import Sleeve
 from eternal.store.db import connect
 from eternal.store.driver_store import SqlLedger
 from eternal.store.models import EventRow, FillRow, FundingPaymentRow, TransferRow
-from tests.bybit_emulator import BybitEmulator
+from tests.bybit_emulator import BybitEmulator, venue_on_one_account
 from tests.bybit_days import Days, slots
 from tests.flow_support import count, funding, store_market
 from tests.test_bybit_parity import FIRST_DAY, check, parity
@@ -222,17 +222,12 @@ def test_on_one_account_a_stop_the_price_passed_closes_its_sleeve_alone_and_fund
     44,000 rests as its own conditional sell of 0.1; moved to 45,000, above the price, it is sent as
     a market order at once: Bybit then holds FUNDING's -0.04 alone. A settlement at +0.01 % on the
     net -0.04 is split into TREND-1's nothing (flat) and FUNDING's +0.04 x 44,230.2 x 0.0001."""
-    from eternal.exchange.bybit import BybitExchange, make_client
     from eternal.ledger import apply_fill, split_funding
     from eternal.models import Market, OrderIntent, OrderType, Side, SleeveBook, StopLevel
     from eternal.models import utc as as_utc
 
     with BybitEmulator() as emu:
-        emu.set_prices_from_candles("2024-01-01")
-        emu.add_account(MAIN_KEY, MAIN_SECRET, usdt=20_000.0, master=True)
-        client = make_client(MAIN_KEY, MAIN_SECRET, mode="live", url=emu.url)
-        client.enableRateLimit = False
-        venue = BybitExchange({T1: client, F: client}, main=client)
+        venue = venue_on_one_account(emu, MAIN_KEY, MAIN_SECRET, (T1, F))
         assert venue.shared(T1) and dict(venue.books) == {}
         now, sym = as_utc("2024-01-02"), "BTC/USDT:USDT"
         venue.use_ledger({}, {})
@@ -267,15 +262,10 @@ def test_a_virtual_sleeves_stop_for_a_position_under_one_qty_step_is_no_order_an
     qty step (0.004 ETH against Bybit's 0.01, a float rest of its fills' sum) failed every run at
     ccxt's amount check while setting its stop. No order can cover it: none is sent, none rests,
     and a whole-step position's stop order is still placed."""
-    from eternal.exchange.bybit import BybitExchange, make_client
     from eternal.models import StopLevel
 
     with BybitEmulator() as emu:
-        emu.set_prices_from_candles("2024-01-01")
-        emu.add_account(MAIN_KEY, MAIN_SECRET, usdt=20_000.0, master=True)
-        client = make_client(MAIN_KEY, MAIN_SECRET, mode="live", url=emu.url)
-        client.enableRateLimit = False
-        venue = BybitExchange({T1: client, F: client}, main=client)
+        venue = venue_on_one_account(emu, MAIN_KEY, MAIN_SECRET, (T1, F))
         sym = "ETH/USDT:USDT"
         venue.use_ledger({(T1, sym): 0.004}, {})
         venue.set_stop(T1, sym, StopLevel(2_000.0, "hard_stop"))
