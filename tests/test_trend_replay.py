@@ -28,7 +28,7 @@ def test_the_hard_stop_goes_out_with_the_entry_and_guards_the_fill_day(trend_2_a
     with the entry (Bybit: the order's stopLoss) at that close + 2 x ATR(08-07) = 61,467.15, and
     08-08's high of 62,737.20 reached it: the stop bought back that same day at its level, not at
     08-09's open of 61,659.80 as when stops were only set at the first close after the fill. The
-    engine, finding the entry flat at its next close, says the stop closed it on its fill day."""
+    engine, finding the entry flat at its next close and the day past its stop, says so."""
     t = trend_2_aug_2024.trades
     btc = dataset.daily("BTC/USDT:USDT")
     entry = t[(t.symbol == "BTC/USDT:USDT") & (t.reason == "entry")].iloc[0]
@@ -38,9 +38,9 @@ def test_the_hard_stop_goes_out_with_the_entry_and_guards_the_fill_day(trend_2_a
     assert stop.timestamp.startswith("2024-08-08") and stop.side == "buy" and stop.qty == entry.qty
     assert stop.price == pytest.approx(61_467.15, abs=0.005)
     assert btc.loc["2024-08-08", "open"] < stop.price < btc.loc["2024-08-08", "high"] == 62_737.2
-    said = [e.message for e in trend_2_aug_2024.events if "STOPPED_OUT" in e.message and "BTC" in e.message]
-    assert said[0] == ("BTC: ENTERING -> STOPPED_OUT: stop at 61467.15 (hard_stop), sent with the entry, "
-                       "closed the position on its fill day")
+    said = [e.message for e in trend_2_aug_2024.events if e.ts == utc("2024-08-09") and "BTC: ENTERING" in e.message]
+    assert said == ["BTC: ENTERING -> SCANNING: flat at the close, and the day reached the stop at 61467.15 sent "
+                    "with the entry: it closed the position on its fill day, or the entry was not sent"]
 
 
 def test_entries_and_exits_fill_at_the_next_open_with_the_taker_fee(trend_2_aug_2024, dataset):

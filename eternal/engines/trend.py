@@ -7,7 +7,6 @@ fill on; the first close after the fill re-anchors it at the fill's price. Pure:
 
   SCANNING -> SIGNAL_DETECTED -> ENTERING -> IN_POSITION -> EXITING -> SCANNING
   IN_POSITION -> STOPPED_OUT | TRAILING_STOP -> SCANNING      (the exchange's stop fired)
-  ENTERING -> STOPPED_OUT -> SCANNING                         (stopped on the fill day)
   SCANNING <-> NO_TRADE                                       (no-trend breaker)
 """
 from __future__ import annotations
@@ -101,10 +100,10 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
                 move("IN_POSITION", f"{st.side} {abs(pos.qty):.6g} filled at {pos.entry_price:.2f}")
             elif st.stop is not None and (float(market.low[i]) <= st.stop if st.side == "long"
                                           else float(market.high[i]) >= st.stop):
-                # the stop sent with the entry closed the position on its fill day
-                move("STOPPED_OUT", f"stop at {st.stop:.2f} ({st.stop_reason}), sent with the entry, "
-                     "closed the position on its fill day")
-                move("SCANNING", "flat after the stop")
+                # the book cannot tell the two apart (a refused entry leaves it as a filled and
+                # stopped one does): trades.csv and the risk events do
+                move("SCANNING", f"flat at the close, and the day reached the stop at {st.stop:.2f} sent "
+                     "with the entry: it closed the position on its fill day, or the entry was not sent")
             else:
                 move("SCANNING", "entry order did not fill", "warning")
         elif st.phase == "EXITING" and pos is None:
