@@ -20,8 +20,14 @@ from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
 set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "eternal-hypothesis"))  # not in the repo
 
 import pandas as pd  # noqa: E402
-import prefect  # noqa: E402,F401  (configures Prefect's log handlers now, on the session's stderr,
-#                                 not on the stderr of whichever capsys test imports it first)
+import prefect  # noqa: E402,F401
+from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
+
+# Prefect's log handlers, made now on the session's stderr: `import prefect` is lazy, and the first
+# `from prefect import flow` made them on the stderr of whichever test did it, a capsys test's
+# stream that is closed when it ends ("I/O operation on closed file" in every later flow test of
+# that worker: seen once the test files were handed out in another order)
+ensure_logging_setup()
 import pytest  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 

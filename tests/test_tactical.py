@@ -261,3 +261,26 @@ def test_a_rebalance_taking_from_tactical_sells_lots_oldest_first_and_keeps_the_
     assert released == pytest.approx({"lot-20230101": old_value, "lot-20230601": 3_000.0 - old_value})
     assert [e.data["lot"] for e in d.events if e.kind == "tactical_exit"] == ["lot-20230101", "lot-20230601"]
     assert d.transfers == [] and d.state["pending"]["kind"] == "exit"
+
+
+def test_a_lot_whose_coins_the_risk_step_sold_is_scaled_to_what_the_sleeve_holds_and_exits_once(dataset):
+    """The whole portfolio 2023-01-01..2024-01-01, 1,000 USDT monthly. On 2023-10-24 BTC is 49.56 %
+    of the portfolio (cap 45 %): the risk step sells TACTICAL's last 0.084993 BTC. Both lots still
+    counted it; valued at BTC's price, lot-20230101 showed +649.6 % and planned, every day from
+    2023-11-02, a sale no order could make (90 exits counted, 2 filled). Now the next close scales
+    the lots to the coins held: each lot exits on its own ETH, once."""
+    r = run_backfill(dataset, Settings(), start=utc("2023-01-01"), end=utc("2024-01-01"), monthly_deposit=1_000.0,
+                     progress=False, compare_breakers=False)
+    t = r.trades
+    [capped] = t[(t.sleeve == "tactical") & (t.reason == "risk_max_asset_share")].itertuples()
+    assert capped.timestamp.startswith("2023-10-24") and capped.symbol == "BTC/USDT"
+    [reduced] = [e for e in r.events if e.kind == "tactical_lots_reduced"]
+    assert reduced.ts == utc("2023-10-25") and reduced.data["asset"] == "BTC"
+    assert reduced.data["claimed"] == pytest.approx(capped.qty, rel=1e-3) and reduced.data["held"] < 1e-5
+    targets = [e for e in r.events if e.kind == "tactical_exit" and e.data["kind"] == "target"]
+    assert [(e.ts, e.data["lot"]) for e in targets] == [(utc("2023-11-05"), "lot-20230101"),
+                                                        (utc("2023-12-05"), "lot-20230310")]
+    assert all(e.data["gain"] == pytest.approx(1.005, abs=1e-3) for e in targets)     # on ETH alone
+    sold = t[(t.sleeve == "tactical") & t.reason.str.endswith("target")]
+    assert list(sold.symbol) == ["ETH/USDT", "ETH/USDT"]
+    assert len(r.summary["tactical_sleeve"]["exits"]) == 4                # two partial, two target

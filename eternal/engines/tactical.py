@@ -139,6 +139,9 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TacticalPa
         _settle(state, snap, params, event, move, transfers)
         state.pending = None
 
+    # 1b. The lots hold no more than the sleeve does: another rule may have sold their coins.
+    _match_holdings(state, book, closes, event)
+
     # 2. The ATH cycle: a new all-time high re-arms both drawdown levels.
     ath = max(state.ath, snap.ath.get("BTC", 0.0), closes["BTC"])
     if ath > state.ath and state.levels_fired:
@@ -259,6 +262,35 @@ def _min_qty(asset: str) -> float:
 
     rules = default().get(SPOT_SYMBOLS[asset])
     return rules.min_qty if rules is not None else 0.0
+
+
+def _match_holdings(state: TacticalState, book, closes: dict[str, float], event) -> None:
+    """Scale the lots down to the coins the sleeve holds when another rule sold some (the risk
+    step's per-asset cap, a breaker's L4): each lot keeps its share of what is left and the same
+    share of its cost, so its gain is measured on coins that exist; a lot left under the exchange's
+    minimum is closed. Without this a lot kept counting coins sold long ago: a gain of +649.6 %
+    on 2023-11-02 planned, every day, a sale no order could make."""
+    for a in ASSETS:
+        claimed = sum(lot.qty.get(a, 0.0) for lot in state.lots)
+        held = book.holdings.get(a, 0.0) + book.staked.get(a, 0.0)
+        if claimed <= 0 or held >= claimed * (1.0 - 1e-9):
+            continue
+        kept = max(0.0, held) / claimed
+        for lot in state.lots:
+            if lot.qty.get(a, 0.0) <= 0:
+                continue
+            before = sum(q * closes[b] for b, q in lot.qty.items())
+            lot.qty[a] *= kept
+            after = sum(q * closes[b] for b, q in lot.qty.items())
+            lot.cost_usdt *= after / before if before > 0 else 0.0
+        event("tactical_lots_reduced", f"the lots count {claimed:.8g} {a}, the sleeve holds {held:.8g} "
+              f"(another rule sold the rest): each lot keeps {kept:.2%} of its {a}", "warning",
+              asset=a, claimed=claimed, held=held)
+    for lot in list(state.lots):
+        if lot.qty and all(q <= 1e-12 or q < _min_qty(a) for a, q in lot.qty.items()):
+            state.lots.remove(lot)
+            event("tactical_lot_closed", f"{lot.id}: its coins were sold by another rule: the lot is closed",
+                  "warning", lot=lot.id)
 
 
 def _idle(state: TacticalState, cash: float, params: TacticalParams, move) -> None:
