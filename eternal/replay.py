@@ -287,11 +287,11 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     equity.index = pd.DatetimeIndex(equity.index, name="date")
     trades = trades_frame(fills)
     summary = summarise(equity, trades, capital, start, end, sleeves, deposited)
-    summary["funding"] = float(sum(x.amount for x in payments))
+    summary["funding"] = float(sum(x.amount for x in payments))     # every sleeve's perps (TREND's too)
+    summary["funding_received"] = float(sum(x.amount for x in payments if x.amount > 0))
+    summary["funding_paid"] = float(-sum(x.amount for x in payments if x.amount < 0))
     if Sleeve.FUNDING in sleeves:
         summary["funding_sleeve"] = funding_summary(trades, payments, transfers, utilisation)
-        summary["funding_received"] = float(sum(x.amount for x in payments if x.amount > 0))
-        summary["funding_paid"] = float(-sum(x.amount for x in payments if x.amount < 0))
     if Sleeve.TACTICAL in sleeves:
         summary["tactical_sleeve"] = tactical_summary(events)
     summary["breakers"] = breaker_summary(p.risk, events, start, end, settings, orchestrated)

@@ -110,3 +110,14 @@ def test_final_equity_is_capital_plus_realised_minus_fees_plus_funding(trend_1_f
 def test_single_trend_sleeve_gets_the_whole_capital_and_trend_selects_both():
     assert parse_sleeves("trend") == parse_sleeves("trend-1,trend-2")
     assert [s.value for s in parse_sleeves("trend")] == ["trend-1", "trend-2"]
+
+
+def test_a_backfill_without_funding_still_says_what_its_perps_received_and_paid(trend_2_aug_2024):
+    """TREND-2 alone, 2024-07-20..2024-08-20: its BTC and ETH perps were paid 9.02 USDT of funding
+    and paid 12.14 (net -3.12); the summary said "received 0.00, paid 0.00" when FUNDING was not
+    in the run."""
+    s, payments = trend_2_aug_2024.summary, trend_2_aug_2024.funding
+    assert s["funding_received"] == pytest.approx(sum(p.amount for p in payments if p.amount > 0)) == \
+        pytest.approx(9.0235, abs=5e-5)
+    assert s["funding_paid"] == pytest.approx(12.1409, abs=5e-5)
+    assert s["funding_received"] - s["funding_paid"] == pytest.approx(s["funding"], abs=1e-9)
