@@ -159,6 +159,16 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
             raise BackfillError("no daily candles for the selected sleeves: import them (`eternal data import "
                                 "DIR`) or give --data-dir")
         first, last = max(f.index[0] for f in frames).to_pydatetime(), min(f.index[-1] for f in frames).to_pydatetime()
+    ends = ""
+    for a in needed_assets(sleeves)[1]:   # a perp pays funding and TREND exits on it: no day past its history
+        settled = data.funding.get(PERP_SYMBOLS[a])
+        if settled is None or not len(settled):
+            raise BackfillError(f"no funding history for {PERP_SYMBOLS[a]}: import its funding_8h_*.csv (`eternal "
+                                "data import DIR`) or give --data-dir")
+        # the last day whose three settlements are all in (one at 08:00 ends the day before)
+        day = utc((settled.index[-1] + timedelta(hours=8)).floor("D").to_pydatetime()) - timedelta(days=1)
+        if day < utc(last):
+            last, ends = day, f", where the funding of {PERP_SYMBOLS[a]} ends ({settled.index[-1]:%Y-%m-%d %H:%M})"
     earliest = utc(earliest_start(data, history_needs(settings, sleeves, first), first))
     after = last + timedelta(days=1)
     if start is not None and start < earliest:
@@ -166,8 +176,8 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
                             f"(the data from {first:%Y-%m-%d} and the engines' warm-up before their first decision): "
                             f"give --start {earliest:%Y-%m-%d} or later, or leave --start out")
     if end is not None and end > after:
-        raise BackfillError(f"--end {end:%Y-%m-%d} is after the data, whose last day is {last:%Y-%m-%d}: give --end "
-                            f"{after:%Y-%m-%d} or earlier (the end is exclusive), or leave --end out")
+        raise BackfillError(f"--end {end:%Y-%m-%d} is after the data, whose last day is {last:%Y-%m-%d}{ends}: give "
+                            f"--end {after:%Y-%m-%d} or earlier (the end is exclusive), or leave --end out")
     start, end = start or earliest, end or after
     if start >= end:
         raise BackfillError(f"--start {start:%Y-%m-%d} leaves no day to replay: the data allows "

@@ -308,3 +308,21 @@ def test_a_backfill_killed_mid_run_leaves_none_of_the_previous_runs_outputs(shar
     rerun = _cli(tmp_path, "--engines", "core", "--start", "2023-01-01", "--end", "2023-02-01",
                  "--data-dir", str(shared_data), "--out", str(out))
     assert rerun.wait(timeout=600) == 0 and (out / "report.md").exists()
+
+
+def test_a_perp_sleeve_is_not_replayed_past_its_funding_history_nor_without_it(dataset):
+    """The perp candles run to 2026-05-16, the funding settlements to 2026-03-04 08:00. A TREND-1
+    backfill to 2026-05-17 ran on: no settlement and no funding exit for two and a half months, and
+    exit code 0. It is refused, naming the series; without BTC's funding file at all, too."""
+    from dataclasses import replace
+
+    with pytest.raises(BackfillError, match=r"last day is 2026-03-03, where the funding of BTC/USDT:USDT ends "
+                                            r"\(2026-03-04 08:00\): give --end 2026-03-04 or earlier"):
+        run_backfill(dataset, load_settings(), start=utc("2025-10-01"), end=utc("2026-05-17"),
+                     sleeves=parse_sleeves("trend-1"), progress=False)
+    r = run_backfill(dataset, load_settings(), start=utc("2026-02-20"), sleeves=parse_sleeves("trend-1"), progress=False)
+    assert r.summary["end_exclusive"] == "2026-03-04"              # the default end: the funding's last full day
+    no_btc = replace(dataset, funding={k: v for k, v in dataset.funding.items() if k != "BTC/USDT:USDT"})
+    with pytest.raises(BackfillError, match=r"no funding history for BTC/USDT:USDT: import its funding_8h_\*.csv"):
+        run_backfill(no_btc, load_settings(), start=utc("2025-10-01"), end=utc("2026-01-01"),
+                     sleeves=parse_sleeves("trend-1"), progress=False)

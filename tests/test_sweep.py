@@ -117,7 +117,7 @@ HEAD = "engines: trend-1\nstart: 2023-01-01\nend: 2024-01-01\n"
     (json.dumps({"engines": "trend-1", "start": "2017-09-01", "grid": {"trend_1.slow_sma": [150, 250]}}), ".json",
      ["grid point trend_1.slow_sma=150", "start 2017-09-01 is before the first day the data allows"]),
     ('engines = "trend-1"\nend = 2027-01-01\n[grid]\n"trend_1.fast_sma" = [40, 50]\n', ".toml",
-     ["end 2027-01-01 is after the data, whose last day is 2026-05-16"]),
+     ["end 2027-01-01 is after the data, whose last day is 2026-03-03, where the funding of BTC/USDT:USDT ends"]),
     (HEAD + "capital: -5\ngrid:\n  trend_1.fast_sma: [40]\n", ".yaml", ["capital", "greater than 0"]),
     (HEAD + "grid:\n  trend_1.fast_sma: [40, 40]\n", ".yaml", ["given twice"]),
 ])
