@@ -250,23 +250,3 @@ def _full_backfill(dataset):
     r.seen = seen
     return r
 
-
-# Seconds each heavy test file took in one suite run (2026-12-01, two workers, a busy machine):
-# only their order matters. xdist's loadfile hands files to workers in collection order, so the
-# longest go first and the short ones fill the gaps at the end (longest-first scheduling); in
-# alphabetical order a long file started last kept one worker busy alone for its whole length.
-FILE_SECONDS = {
-    "test_input_doors": 128, "test_crash_recovery": 92, "test_driver_parity": 77, "test_daily_flow": 54,
-    "test_governance": 51, "test_cli": 46, "test_readme": 40, "test_orchestration_flows": 39,
-    "test_funding_flow": 34, "test_missed_runs": 32, "test_backfill": 31, "test_sweep": 27,
-    "test_bybit_virtual": 25, "test_quality": 24, "test_bybit_chaos": 19, "test_store": 17,
-    "test_override": 16, "test_secrets": 16, "test_bybit_deposits": 13, "test_tactical_flow": 13,
-    "test_console": 13, "test_trading_rules": 11, "test_bybit_instruments": 10, "test_report": 10,
-    "test_bybit_flow": 10, "test_valuation": 10, "test_alerts": 9, "test_bybit_adapter": 9,
-}
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Heaviest test files first (FILE_SECONDS), each file's tests kept together in their order."""
-    order = {id(item): n for n, item in enumerate(items)}
-    items.sort(key=lambda item: (-FILE_SECONDS.get(item.path.stem, 0), order[id(item)]))
