@@ -159,6 +159,10 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
             raise BackfillError("no daily candles for the selected sleeves: import them (`eternal data import "
                                 "DIR`) or give --data-dir")
         first, last = max(f.index[0] for f in frames).to_pydatetime(), min(f.index[-1] for f in frames).to_pydatetime()
+    if Sleeve.TACTICAL in sleeves and (data.fear_greed is None or not len(data.fear_greed)):
+        # a day without a reading is no signal; a history without any is a file left out
+        raise BackfillError("no Fear & Greed history, which TACTICAL reads every day: import its "
+                            "fear_greed_1d.csv (`eternal data import DIR`) or give --data-dir")
     ends = ""
     for a in needed_assets(sleeves)[1]:   # a perp pays funding and TREND exits on it: no day past its history
         settled = data.funding.get(PERP_SYMBOLS[a])

@@ -326,3 +326,18 @@ def test_a_perp_sleeve_is_not_replayed_past_its_funding_history_nor_without_it(d
     with pytest.raises(BackfillError, match=r"no funding history for BTC/USDT:USDT: import its funding_8h_\*.csv"):
         run_backfill(no_btc, load_settings(), start=utc("2025-10-01"), end=utc("2026-01-01"),
                      sleeves=parse_sleeves("trend-1"), progress=False)
+
+
+def test_tactical_is_not_replayed_without_its_fear_and_greed_history(dataset):
+    """Without fear_greed_1d.csv a TACTICAL backfill of 2024-07-01..2024-09-01 made 0 deployments
+    and exited 0 (with it: 1, decided on 2024-08-06, Fear & Greed 17 < 20); a missing day is no signal,
+    a missing history is a file left out: refused."""
+    from dataclasses import replace
+
+    with pytest.raises(BackfillError, match=r"no Fear & Greed history, which TACTICAL reads every day"):
+        run_backfill(replace(dataset, fear_greed=None), load_settings(), start=utc("2024-07-01"),
+                     end=utc("2024-09-01"), sleeves=parse_sleeves("tactical"), progress=False)
+    r = run_backfill(dataset, load_settings(), start=utc("2024-07-01"), end=utc("2024-09-01"),
+                     sleeves=parse_sleeves("tactical"), progress=False)
+    [deployed] = r.summary["tactical_sleeve"]["deployments"]
+    assert deployed["decided"] == "2024-08-06" and deployed["reason"] == "Fear & Greed 17 < 20"
