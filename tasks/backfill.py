@@ -100,7 +100,12 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
         data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
     if out_dir.exists() and not out_dir.is_dir():
         raise BackfillError(f"--out {out_dir} is a file, not a directory: choose a directory for the outputs")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / ".backfill.lock").touch()
+    except OSError as exc:                   # /proc/x, a read-only or a full disk: said before any replay
+        raise BackfillError(f"--out {out_dir} cannot be written: {exc.strerror or exc}: choose a directory "
+                            "you can write to") from None
     with _only_writer(out_dir):
         # what an earlier run left is removed first: an interrupted run never leaves a mix of two runs
         for name in OUTPUTS:

@@ -211,6 +211,15 @@ def test_backfill_unknown_engine_exits_2_naming_it_before_any_flow_runs(capsys, 
     assert "Flow run" not in err and "Traceback" not in err
 
 
+def test_backfill_to_an_out_that_cannot_be_written_is_one_line_exit_2(capsys, shared_data):
+    """A fresh user's `--out /proc/foo` printed "error: FileNotFoundError: ..." and exited 1."""
+    code, out, err = _run(["backfill", "--engines", "trend-1", "--start", "2024-01-01", "--end", "2024-02-01",
+                           "--data-dir", str(shared_data), "--out", "/proc/foo", "--no-progress"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == "error: --out /proc/foo cannot be written: No such file or directory: choose a directory " \
+                          "you can write to"
+
+
 # config show --------------------------------------------------------------------------------
 def test_config_show_prints_effective_settings_as_json_with_the_secret_redacted(monkeypatch, capsys):
     monkeypatch.setenv("ETERNAL_EXCHANGE__API_SECRET", SECRET)
