@@ -1,9 +1,11 @@
 """Orders per second through our execution path to Bybit (the V5 emulator), ccxt's limiter off (issue 13).
 
-`eternal.execution.execute` as the driver calls it: each intent looked up by its client order id
-(`orderLinkId`) at the venue, then sent, then read back; the real ccxt client over HTTP to the
-emulator on 127.0.0.1. Sustained: batches of 100 spot market orders, median of several batches.
-Burst: the first 10 orders of a fresh client (connection set up included).
+`eternal.execution.execute` as the driver calls it, the real ccxt client over HTTP to the emulator
+on 127.0.0.1. A plan the run has just stored (the driver's normal case): each order sent, then read
+back. A plan recovered after a crash: each order first looked up by its client order id
+(`orderLinkId`, open orders then the history), then sent and read back. Sustained: batches of 100
+spot market orders, median of several batches, the two cases alternating. Burst: the first 10
+orders of a fresh client (connection set up included).
 
     python benchmarks/bybit_orders.py [--batches 5]
 """
@@ -35,12 +37,12 @@ def venue(emu: BybitEmulator, name: str) -> BybitExchange:
     return BybitExchange({Sleeve.CORE: client})
 
 
-def batch(ex: BybitExchange, n: int, tag: str) -> float:
+def batch(ex: BybitExchange, n: int, tag: str, fresh: bool = True) -> float:
     intents = [OrderIntent(Sleeve.CORE, "BTC/USDT", Market.SPOT, Side.BUY, 0.001, OrderType.MARKET, "bench",
                            f"{tag}:{i}") for i in range(n)]
     now = datetime.now(UTC)
     start = time.perf_counter()
-    result = execute(intents, ex, flow="bench", scheduled=now, now=now, known={})
+    result = execute(intents, ex, flow="bench", scheduled=now, now=now, known={}, fresh=fresh)
     elapsed = time.perf_counter() - start
     assert result.sent == n, result.sent
     return n / elapsed
@@ -55,11 +57,16 @@ def main() -> None:
         bursts = [batch(venue(emu, f"burst-{i}"), 10, f"burst{i}") for i in range(3)]
         ex = venue(emu, "sustained")
         batch(ex, 10, "warm")
-        rates = [batch(ex, BATCH, f"b{i}") for i in range(args.batches)]
+        rates, recovered = [], []
+        for i in range(args.batches):
+            rates.append(batch(ex, BATCH, f"b{i}"))
+            recovered.append(batch(ex, BATCH, f"r{i}", fresh=False))
     print(f"orders/s through execute() to the Bybit emulator, limiter off: sustained median "
           f"{statistics.median(rates):.0f} (range {min(rates):.0f}-{max(rates):.0f}, {args.batches} x {BATCH}); "
-          f"burst (first 10 of a fresh client, markets loaded) median {statistics.median(bursts):.0f}")
-    print("each order: a lookup by orderLinkId (open orders, then the order history), the create, a read back")
+          f"burst (first 10 of a fresh client, markets loaded) median {statistics.median(bursts):.0f}; "
+          f"a plan recovered after a crash: {statistics.median(recovered):.0f} "
+          f"({min(recovered):.0f}-{max(recovered):.0f})")
+    print("each order: the create and a read back (a recovered plan's: two lookups by orderLinkId first)")
 
 
 if __name__ == "__main__":

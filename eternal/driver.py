@@ -459,7 +459,7 @@ class Driver:
             p.risk = state
             if plan.intents or plan.transfers:      # an operator's halt since the run began stops them
                 self.check_halt_request(p, batch)
-            self.act(p, due, plan, batch, prices)
+            self.act(p, due, plan, batch, prices, fresh=stored is None)
             if due.kind == Kind.SETTLEMENT:
                 # a settlement's orders fill at once (on paper at its price, as on a venue): booked
                 # with it, so the positions hold from the settlement on
@@ -629,9 +629,12 @@ class Driver:
         return plan, carried, None, []
 
     # acting -------------------------------------------------------------------------------------
-    def act(self, p: Portfolio, due: Due, plan: Plan, batch: Batch, prices: dict[str, float] | None = None) -> None:
+    def act(self, p: Portfolio, due: Due, plan: Plan, batch: Batch, prices: dict[str, float] | None = None,
+            fresh: bool = False) -> None:
         """The plan at the venue and in our books: transfers and stakes under keys, stops, orders
-        under client order ids (each looked up before it is sent). Safe to repeat after a crash.
+        under client order ids. Safe to repeat after a crash: a plan read back from the ledger
+        (`fresh` False) has each order looked up before it is sent; one this run has just decided
+        and stored (`fresh`) cannot have been sent by an earlier run, and is sent without.
         Every intent first meets the exchange's trading rules (its `rules`: the venue's as last
         read on Bybit, the packaged `eternal.instruments` table on paper; at the decision `prices`):
         its qty rounded down to the step; one under a minimum is dropped with an event and its
@@ -675,7 +678,7 @@ class Driver:
             else:
                 intents.append(intent)
         result = execute(intents, ex, flow=FLOW_OF[due.kind], scheduled=due.ts, now=due.ts, known={},
-                         known_trades=set())
+                         known_trades=set(), fresh=fresh)
         p.states.update(plan.states)
         batch.events += plan.events + result.events
         for rec in result.orders:

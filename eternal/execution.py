@@ -66,8 +66,14 @@ def scaled_event(rec: OrderRecord, now: datetime) -> Event | None:
 
 def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, scheduled: datetime,
             now: datetime, known: Mapping[str, OrderRecord],
-            known_trades: set[str] | None = None) -> ExecutionResult:
+            known_trades: set[str] | None = None, fresh: bool = False) -> ExecutionResult:
     """Send each intent at most once. `known` are our ledger's records by client order id.
+
+    Each intent without a final record is first looked up at the venue by its client order id,
+    unless `fresh`: the intents' plan was stored (write-ahead) by this very run, under the driver's
+    lock, so no earlier run can have sent one of these ids and a lookup can only find nothing (on
+    Bybit it costs two requests of an order's four). A venue that does know the id refuses the
+    send as a reused id, and the send resolves it by the id (`DuplicateOrder` below).
 
     An order the venue refuses by its trading rules (`OrderRefused`: the driver rounds and drops
     by the same rules first, so this is a bug or stale rules) or for want of funds
@@ -83,7 +89,7 @@ def execute(intents: Iterable[OrderIntent], exchange: Exchange, *, flow: str, sc
         if rec is not None and rec.status.is_final:
             result.orders.append(rec)            # done in an earlier run: never again
             continue
-        ex_order = exchange.fetch_order(cid, intent.sleeve)
+        ex_order = None if fresh and rec is None else exchange.fetch_order(cid, intent.sleeve)
         if rec is None:
             rec = OrderRecord(cid, flow, utc(scheduled), intent, created_at=utc(now), updated_at=utc(now))
         if ex_order is None:

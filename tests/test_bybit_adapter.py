@@ -84,6 +84,34 @@ def test_a_reused_id_is_resolved_to_the_order_bybit_holds(emu, venue):
     assert again.exchange_order_id == first.exchange_order_id and len(orders_at(emu, venue, T1)) == 1
 
 
+def test_a_plan_this_run_just_stored_is_sent_without_lookups_and_a_recovered_one_is_looked_up(emu, venue):
+    """A fresh plan's market order costs two requests (the create, one read back in the order
+    history); a plan read back after a crash looks each id up first (open orders, history)."""
+    def cost(fresh: bool, key: str) -> dict[str, int]:
+        before = dict(emu.counts)
+        result = execute([buy(CORE, "BTC/USDT", 0.01, key=f"{key}:BTC"), buy(CORE, "ETH/USDT", 0.1, key=f"{key}:ETH")],
+                         venue, flow="daily-close", scheduled=NOW, now=NOW, known={}, fresh=fresh)
+        assert result.sent == 2 and [(o.status, o.filled_qty) for o in result.orders] == [
+            (OrderStatus.FILLED, 0.01), (OrderStatus.FILLED, 0.1)]
+        return {p: emu.counts[p] - before.get(p, 0) for p in ("/v5/order/create", "/v5/order/realtime",
+                                                                  "/v5/order/history")}
+
+    assert cost(True, "fresh") == {"/v5/order/create": 2, "/v5/order/realtime": 0, "/v5/order/history": 2}
+    assert cost(False, "recovered") == {"/v5/order/create": 2, "/v5/order/realtime": 2, "/v5/order/history": 4}
+
+
+def test_a_fresh_plan_whose_id_bybit_already_holds_is_resolved_not_sent_twice(emu, venue):
+    """The backstop of sending without a lookup: Bybit refuses a reused orderLinkId (170141 on
+    spot) and the send resolves it to the order Bybit holds."""
+    cid = client_order_id("daily-close", NOW, CORE, "tranche1:BTC")
+    first = venue.place_order(cid, buy(CORE, "BTC/USDT", 0.1), NOW)
+    result = execute([buy(CORE, "BTC/USDT", 0.1, key="tranche1:BTC")], venue, flow="daily-close",
+                     scheduled=NOW, now=NOW, known={}, fresh=True)
+    assert [o.exchange_order_id for o in result.orders] == [first.exchange_order_id]
+    assert len(orders_at(emu, venue, CORE)) == 1
+    assert venue.books[CORE].holdings["BTC"] == pytest.approx(0.0999)
+
+
 def test_a_5xx_before_acceptance_is_an_error_to_retry_and_the_retry_sends_it_once(emu, venue):
     cid = client_order_id("daily-close", NOW, CORE, "tranche1:BTC")
     emu.fault("/v5/order/create", status=503)

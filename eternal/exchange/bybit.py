@@ -15,7 +15,9 @@ reconciliation compares the account with the sum of its sleeves (`account_books`
 5xx, an HTTP 200 whose body is not JSON, Bybit's reused-id rejection 110072/170141, which ccxt
 raises as InvalidOrder) is resolved by `orderLinkId` before anything is sent again: the order
 found is returned, an order not found raises ExchangeError for the caller's retry, which looks it
-up again first (`eternal.execution.execute`).
+up again first (`eternal.execution.execute`). Requests per order: a plan the run has just stored
+is sent without a lookup (no earlier run can have sent its ids), so a market order costs two (the
+create, a read back in the order history), a plan recovered after a crash four (two lookups first).
 
 ccxt quirks this relies on (measured against ccxt 4.5): an order is looked up by client id with
 `fetch_open_orders(symbol, params={'orderLinkId': id})`, then the order history; cancelling by
@@ -343,7 +345,9 @@ class BybitExchange:
                 raise ExchangeError(f"sending {client_order_id}: an unreadable answer and no order under its "
                                     "id: a retry sends it")
             return found
-        return self.fetch_order(client_order_id, intent.sleeve, intent.symbol) or self._order(order, intent)
+        return (self.fetch_order(client_order_id, intent.sleeve, intent.symbol,
+                                 history_first=intent.order_type == OrderType.MARKET)
+                or self._order(order, intent))
 
     def _slippage_guard(self, client, intent: OrderIntent) -> None:
         decided = self.decision_prices.get(intent.symbol)
@@ -361,15 +365,18 @@ class BybitExchange:
                                f"(at most {self.max_slippage:.1%}, spec 8.1): not sent")
 
     def fetch_order(self, client_order_id: str, sleeve: Sleeve | None = None,
-                    symbol: str | None = None) -> ExchangeOrder | None:
-        """The order under this client id (open, then history), or None when Bybit never accepted it."""
+                    symbol: str | None = None, *, history_first: bool = False) -> ExchangeOrder | None:
+        """The order under this client id (open, then history), or None when Bybit never accepted it.
+        `history_first`: look in the history first (a market order just sent has mostly filled: one
+        request instead of two)."""
         sleeve = sleeve or SLEEVE_OF_CODE.get(client_order_id[:2])
         client = self._client(sleeve)
+        # the order history without a status filter: a spot order whose rest was cancelled
+        # (PartiallyFilledCanceled) is neither ccxt's "closed" nor its "canceled"
+        fetches = (client.fetch_open_orders, client.fetch_canceled_and_closed_orders)
         for category in ([_category(symbol)] if symbol else CATEGORIES.get(sleeve, ("spot", "linear"))):
             params = {"orderLinkId": client_order_id, "category": category}
-            # the order history without a status filter: a spot order whose rest was cancelled
-            # (PartiallyFilledCanceled) is neither ccxt's "closed" nor its "canceled"
-            for fetch in (client.fetch_open_orders, client.fetch_canceled_and_closed_orders):
+            for fetch in (fetches[::-1] if history_first else fetches):
                 found = self._call(fetch, f"looking up {client_order_id}", symbol, None, None, dict(params))
                 found = [o for o in found if o.get("clientOrderId") == client_order_id]
                 if found:
