@@ -701,7 +701,8 @@ class Driver:
         """The risk step on a decided plan, in place: the breakers' closing orders and the held
         caps' trims join the engines' intents, then every intent is approved, reduced or refused
         (`eternal.risk`), on the books as the plan's transfers and stakes leave them."""
-        after = {sl: b.copy() for sl, b in p.books.items()}
+        # the risk step reads these books and never changes them: copied only when the plan moves money
+        after = {sl: b.copy() for sl, b in p.books.items()} if plan.transfers or plan.stakes else p.books
         for t in plan.transfers:
             books.apply_transfer(after, t)
         for sleeve, moves in plan.stakes.items():

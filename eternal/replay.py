@@ -189,6 +189,64 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
     return start, end
 
 
+class _Aside:
+    """`fn()` run in a forked child process, on the machine's other core, while this process goes
+    on: the backfill's second replay (breakers off) beside its first. `result()` waits for it
+    (pickled back through a pipe) and raises what it raised; `cancel()` ends it. Run here, in this
+    process, when a fork is unsafe (another thread runs: it could hold a lock the child needs, as
+    in a Prefect flow run or a Dask worker), unavailable, or pointless (one core)."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        import multiprocessing
+        import os
+        import threading
+
+        self.fn, self.proc, self.conn = fn, None, None
+        if (threading.active_count() > 1 or (os.cpu_count() or 1) < 2
+                or "fork" not in multiprocessing.get_all_start_methods()):
+            return
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child_end = ctx.Pipe(duplex=False)
+
+        def child() -> None:
+            try:
+                out = ("ok", fn())
+            except BaseException as exc:             # noqa: BLE001 - handed to the parent as is
+                out = ("error", exc)
+            try:
+                child_end.send(out)
+            except Exception as exc:                 # an exception that does not pickle
+                child_end.send(("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error"
+                                else exc))
+
+        self.proc = ctx.Process(target=child, daemon=True, name="backfill-aside")
+        self.proc.start()
+        child_end.close()
+
+    def result(self):
+        if self.proc is None:
+            return self.fn()
+        try:
+            status, value = self.conn.recv()
+        except EOFError:          # the child died without an answer (killed, out of memory)
+            self.proc.join()
+            raise BackfillError(f"the second replay's process ended with exit code {self.proc.exitcode} "
+                                "and no result") from None
+        finally:
+            self.conn.close()
+        self.proc.join()
+        if status == "error":
+            raise value
+        return value
+
+    def cancel(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        if self.conn is not None:
+            self.conn.close()
+
+
 def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
@@ -205,7 +263,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     With every sleeve selected, the circuit breakers act as live (a partial selection is no
     portfolio: no breakers, no 45 % rule), and the stand-in operator resumes them by
     `RiskParams.replay_resume_days`. When a level fired and `compare_breakers`, the same replay runs
-    again with breakers off, and `summary["breakers"]` shows what they cost or saved."""
+    again with breakers off, and `summary["breakers"]` shows what they cost or saved; that replay
+    starts with this one, in a process of its own where it can (`_Aside`), and is dropped when no
+    level fired."""
     sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -231,6 +291,27 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         raise BackfillError(f"{engine.url.render_as_string(hide_password=True)} already holds a "
                             "portfolio; a backfill needs a fresh database")
 
+    without_breakers = None
+    if compare_breakers and settings.risk.breakers_enabled and orchestrated:
+        off = settings.model_copy(update={"risk": settings.risk.model_copy(update={"breakers_enabled": False})})
+
+        def replay_without_breakers() -> dict:
+            other = run_backfill(data, off, start=start, end=end, sleeves=sleeves, capital=capital, progress=False,
+                                 monthly_deposit=monthly_deposit, compare_breakers=False, deposits=deposits)
+            return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
+
+        without_breakers = _Aside(replay_without_breakers)
+    try:
+        return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine,
+                       progress, on_day, monthly_deposit, deposits, out_dir, without_breakers)
+    finally:
+        if without_breakers is not None:
+            without_breakers.cancel()
+
+
+def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine, progress,
+            on_day, monthly_deposit, deposits, out_dir, without_breakers) -> BackfillResult:
+    """run_backfill's replay and outputs, its inputs checked."""
     utilisation: list[float] = []
     bar = None
     if progress:
@@ -310,13 +391,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         summary["tactical_sleeve"] = tactical_summary(events)
     summary["breakers"] = breaker_summary(p.risk, events, start, end, settings, orchestrated)
     summary["max_asset_weight"] = max_weights
-    if compare_breakers and settings.risk.breakers_enabled and summary["breakers"]["escalations"]:
-        off = settings.model_copy(update={"risk": settings.risk.model_copy(update={"breakers_enabled": False})})
-        other = run_backfill(data, off, start=start, end=end, sleeves=sleeves, capital=capital, progress=False,
-                             monthly_deposit=monthly_deposit, compare_breakers=False)
-        summary["breakers"]["without_breakers"] = {k: other.summary[k] for k in ("final_equity", "total_return",
-                                                                                 "max_drawdown", "cagr")}
-        summary["breakers"]["cost_usdt"] = other.summary["final_equity"] - summary["final_equity"]
+    if without_breakers is not None and summary["breakers"]["escalations"]:
+        summary["breakers"]["without_breakers"] = without_breakers.result()
+        summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]
 
     if store is not None:
         store.initialise(capital, shares, start)

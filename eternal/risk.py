@@ -157,10 +157,12 @@ def _raises_net(intent: OrderIntent, book: SleeveBook) -> bool:
     return intent.side == Side.BUY and (intent.market == Market.SPOT or opens(intent, book))
 
 
-def _books_with_open_orders(view: RiskView, reducing_only: bool = False) -> dict[Sleeve, SleeveBook]:
-    """Copies of the books with the resting orders counted as filled (`reducing_only`: only those
-    that reduce: the venue fills them first, so a trim must not count on an entry still resting)."""
-    books = {s: b.copy() for s, b in view.books.items()}
+def _books_with_open_orders(view: RiskView, reducing_only: bool = False,
+                            sleeves: Iterable[Sleeve] | None = None) -> dict[Sleeve, SleeveBook]:
+    """Copies of the books (of `sleeves`, default all) with the resting orders counted as filled
+    (`reducing_only`: only those that reduce: the venue fills them first, so a trim must not count
+    on an entry still resting)."""
+    books = {s: b.copy() for s, b in view.books.items() if sleeves is None or s in sleeves}
     for rec in view.open_orders:
         i = rec.intent
         left = i.qty - (rec.filled_qty or 0.0)
@@ -178,6 +180,8 @@ def _books_with_open_orders(view: RiskView, reducing_only: bool = False) -> dict
 def approve(intents: list[OrderIntent], view: RiskView) -> tuple[list[OrderIntent], list[Event]]:
     """The intents that may be sent, each at most at its approved qty, and the events of every
     reduction and refusal (see the module's docstring for the rules, in their order)."""
+    if not intents:          # most funding ticks: nothing to weigh
+        return [], []
     p, st = view.params, view.state
     books = _books_with_open_orders(view)
     equity0 = {s: sleeve_equity(b, view) for s, b in books.items()}
@@ -313,7 +317,8 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
     TREND's longs first, then TACTICAL, then CORE. Resting reducing orders count as filled (a trim
     is not sent twice); resting entries do not (the venue fills reductions first)."""
     p = view.params
-    books = _books_with_open_orders(view, reducing_only=True)
+    sleeves = list(sleeves)
+    books = _books_with_open_orders(view, reducing_only=True, sleeves=None if portfolio_wide else sleeves)
     over = 1.0 + p.held_tolerance
     intents: list[OrderIntent] = []
     events: list[Event] = []

@@ -181,6 +181,58 @@ def test_a_backfill_writes_every_event_and_what_the_breakers_cost_against_the_sa
     assert sum(b["days_at_level"].values()) == pytest.approx((utc("2021-02-15") - utc("2020-09-14")).days)
 
 
+def test_the_replay_without_breakers_gives_the_same_numbers_in_a_process_of_its_own(dataset, shared_data, tmp_path):
+    """`eternal backfill` runs the breakers-off replay in a forked process beside the first (no
+    other thread runs in the CLI); run_backfill with another thread running keeps it in process.
+    2020-09-14..2021-02-15 (L1 on 2021-01-22): both report the same cost of the breakers."""
+    import json
+    import subprocess
+    import sys
+    import threading
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETERNAL_", "PREFECT_API"))}
+    done = subprocess.run([str(Path(sys.executable).parent / "eternal"), "backfill", "--start", "2020-09-14",
+                           "--end", "2021-02-15", "--monthly-deposit", "1000", "--no-progress",
+                           "--data-dir", str(shared_data), "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True, env={**env, "DO_NOT_TRACK": "1"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    forked = json.loads((tmp_path / "cli" / "summary.json").read_text())["breakers"]
+    here: dict = {}
+    beside = threading.Thread(target=lambda: here.update(run_backfill(
+        dataset, Settings(), start=utc("2020-09-14"), end=utc("2021-02-15"), progress=False,
+        monthly_deposit=1_000.0).summary["breakers"]))
+    beside.start()
+    beside.join()
+    assert forked["without_breakers"] == here["without_breakers"]
+    assert forked["cost_usdt"] == here["cost_usdt"] != 0.0
+
+
+def test_the_replay_without_breakers_takes_the_same_deposits(dataset):
+    """A replay given deposits (a ledger's) is compared with the same replay breakers off and the
+    same deposits: 50,000 USDT on 2020-12-01, L1 on 2021-01-22. Before, the comparison left the
+    deposits out and priced the breakers at about 50,000 USDT."""
+    deposits = [(utc("2020-12-01"), 50_000.0)]
+    r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2021-02-15"), progress=False,
+                     deposits=deposits)
+    off = run_backfill(dataset, Settings(risk=RiskParams(breakers_enabled=False)), start=utc("2020-09-14"),
+                       end=utc("2021-02-15"), progress=False, deposits=deposits, compare_breakers=False)
+    b = r.summary["breakers"]
+    assert b["without_breakers"]["final_equity"] == off.summary["final_equity"]
+    assert abs(b["cost_usdt"]) < 0.2 * r.summary["final_equity"] and b["cost_usdt"] != 0.0
+
+
+def test_a_replay_aside_whose_process_is_killed_fails_in_one_line():
+    import subprocess
+    import sys
+
+    code = ("import os, signal; from eternal.replay import _Aside; "
+            "_Aside(lambda: os.kill(os.getpid(), signal.SIGKILL)).result()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == ("eternal.replay.BackfillError: the second replay's process "
+                                                    "ended with exit code -9 and no result")
+
+
 def test_breakers_off_is_for_research_only(monkeypatch):
     for mode in (Mode.DEMO, Mode.TESTNET, Mode.LIVE):
         with pytest.raises(ConfigError, match="BREAKERS_ENABLED=false is for research backfills only"):
