@@ -189,43 +189,46 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
     return start, end
 
 
-class _Aside:
-    """`fn()` run in a forked child process, on the machine's other core, while this process goes
-    on: the backfill's second replay (breakers off) beside its first. `result()` waits for it
-    (pickled back through a pipe) and raises what it raised; `cancel()` ends it. Run here, in this
-    process, when a fork is unsafe (another thread runs: it could hold a lock the child needs, as
-    in a Prefect flow run or a Dask worker), unavailable, or pointless (one core)."""
+def _aside_child(conn, fn: Callable, args: tuple) -> None:
+    """In the child: `fn(*args)`, or the exception it raised, sent back through `conn`."""
+    try:
+        out = ("ok", fn(*args))
+    except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
+        out = ("error", exc)
+    try:
+        conn.send(out)
+    except Exception as exc:                     # an exception that does not pickle
+        conn.send(("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc))
 
-    def __init__(self, fn: Callable[[], object]) -> None:
+
+class _Aside:
+    """`fn(*args)` (a module-level function) run in a child process, on the machine's other core,
+    while this process goes on: the backfill's second replay (breakers off) beside its first.
+    `result()` waits for it (pickled back through a pipe) and raises what it raised; `cancel()`
+    ends it. The child is forked (it shares the data read, nothing imported again) when this
+    process runs one thread; beside other threads (a Prefect flow run, a Dask worker) a fork could
+    copy a lock another thread holds, so the child comes from a forkserver instead (imports
+    eternal again, about 1 s, and gets the data pickled). On one core it runs here, in process."""
+
+    def __init__(self, fn: Callable, *args) -> None:
         import multiprocessing
         import os
         import threading
 
-        self.fn, self.proc, self.conn = fn, None, None
-        if (threading.active_count() > 1 or (os.cpu_count() or 1) < 2
-                or "fork" not in multiprocessing.get_all_start_methods()):
+        self.fn, self.args, self.proc, self.conn = fn, args, None, None
+        methods = multiprocessing.get_all_start_methods()
+        method = "fork" if threading.active_count() == 1 else "forkserver"
+        if (os.cpu_count() or 1) < 2 or method not in methods:
             return
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context(method)
         self.conn, child_end = ctx.Pipe(duplex=False)
-
-        def child() -> None:
-            try:
-                out = ("ok", fn())
-            except BaseException as exc:             # noqa: BLE001 - handed to the parent as is
-                out = ("error", exc)
-            try:
-                child_end.send(out)
-            except Exception as exc:                 # an exception that does not pickle
-                child_end.send(("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error"
-                                else exc))
-
-        self.proc = ctx.Process(target=child, daemon=True, name="backfill-aside")
+        self.proc = ctx.Process(target=_aside_child, args=(child_end, fn, args), daemon=True, name="backfill-aside")
         self.proc.start()
         child_end.close()
 
     def result(self):
         if self.proc is None:
-            return self.fn()
+            return self.fn(*self.args)
         try:
             status, value = self.conn.recv()
         except EOFError:          # the child died without an answer (killed, out of memory)
@@ -245,6 +248,15 @@ class _Aside:
             self.proc.join()
         if self.conn is not None:
             self.conn.close()
+
+
+def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: datetime, sleeves, capital: float,
+                      monthly_deposit: float, deposits) -> dict:
+    """The same replay with the circuit breakers off: its final equity, return, drawdown, CAGR."""
+    off = settings.model_copy(update={"risk": settings.risk.model_copy(update={"breakers_enabled": False})})
+    other = run_backfill(data, off, start=start, end=end, sleeves=sleeves, capital=capital, progress=False,
+                         monthly_deposit=monthly_deposit, compare_breakers=False, deposits=deposits)
+    return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
 
 
 def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
@@ -293,14 +305,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
 
     without_breakers = None
     if compare_breakers and settings.risk.breakers_enabled and orchestrated:
-        off = settings.model_copy(update={"risk": settings.risk.model_copy(update={"breakers_enabled": False})})
-
-        def replay_without_breakers() -> dict:
-            other = run_backfill(data, off, start=start, end=end, sleeves=sleeves, capital=capital, progress=False,
-                                 monthly_deposit=monthly_deposit, compare_breakers=False, deposits=deposits)
-            return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
-
-        without_breakers = _Aside(replay_without_breakers)
+        without_breakers = _Aside(_without_breakers, data, settings, start, end, sleeves, capital, monthly_deposit,
+                                  deposits)
     try:
         return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine,
                        progress, on_day, monthly_deposit, deposits, out_dir, without_breakers)

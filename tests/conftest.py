@@ -111,12 +111,14 @@ def _isolated_settings(monkeypatch, tmp_path):
 
 @pytest.fixture(autouse=True)
 def loopback_only(monkeypatch) -> list:
-    """Every outgoing connection of every test, refused unless it stays on this machine."""
+    """Every outgoing connection of every test, refused unless it stays on this machine (loopback
+    or a Unix socket)."""
     seen, real_connect = [], socket.socket.connect
 
     def connect(sock, address):
         seen.append(address)
-        if not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
+        local = sock.family == socket.AF_UNIX           # a socket file on this machine (multiprocessing's)
+        if not local and not (isinstance(address, tuple) and address[0] in ("127.0.0.1", "::1")):
             raise AssertionError(f"a test tried to connect to {address!r}: tests stay on 127.0.0.1")
         return real_connect(sock, address)
 
