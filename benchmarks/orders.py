@@ -1,8 +1,8 @@
 """Orders per second through the live path, after 0, 1,000 and 10,000 prior orders (issue 10).
 
-The live path as the flows run it: the driver's `act` (write-ahead plan stored first, each intent
-looked up by its client order id at the exchange, then sent; the paper exchange saves each change
-in its rows) and the ledger's commit of the event, on a SQLite file. Batches of 100 CORE market
+The live path as the flows run it: the driver's `act` (write-ahead plan stored first, then each
+intent sent under its client order id: a plan this run has just stored is not looked up first; the
+paper exchange saves each change in its rows) and the ledger's commit of the event, on a SQLite file. Batches of 100 CORE market
 orders, each batch one event; between batches the next open fills them (not timed). Prints the
 median of several batches at each history size.
 
@@ -60,7 +60,7 @@ def main() -> None:
         batch = Batch(due)
         began = time.perf_counter()
         ledger.store_plan(due.key, plan_to_json(plan, {}, None, []))
-        driver.act(p, due, plan, batch)
+        driver.act(p, due, plan, batch, fresh=True)       # as process() after storing it
         p.clock, batch.plan_key = due.key, due.key
         ledger.commit(p, batch)
         took = time.perf_counter() - began
