@@ -52,6 +52,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=5, help="timed batches of 100 (median)")
     args = ap.parse_args()
+    if args.batches < 1:
+        ap.error(f"--batches must be 1 or more, got {args.batches}")
     with BybitEmulator() as emu:
         emu.set_prices_from_candles("2024-01-01")
         bursts = [batch(venue(emu, f"burst-{i}"), 10, f"burst{i}") for i in range(3)]

@@ -28,14 +28,33 @@ def _date(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _day(value: str) -> datetime:
+    """A day, YYYY-MM-DD (UTC midnight): a backfill replays whole days, so a time is refused, not
+    moved silently to a day boundary."""
+    ts = _date(value)
+    if (ts.hour, ts.minute, ts.second, ts.microsecond) != (0, 0, 0, 0):
+        raise argparse.ArgumentTypeError(f"{value!r} has a time of day: a backfill takes whole days (YYYY-MM-DD)")
+    return ts
+
+
+def _out_dir(value: str) -> Path:
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give a directory for the outputs")
+    return Path(value)
+
+
 def _number(value: str) -> float:
-    """A finite number: float() also reads 'inf' and 'nan', which no amount of USDT is."""
+    """An amount of USDT: a finite number (float() also reads 'inf' and 'nan') of at most
+    `eternal.replay.MAX_USDT` (a float keeps no cents above it)."""
     try:
         v = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
+    if v > 1e12:
+        raise argparse.ArgumentTypeError(f"{value} USDT is more than 1e12: above that a float keeps no cents "
+                                         "(money never rounds silently)")
     return v
 
 
@@ -89,15 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "ledger's clock")
 
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
-    bf.add_argument("--start", type=_date, help="first day (default: first day of the data)")
-    bf.add_argument("--end", type=_date, help="end day, exclusive (default: after the last day)")
+    bf.add_argument("--start", type=_day, help="first day, YYYY-MM-DD (default: first day of the data)")
+    bf.add_argument("--end", type=_day, help="end day, exclusive, YYYY-MM-DD (default: after the last day)")
     bf.add_argument("--engines", help="comma-separated engines: core, trend-1, trend-2, or trend for both "
                     "(default: all implemented); one sleeve alone receives the whole capital")
     bf.add_argument("--capital", type=_positive, help="starting capital in USDT (default: settings)")
     bf.add_argument("--monthly-deposit", type=_not_negative, default=0.0, metavar="USDT",
                     help="deposited on the first day of each month through the deposit rules (default 0)")
     bf.add_argument("--data-dir", type=Path, help="CSV directory (default: ETERNAL_DATA_DIR, else the database)")
-    bf.add_argument("--out", type=Path, default=Path("out/backfill"), help="output directory")
+    bf.add_argument("--out", type=_out_dir, default=Path("out/backfill"), help="output directory")
     bf.add_argument("--database-url", type=_secret_url, help="where the replay's ledger goes (default: "
                     "ETERNAL_BACKFILL_DATABASE_URL, else OUT/backfill.db); a secret, never a flow parameter")
     bf.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -315,7 +334,22 @@ def _before_flow_run(args, s) -> None:
     refresh_before_run(s, args.asof or datetime.now(_UTC), logging.getLogger("eternal.cli"))
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a service manager's stop, `kill`) ends a backfill as Ctrl-C does: its outputs and
+    its ledger are removed, its second replay ends with it, the exit code is 130."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        _UNDO.append(lambda: signal.signal(signal.SIGTERM, previous))
+
+
 def cmd_backfill(args, s) -> int:
+    _interrupt_on_sigterm()
     if args.start and args.end and args.end <= args.start:   # before the slow imports below
         from eternal.models import end_before_start
 

@@ -52,6 +52,11 @@ TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "pric
                  "client_order_id"]
 
 
+MAX_USDT = 1e12
+"""The largest capital or deposit a backfill takes (USDT): a float64 holds about 16 digits, so sums
+above a trillion USDT no longer keep a cent's fees."""
+
+
 class BackfillError(EternalError):
     pass
 
@@ -189,14 +194,34 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
     return start, end
 
 
-def _aside_child(conn, fn: Callable, args: tuple) -> None:
+def _die_with(owner: int) -> None:
+    """This child is killed when its parent process dies (Linux `PR_SET_PDEATHSIG`): a backfill
+    killed by SIGTERM or SIGKILL leaves no replay running on, holding its --out lock (a fork
+    inherits the lock's file). `owner`: the backfill's pid, when it is the parent (a fork); a
+    forkserver's child dies with the forkserver, which ends when the backfill does."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):         # not Linux: the child ends when its replay does
+        return
+    if owner and os.getppid() != owner:       # the parent died before the line above
+        os._exit(1)
+
+
+def _aside_child(conn, fn: Callable, args: tuple, owner: int = 0) -> None:
     """In the child: `fn(*args)`, or the exception it raised, sent back through `conn`."""
+    _die_with(owner)
     try:
         out = ("ok", fn(*args))
     except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
         out = ("error", exc)
     try:
         conn.send(out)
+    except BrokenPipeError:                      # the backfill no longer waits for it
+        pass
     except Exception as exc:                     # an exception that does not pickle
         conn.send(("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc))
 
@@ -222,7 +247,9 @@ class _Aside:
             return
         ctx = multiprocessing.get_context(method)
         self.conn, child_end = ctx.Pipe(duplex=False)
-        self.proc = ctx.Process(target=_aside_child, args=(child_end, fn, args), daemon=True, name="backfill-aside")
+        owner = os.getpid() if method == "fork" else 0
+        self.proc = ctx.Process(target=_aside_child, args=(child_end, fn, args, owner), daemon=True,
+                                name="backfill-aside")
         self.proc.start()
         child_end.close()
 
@@ -284,6 +311,10 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         raise BackfillError(f"--capital must be a finite number above 0, got {capital}")
     if not 0 <= monthly_deposit < float("inf"):
         raise BackfillError(f"--monthly-deposit must be a finite number of 0 or more, got {monthly_deposit}")
+    for name, usdt in (("--capital", capital), ("--monthly-deposit", monthly_deposit)):
+        if usdt > MAX_USDT:
+            raise BackfillError(f"{name} {usdt:g} USDT is more than {MAX_USDT:g}: above that a float keeps no cents "
+                                "(money never rounds silently)")
     orchestrated = set(sleeves) == set(Sleeve)      # the whole portfolio: allocation between sleeves
     check_dataset(data, settings, sleeves)           # the same suite as an import or a flow's gather
     view = MarketView.build(data, settings, sleeves, with_regime=orchestrated)
@@ -396,7 +427,7 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     if Sleeve.TACTICAL in sleeves:
         summary["tactical_sleeve"] = tactical_summary(events)
     summary["breakers"] = breaker_summary(p.risk, events, start, end, settings, orchestrated)
-    summary["max_asset_weight"] = max_weights
+    summary["max_asset_weight"] = dict(sorted(max_weights.items()))      # the same order every run
     if without_breakers is not None and summary["breakers"]["escalations"]:
         summary["breakers"]["without_breakers"] = without_breakers.result()
         summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]

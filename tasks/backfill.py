@@ -24,7 +24,7 @@ from pathlib import Path
 from eternal.config import load_settings
 from eternal.data.csv_files import read_dir
 from eternal.models import PERP_SYMBOLS
-from eternal.replay import BackfillError, BackfillResult, parse_sleeves, run_backfill
+from eternal.replay import MAX_USDT, BackfillError, BackfillResult, parse_sleeves, run_backfill
 from eternal.secrets import SecretUrl
 
 log = logging.getLogger("eternal.backfill")
@@ -82,6 +82,10 @@ def check_amounts(capital: float | None, monthly_deposit_usdt: float) -> None:
         raise BackfillError(f"capital must be a finite number above 0, got {capital}")
     if not (math.isfinite(monthly_deposit_usdt) and monthly_deposit_usdt >= 0):
         raise BackfillError(f"monthly_deposit_usdt must be a finite number of 0 or more, got {monthly_deposit_usdt}")
+    for name, usdt in (("capital", capital or 0.0), ("monthly_deposit_usdt", monthly_deposit_usdt)):
+        if usdt > MAX_USDT:
+            raise BackfillError(f"{name} {usdt:g} USDT is more than {MAX_USDT:g}: above that a float keeps no cents "
+                                "(money never rounds silently)")
 
 
 def run_job(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
@@ -118,14 +122,22 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
         from eternal.store.db import connect
 
         bar = _ProgressArtifact(start, end) if flow_run else None
-        result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
-                                              out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
-                                              on_day=bar, monthly_deposit=monthly_deposit_usdt)
-        if bar is not None:
-            bar.update(100.0)
-        (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
-                                                  result.summary["final_equity"], result.summary["trades"])
-        write_report(result, data, s, out_dir, flow_run)
+        try:
+            result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
+                                                  out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
+                                                  on_day=bar, monthly_deposit=monthly_deposit_usdt)
+            if bar is not None:
+                bar.update(100.0)
+            (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
+                                                      result.summary["final_equity"], result.summary["trades"])
+            write_report(result, data, s, out_dir, flow_run)
+        except BaseException:       # interrupted or failed: no outputs that look like a finished run's
+            for name in OUTPUTS:
+                (out_dir / name).unlink(missing_ok=True)
+            if s.backfill_database_url is None:         # its own ledger, started here: gone too
+                for suffix in ("", "-wal", "-shm", ".schema.lock"):
+                    Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)
+            raise
     return result.summary
 
 

@@ -220,6 +220,96 @@ def test_backfill_to_an_out_that_cannot_be_written_is_one_line_exit_2(capsys, sh
                           "you can write to"
 
 
+@pytest.mark.parametrize("option, value, said", [
+    ("--out", "", "argument --out: is empty: give a directory for the outputs"),
+    ("--start", "2023-01-01T12:00", "argument --start: '2023-01-01T12:00' has a time of day: a backfill takes "
+                                    "whole days (YYYY-MM-DD)"),
+    ("--monthly-deposit", "1e300", "argument --monthly-deposit: 1e300 USDT is more than 1e12: above that a float "
+                                   "keeps no cents (money never rounds silently)"),
+])
+def test_a_backfill_refuses_an_empty_out_a_time_of_day_and_more_usdt_than_a_float_keeps(
+        option, value, said, capsys, shared_data, tmp_path):
+    """A fresh user's `--out ""` wrote into the current directory (deleting a report.md there),
+    `--start 2023-01-01T12:00` replayed from 2023-01-02 while summary.json said 2023-01-01, and a
+    1e300 deposit reported -100 % with a matplotlib overflow."""
+    args = {"--start": "2023-01-01", "--end": "2023-02-01", "--out": str(tmp_path / "out"), option: value}
+    code, out, err = _run(["backfill", "--data-dir", str(shared_data), "--no-progress",
+                           *[x for kv in args.items() for x in kv]], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].endswith(said)
+    assert not list(tmp_path.iterdir())          # nothing written, here (the cwd) either
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _backfill_started(tmp_path, out: str, data: Path) -> subprocess.Popen:
+    """The full backfill (2020-09-14..2026-01-01, 1,000 USDT monthly) in a process of its own,
+    returned once its second replay (breakers off) runs in its child."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETERNAL_", "PREFECT_API"))}
+    proc = subprocess.Popen([str(SCRIPT), "backfill", "--start", "2020-09-14", "--end", "2026-01-01",
+                             "--monthly-deposit", "1000", "--no-progress", "--data-dir", str(data), "--out", out],
+                            env={**env, "DO_NOT_TRACK": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not _children(proc.pid):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    return proc
+
+
+def _gone(pids: list[int], within_s: float = 10.0) -> bool:
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_backfill_killed_with_sigkill_leaves_no_replay_running_and_the_next_run_goes_ahead(tmp_path, shared_data):
+    """A fresh user's SIGKILL left the second replay running on (re-parented to init) with the
+    --out lock, and the next run was refused: "another backfill is writing"."""
+    import signal
+
+    proc = _backfill_started(tmp_path, "out", shared_data)
+    child = _children(proc.pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = _script("backfill", "--engines", "trend-1", "--start", "2024-01-01", "--end", "2024-02-01",
+                    "--no-progress", "--data-dir", str(shared_data), "--out", str(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr          # the --out lock died with the killed backfill
+    assert _gone(child), f"the second replay {child} still runs after its backfill was killed"
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["start"] == "2024-01-01"
+
+
+def test_a_backfill_stopped_with_sigterm_leaves_no_outputs_and_no_replay_running(tmp_path, shared_data):
+    """SIGTERM ends a backfill as Ctrl-C does (exit 130, its one line), and what it says holds:
+    no outputs in its --out, its ledger removed, its second replay gone."""
+    import signal
+
+    proc = _backfill_started(tmp_path, "out", shared_data)
+    child = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().startswith("error: interrupted: run the command again")
+    assert _gone(child)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".backfill.lock"]
+
+
 # config show --------------------------------------------------------------------------------
 def test_config_show_prints_effective_settings_as_json_with_the_secret_redacted(monkeypatch, capsys):
     monkeypatch.setenv("ETERNAL_EXCHANGE__API_SECRET", SECRET)
