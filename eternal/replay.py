@@ -10,6 +10,7 @@ the whole window; indicators and all-time highs are computed once per series (`M
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -197,8 +198,7 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
 def _die_with(owner: int) -> None:
     """This child is killed when its parent process dies (Linux `PR_SET_PDEATHSIG`): a backfill
     killed by SIGTERM or SIGKILL leaves no replay running on, holding its --out lock (a fork
-    inherits the lock's file). `owner`: the backfill's pid, when it is the parent (a fork); a
-    forkserver's child dies with the forkserver, which ends when the backfill does."""
+    inherits the lock's file). `owner`: the backfill's pid, its parent."""
     import ctypes
     import os
     import signal
@@ -207,74 +207,138 @@ def _die_with(owner: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):         # not Linux: the child ends when its replay does
         return
-    if owner and os.getppid() != owner:       # the parent died before the line above
+    if os.getppid() != owner:                 # the parent died before the line above
         os._exit(1)
 
 
-def _aside_child(conn, fn: Callable, args: tuple, owner: int = 0) -> None:
-    """In the child: `fn(*args)`, or the exception it raised, sent back through `conn`."""
-    _die_with(owner)
+def _aside_run(fn: Callable, args: tuple) -> tuple[str, object]:
+    """("ok", fn(*args)) or ("error", the exception it raised, as a BackfillError when it does not pickle)."""
+    import pickle
+
     try:
         out = ("ok", fn(*args))
     except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
         out = ("error", exc)
     try:
+        pickle.dumps(out)
+    except Exception as exc:                     # an exception or a result that does not pickle
+        out = ("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc)
+    return out
+
+
+def _aside_forked(conn, fn: Callable, args: tuple, owner: int) -> None:
+    """The forked child: its answer sent back through `conn`."""
+    _die_with(owner)
+    out = _aside_run(fn, args)
+    try:
         conn.send(out)
     except BrokenPipeError:                      # the backfill no longer waits for it
         pass
-    except Exception as exc:                     # an exception that does not pickle
-        conn.send(("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc))
+
+
+def _aside_spawned() -> None:
+    """The spawned child (`python -c`, argv: the pickled call's file, the parent's pid): its answer
+    pickled to stdout."""
+    import os
+    import pickle
+
+    path, owner = sys.argv[1], int(sys.argv[2])
+    _die_with(owner)
+    with open(path, "rb") as f:
+        fn, args = pickle.load(f)
+    os.unlink(path)
+    out = _aside_run(fn, args)
+    try:
+        sys.stdout.buffer.write(pickle.dumps(out))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
 
 
 class _Aside:
     """`fn(*args)` (a module-level function) run in a child process, on the machine's other core,
     while this process goes on: the backfill's second replay (breakers off) beside its first.
-    `result()` waits for it (pickled back through a pipe) and raises what it raised; `cancel()`
-    ends it. The child is forked (it shares the data read, nothing imported again) when this
-    process runs one thread; beside other threads (a Prefect flow run, a Dask worker) a fork could
-    copy a lock another thread holds, so the child comes from a forkserver instead (imports
-    eternal again, about 1 s, and gets the data pickled). On one core it runs here, in process."""
+    `result()` waits for it and raises what it raised; `cancel()` ends it; the child dies with this
+    process. When this process runs one thread the child is forked (it shares the data read,
+    nothing is imported again). Beside other threads (a Prefect flow run, a Dask worker) a fork
+    could copy a lock another thread holds, and multiprocessing's spawn and forkserver import this
+    process's `__main__` again in the child (a script without a `__name__` guard would run twice):
+    the child is then a fresh `python -c` that imports eternal (about 1 s) and reads the call
+    pickled to a temporary file. On one core it runs here, in process."""
 
     def __init__(self, fn: Callable, *args) -> None:
         import multiprocessing
         import os
         import threading
 
-        self.fn, self.args, self.proc, self.conn = fn, args, None, None
-        methods = multiprocessing.get_all_start_methods()
-        method = "fork" if threading.active_count() == 1 else "forkserver"
-        if (os.cpu_count() or 1) < 2 or method not in methods:
+        self.fn, self.args, self.proc, self.conn, self.spawned, self.path = fn, args, None, None, None, None
+        if (os.cpu_count() or 1) < 2:
             return
-        ctx = multiprocessing.get_context(method)
-        self.conn, child_end = ctx.Pipe(duplex=False)
-        owner = os.getpid() if method == "fork" else 0
-        self.proc = ctx.Process(target=_aside_child, args=(child_end, fn, args, owner), daemon=True,
-                                name="backfill-aside")
-        self.proc.start()
-        child_end.close()
+        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("fork")
+            self.conn, child_end = ctx.Pipe(duplex=False)
+            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid()), daemon=True,
+                                    name="backfill-aside")
+            self.proc.start()
+            child_end.close()
+        else:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        import os
+        import pickle
+        import subprocess
+        import tempfile
+
+        fd, self.path = tempfile.mkstemp(prefix="eternal-aside-", suffix=".pickle")
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump((self.fn, self.args), f, protocol=pickle.HIGHEST_PROTOCOL)
+        paths = [p for p in sys.path if p and os.path.isdir(p)]   # the same eternal as this process
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        self.spawned = subprocess.Popen([sys.executable, "-c", "from eternal.replay import _aside_spawned; "
+                                         "_aside_spawned()", self.path, str(os.getpid())],
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=env)
 
     def result(self):
-        if self.proc is None:
-            return self.fn(*self.args)
-        try:
-            status, value = self.conn.recv()
-        except EOFError:          # the child died without an answer (killed, out of memory)
+        import pickle
+
+        if self.spawned is not None:
+            out, err = self.spawned.communicate()
+            if self.spawned.returncode != 0 or not out:
+                last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+                raise BackfillError(f"the second replay's process ended with exit code {self.spawned.returncode} "
+                                    f"and no result{': ' + last if last else ''}")
+            status, value = pickle.loads(out)
+        elif self.proc is not None:
+            try:
+                status, value = self.conn.recv()
+            except EOFError:          # the child died without an answer (killed, out of memory)
+                self.proc.join()
+                raise BackfillError(f"the second replay's process ended with exit code {self.proc.exitcode} "
+                                    "and no result") from None
+            finally:
+                self.conn.close()
             self.proc.join()
-            raise BackfillError(f"the second replay's process ended with exit code {self.proc.exitcode} "
-                                "and no result") from None
-        finally:
-            self.conn.close()
-        self.proc.join()
+        else:
+            return self.fn(*self.args)
         if status == "error":
             raise value
         return value
 
     def cancel(self) -> None:
+        import os
+
         if self.proc is not None and self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
         if self.conn is not None:
             self.conn.close()
+        if self.spawned is not None and self.spawned.poll() is None:
+            self.spawned.kill()
+            self.spawned.communicate()
+        if self.path is not None and os.path.exists(self.path):
+            os.unlink(self.path)
 
 
 def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: datetime, sleeves, capital: float,

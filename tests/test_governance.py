@@ -222,6 +222,33 @@ def test_the_replay_without_breakers_takes_the_same_deposits(dataset):
     assert abs(b["cost_usdt"]) < 0.2 * r.summary["final_equity"] and b["cost_usdt"] != 0.0
 
 
+def test_a_script_without_a_main_guard_runs_once_when_its_backfill_replays_aside(shared_data, tmp_path):
+    """A script with a thread running calls run_backfill at its top level: the second replay's
+    process must not run the script again (multiprocessing's spawn and forkserver import
+    `__main__` in the child: the script ran twice and the backfill failed with BrokenPipeError)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "research.py"
+    script.write_text(
+        "import threading, time\n"
+        "print('script ran', flush=True)\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "from eternal.config import Settings\n"
+        "from eternal.data.csv_files import read_dir\n"
+        "from eternal.models import utc\n"
+        "from eternal.replay import run_backfill\n"
+        f"r = run_backfill(read_dir({str(shared_data)!r}), Settings(), start=utc('2020-09-14'), "
+        "end=utc('2021-02-15'), progress=False, monthly_deposit=1000.0)\n"
+        "print('cost', r.summary['breakers']['cost_usdt'])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETERNAL_")}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines.count("script ran") == 1 and lines[-1].startswith("cost ") and float(lines[-1][5:]) != 0.0
+
+
 def test_a_replay_aside_whose_process_is_killed_fails_in_one_line():
     import subprocess
     import sys
