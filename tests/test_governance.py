@@ -181,33 +181,6 @@ def test_a_backfill_writes_every_event_and_what_the_breakers_cost_against_the_sa
     assert sum(b["days_at_level"].values()) == pytest.approx((utc("2021-02-15") - utc("2020-09-14")).days)
 
 
-def test_the_replay_without_breakers_gives_the_same_numbers_in_a_process_of_its_own(dataset, shared_data, tmp_path):
-    """`eternal backfill` runs the breakers-off replay in a forked process beside the first (no
-    other thread runs in the CLI); run_backfill beside another thread takes that process from a
-    forkserver (a fork could copy a lock the other thread holds). 2020-09-14..2021-02-15 (L1 on
-    2021-01-22): both report the same cost of the breakers."""
-    import json
-    import subprocess
-    import sys
-    import threading
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETERNAL_", "PREFECT_API"))}
-    done = subprocess.run([str(Path(sys.executable).parent / "eternal"), "backfill", "--start", "2020-09-14",
-                           "--end", "2021-02-15", "--monthly-deposit", "1000", "--no-progress",
-                           "--data-dir", str(shared_data), "--out", str(tmp_path / "cli")],
-                          capture_output=True, text=True, env={**env, "DO_NOT_TRACK": "1"}, timeout=120)
-    assert done.returncode == 0, done.stderr
-    forked = json.loads((tmp_path / "cli" / "summary.json").read_text())["breakers"]
-    here: dict = {}
-    beside = threading.Thread(target=lambda: here.update(run_backfill(
-        dataset, Settings(), start=utc("2020-09-14"), end=utc("2021-02-15"), progress=False,
-        monthly_deposit=1_000.0).summary["breakers"]))
-    beside.start()
-    beside.join()
-    assert forked["without_breakers"] == here["without_breakers"]
-    assert forked["cost_usdt"] == here["cost_usdt"] != 0.0
-
-
 def test_the_replay_without_breakers_takes_the_same_deposits(dataset):
     """A replay given deposits (a ledger's) is compared with the same replay breakers off and the
     same deposits: 50,000 USDT on 2020-12-01, L1 on 2021-01-22. Before, the comparison left the
@@ -222,16 +195,28 @@ def test_the_replay_without_breakers_takes_the_same_deposits(dataset):
     assert abs(b["cost_usdt"]) < 0.2 * r.summary["final_equity"] and b["cost_usdt"] != 0.0
 
 
-def test_a_script_without_a_main_guard_runs_once_when_its_backfill_replays_aside(shared_data, tmp_path):
-    """A script with a thread running calls run_backfill at its top level: the second replay's
-    process must not run the script again (multiprocessing's spawn and forkserver import
-    `__main__` in the child: the script ran twice and the backfill failed with BrokenPipeError)."""
+def test_the_replay_without_breakers_gives_the_same_numbers_forked_or_spawned(shared_data, tmp_path):
+    """The breakers-off replay runs beside the first: forked by `eternal backfill` (one thread),
+    spawned as a fresh `python -c` beside other threads (a fork could copy a lock another thread
+    holds). Here the second is a research script with a thread running and no `__name__` guard,
+    which must run once (multiprocessing's spawn and forkserver import `__main__` in the child:
+    the script ran twice and its backfill failed with BrokenPipeError). 2020-09-14..2021-02-15
+    (L1 on 2021-01-22): both report the same cost of the breakers."""
+    import json
     import subprocess
     import sys
 
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ETERNAL_", "PREFECT_API"))}
+    env["DO_NOT_TRACK"] = "1"
+    done = subprocess.run([str(Path(sys.executable).parent / "eternal"), "backfill", "--start", "2020-09-14",
+                           "--end", "2021-02-15", "--monthly-deposit", "1000", "--no-progress",
+                           "--data-dir", str(shared_data), "--out", str(tmp_path / "cli")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    forked = json.loads((tmp_path / "cli" / "summary.json").read_text())["breakers"]
     script = tmp_path / "research.py"
     script.write_text(
-        "import threading, time\n"
+        "import json, threading, time\n"
         "print('script ran', flush=True)\n"
         "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
         "from eternal.config import Settings\n"
@@ -240,13 +225,15 @@ def test_a_script_without_a_main_guard_runs_once_when_its_backfill_replays_aside
         "from eternal.replay import run_backfill\n"
         f"r = run_backfill(read_dir({str(shared_data)!r}), Settings(), start=utc('2020-09-14'), "
         "end=utc('2021-02-15'), progress=False, monthly_deposit=1000.0)\n"
-        "print('cost', r.summary['breakers']['cost_usdt'])\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETERNAL_")}
+        "print(json.dumps(r.summary['breakers']))\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines.count("script ran") == 1 and lines[-1].startswith("cost ") and float(lines[-1][5:]) != 0.0
+    spawned = json.loads(lines[-1])
+    assert lines.count("script ran") == 1
+    assert forked["without_breakers"] == spawned["without_breakers"]
+    assert forked["cost_usdt"] == spawned["cost_usdt"] != 0.0
 
 
 def test_a_replay_aside_whose_process_is_killed_fails_in_one_line():
