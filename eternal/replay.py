@@ -237,16 +237,12 @@ def _aside_forked(conn, fn: Callable, args: tuple, owner: int) -> None:
 
 
 def _aside_spawned() -> None:
-    """The spawned child (`python -c`, argv: the pickled call's file, the parent's pid): its answer
-    pickled to stdout."""
-    import os
+    """The spawned child (`python -c`, argv: the parent's pid): its call read pickled from stdin,
+    its answer pickled to stdout."""
     import pickle
 
-    path, owner = sys.argv[1], int(sys.argv[2])
-    _die_with(owner)
-    with open(path, "rb") as f:
-        fn, args = pickle.load(f)
-    os.unlink(path)
+    _die_with(int(sys.argv[1]))
+    fn, args = pickle.load(sys.stdin.buffer)
     out = _aside_run(fn, args)
     try:
         sys.stdout.buffer.write(pickle.dumps(out))
@@ -264,14 +260,14 @@ class _Aside:
     could copy a lock another thread holds, and multiprocessing's spawn and forkserver import this
     process's `__main__` again in the child (a script without a `__name__` guard would run twice):
     the child is then a fresh `python -c` that imports eternal (about 1 s) and reads the call
-    pickled to a temporary file. On one core it runs here, in process."""
+    pickled through its stdin. On one core it runs here, in process."""
 
     def __init__(self, fn: Callable, *args) -> None:
         import multiprocessing
         import os
         import threading
 
-        self.fn, self.args, self.proc, self.conn, self.spawned, self.path = fn, args, None, None, None, None
+        self.fn, self.args, self.proc, self.conn, self.spawned = fn, args, None, None, None
         if (os.cpu_count() or 1) < 2:
             return
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
@@ -288,22 +284,33 @@ class _Aside:
         import os
         import pickle
         import subprocess
-        import tempfile
+        import threading
 
-        fd, self.path = tempfile.mkstemp(prefix="eternal-aside-", suffix=".pickle")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((self.fn, self.args), f, protocol=pickle.HIGHEST_PROTOCOL)
+        # the call goes through a pipe, never a file: the settings in it may hold secrets
+        call = pickle.dumps((self.fn, self.args), protocol=pickle.HIGHEST_PROTOCOL)
         paths = [p for p in sys.path if p and os.path.isdir(p)]   # the same eternal as this process
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
         self.spawned = subprocess.Popen([sys.executable, "-c", "from eternal.replay import _aside_spawned; "
-                                         "_aside_spawned()", self.path, str(os.getpid())],
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         "_aside_spawned()", str(os.getpid())],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=env)
+
+        def feed(pipe=self.spawned.stdin) -> None:       # while this process replays
+            try:
+                pipe.write(call)
+                pipe.close()
+            except (BrokenPipeError, ValueError):          # the child died or was cancelled
+                pass
+
+        self.feeder = threading.Thread(target=feed, daemon=True, name="backfill-aside-feed")
+        self.feeder.start()
 
     def result(self):
         import pickle
 
         if self.spawned is not None:
+            self.feeder.join()                    # the call written (or the child gone) first
+            self.spawned.stdin = None             # closed by the feeder: communicate() reads only
             out, err = self.spawned.communicate()
             if self.spawned.returncode != 0 or not out:
                 last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
@@ -327,8 +334,6 @@ class _Aside:
         return value
 
     def cancel(self) -> None:
-        import os
-
         if self.proc is not None and self.proc.is_alive():
             self.proc.kill()
             self.proc.join()
@@ -336,9 +341,7 @@ class _Aside:
             self.conn.close()
         if self.spawned is not None and self.spawned.poll() is None:
             self.spawned.kill()
-            self.spawned.communicate()
-        if self.path is not None and os.path.exists(self.path):
-            os.unlink(self.path)
+            self.spawned.wait()
 
 
 def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: datetime, sleeves, capital: float,
