@@ -183,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()          # invalid settings stop everything, before any work
         return COMMANDS[args.command](args, settings)
     except KeyboardInterrupt:
-        print("error: interrupted: run the command again (a flow finishes its stored plan first; an "
-              "interrupted backfill leaves no outputs in its --out)", file=sys.stderr)
+        print("error: interrupted: run the command again (a flow finishes its stored plan first)", file=sys.stderr)
         return 130
     except EternalError as exc:
         if debug:
@@ -334,22 +333,36 @@ def _before_flow_run(args, s) -> None:
     refresh_before_run(s, args.asof or datetime.now(_UTC), logging.getLogger("eternal.cli"))
 
 
-def _interrupt_on_sigterm() -> None:
+def _interrupt_on_signals() -> None:
     """SIGTERM (a service manager's stop, `kill`) ends a backfill as Ctrl-C does: its outputs and
-    its ledger are removed, its second replay ends with it, the exit code is 130."""
+    its own ledger are removed, its second replay ends with it, the exit code is 130. The first
+    SIGINT or SIGTERM interrupts; later ones (Ctrl-C pressed again) are ignored while it cleans up."""
     import signal
     import threading
 
     def interrupt(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, interrupt)
-        _UNDO.append(lambda: signal.signal(signal.SIGTERM, previous))
+        previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        _UNDO.append(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
 
 
 def cmd_backfill(args, s) -> int:
-    _interrupt_on_sigterm()
+    _interrupt_on_signals()
+    try:
+        return _cmd_backfill(args, s)
+    except KeyboardInterrupt:
+        kept = (" (the ledger at --database-url or ETERNAL_BACKFILL_DATABASE_URL is kept: give a fresh "
+                "one)" if args.database_url is not None or s.backfill_database_url is not None else "")
+        print(f"error: interrupted: nothing of this backfill stays in its --out{kept}; run it again",
+              file=sys.stderr)
+        return 130
+
+
+def _cmd_backfill(args, s) -> int:
     if args.start and args.end and args.end <= args.start:   # before the slow imports below
         from eternal.models import end_before_start
 
@@ -384,7 +397,12 @@ def cmd_backfill(args, s) -> int:
     with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
         load_settings()
         summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
-    print_summary(summary, args.out)
+    try:
+        print_summary(summary, args.out)
+    except KeyboardInterrupt:           # the backfill itself had finished: its outputs stay, complete
+        print(f"error: interrupted after the backfill finished: its outputs in {args.out} are complete",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -286,11 +286,17 @@ class _Aside:
         import subprocess
         import threading
 
+        # the child imports this very eternal: its directory first, and no working directory in
+        # front of it (-P); one that cannot be found again (a relative path and a chdir since)
+        # keeps the replay in this process
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(root, "eternal", "replay.py")):
+            return
         # the call goes through a pipe, never a file: the settings in it may hold secrets
         call = pickle.dumps((self.fn, self.args), protocol=pickle.HIGHEST_PROTOCOL)
-        paths = [p for p in sys.path if p and os.path.isdir(p)]   # the same eternal as this process
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-        self.spawned = subprocess.Popen([sys.executable, "-c", "from eternal.replay import _aside_spawned; "
+        paths = [root, *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+        self.spawned = subprocess.Popen([sys.executable, "-P", "-c", "from eternal.replay import _aside_spawned; "
                                          "_aside_spawned()", str(os.getpid())],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=env)

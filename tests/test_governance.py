@@ -200,8 +200,9 @@ def test_the_replay_without_breakers_gives_the_same_numbers_forked_or_spawned(sh
     spawned as a fresh `python -c` beside other threads (a fork could copy a lock another thread
     holds). Here the second is a research script with a thread running and no `__name__` guard,
     which must run once (multiprocessing's spawn and forkserver import `__main__` in the child:
-    the script ran twice and its backfill failed with BrokenPipeError). 2020-09-14..2021-02-15
-    (L1 on 2021-01-22): both report the same cost of the breakers."""
+    the script ran twice and its backfill failed with BrokenPipeError), run from another checkout
+    (a `python -c` child imported that checkout's eternal). 2020-09-14..2021-02-15 (L1 on
+    2021-01-22): both report the same cost of the breakers."""
     import json
     import subprocess
     import sys
@@ -226,8 +227,11 @@ def test_the_replay_without_breakers_gives_the_same_numbers_forked_or_spawned(sh
         f"r = run_backfill(read_dir({str(shared_data)!r}), Settings(), start=utc('2020-09-14'), "
         "end=utc('2021-02-15'), progress=False, monthly_deposit=1000.0)\n"
         "print(json.dumps(r.summary['breakers']))\n")
+    shadow = tmp_path / "another-checkout"         # run from there: its eternal is not the script's
+    (shadow / "eternal").mkdir(parents=True)
+    (shadow / "eternal" / "__init__.py").write_text("raise ImportError('the eternal of the working directory')\n")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env,
-                          cwd=tmp_path)
+                          cwd=shadow)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     spawned = json.loads(lines[-1])
