@@ -168,7 +168,8 @@ def _run_logger():
 
 
 class _ProgressArtifact:
-    """An on_day callback that moves a progress artifact on the flow run (about 50 updates a run)."""
+    """An on_day callback that moves a progress artifact on the flow run: every 5 %, 20 updates a
+    run (each a request to the API: at every 2 % they were 0.8 s of a full backfill's flow run)."""
 
     def __init__(self, start: datetime | None, end: datetime | None) -> None:
         from prefect.artifacts import create_progress_artifact
@@ -180,7 +181,7 @@ class _ProgressArtifact:
         self.start = self.start or day
         self.days += 1
         pct = min(100.0, 100.0 * self.days / (((self.end or day) - self.start).days or 1))
-        if pct - self.shown >= 2.0:
+        if pct - self.shown >= 5.0:
             self.update(pct)
 
     def update(self, pct: float) -> None:
