@@ -243,10 +243,12 @@ def _aside_spawned() -> None:
 
     _die_with(int(sys.argv[1]))
     fn, args = pickle.load(sys.stdin.buffer)
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr                      # a print in the replay does not spoil the answer
     out = _aside_run(fn, args)
     try:
-        sys.stdout.buffer.write(pickle.dumps(out))
-        sys.stdout.flush()
+        answer.write(pickle.dumps(out))
+        answer.flush()
     except BrokenPipeError:
         pass
 
