@@ -75,8 +75,17 @@ def _secret_url(value: str) -> SecretUrl:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument said in one line (argparse prints its usage block first):
+    `eternal backfill: error: argument --capital: must be positive, got -5 (eternal backfill --help
+    lists the options)`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {scrub(message)} ({self.prog} --help lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eternal", description="Eternal Engine: a multi-engine crypto portfolio.")
+    p = _Parser(prog="eternal", description="Eternal Engine: a multi-engine crypto portfolio.")
     p.add_argument("--debug", action="store_true", help="on an error, show Prefect's logs and the traceback too "
                    "(anywhere on the command line)")
     sub = p.add_subparsers(dest="command", required=True)
