@@ -119,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf = sub.add_parser("backfill", help="replay the daily cycle over history")
     bf.add_argument("--start", type=_day, help="first day, YYYY-MM-DD (default: first day of the data)")
     bf.add_argument("--end", type=_day, help="end day, exclusive, YYYY-MM-DD (default: after the last day)")
-    bf.add_argument("--engines", help="comma-separated engines: core, trend-1, trend-2, or trend for both "
-                    "(default: all implemented); one sleeve alone receives the whole capital")
+    bf.add_argument("--engines", help="comma-separated engines: core, trend-1, trend-2, trend (both), funding, "
+                    "tactical (default: the whole portfolio); one sleeve alone receives the whole capital")
     bf.add_argument("--capital", type=_positive, help="starting capital in USDT (default: settings)")
     bf.add_argument("--monthly-deposit", type=_not_negative, default=0.0, metavar="USDT",
                     help="deposited on the first day of each month through the deposit rules (default 0)")
