@@ -436,14 +436,15 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     def after_close(day: datetime, p: Portfolio, closes: dict, marks: dict) -> None:
         if day < start:
             return
-        total = sum(b.equity(closes, marks) for b in p.books.values())
+        equity = p.last_close["equity"]            # the close's valuation, just made (`Driver.valuation`)
+        total = sum(equity[s.value] for s in p.books)
         for asset, value in net_exposures(p.books, closes, marks).items():
             w = value / total if total > 0 else 0.0
             if w > max_weights.get(asset, {}).get("weight", float("-inf")):
                 max_weights[asset] = {"weight": w, "day": f"{day:%Y-%m-%d}"}
         if Sleeve.FUNDING in sleeves:
             fb = p.books[Sleeve.FUNDING]
-            e = fb.equity(closes, marks)
+            e = equity[Sleeve.FUNDING.value]
             deployed = sum(q * closes[a] for a, q in fb.holdings.items() if q) + sum(
                 m.margin for m in fb.perps.values())
             utilisation.append(deployed / e if e > 0 else 0.0)
