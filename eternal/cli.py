@@ -17,7 +17,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from eternal.config import ENV_PREFIX, load_settings  # noqa: E402
 from eternal.errors import ConfigError, EternalError  # noqa: E402
-from eternal.models import UTC, utc  # noqa: E402
+from eternal.models import MAX_USDT, UTC, utc  # noqa: E402
 from eternal.secrets import SecretUrl, register, reveal, scrub  # noqa: E402
 
 
@@ -45,15 +45,15 @@ def _out_dir(value: str) -> Path:
 
 def _number(value: str) -> float:
     """An amount of USDT: a finite number (float() also reads 'inf' and 'nan') of at most
-    `eternal.replay.MAX_USDT` (a float keeps no cents above it)."""
+    `eternal.models.MAX_USDT` (a float keeps no cents above it)."""
     try:
         v = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
     if not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {value}")
-    if v > 1e12:
-        raise argparse.ArgumentTypeError(f"{value} USDT is more than 1e12: above that a float keeps no cents "
+    if v > MAX_USDT:
+        raise argparse.ArgumentTypeError(f"{value} USDT is more than {MAX_USDT:g}: above that a float keeps no cents "
                                          "(money never rounds silently)")
     return v
 

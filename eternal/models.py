@@ -63,6 +63,9 @@ class OrderStatus(StrEnum):
 
 
 QUOTE = "USDT"
+MAX_USDT = 1e12
+"""The largest capital or deposit taken (USDT): larger amounts are a typo, a float64 keeps about 16
+digits (above a trillion USDT no cent of a fee), and their quantities overflow the step arithmetic."""
 SPOT_SYMBOLS = {"BTC": "BTC/USDT", "ETH": "ETH/USDT", "SOL": "SOL/USDT"}
 PERP_SYMBOLS = {"BTC": "BTC/USDT:USDT", "ETH": "ETH/USDT:USDT", "SOL": "SOL/USDT:USDT"}
 

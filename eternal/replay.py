@@ -10,7 +10,6 @@ the whole window; indicators and all-time highs are computed once per series (`M
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -21,6 +20,7 @@ import pandas as pd
 from sqlalchemy import Engine
 
 from eternal import cycle
+from eternal.aside import Aside
 from eternal.config import Settings
 from eternal.data.csv_files import DataSet
 from eternal.driver import Batch, Driver, Due, Kind, Portfolio, equity_rows
@@ -28,6 +28,7 @@ from eternal.errors import EternalError
 from eternal.exchange.paper import FillPolicy, PaperExchange
 from eternal.market import MarketView, check_dataset, check_history, earliest_start, history_needs, needed_assets
 from eternal.models import (
+    MAX_USDT,
     Event,
     ExitReason,
     Fill,
@@ -51,11 +52,6 @@ ALIASES = {"trend": (Sleeve.TREND_1, Sleeve.TREND_2)}
 # spot buy's fee in the coin bought leaves the sleeve fewer coins, not less cash)
 TRADE_COLUMNS = ["timestamp", "sleeve", "symbol", "market", "side", "qty", "price", "fee", "fee_asset", "reason",
                  "client_order_id"]
-
-
-MAX_USDT = 1e12
-"""The largest capital or deposit a backfill takes (USDT): a float64 holds about 16 digits, so sums
-above a trillion USDT no longer keep a cent's fees."""
 
 
 class BackfillError(EternalError):
@@ -144,10 +140,6 @@ class MemoryLedger:
         self.deposits_taken += [(batch.due.ts, d["usdt"]) for d in batch.deposits_taken]
 
 
-MAX_USDT = 1e12
-"""Larger amounts are a typo, and quantities of them overflow the step arithmetic."""
-
-
 def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | None, end: datetime | None,
                  first: datetime | None = None, last: datetime | None = None) -> tuple[datetime, datetime]:
     """The replay's days [start, end): the defaults filled in (from the first day every warm-up
@@ -195,163 +187,6 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
     return start, end
 
 
-def _die_with(owner: int) -> None:
-    """This child is killed when its parent process dies (Linux `PR_SET_PDEATHSIG`): a backfill
-    killed by SIGTERM or SIGKILL leaves no replay running on, holding its --out lock (a fork
-    inherits the lock's file). `owner`: the backfill's pid, its parent."""
-    import ctypes
-    import os
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):         # not Linux: the child ends when its replay does
-        return
-    if os.getppid() != owner:                 # the parent died before the line above
-        os._exit(1)
-
-
-def _aside_run(fn: Callable, args: tuple) -> tuple[str, object]:
-    """("ok", fn(*args)) or ("error", the exception it raised, as a BackfillError when it does not pickle)."""
-    import pickle
-
-    try:
-        out = ("ok", fn(*args))
-    except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
-        out = ("error", exc)
-    try:
-        pickle.dumps(out)
-    except Exception as exc:                     # an exception or a result that does not pickle
-        out = ("error", BackfillError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc)
-    return out
-
-
-def _aside_forked(conn, fn: Callable, args: tuple, owner: int) -> None:
-    """The forked child: its answer sent back through `conn`."""
-    _die_with(owner)
-    out = _aside_run(fn, args)
-    try:
-        conn.send(out)
-    except BrokenPipeError:                      # the backfill no longer waits for it
-        pass
-
-
-def _aside_spawned() -> None:
-    """The spawned child (`python -c`, argv: the parent's pid): its call read pickled from stdin,
-    its answer pickled to stdout."""
-    import pickle
-
-    _die_with(int(sys.argv[1]))
-    fn, args = pickle.load(sys.stdin.buffer)
-    answer = sys.stdout.buffer
-    sys.stdout = sys.stderr                      # a print in the replay does not spoil the answer
-    out = _aside_run(fn, args)
-    try:
-        answer.write(pickle.dumps(out))
-        answer.flush()
-    except BrokenPipeError:
-        pass
-
-
-class _Aside:
-    """`fn(*args)` (a module-level function) run in a child process, on the machine's other core,
-    while this process goes on: the backfill's second replay (breakers off) beside its first.
-    `result()` waits for it and raises what it raised; `cancel()` ends it; the child dies with this
-    process. When this process runs one thread the child is forked (it shares the data read,
-    nothing is imported again). Beside other threads (a Prefect flow run, a Dask worker) a fork
-    could copy a lock another thread holds, and multiprocessing's spawn and forkserver import this
-    process's `__main__` again in the child (a script without a `__name__` guard would run twice):
-    the child is then a fresh `python -c` that imports eternal (about 1 s) and reads the call
-    pickled through its stdin. On one core it runs here, in process."""
-
-    def __init__(self, fn: Callable, *args) -> None:
-        import multiprocessing
-        import os
-        import threading
-
-        self.fn, self.args, self.proc, self.conn, self.spawned = fn, args, None, None, None
-        if (os.cpu_count() or 1) < 2:
-            return
-        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
-            ctx = multiprocessing.get_context("fork")
-            self.conn, child_end = ctx.Pipe(duplex=False)
-            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid()), daemon=True,
-                                    name="backfill-aside")
-            self.proc.start()
-            child_end.close()
-        else:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        import os
-        import pickle
-        import subprocess
-        import threading
-
-        # the child imports this very eternal: its directory first, and no working directory in
-        # front of it (-P); one that cannot be found again (a relative path and a chdir since)
-        # keeps the replay in this process
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        if not os.path.isfile(os.path.join(root, "eternal", "replay.py")):
-            return
-        # the call goes through a pipe, never a file: the settings in it may hold secrets
-        call = pickle.dumps((self.fn, self.args), protocol=pickle.HIGHEST_PROTOCOL)
-        paths = [root, *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
-        self.spawned = subprocess.Popen([sys.executable, "-P", "-c", "from eternal.replay import _aside_spawned; "
-                                         "_aside_spawned()", str(os.getpid())],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        env=env)
-
-        def feed(pipe=self.spawned.stdin) -> None:       # while this process replays
-            try:
-                pipe.write(call)
-                pipe.close()
-            except (BrokenPipeError, ValueError):          # the child died or was cancelled
-                pass
-
-        self.feeder = threading.Thread(target=feed, daemon=True, name="backfill-aside-feed")
-        self.feeder.start()
-
-    def result(self):
-        import pickle
-
-        if self.spawned is not None:
-            self.feeder.join()                    # the call written (or the child gone) first
-            self.spawned.stdin = None             # closed by the feeder: communicate() reads only
-            out, err = self.spawned.communicate()
-            if self.spawned.returncode != 0 or not out:
-                last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
-                raise BackfillError(f"the second replay's process ended with exit code {self.spawned.returncode} "
-                                    f"and no result{': ' + last if last else ''}")
-            status, value = pickle.loads(out)
-        elif self.proc is not None:
-            try:
-                status, value = self.conn.recv()
-            except EOFError:          # the child died without an answer (killed, out of memory)
-                self.proc.join()
-                raise BackfillError(f"the second replay's process ended with exit code {self.proc.exitcode} "
-                                    "and no result") from None
-            finally:
-                self.conn.close()
-            self.proc.join()
-        else:
-            return self.fn(*self.args)
-        if status == "error":
-            raise value
-        return value
-
-    def cancel(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join()
-        if self.conn is not None:
-            self.conn.close()
-        if self.spawned is not None and self.spawned.poll() is None:
-            self.spawned.kill()
-            self.spawned.wait()
-
-
 def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: datetime, sleeves, capital: float,
                       monthly_deposit: float, deposits) -> dict:
     """The same replay with the circuit breakers off: its final equity, return, drawdown, CAGR."""
@@ -378,7 +213,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     portfolio: no breakers, no 45 % rule), and the stand-in operator resumes them by
     `RiskParams.replay_resume_days`. When a level fired and `compare_breakers`, the same replay runs
     again with breakers off, and `summary["breakers"]` shows what they cost or saved; that replay
-    starts with this one, in a process of its own where it can (`_Aside`), and is dropped when no
+    starts with this one, in a process of its own where it can (`eternal.aside`), and is dropped when no
     level fired."""
     sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
@@ -411,8 +246,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
 
     without_breakers = None
     if compare_breakers and settings.risk.breakers_enabled and orchestrated:
-        without_breakers = _Aside(_without_breakers, data, settings, start, end, sleeves, capital, monthly_deposit,
-                                  deposits)
+        without_breakers = Aside(_without_breakers, data, settings, start, end, sleeves, capital, monthly_deposit,
+                                 deposits, name="the second replay (breakers off)")
     try:
         return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine,
                        progress, on_day, monthly_deposit, deposits, out_dir, without_breakers)

@@ -24,7 +24,8 @@ from pathlib import Path
 from eternal.config import load_settings
 from eternal.data.csv_files import read_dir
 from eternal.models import PERP_SYMBOLS
-from eternal.replay import MAX_USDT, BackfillError, BackfillResult, parse_sleeves, run_backfill
+from eternal.models import MAX_USDT
+from eternal.replay import BackfillError, BackfillResult, parse_sleeves, run_backfill
 from eternal.secrets import SecretUrl
 
 log = logging.getLogger("eternal.backfill")

@@ -228,7 +228,7 @@ def test_backfill_to_an_out_that_cannot_be_written_is_one_line_exit_2(capsys, sh
     ("--out", "", "argument --out: is empty: give a directory for the outputs"),
     ("--start", "2023-01-01T12:00", "argument --start: '2023-01-01T12:00' has a time of day: a backfill takes "
                                     "whole days (YYYY-MM-DD)"),
-    ("--monthly-deposit", "1e300", "argument --monthly-deposit: 1e300 USDT is more than 1e12: above that a float "
+    ("--monthly-deposit", "1e300", "argument --monthly-deposit: 1e300 USDT is more than 1e+12: above that a float "
                                    "keeps no cents (money never rounds silently)"),
 ])
 def test_a_backfill_refuses_an_empty_out_a_time_of_day_and_more_usdt_than_a_float_keeps(

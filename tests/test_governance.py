@@ -240,18 +240,6 @@ def test_the_replay_without_breakers_gives_the_same_numbers_forked_or_spawned(sh
     assert forked["cost_usdt"] == spawned["cost_usdt"] != 0.0
 
 
-def test_a_replay_aside_whose_process_is_killed_fails_in_one_line():
-    import subprocess
-    import sys
-
-    code = ("import os; from eternal.replay import _Aside; "
-            "_Aside(os.abort).result()")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines()[-1] == ("eternal.replay.BackfillError: the second replay's process "
-                                                    "ended with exit code -6 and no result")
-
-
 def test_breakers_off_is_for_research_only(monkeypatch):
     for mode in (Mode.DEMO, Mode.TESTNET, Mode.LIVE):
         with pytest.raises(ConfigError, match="BREAKERS_ENABLED=false is for research backfills only"):

@@ -1,0 +1,176 @@
+"""Work run beside this process, on the machine's other core, in a child process that dies with
+it: a backfill's second replay (breakers off) beside its first (`eternal.replay`). Shell code:
+processes, pipes and signals; the work itself is any module-level function.
+
+Why not `concurrent.futures.ProcessPoolExecutor` or `multiprocessing.Pool`: both pickle the call
+through a queue even when they fork (the market data, tens of MB, each time), and their spawn and
+forkserver children import the caller's `__main__` again (a script without a `__name__` guard runs
+twice). Here a fork shares the data as it is, and a spawned child is a plain `python -P -c`.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from eternal.errors import EternalError
+
+
+class AsideError(EternalError):
+    """The child ended without an answer (killed, out of memory), or its answer did not pickle."""
+
+
+def _die_with(owner: int) -> None:
+    """This child is killed when its parent process dies (Linux `PR_SET_PDEATHSIG`): a backfill
+    killed by SIGTERM or SIGKILL leaves no replay running on, holding its --out lock (a fork
+    inherits the lock's file). `owner`: the backfill's pid, its parent."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)      # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):         # not Linux: the child ends when its replay does
+        return
+    if os.getppid() != owner:                 # the parent died before the line above
+        os._exit(1)
+
+
+def _aside_run(fn: Callable, args: tuple) -> tuple[str, object]:
+    """("ok", fn(*args)) or ("error", the exception it raised, as an AsideError when it does not pickle)."""
+    import pickle
+
+    try:
+        out = ("ok", fn(*args))
+    except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
+        out = ("error", exc)
+    try:
+        pickle.dumps(out)
+    except Exception as exc:                     # an exception or a result that does not pickle
+        out = ("error", AsideError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc)
+    return out
+
+
+def _aside_forked(conn, fn: Callable, args: tuple, owner: int) -> None:
+    """The forked child: its answer sent back through `conn`."""
+    _die_with(owner)
+    out = _aside_run(fn, args)
+    try:
+        conn.send(out)
+    except BrokenPipeError:                      # the backfill no longer waits for it
+        pass
+
+
+def _aside_spawned() -> None:
+    """The spawned child (`python -c`, argv: the parent's pid): its call read pickled from stdin,
+    its answer pickled to stdout."""
+    import pickle
+
+    _die_with(int(sys.argv[1]))
+    fn, args = pickle.load(sys.stdin.buffer)
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr                      # a print in the replay does not spoil the answer
+    out = _aside_run(fn, args)
+    try:
+        answer.write(pickle.dumps(out))
+        answer.flush()
+    except BrokenPipeError:
+        pass
+
+
+class Aside:
+    """`fn(*args)` (a module-level function) run in a child process, on the machine's other core,
+    while this process goes on: the backfill's second replay (breakers off) beside its first.
+    `result()` waits for it and raises what it raised; `cancel()` ends it; the child dies with this
+    process. When this process runs one thread the child is forked (it shares the data read,
+    nothing is imported again). Beside other threads (a Prefect flow run, a Dask worker) a fork
+    could copy a lock another thread holds, and multiprocessing's spawn and forkserver import this
+    process's `__main__` again in the child (a script without a `__name__` guard would run twice):
+    the child is then a fresh `python -c` that imports eternal (about 1 s) and reads the call
+    pickled through its stdin. On one core it runs here, in process."""
+
+    def __init__(self, fn: Callable, *args, name: str = "the work aside") -> None:
+        import multiprocessing
+        import os
+        import threading
+
+        self.fn, self.args, self.name, self.proc, self.conn, self.spawned = fn, args, name, None, None, None
+        if (os.cpu_count() or 1) < 2:
+            return
+        if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+            ctx = multiprocessing.get_context("fork")
+            self.conn, child_end = ctx.Pipe(duplex=False)
+            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid()), daemon=True,
+                                    name="eternal-aside")
+            self.proc.start()
+            child_end.close()
+        else:
+            self._spawn()
+
+    def _spawn(self) -> None:
+        import os
+        import pickle
+        import subprocess
+        import threading
+
+        # the child imports this very eternal: its directory first, and no working directory in
+        # front of it (-P); one that cannot be found again (a relative path and a chdir since)
+        # keeps the replay in this process
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(root, "eternal", "aside.py")):
+            return
+        # the call goes through a pipe, never a file: the settings in it may hold secrets
+        call = pickle.dumps((self.fn, self.args), protocol=pickle.HIGHEST_PROTOCOL)
+        paths = [root, *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+        self.spawned = subprocess.Popen([sys.executable, "-P", "-c", "from eternal.aside import _aside_spawned; "
+                                         "_aside_spawned()", str(os.getpid())],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=env)
+
+        def feed(pipe=self.spawned.stdin) -> None:       # while this process replays
+            try:
+                pipe.write(call)
+                pipe.close()
+            except (BrokenPipeError, ValueError):          # the child died or was cancelled
+                pass
+
+        self.feeder = threading.Thread(target=feed, daemon=True, name="eternal-aside-feed")
+        self.feeder.start()
+
+    def result(self):
+        import pickle
+
+        if self.spawned is not None:
+            self.feeder.join()                    # the call written (or the child gone) first
+            self.spawned.stdin = None             # closed by the feeder: communicate() reads only
+            out, err = self.spawned.communicate()
+            if self.spawned.returncode != 0 or not out:
+                last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+                raise AsideError(f"{self.name}: its process ended with exit code {self.spawned.returncode} "
+                                 f"and no result{': ' + last if last else ''}")
+            status, value = pickle.loads(out)
+        elif self.proc is not None:
+            try:
+                status, value = self.conn.recv()
+            except EOFError:          # the child died without an answer (killed, out of memory)
+                self.proc.join()
+                raise AsideError(f"{self.name}: its process ended with exit code {self.proc.exitcode} "
+                                 "and no result") from None
+            finally:
+                self.conn.close()
+            self.proc.join()
+        else:
+            return self.fn(*self.args)
+        if status == "error":
+            raise value
+        return value
+
+    def cancel(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        if self.conn is not None:
+            self.conn.close()
+        if self.spawned is not None and self.spawned.poll() is None:
+            self.spawned.kill()
+            self.spawned.wait()

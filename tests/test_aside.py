@@ -1,0 +1,17 @@
+"""eternal.aside: work beside this process, in a child that dies with it (the backfill's second
+replay runs there; tests/test_governance.py and tests/test_cli.py run that through the CLI)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_a_child_that_dies_without_an_answer_is_one_line_naming_it():
+    """A forked child killed (here SIGABRT) before it answers: the caller gets an AsideError
+    naming the work and the exit code, not an EOFError from the pipe."""
+    code = ("import os; from eternal.aside import Aside; "
+            "Aside(os.abort, name='the second replay (breakers off)').result()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == ("eternal.aside.AsideError: the second replay (breakers off): "
+                                                    "its process ended with exit code -6 and no result")
