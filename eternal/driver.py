@@ -55,6 +55,7 @@ from eternal.models import (
     Transfer,
     base_of,
     utc,
+    utc_cached,
 )
 
 
@@ -119,12 +120,6 @@ class Due:
         what = {Kind.CLOSE: f"close of {self.day:%Y-%m-%d}", Kind.OPEN: f"open of {self.day:%Y-%m-%d}",
                 Kind.SETTLEMENT: f"funding settlement {self.ts:%Y-%m-%d %H:%M}Z"}
         return what[self.kind]
-
-
-@functools.lru_cache(maxsize=4096)
-def _utc_cached(value: str | datetime) -> datetime:
-    """`utc` of a stored time, parsed once: every close compares each pending deposit's time."""
-    return utc(value)
 
 
 def clock_before(start: datetime) -> str:
@@ -432,7 +427,8 @@ class Driver:
             plan, received, allocation, deposits = plan_from_json(stored)
             state = breakers.load(stored["risk"]) if "risk" in stored else p.risk
         elif due.kind == Kind.CLOSE:
-            nav = math.fsum(b.equity(view.closes(i), view.marks(i)) for b in p.books.values())
+            closes, marks = view.closes(i), view.marks(i)
+            nav = math.fsum(b.equity(closes, marks) for b in p.books.values())
             state, risk_events = breakers.observe(p.risk, nav, due.ts, self.risk_params,
                                                   simulate_resume=self.simulate_resume)
             if state.halted:        # nothing is decided under the kill switch (deposits wait for the resume)
@@ -448,7 +444,7 @@ class Driver:
             self.approve(p, due, i, plan, state)
         elif due.kind == Kind.SETTLEMENT and self.funding_active and not state.halted:
             plan, received, allocation, deposits = self.decide_tick(p, due, i, batch,
-                                                                    Sleeve.FUNDING in self.refused(p, state, due.ts))
+                                                                    bool(self.refused(p, state, due.ts, (Sleeve.FUNDING,))))
             self.approve(p, due, i, plan, state)
         if plan is not None:
             seen_funding = dict(p.funding_unclaimed)
@@ -584,15 +580,17 @@ class Driver:
         return self.view.opens(i)
 
     # decisions (pure, in eternal.cycle) -----------------------------------------------------------
-    def refused(self, p: Portfolio, state: breakers.RiskState, now: datetime) -> frozenset:
-        """Sleeves whose new entries the risk step would refuse now: they are told not to try."""
-        return frozenset(sl for sl in (Sleeve.TREND_1, Sleeve.TREND_2, Sleeve.FUNDING, Sleeve.TACTICAL)
+    def refused(self, p: Portfolio, state: breakers.RiskState, now: datetime,
+                sleeves: Iterable[Sleeve] = (Sleeve.TREND_1, Sleeve.TREND_2, Sleeve.FUNDING, Sleeve.TACTICAL)
+                ) -> frozenset:
+        """Those of `sleeves` whose new entries the risk step would refuse now: they are told not to try."""
+        return frozenset(sl for sl in sleeves
                          if sl.value in p.halted or breakers.size_factor(state, sl.value, now, self.risk_params) == 0)
 
     def decide_close(self, p: Portfolio, due: Due, i: int, refused: frozenset = frozenset()):
         from dataclasses import replace
 
-        deposits = [d for d in p.deposits if _utc_cached(d["ts"]) <= due.ts]
+        deposits = [d for d in p.deposits if utc_cached(d["ts"]) <= due.ts]
         usdt = math.fsum(d["usdt"] for d in deposits)
         snap = replace(self.view.snapshot(i, p.books, p.states, p.received), entries_refused=refused)
         plan, received, allocation = cycle.at_close(snap, self.settings, self.daily_sleeves, p.allocation, usdt,

@@ -10,7 +10,7 @@ import functools
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -50,12 +50,17 @@ class PerpMarket:
         j = bisect.bisect_right(times, at)
         return list(zip(times[max(0, j - n):j], rates[max(0, j - n):j]))
 
+    def settlement_lists(self) -> tuple[list[datetime], list[float]]:
+        """(aware UTC datetimes, rates) of every settlement, as Python lists, in time order."""
+        return self._settlements
+
     @functools.cached_property
     def _settlements(self) -> tuple[list[datetime], list[float]]:
         """(UTC datetimes, rates) as Python lists: the engines look funding up several times per
-        event, and a pandas Timestamp per lookup was a third of a replay's time."""
-        return ([pd.Timestamp(t, tz="UTC").to_pydatetime() for t in self.funding_ts],
-                [float(r) for r in self.funding_rate])
+        event, and a pandas Timestamp per lookup was a third of a replay's time (converted here
+        as one array, not a Timestamp each)."""
+        return (pd.DatetimeIndex(self.funding_ts).tz_localize("UTC").to_pydatetime().tolist(),
+                self.funding_rate.astype(float).tolist())
 
     def settlements(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         """Settlements with start <= ts < end, in time order (irregular ones included)."""
@@ -63,7 +68,11 @@ class PerpMarket:
 
 
 def _ns(at: datetime) -> np.datetime64:
-    return np.datetime64(pd.Timestamp(at).tz_convert(None), "ns")
+    """An aware datetime as naive UTC datetime64[ns] (the funding arrays' dtype); without a pandas
+    Timestamp: TACTICAL's funding window is read at every close."""
+    if at.tzinfo is None:
+        raise TypeError(f"a naive datetime ({at}): funding times are UTC, give tzinfo")
+    return np.datetime64(at.astimezone(UTC).replace(tzinfo=None), "ns")
 
 
 def settlements_between(ts: np.ndarray, rates: np.ndarray, start: datetime,

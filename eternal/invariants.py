@@ -22,8 +22,29 @@ def _finite(*values: float) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
+def _sound(book: SleeveBook) -> bool:
+    """True when `book_problems` would find nothing, judged by plain comparisons without building
+    a message (the driver checks every book at every event); False sends it to the full check
+    (an int or any other type, a NaN, which fails every comparison, a negative amount)."""
+    inf = math.inf
+    if type(book.cash) is not float or not -inf < book.cash < inf:
+        return False
+    for amounts in (book.holdings, book.staked):
+        for qty in amounts.values():
+            if type(qty) is not float or not -TOLERANCE <= qty < inf:
+                return False
+    for pos in book.perps.values():
+        if not (type(pos.qty) is type(pos.entry_price) is type(pos.margin) is type(pos.leverage) is float
+                and -inf < pos.qty < inf and 0 < pos.entry_price < inf and -TOLERANCE <= pos.margin < inf
+                and 0 < pos.leverage < inf):
+            return False
+    return True
+
+
 def book_problems(book: SleeveBook) -> list[str]:
     """What is wrong with one sleeve's book on its own (empty: nothing)."""
+    if _sound(book):
+        return []
     out = []
     if not _finite(book.cash):
         out.append(f"cash is {book.cash!r}")

@@ -125,10 +125,6 @@ def perp_markets(data: DataSet, assets, settings: Settings) -> dict[str, PerpMar
             for a in assets}
 
 
-def _ts(value) -> datetime:
-    return pd.Timestamp(value, tz="UTC").to_pydatetime()
-
-
 @dataclass
 class MarketView:
     """Daily series aligned on `days` (UTC midnights every series covers) and funding settlements.
@@ -194,8 +190,9 @@ class MarketView:
         rates: dict[datetime, dict[str, float]] = {}
         for a in perp_assets:
             m = markets[a]
-            for t, r in zip(m.funding_ts, m.funding_rate):
-                rates.setdefault(_ts(t), {})[m.symbol] = float(r)
+            times, values = m.settlement_lists()
+            for t, r in zip(times, values):
+                rates.setdefault(t, {})[m.symbol] = r
         return cls(days, spot_assets, perp_assets, spot, markets, perp_pos, correlation, vol, fear_greed,
                    FundingHistory.of(data.funding.get(PERP_SYMBOLS["BTC"])), regime,
                    regime.days.get_indexer(days) if regime is not None else None,
@@ -208,6 +205,10 @@ class MarketView:
             return None
         i = (day - self._day0).days
         return i if 0 <= i < len(self.days) else None
+
+    def day(self, i: int) -> datetime:
+        """`days[i]` as an aware datetime (UTC midnight)."""
+        return self._day0 + timedelta(days=i)
 
     @functools.cached_property
     def _day0(self) -> datetime | None:        # index() runs for every event: no Timestamp per call
@@ -262,13 +263,13 @@ class MarketView:
         k = int(self.regime_pos[i])
         if k < 0:
             return None
-        return MarketRegimeInputs(self.days[i].to_pydatetime(), float(self.spot["BTC"]["close"][i]),
+        return MarketRegimeInputs(self.day(i), float(self.spot["BTC"]["close"][i]),
                                   float(self.regime.sma[50][k]), float(self.regime.sma[200][k]),
                                   float(self.regime.adx[k]), float(self.volatility[i]))
 
     def snapshot(self, i: int, books, states, inflows, cash_requests=None) -> Snapshot:
         """What every daily engine may read at the close of day i (decisions at days[i] + 1 day)."""
-        day = self.days[i].to_pydatetime()
+        day = self.day(i)
         asof = day + timedelta(days=1)
         closes = self.closes(i)
         fg = self.fear_greed[i] if self.fear_greed is not None else np.nan

@@ -34,6 +34,7 @@ from datetime import datetime
 from eternal.breakers import RiskState, size_factor
 from eternal.config import FeeParams, RiskParams
 from eternal.instruments import tradable_qty
+from eternal.valuation import book_equity
 from eternal.models import (
     PERP_SYMBOLS,
     SPOT_SYMBOLS,
@@ -76,7 +77,7 @@ def perp_price(symbol: str, view: RiskView) -> float:
 
 
 def sleeve_equity(book: SleeveBook, view: RiskView) -> float:
-    return book.equity(dict(view.prices), dict(view.marks))
+    return book_equity(book, view.prices, view.marks)
 
 
 def net_exposures(books: Mapping[Sleeve, SleeveBook], prices: Mapping[str, float],
@@ -369,8 +370,10 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
                      gross_usdt=gross, equity_usdt=eq)
     if portfolio_wide:
         portfolio = sum(sleeve_equity(b, view) for b in books.values())
+        # once for every asset: a trim below sells only its own asset, so the others' stay as summed
+        nets = net_exposures(books, view.prices, view.marks)
         for asset in sorted(view.prices):
-            net = exposure(books, asset, view)
+            net = nets.get(asset, 0.0)
             if portfolio <= 0 or net <= p.max_asset_share * portfolio * over:
                 continue
             excess = net - p.max_asset_share * portfolio

@@ -158,14 +158,15 @@ def book_equity(book: SleeveBook, closes: Mapping[str, float], marks: Mapping[st
     the same sums in the same order (the loop values every book several times per event). Raises
     ValuationError as value_book does."""
     spot = 0
-    for asset in sorted(set(book.holdings) | set(book.staked)):
-        qty = book.qty(asset)
+    held, staked = book.holdings, book.staked
+    for asset in sorted(held.keys() | staked.keys()) if staked else sorted(held):
+        qty = held.get(asset, 0.0) + staked.get(asset, 0.0)
         if not qty:
             continue
         price = closes.get(asset)
         if price is None:
             raise ValuationError(f"no price for {asset}: {book.sleeve.value} holds {qty:.8g} of it")
-        spot += (book.holdings.get(asset, 0.0) + book.staked.get(asset, 0.0)) * price
+        spot += qty * price
     value = book.cash + spot
     for sym, pos in book.perps.items():
         if not marks or sym not in marks:

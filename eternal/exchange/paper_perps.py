@@ -30,6 +30,7 @@ from eternal.models import (
     StopLevel,
     base_of,
     utc,
+    utc_cached,
 )
 
 _DUST = 1e-12
@@ -207,7 +208,7 @@ class PerpDesk:
         ts = utc(ts)
         last = self.funding_last.get(symbol)
         if last is not None:
-            last_ts = utc(last["ts"])
+            last_ts = utc_cached(last["ts"])
             if ts == last_ts:
                 return [_payment_from_dict(p) for p in last["payments"]]
             if ts < last_ts:
