@@ -86,9 +86,10 @@ class Aside:
     could copy a lock another thread holds, and multiprocessing's spawn and forkserver import this
     process's `__main__` again in the child (a script without a `__name__` guard would run twice):
     the child is then a fresh `python -c` that imports eternal (about 1 s) and reads the call
-    pickled through its stdin. On one core it runs here, in process."""
+    pickled through its stdin; with `spawn` False (work smaller than those imports: the charts) it
+    then runs here, in process, at `result()`. On one core it runs here too."""
 
-    def __init__(self, fn: Callable, *args, name: str = "the work aside") -> None:
+    def __init__(self, fn: Callable, *args, name: str = "the work aside", spawn: bool = True) -> None:
         import multiprocessing
         import os
         import threading
@@ -103,7 +104,7 @@ class Aside:
                                     name="eternal-aside")
             self.proc.start()
             child_end.close()
-        else:
+        elif spawn:
             self._spawn()
 
     def _spawn(self) -> None:

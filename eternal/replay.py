@@ -202,7 +202,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  engine: Engine | None = None, progress: bool = True,
                  on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0,
                  compare_breakers: bool = True,
-                 deposits: list[tuple[datetime, float]] | None = None) -> BackfillResult:
+                 deposits: list[tuple[datetime, float]] | None = None,
+                 while_comparing: Callable[[BackfillResult], None] | None = None) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
     marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
@@ -214,7 +215,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     `RiskParams.replay_resume_days`. When a level fired and `compare_breakers`, the same replay runs
     again with breakers off, and `summary["breakers"]` shows what they cost or saved; that replay
     starts with this one, in a process of its own where it can (`eternal.aside`), and is dropped when no
-    level fired."""
+    level fired. `while_comparing(result)` is called once the replay and its ledger are done, before
+    the wait for that second replay (the result's summary has no breakers-off figures yet): work
+    that needs the replay but not the comparison overlaps it (a report's CORE-alone replay)."""
     sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -250,14 +253,14 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                                  deposits, name="the second replay (breakers off)")
     try:
         return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine,
-                       progress, on_day, monthly_deposit, deposits, out_dir, without_breakers)
+                       progress, on_day, monthly_deposit, deposits, out_dir, without_breakers, while_comparing)
     finally:
         if without_breakers is not None:
             without_breakers.cancel()
 
 
 def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine, progress,
-            on_day, monthly_deposit, deposits, out_dir, without_breakers) -> BackfillResult:
+            on_day, monthly_deposit, deposits, out_dir, without_breakers, while_comparing) -> BackfillResult:
     """run_backfill's replay and outputs, its inputs checked."""
     utilisation: list[float] = []
     bar = None
@@ -339,10 +342,12 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
         summary["tactical_sleeve"] = tactical_summary(events)
     summary["breakers"] = breaker_summary(p.risk, events, start, end, settings, orchestrated)
     summary["max_asset_weight"] = dict(sorted(max_weights.items()))      # the same order every run
-    if without_breakers is not None and summary["breakers"]["escalations"]:
-        summary["breakers"]["without_breakers"] = without_breakers.result()
-        summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]
+    result = BackfillResult(summary, trades, equity, events, out_dir, payments, start,
+                            {s.value: capital * w for s, w in shares.items()}, transfers,
+                            [{**r, "day": r["day"]} for r in kept])
 
+    # what needs the replay but not the breakers-off one beside it goes first: the ledger, then
+    # the caller's `while_comparing` (the report's CORE-alone replay), then the wait for it
     if store is not None:
         store.initialise(capital, shares, start)
         with engine.begin() as conn:
@@ -353,6 +358,11 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
             store.save_equity(ledger.equity, conn)
             store.save_funding(payments, conn)
             store.save_transfers(transfers, conn)
+    if while_comparing is not None:
+        while_comparing(result)
+    if without_breakers is not None and summary["breakers"]["escalations"]:
+        summary["breakers"]["without_breakers"] = without_breakers.result()
+        summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -360,9 +370,7 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
         equity.to_csv(out_dir / "equity.csv", date_format="%Y-%m-%d", float_format="%.8f")
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         events_frame(events).to_csv(out_dir / "events.csv", index=False)
-    return BackfillResult(summary, trades, equity, events, out_dir, payments, start,
-                          {s.value: capital * w for s, w in shares.items()}, transfers,
-                          [{**r, "day": r["day"]} for r in kept])
+    return result
 
 
 def tactical_summary(events: list[Event]) -> dict:

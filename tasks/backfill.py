@@ -123,15 +123,24 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
         from eternal.store.db import connect
 
         bar = _ProgressArtifact(start, end) if flow_run else None
+        benchmark: dict[str, object] = {}
+
+        def core_alone(result: BackfillResult) -> None:    # while the breakers-off replay finishes beside
+            from tasks import report
+
+            benchmark["core alone"] = report.core_alone(data, s, report.rows_from_result(result,
+                                                                                          report.closes_frame(data)))
+
         try:
             result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
                                                   out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
-                                                  on_day=bar, monthly_deposit=monthly_deposit_usdt)
+                                                  on_day=bar, monthly_deposit=monthly_deposit_usdt,
+                                                  while_comparing=core_alone)
             if bar is not None:
                 bar.update(100.0)
             (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
                                                       result.summary["final_equity"], result.summary["trades"])
-            write_report(result, data, s, out_dir, flow_run)
+            write_report(result, data, s, out_dir, flow_run, **benchmark)
         except BaseException:       # interrupted or failed: no outputs that look like a finished run's
             for name in OUTPUTS:
                 (out_dir / name).unlink(missing_ok=True)
@@ -192,14 +201,17 @@ class _ProgressArtifact:
         self.shown = pct
 
 
-def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False) -> None:
+def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False,
+                 **benchmark) -> None:
     """report.md, the charts and the report's numbers beside the replay's files, and on the flow
-    run when there is one."""
+    run when there is one. `benchmark["core alone"]`: the CORE-alone replay's equity when the
+    caller has it already (`tasks.report.core_alone`), else it is replayed here."""
     from eternal.report import build
     from tasks import report
 
     rows = report.rows_from_result(result, report.closes_frame(data))
-    built = build(rows, report.core_alone(data, settings, rows))
+    built = build(rows, benchmark["core alone"] if "core alone" in benchmark else
+                  report.core_alone(data, settings, rows))
     report.write(built, out_dir, result.summary)
     result.summary["report"] = report.jsonable(built.summary)
     if flow_run:

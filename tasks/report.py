@@ -154,12 +154,39 @@ def jsonable(v):
 
 
 def charts(report: rep.Report, out_dir: Path) -> None:
+    """equity.png here while drawdown.png and sleeves.png are drawn beside, in a forked child
+    (`eternal.aside`; in process where this process cannot fork): matplotlib draws on one core."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401 - imported once, before the fork: the child has it too
+
+    from eternal.aside import Aside
+
+    beside = Aside(_charts, report, out_dir, ("drawdown", "sleeves"), name="the charts", spawn=False)
+    try:
+        _charts(report, out_dir, ("equity",))
+        beside.result()
+    finally:
+        beside.cancel()
+
+
+def _charts(report: rep.Report, out_dir: Path, which: tuple[str, ...]) -> None:
+    """The named charts of CHARTS ("equity", "drawdown", "sleeves"), each to NAME.png in `out_dir`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sleeves = list(report.weights.columns)
     bench = [c for c in report.equity.columns if c not in ("total", *sleeves)]
+    if "equity" in which:
+        _equity_chart(plt, report, bench, out_dir)
+    if "drawdown" in which:
+        _drawdown_chart(plt, report, bench, out_dir)
+    if "sleeves" in which:
+        _sleeves_chart(plt, report, sleeves, out_dir)
+
+
+def _equity_chart(plt, report: rep.Report, bench: list[str], out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=90)
     ax.plot(report.equity.index, report.equity["total"], label="portfolio", color="black", lw=1.6)
     for name in bench:
@@ -176,6 +203,8 @@ def charts(report: rep.Report, out_dir: Path) -> None:
     fig.savefig(out_dir / "equity.png")
     plt.close(fig)
 
+
+def _drawdown_chart(plt, report: rep.Report, bench: list[str], out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 4), dpi=90)
     for name in ["total", *bench]:
         u = report.unit[name]
@@ -192,6 +221,8 @@ def charts(report: rep.Report, out_dir: Path) -> None:
     fig.savefig(out_dir / "drawdown.png")
     plt.close(fig)
 
+
+def _sleeves_chart(plt, report: rep.Report, sleeves: list[str], out_dir: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 4.5), dpi=90)
     w = report.weights.clip(lower=0.0) * 100
     ax.stackplot(w.index, *[w[c] for c in sleeves], labels=sleeves, alpha=0.85)

@@ -15,3 +15,17 @@ def test_a_child_that_dies_without_an_answer_is_one_line_naming_it():
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == ("eternal.aside.AsideError: the second replay (breakers off): "
                                                     "its process ended with exit code -6 and no result")
+
+
+def test_work_smaller_than_a_spawn_stays_in_process_beside_other_threads():
+    """Beside another thread a fork is unsafe and a spawned child imports eternal again (about
+    1 s): work that takes less than that (the charts: `spawn=False`) runs in this process, at
+    `result()`; with one thread it is forked, in a process of its own."""
+    code = ("import os, threading; from eternal.aside import Aside\n"
+            "alone = Aside(os.getpid, spawn=False)\n"
+            "stop = threading.Event(); threading.Thread(target=stop.wait).start()\n"
+            "beside = Aside(os.getpid, spawn=False)\n"
+            "print(alone.proc is not None, alone.result() != os.getpid(), beside.proc, beside.spawned, "
+            "beside.result() == os.getpid()); stop.set()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "True", "None", "None", "True"], done.stderr
