@@ -228,19 +228,23 @@ def static_mix(closes: pd.DataFrame, weights: dict[str, float], days: pd.Datetim
     """Equity of a portfolio bought at the first close in `weights`, each deposit bought at the close
     it arrives in the same weights, rebalanced (quarterly) at each quarter's last close; no fees."""
     px = closes.reindex(days).ffill()[list(weights)]
-    qty = {a: opening * w / px[a].iloc[0] for a, w in weights.items()}
+    rows = px.to_numpy(dtype=float).tolist()           # plain floats by day: no pandas row per day
+    assets = {a: k for k, a in enumerate(px.columns)}
+    arriving = {day: usdt for day, usdt in deposits.items() if usdt} if len(deposits) else {}
+    after = days + pd.Timedelta(days=1)
+    quarter_end = ((after.day == 1) & after.month.isin([1, 4, 7, 10])).tolist() if rebalance_quarterly else []
+    qty = {a: opening * w / rows[0][assets[a]] for a, w in weights.items()}
     out = []
     for i, day in enumerate(days):
-        p = px.iloc[i]
-        value = sum(qty[a] * p[a] for a in weights)
-        if i > 0 and deposits.get(day, 0.0):
-            value += deposits[day]
-            qty = {a: qty[a] + deposits[day] * w / p[a] for a, w in weights.items()}
-        next_day = day + pd.Timedelta(days=1)
-        if rebalance_quarterly and next_day.day == 1 and next_day.month in (1, 4, 7, 10):
-            qty = {a: value * w / p[a] for a, w in weights.items()}
+        p = rows[i]
+        value = sum(qty[a] * p[assets[a]] for a in weights)
+        if i > 0 and day in arriving:
+            value += arriving[day]
+            qty = {a: qty[a] + arriving[day] * w / p[assets[a]] for a, w in weights.items()}
+        if rebalance_quarterly and quarter_end[i]:
+            qty = {a: value * w / p[assets[a]] for a, w in weights.items()}
         out.append(value)
-    return pd.Series(out, index=days)
+    return pd.Series(out, index=days, dtype=float)
 
 
 # the report -------------------------------------------------------------------------------------
