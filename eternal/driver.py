@@ -105,7 +105,7 @@ class Due:
     def key(self) -> str:        # read several times per event: formatted once
         return f"{self.ts:%Y-%m-%dT%H:%M:%S}|{int(self.kind)}"
 
-    @property
+    @functools.cached_property
     def day(self) -> datetime:
         """The candle the event reads: the day that closed (CLOSE), that opens (OPEN), of the settlement."""
         midnight = self.ts.replace(hour=0, minute=0, second=0, microsecond=0)

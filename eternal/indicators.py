@@ -99,9 +99,16 @@ class FundingHistory:
 
     def window(self, end: datetime, days: int) -> tuple[float, ...]:
         """Rates settled in (end - days, end], oldest first: what is known at `end`."""
-        hi = int(np.searchsorted(self.ts, _ns(end), side="right"))
-        lo = int(np.searchsorted(self.ts, _ns(end - timedelta(days=days)), side="right"))
-        return tuple(float(r) for r in self.rate[lo:hi])
+        times, rates = self._lists
+        hi = bisect.bisect_right(times, end)
+        lo = bisect.bisect_right(times, end - timedelta(days=days))
+        return tuple(rates[lo:hi])
+
+    @functools.cached_property
+    def _lists(self) -> tuple[list[datetime], list[float]]:
+        """(aware UTC datetimes, rates) as Python lists: TACTICAL reads a window at every close."""
+        return (pd.DatetimeIndex(self.ts).tz_localize("UTC").to_pydatetime().tolist(),
+                self.rate.astype(float).tolist())
 
 
 def realised_volatility(close: pd.Series, window: int = 30, periods_per_year: int = 365) -> pd.Series:

@@ -122,13 +122,13 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
         # 2. the no-trend breaker: 14 days of ADX < 20 pause entries until 3 days of ADX > 25
         recent = market.adx[max(0, i - params.no_trend_days + 1): i + 1]
         if (not st.paused and len(recent) == params.no_trend_days
-                and all(_ok(v) and v < params.adx_no_trend for v in recent)):
+                and all(v < params.adx_no_trend for v in recent.tolist())):     # a NaN compares False
             st.paused = True
             events.append(Event(snap.asof, "trend_paused", f"{asset}: ADX below {params.adx_no_trend:g} for "
                                 f"{params.no_trend_days} days: new entries paused", sleeve, "info", {"asset": asset}))
         last = market.adx[max(0, i - params.resume_days + 1): i + 1]
         if (st.paused and len(last) == params.resume_days
-                and all(_ok(v) and v > params.adx_entry for v in last)):
+                and all(v > params.adx_entry for v in last.tolist())):
             st.paused = False
             events.append(Event(snap.asof, "trend_resumed", f"{asset}: ADX above {params.adx_entry:g} for "
                                 f"{params.resume_days} days: entries resume", sleeve, "info", {"asset": asset}))
