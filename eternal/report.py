@@ -153,6 +153,16 @@ def spot_dust(asset: str) -> float:
     return rules.min_qty if rules is not None else 0.0
 
 
+def _stamps(values: pd.Series) -> list[pd.Timestamp]:
+    """`pd.Timestamp(v)` of each value (ISO text or datetimes), converted as one array (a
+    Timestamp parsed per row was most of the round trips' time); row by row when the column
+    does not convert as one."""
+    try:
+        return list(pd.to_datetime(values, format="ISO8601") if values.dtype == object else pd.DatetimeIndex(values))
+    except (ValueError, TypeError):
+        return [pd.Timestamp(v) for v in values]
+
+
 def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataFrame,
                 closes: pd.DataFrame | None) -> pd.DataFrame:
     """Every closed trade of a sleeve in one asset: from flat (spot and perp legs) to flat again.
@@ -161,13 +171,16 @@ def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataF
     in the coin (`fee_asset`; a spot buy's, as Bybit charges it; `fee` is in USDT at the fill price)
     costs coins, not cash: the sleeve holds, and later sells, that many fewer."""
     moves = []
-    for r in trades.itertuples():
-        sign = 1.0 if r.side == "buy" else -1.0
-        asset = r.symbol.split("/")[0]
-        in_coin = getattr(r, "fee_asset", QUOTE) == asset
-        coins = sign * r.qty - (r.fee / r.price if in_coin else 0.0)
-        moves.append((pd.Timestamp(r.timestamp), 0, r.sleeve, asset, r.market, coins,
-                      -sign * r.qty * r.price - (0.0 if in_coin else r.fee), r.fee, r.reason))
+    fee_assets = trades["fee_asset"] if "fee_asset" in trades else pd.Series(QUOTE, index=trades.index)
+    for ts, side, symbol, qty, price, fee, fee_asset, sleeve, market, reason in zip(
+            _stamps(trades["timestamp"]), trades["side"], trades["symbol"], trades["qty"], trades["price"],
+            trades["fee"], fee_assets, trades["sleeve"], trades["market"], trades["reason"]):
+        sign = 1.0 if side == "buy" else -1.0
+        asset = symbol.split("/")[0]
+        in_coin = fee_asset == asset
+        coins = sign * qty - (fee / price if in_coin else 0.0)
+        moves.append((ts, 0, sleeve, asset, market, coins, -sign * qty * price - (0.0 if in_coin else fee), fee,
+                      reason))
     for r in transfers.itertuples():
         if r.asset == QUOTE or closes is None or r.asset not in closes:
             continue
@@ -176,9 +189,9 @@ def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataF
             if isinstance(sleeve, str):
                 moves.append((pd.Timestamp(r.ts), 1, sleeve, r.asset, "spot", sign * r.qty, -sign * r.qty * px,
                               0.0, "in kind"))
-    for r in funding.itertuples():
-        moves.append((pd.Timestamp(r.ts), 2, r.sleeve, r.symbol.split("/")[0], "funding", 0.0, float(r.amount),
-                      0.0, ""))
+    for ts, sleeve, symbol, amount in zip(_stamps(funding["ts"]), funding["sleeve"], funding["symbol"],
+                                          funding["amount"]):
+        moves.append((ts, 2, sleeve, symbol.split("/")[0], "funding", 0.0, float(amount), 0.0, ""))
     moves.sort(key=lambda m: (m[0], m[1]))
     open_: dict[tuple[str, str], dict] = {}
     out = []
