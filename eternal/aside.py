@@ -35,25 +35,29 @@ def _die_with(owner: int) -> None:
         os._exit(1)
 
 
-def _aside_run(fn: Callable, args: tuple) -> tuple[str, object]:
-    """("ok", fn(*args)) or ("error", the exception it raised, as an AsideError when it does not pickle)."""
+def _aside_run(fn: Callable, args: tuple, name: str) -> tuple[str, object, str | None]:
+    """("ok", fn(*args), None) or ("error", the exception it raised (an AsideError when it does not
+    pickle), the child's traceback as text: `result()` adds it as a note, which `--debug` prints)."""
     import pickle
+    import traceback
 
     try:
-        out = ("ok", fn(*args))
+        out = ("ok", fn(*args), None)
     except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
-        out = ("error", exc)
+        # the traceback travels as text: an exception's own pickling may drop its notes
+        out = ("error", exc, f"raised in {name}, in its own process (eternal.aside):\n"
+               + "".join(traceback.format_exception(exc)).rstrip())
     try:
         pickle.dumps(out)
     except Exception as exc:                     # an exception or a result that does not pickle
-        out = ("error", AsideError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc)
+        out = ("error", AsideError(f"{type(out[1]).__name__}: {out[1]}") if out[0] == "error" else exc, out[2])
     return out
 
 
-def _aside_forked(conn, fn: Callable, args: tuple, owner: int) -> None:
+def _aside_forked(conn, fn: Callable, args: tuple, owner: int, name: str) -> None:
     """The forked child: its answer sent back through `conn`."""
     _die_with(owner)
-    out = _aside_run(fn, args)
+    out = _aside_run(fn, args, name)
     try:
         conn.send(out)
     except BrokenPipeError:                      # the backfill no longer waits for it
@@ -66,10 +70,10 @@ def _aside_spawned() -> None:
     import pickle
 
     _die_with(int(sys.argv[1]))
-    fn, args = pickle.load(sys.stdin.buffer)
+    fn, args, name = pickle.load(sys.stdin.buffer)
     answer = sys.stdout.buffer
     sys.stdout = sys.stderr                      # a print in the replay does not spoil the answer
-    out = _aside_run(fn, args)
+    out = _aside_run(fn, args, name)
     try:
         answer.write(pickle.dumps(out))
         answer.flush()
@@ -87,7 +91,9 @@ class Aside:
     process's `__main__` again in the child (a script without a `__name__` guard would run twice):
     the child is then a fresh `python -c` that imports eternal (about 1 s) and reads the call
     pickled through its stdin; with `spawn` False (work smaller than those imports: the charts) it
-    then runs here, in process, at `result()`. On one core it runs here too."""
+    then runs here, in process, at `result()`. On one core it runs here too, and when no process
+    can be started (a fork or spawn refused: a process limit, memory). An exception raised in the
+    child is raised here with the child's traceback as a note."""
 
     def __init__(self, fn: Callable, *args, name: str = "the work aside", spawn: bool = True) -> None:
         import multiprocessing
@@ -100,9 +106,14 @@ class Aside:
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
             ctx = multiprocessing.get_context("fork")
             self.conn, child_end = ctx.Pipe(duplex=False)
-            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid()), daemon=True,
+            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name), daemon=True,
                                     name="eternal-aside")
-            self.proc.start()
+            try:
+                self.proc.start()
+            except OSError:            # no fork now (a process limit, memory): the work runs here instead
+                self.proc = None
+                self.conn.close()
+                self.conn = None
             child_end.close()
         elif spawn:
             self._spawn()
@@ -120,13 +131,16 @@ class Aside:
         if not os.path.isfile(os.path.join(root, "eternal", "aside.py")):
             return
         # the call goes through a pipe, never a file: the settings in it may hold secrets
-        call = pickle.dumps((self.fn, self.args), protocol=pickle.HIGHEST_PROTOCOL)
+        call = pickle.dumps((self.fn, self.args, self.name), protocol=pickle.HIGHEST_PROTOCOL)
         paths = [root, *(os.path.abspath(p) for p in sys.path if p and os.path.isdir(p))]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
-        self.spawned = subprocess.Popen([sys.executable, "-P", "-c", "from eternal.aside import _aside_spawned; "
-                                         "_aside_spawned()", str(os.getpid())],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        env=env)
+        try:
+            self.spawned = subprocess.Popen([sys.executable, "-P", "-c", "from eternal.aside import _aside_spawned; "
+                                             "_aside_spawned()", str(os.getpid())],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            env=env)
+        except OSError:                # no new process now: the work runs here instead
+            return
 
         def feed(pipe=self.spawned.stdin) -> None:       # while this process replays
             try:
@@ -149,10 +163,10 @@ class Aside:
                 last = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
                 raise AsideError(f"{self.name}: its process ended with exit code {self.spawned.returncode} "
                                  f"and no result{': ' + last if last else ''}")
-            status, value = pickle.loads(out)
+            status, value, where = pickle.loads(out)
         elif self.proc is not None:
             try:
-                status, value = self.conn.recv()
+                status, value, where = self.conn.recv()
             except EOFError:          # the child died without an answer (killed, out of memory)
                 self.proc.join()
                 raise AsideError(f"{self.name}: its process ended with exit code {self.proc.exitcode} "
@@ -163,6 +177,8 @@ class Aside:
         else:
             return self.fn(*self.args)
         if status == "error":
+            if where:
+                value.add_note(where)
             raise value
         return value
 

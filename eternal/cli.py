@@ -225,6 +225,7 @@ class _NoFailureReports(logging.Filter):
 
 
 _UNDO: list = []
+_ENDING = False             # set by `entry`: the process ends when main() returns
 
 
 def _quiet_prefect_failures(args) -> None:
@@ -354,9 +355,17 @@ def _interrupt_on_signals() -> None:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    def undo() -> None:
+        # under the console script the process ends once main() returns (`entry`): a late Ctrl-C
+        # stays ignored through that last cleanup (restored, it printed a traceback and exit -2);
+        # called in process (tests, scripts), the caller's handlers come back
+        ending = _ENDING and "prefect" not in sys.modules
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_IGN if ending else handler)
+
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-        _UNDO.append(lambda: [signal.signal(sig, handler) for sig, handler in previous.items()])
+        _UNDO.append(undo)
 
 
 def cmd_backfill(args, s) -> int:
@@ -728,6 +737,8 @@ def entry() -> None:
     teardown of the replay's objects and modules (about 2 s), which `os._exit` skips after flushing
     the standard streams and logging. Not when Prefect is loaded: its handlers still send logs and
     stop its server at exit. Database connections are closed first (`eternal.store.db.close_all`)."""
+    global _ENDING
+    _ENDING = True
     rc = main()
     if "prefect" in sys.modules:
         sys.exit(rc)

@@ -29,3 +29,23 @@ def test_work_smaller_than_a_spawn_stays_in_process_beside_other_threads():
             "beside.result() == os.getpid()); stop.set()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["True", "True", "None", "None", "True"], done.stderr
+
+
+def test_no_process_to_be_had_runs_the_work_here_and_a_childs_failure_says_where():
+    """A fork refused (a process limit, memory: ENOMEM) is no failure of a finished backfill: the
+    work runs in this process instead (before, the whole backfill ended on `OSError: [Errno 12]`
+    at its charts and its outputs were removed). And an exception raised in the child carries the
+    child's traceback as a note, which `--debug` prints: it names the function that failed."""
+    code = ("import errno, os\n"
+            "from eternal.aside import Aside\n"
+            "def refuse(): raise OSError(errno.ENOMEM, 'Cannot allocate memory')\n"
+            "real, os.fork = os.fork, refuse\n"
+            "print(Aside(os.getpid, name='the charts').result() == os.getpid())\n"
+            "os.fork = real\n"
+            "import json\n"
+            "try:\n"
+            "    Aside(json.loads, '{', name='the charts').result()\n"
+            "except ValueError as exc:\n"
+            "    print(type(exc).__name__, 'in its own process' in exc.__notes__[0], 'json/decoder.py' in exc.__notes__[0])\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "JSONDecodeError", "True", "True"], done.stderr
