@@ -73,7 +73,8 @@ class BackfillResult:
 
 
 def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
-    """'core,trend-1' -> sleeves; 'trend' -> TREND-1 and TREND-2; None -> every implemented engine."""
+    """'core,trend-1' -> sleeves, in the portfolio's order; 'trend' -> TREND-1 and TREND-2; None -> every
+    implemented engine."""
     if not engines:
         return (*cycle.ENGINES, *cycle.TICK_ENGINES)
     chosen: list[Sleeve] = []
@@ -87,7 +88,10 @@ def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
             raise BackfillError(f"--engines: unknown engine {name!r}; known: "
                                 f"{', '.join([*(s.value for s in Sleeve), *ALIASES])}") from None
         chosen.append(sleeve)          # every sleeve has an engine now
-    return tuple(dict.fromkeys(chosen))
+    # in the portfolio's order, however typed: 'funding,tactical' and 'tactical,funding' are one
+    # selection with one set of outputs (and a report rebuilt from its ledger reads the same)
+    order = (*cycle.ENGINES, *cycle.TICK_ENGINES)
+    return tuple(sorted(dict.fromkeys(chosen), key=order.index))
 
 
 def allocate(capital: float, settings: Settings, sleeves: tuple[Sleeve, ...]) -> dict[Sleeve, float]:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from eternal import instruments
+from eternal import cycle, instruments
 
 TRANSFER_COLUMNS = ["ts", "from_sleeve", "to_sleeve", "asset", "qty", "reason"]
 FUNDING_COLUMNS = ["ts", "sleeve", "symbol", "amount"]
@@ -280,7 +280,10 @@ class Report:
 def equity_frames(rows: LedgerRows) -> tuple[pd.DataFrame, pd.DataFrame]:
     e = rows.equity.copy()
     e["day"] = pd.to_datetime(e["day"], utc=True)
-    order = list(dict.fromkeys(e["sleeve"]))
+    # the portfolio's order (CORE, TREND-1, TREND-2, TACTICAL, FUNDING), whatever order the rows
+    # came in: a report rebuilt from a ledger's tables reads as the backfill's own
+    rank = {s.value: n for n, s in enumerate((*cycle.ENGINES, *cycle.TICK_ENGINES))}
+    order = sorted(dict.fromkeys(e["sleeve"]), key=lambda s: (rank.get(s, len(rank)), s))
     eq = e.pivot(index="day", columns="sleeve", values="equity")[order]
     cash = e.pivot(index="day", columns="sleeve", values="cash")[order]
     return eq, cash

@@ -165,6 +165,9 @@ def test_eternal_report_rebuilds_the_same_report_from_the_ledger(whole, dataset,
         assert again.summary["sleeves"]["total"][key] == pytest.approx(built.summary["sleeves"]["total"][key])
     assert again.summary["benchmarks"]["BTC buy-and-hold"]["final_equity"] == pytest.approx(
         built.summary["benchmarks"]["BTC buy-and-hold"]["final_equity"])
+    # the same document, sleeves in the portfolio's order (the ledger's tables list them in another)
+    assert (written / "report.md").read_text() == (out / "report.md").read_text()
+    assert list(again.weights.columns) == ["core", "trend-1", "trend-2", "tactical", "funding"]
 
 
 def test_the_ui_shows_percentages_and_funding_says_received_and_paid(capsys):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from eternal.config import load_settings
-from eternal.models import ExitReason, utc
+from eternal.models import ExitReason, Sleeve, utc
 from eternal.replay import parse_sleeves, run_backfill
 
 EXIT_REASONS = {r.value for r in ExitReason} - {"liquidation"}
@@ -121,3 +121,12 @@ def test_a_backfill_without_funding_still_says_what_its_perps_received_and_paid(
         pytest.approx(9.0235, abs=5e-5)
     assert s["funding_paid"] == pytest.approx(12.1409, abs=5e-5)
     assert s["funding_received"] - s["funding_paid"] == pytest.approx(s["funding"], abs=1e-9)
+
+
+def test_a_selection_is_one_whatever_order_it_is_typed_in():
+    """`--engines funding,tactical` and `--engines tactical,funding` are the same selection: the
+    sleeves come in the portfolio's order (before, the typed order set equity.csv's columns and
+    the report's rows, and `eternal report` rebuilt it from the ledger in yet another order)."""
+    assert parse_sleeves("funding,tactical") == parse_sleeves(" tactical , funding") == (Sleeve.TACTICAL,
+                                                                                         Sleeve.FUNDING)
+    assert parse_sleeves("trend-2,core,trend-1") == (Sleeve.CORE, Sleeve.TREND_1, Sleeve.TREND_2)
