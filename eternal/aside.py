@@ -96,6 +96,7 @@ class Aside:
     child is raised here with the child's traceback as a note."""
 
     def __init__(self, fn: Callable, *args, name: str = "the work aside", spawn: bool = True) -> None:
+        import gc
         import multiprocessing
         import os
         import threading
@@ -108,12 +109,19 @@ class Aside:
             self.conn, child_end = ctx.Pipe(duplex=False)
             self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name), daemon=True,
                                     name="eternal-aside")
+            # what exists now is never collected in the child: garbage the parent still holds (a
+            # finished backfill's database engine, in a reference cycle) would otherwise be freed
+            # there by the cycle collector, closing the parent's SQLite connections in the child,
+            # which SQLite forbids across a fork (CI found the ledger's -wal file left behind)
+            gc.freeze()
             try:
                 self.proc.start()
             except OSError:            # no fork now (a process limit, memory): the work runs here instead
                 self.proc = None
                 self.conn.close()
                 self.conn = None
+            finally:
+                gc.unfreeze()              # here, in the parent, everything is collected as before
             child_end.close()
         elif spawn:
             self._spawn()
