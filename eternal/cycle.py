@@ -31,6 +31,10 @@ ENGINES: dict[Sleeve, Callable[..., EngineDecision]] = {
 TICK_ENGINES = {Sleeve.FUNDING: funding}
 """Engines that decide at every funding settlement instead of the daily close."""
 
+SLEEVES: tuple[Sleeve, ...] = (*ENGINES, *TICK_ENGINES)
+"""Every sleeve with an engine, in the portfolio's order (CORE, TREND-1, TREND-2, TACTICAL,
+FUNDING): the order of a backfill's books, outputs and report."""
+
 
 def funding_tick(tick: FundingTick, settings: Settings) -> Plan:
     """The FUNDING engine at one settlement, pure: (FundingTick, Settings) -> Plan."""

@@ -59,12 +59,17 @@ class PerpMarket:
         """(UTC datetimes, rates) as Python lists: the engines look funding up several times per
         event, and a pandas Timestamp per lookup was a third of a replay's time (converted here
         as one array, not a Timestamp each)."""
-        return (pd.DatetimeIndex(self.funding_ts).tz_localize("UTC").to_pydatetime().tolist(),
-                self.funding_rate.astype(float).tolist())
+        return _as_lists(self.funding_ts, self.funding_rate)
 
     def settlements(self, start: datetime, end: datetime) -> list[tuple[datetime, float]]:
         """Settlements with start <= ts < end, in time order (irregular ones included)."""
         return settlements_between(self.funding_ts, self.funding_rate, start, end)
+
+
+def _as_lists(ts: np.ndarray, rates: np.ndarray) -> tuple[list[datetime], list[float]]:
+    """Settlements (naive UTC datetime64, rates) as Python lists of aware UTC datetimes and floats,
+    converted as one array each (a pandas Timestamp per element was a large part of a replay)."""
+    return pd.DatetimeIndex(ts).tz_localize("UTC").to_pydatetime().tolist(), rates.astype(float).tolist()
 
 
 def _ns(at: datetime) -> np.datetime64:
@@ -107,8 +112,7 @@ class FundingHistory:
     @functools.cached_property
     def _lists(self) -> tuple[list[datetime], list[float]]:
         """(aware UTC datetimes, rates) as Python lists: TACTICAL reads a window at every close."""
-        return (pd.DatetimeIndex(self.ts).tz_localize("UTC").to_pydatetime().tolist(),
-                self.rate.astype(float).tolist())
+        return _as_lists(self.ts, self.rate)
 
 
 def realised_volatility(close: pd.Series, window: int = 30, periods_per_year: int = 365) -> pd.Series:

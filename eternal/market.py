@@ -216,7 +216,7 @@ class MarketView:
 
     @property
     def first_day(self) -> datetime | None:
-        return self.days[0].to_pydatetime() if len(self.days) else None
+        return self._day0
 
     @property
     def last_day(self) -> datetime | None:

@@ -76,7 +76,7 @@ def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
     """'core,trend-1' -> sleeves, in the portfolio's order; 'trend' -> TREND-1 and TREND-2; None -> every
     implemented engine."""
     if not engines:
-        return (*cycle.ENGINES, *cycle.TICK_ENGINES)
+        return cycle.SLEEVES
     chosen: list[Sleeve] = []
     for name in (n.strip().lower() for n in engines.split(",") if n.strip()):
         if name in ALIASES:
@@ -90,8 +90,7 @@ def parse_sleeves(engines: str | None) -> tuple[Sleeve, ...]:
         chosen.append(sleeve)          # every sleeve has an engine now
     # in the portfolio's order, however typed: 'funding,tactical' and 'tactical,funding' are one
     # selection with one set of outputs (and a report rebuilt from its ledger reads the same)
-    order = (*cycle.ENGINES, *cycle.TICK_ENGINES)
-    return tuple(sorted(dict.fromkeys(chosen), key=order.index))
+    return tuple(sorted(dict.fromkeys(chosen), key=cycle.SLEEVES.index))
 
 
 def allocate(capital: float, settings: Settings, sleeves: tuple[Sleeve, ...]) -> dict[Sleeve, float]:
@@ -222,7 +221,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     level fired. `while_comparing(result)` is called once the replay and its ledger are done, before
     the wait for that second replay (the result's summary has no breakers-off figures yet): work
     that needs the replay but not the comparison overlaps it (a report's CORE-alone replay)."""
-    sleeves = sleeves or (*cycle.ENGINES, *cycle.TICK_ENGINES)
+    sleeves = sleeves or cycle.SLEEVES
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
         raise BackfillError(f"--capital must be a finite number above 0, got {capital}")

@@ -282,7 +282,7 @@ def equity_frames(rows: LedgerRows) -> tuple[pd.DataFrame, pd.DataFrame]:
     e["day"] = pd.to_datetime(e["day"], utc=True)
     # the portfolio's order (CORE, TREND-1, TREND-2, TACTICAL, FUNDING), whatever order the rows
     # came in: a report rebuilt from a ledger's tables reads as the backfill's own
-    rank = {s.value: n for n, s in enumerate((*cycle.ENGINES, *cycle.TICK_ENGINES))}
+    rank = {s.value: n for n, s in enumerate(cycle.SLEEVES)}
     order = sorted(dict.fromkeys(e["sleeve"]), key=lambda s: (rank.get(s, len(rank)), s))
     eq = e.pivot(index="day", columns="sleeve", values="equity")[order]
     cash = e.pivot(index="day", columns="sleeve", values="cash")[order]

@@ -44,7 +44,7 @@ class Drive:
 
 def active_sleeves(s: Settings) -> list[Sleeve]:
     """Sleeves with an engine and a weight above zero: the ones the driver decides for."""
-    return [sl for sl in (*cycle.ENGINES, *cycle.TICK_ENGINES) if getattr(s.weights, sl.weight_field) > 0]
+    return [sl for sl in cycle.SLEEVES if getattr(s.weights, sl.weight_field) > 0]
 
 
 def require_paper(s: Settings) -> None:

@@ -47,7 +47,7 @@ def refresh_before_run(s: Settings, asof: datetime, log) -> None:
         from eternal import cycle
         from tasks.context import stores
 
-        sleeves = [sl for sl in (*cycle.ENGINES, *cycle.TICK_ENGINES) if getattr(s.weights, sl.weight_field) > 0]
+        sleeves = [sl for sl in cycle.SLEEVES if getattr(s.weights, sl.weight_field) > 0]
         market, ledger = stores(s)
         *_, symbols, _ = market_symbols(s, market, ledger, asof, sleeves)
         refresh_market(s, market, ledger, symbols, asof, log)
