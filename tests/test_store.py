@@ -4,6 +4,7 @@ Every test runs twice, on a fresh SQLite file and on a reset PostgreSQL database
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -349,3 +350,40 @@ def test_events_are_append_only_rows_with_json_data(engine, dataset):
                             "targets": {"BTC": 2 / 3, "ETH": 1 / 3}, "keys": ["a", "b"]}
     assert rows[1].data == rows[2].data and (rows[1].run_key, rows[2].run_key) == ("run-1", "run-2")
     assert rows[1].ts == NOW and rows[1].ts.tzinfo == timezone.utc
+
+
+HELD_BY_A_CYCLE = """
+import gc, os, sys
+from sqlalchemy import text
+from eternal.store.db import close_all, connect
+
+gc.disable()                       # as at the CLI's fast exit: no collector runs before os._exit
+engine = connect(sys.argv[1], migrate=False)
+with engine.begin() as conn:
+    conn.execute(text("CREATE TABLE fills (qty REAL)"))
+    conn.execute(text("INSERT INTO fills VALUES (0.01)"))
+held = {"conn": engine.connect(), "engine": engine}      # a connection checked out, then lost in a cycle
+held["self"] = held
+held["conn"].execute(text("SELECT qty FROM fills")).all()
+del engine, held, conn
+print(os.path.exists(sys.argv[2]), flush=True)
+close_all()
+os._exit(0)
+"""
+
+
+def test_close_all_leaves_no_wal_file_for_a_ledger_only_a_reference_cycle_still_holds(tmp_path):
+    """The CLI ends with os._exit after close_all: a SQLite connection that garbage in a reference
+    cycle still holds (no collector runs) is closed too, so the -wal file is folded back and removed."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "backfill.db"
+    wal = f"{path}-wal"
+    out = subprocess.run([sys.executable, "-c", HELD_BY_A_CYCLE, f"sqlite:///{path}", wal],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True"]           # the -wal file existed before close_all
+    assert not os.path.exists(wal) and path.exists()
+    with connect(f"sqlite:///{path}", migrate=False).connect() as conn:
+        assert conn.execute(text("SELECT qty FROM fills")).scalar_one() == 0.01

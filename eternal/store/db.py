@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import weakref
 from functools import lru_cache
 from pathlib import Path
@@ -19,17 +20,28 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()   # every engine `connect` made, for `close_all`
 
 
+class _SQLiteConnection(sqlite3.Connection):
+    """sqlite3's connection, as `sqlite3.connect(factory=...)` makes it; unlike the base class it can
+    be weakly referenced, so `close_all` finds every one still open."""
+
+
+_SQLITE: weakref.WeakSet[_SQLiteConnection] = weakref.WeakSet()   # every SQLite connection our engines opened
+
+
 def close_all() -> None:
     """Close every pooled connection of the engines `connect` made: a SQLite ledger is checkpointed
     and its -wal file removed, as at a normal interpreter exit (the CLI's fast exit calls this)."""
-    import gc
-
-    # an engine only a reference cycle still holds is out of the WeakSet's reach until the cycle
-    # collector runs, which `os._exit` never waits for: its connections then stayed open and the
-    # ledger's -wal file was left behind (now and then, as allocations fell: found by CI)
-    gc.collect()
     for engine in list(_ENGINES):
         engine.dispose()
+    # a connection whose engine is gone but which a reference cycle still holds (a pool and its
+    # records) stays open until the cycle collector runs, which `os._exit` never waits for: the
+    # ledger's -wal file was left behind (now and then: found by CI). Each is closed here (a full
+    # collection did it too, but took 0.2 s after a full backfill).
+    for conn in list(_SQLITE):
+        try:
+            conn.close()
+        except sqlite3.ProgrammingError:      # made in a thread that checks: that thread closes it
+            pass
 
 
 class DatabaseUnavailable(EternalError):
@@ -37,6 +49,8 @@ class DatabaseUnavailable(EternalError):
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    if isinstance(dbapi_conn, _SQLiteConnection):
+        _SQLITE.add(dbapi_conn)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -52,7 +66,8 @@ def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
     if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
         check_sqlite_dir(url)
     try:
-        engine = create_engine(url, future=True)
+        engine = create_engine(url, future=True, **({"connect_args": {"factory": _SQLiteConnection}}
+                                                     if url.startswith("sqlite") else {}))
     except Exception as exc:  # bad URL, missing driver
         raise ConfigError(scrub(f"ETERNAL_DATABASE_URL={_safe(url)!r} cannot be used: {exc}")) from None
     if engine.dialect.name == "sqlite":
