@@ -206,7 +206,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0,
                  compare_breakers: bool = True,
                  deposits: list[tuple[datetime, float]] | None = None,
-                 while_comparing: Callable[[BackfillResult], None] | None = None) -> BackfillResult:
+                 on_replayed: Callable[[BackfillResult], None] | None = None) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
     marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
@@ -218,9 +218,10 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     `RiskParams.replay_resume_days`. When a level fired and `compare_breakers`, the same replay runs
     again with breakers off, and `summary["breakers"]` shows what they cost or saved; that replay
     starts with this one, in a process of its own where it can (`eternal.aside`), and is dropped when no
-    level fired. `while_comparing(result)` is called once the replay and its ledger are done, before
-    the wait for that second replay (the result's summary has no breakers-off figures yet): work
-    that needs the replay but not the comparison overlaps it (a report's CORE-alone replay)."""
+    level fired. `on_replayed(result)` is called as soon as the replay is done, before its ledger is
+    saved and before the wait for that second replay (the result's summary has no breakers-off
+    figures yet): work that needs the replay but neither of those can start beside them (the
+    report's CORE-alone replay, `tasks.backfill`)."""
     sleeves = sleeves or cycle.SLEEVES
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -256,19 +257,23 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                                  deposits, name="the second replay (breakers off)")
     try:
         return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine,
-                       progress, on_day, monthly_deposit, deposits, out_dir, without_breakers, while_comparing)
+                       progress, on_day, monthly_deposit, deposits, out_dir, without_breakers, on_replayed)
     finally:
         if without_breakers is not None:
             without_breakers.cancel()
 
 
 def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine, progress,
-            on_day, monthly_deposit, deposits, out_dir, without_breakers, while_comparing) -> BackfillResult:
+            on_day, monthly_deposit, deposits, out_dir, without_breakers, on_replayed) -> BackfillResult:
     """run_backfill's replay and outputs, its inputs checked."""
     utilisation: list[float] = []
     bar = None
     if progress:
         from tqdm import tqdm
+
+        class tqdm(tqdm):
+            monitor_interval = 0    # no monitor thread (it tunes miniters): beside a thread, no fork aside
+
         bar = tqdm(total=(end - start).days, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
                    mininterval=0.5, leave=False)
 
@@ -349,8 +354,10 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
                             {s.value: capital * w for s, w in shares.items()}, transfers,
                             [{**r, "day": r["day"]} for r in kept])
 
-    # what needs the replay but not the breakers-off one beside it goes first: the ledger, then
-    # the caller's `while_comparing` (the report's CORE-alone replay), then the wait for it
+    # what needs this replay starts first (`on_replayed`), then the ledger is saved, then the wait
+    # for the breakers-off replay
+    if on_replayed is not None:
+        on_replayed(result)
     if store is not None:
         store.initialise(capital, shares, start)
         with engine.begin() as conn:
@@ -361,8 +368,6 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
             store.save_equity(ledger.equity, conn)
             store.save_funding(payments, conn)
             store.save_transfers(transfers, conn)
-    if while_comparing is not None:
-        while_comparing(result)
     if without_breakers is not None and summary["breakers"]["escalations"]:
         summary["breakers"]["without_breakers"] = without_breakers.result()
         summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]

@@ -122,26 +122,34 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
         flow_run = in_flow_run()
         from eternal.store.db import connect
 
+        from eternal.aside import Aside
+        from tasks import report
+
         bar = _ProgressArtifact(start, end) if flow_run else None
-        benchmark: dict[str, object] = {}
+        later: dict = {}
 
-        def core_alone(result: BackfillResult) -> None:    # while the breakers-off replay finishes beside
-            from tasks import report
-
-            benchmark["core alone"] = report.core_alone(data, s, report.rows_from_result(result,
-                                                                                          report.closes_frame(data)))
+        def replayed(result: BackfillResult) -> None:
+            # the report's CORE alone needs this replay's deposits: it starts beside as soon as they
+            # are known, while the ledger is saved and the breakers-off replay ends (in process
+            # beside other threads: a spawned child's imports cost more than it does)
+            later["rows"] = rows = report.rows_from_result(result, report.closes_frame(data))
+            if report.replays_core_alone(rows):
+                later["core alone"] = Aside(report.core_alone, data, s, rows, name="the CORE-alone replay",
+                                            spawn=False)
 
         try:
             result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
                                                   out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
                                                   on_day=bar, monthly_deposit=monthly_deposit_usdt,
-                                                  while_comparing=core_alone)
+                                                  on_replayed=replayed)
             if bar is not None:
                 bar.update(100.0)
             (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
                                                       result.summary["final_equity"], result.summary["trades"])
-            write_report(result, data, s, out_dir, flow_run, **benchmark)
+            write_report(result, data, s, out_dir, flow_run, later.get("rows"), later.get("core alone"))
         except BaseException:       # interrupted or failed: no outputs that look like a finished run's
+            if "core alone" in later:
+                later["core alone"].cancel()
             for name in OUTPUTS:
                 (out_dir / name).unlink(missing_ok=True)
             if s.backfill_database_url is None:         # its own ledger, started here: gone too
@@ -202,16 +210,16 @@ class _ProgressArtifact:
 
 
 def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False,
-                 **benchmark) -> None:
+                 rows=None, core_alone=None) -> None:
     """report.md, the charts and the report's numbers beside the replay's files, and on the flow
-    run when there is one. `benchmark["core alone"]`: the CORE-alone replay's equity when the
-    caller has it already (`tasks.report.core_alone`), else it is replayed here."""
+    run when there is one. `rows`: the result's (`tasks.report.rows_from_result`) when the caller
+    has them; `core_alone`: an `eternal.aside.Aside` replaying CORE alone for the report
+    (`tasks.report.core_alone`), else it is replayed here."""
     from eternal.report import build
     from tasks import report
 
-    rows = report.rows_from_result(result, report.closes_frame(data))
-    built = build(rows, benchmark["core alone"] if "core alone" in benchmark else
-                  report.core_alone(data, settings, rows))
+    rows = rows if rows is not None else report.rows_from_result(result, report.closes_frame(data))
+    built = build(rows, core_alone.result() if core_alone is not None else report.core_alone(data, settings, rows))
     report.write(built, out_dir, result.summary)
     result.summary["report"] = report.jsonable(built.summary)
     if flow_run:

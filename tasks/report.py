@@ -257,6 +257,12 @@ def artifacts(report: rep.Report, out_dir: Path) -> None:
                              description=f"backfill {name}")
 
 
+def replays_core_alone(rows: rep.LedgerRows) -> bool:
+    """True when `core_alone` replays (a run of CORE and other sleeves), not a few ms."""
+    sleeves = set(rows.equity["sleeve"])
+    return Sleeve.CORE.value in sleeves and len(sleeves) > 1
+
+
 def core_alone(data: DataSet, settings, rows: rep.LedgerRows, result=None) -> pd.Series | None:
     """CORE's equity replayed alone with the same capital, days and deposits: what the other
     sleeves added to CORE. The run itself when it is CORE alone; None for a run without CORE
@@ -270,7 +276,7 @@ def core_alone(data: DataSet, settings, rows: rep.LedgerRows, result=None) -> pd
     days = pd.to_datetime(rows.equity["day"], utc=True)
     if sleeves == [Sleeve.CORE.value]:
         return rows.equity.set_index(days)["equity"].rename("CORE alone")
-    if Sleeve.CORE.value not in sleeves:
+    if not replays_core_alone(rows):
         return None
     start, end = days.min().to_pydatetime(), (days.max() + timedelta(days=1)).to_pydatetime()
     capital = sum(rep.flows(rows, pd.DatetimeIndex(sorted(days.unique())))[2].values())

@@ -341,3 +341,35 @@ def test_tactical_is_not_replayed_without_its_fear_and_greed_history(dataset):
                      sleeves=parse_sleeves("tactical"), progress=False)
     [deployed] = r.summary["tactical_sleeve"]["deployments"]
     assert deployed["decided"] == "2024-08-06" and deployed["reason"] == "Fear & Greed 17 < 20"
+
+
+def test_cli_backfill_replays_core_alone_beside_with_the_deposits_the_run_took(shared_data, dataset, tmp_path):
+    """`eternal backfill` starts the report's CORE-alone replay in a child process as soon as the
+    replay's deposits are known, while the ledger is saved. 2021-01-01..2021-06-01 with 1,000 USDT
+    monthly: the kill switch of May 2021 holds back the deposit of 2021-06-01, so CORE alone gets
+    4,000 USDT, not the schedule's 5,000; the report's figure is the one replayed here from the
+    same rows, to the cent."""
+    import subprocess
+    import sys
+
+    from tasks import report
+
+    out = tmp_path / "cli-out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"), "DO_NOT_TRACK": "1"}
+    r = subprocess.run([sys.executable, "-m", "eternal.cli", "backfill", "--start", "2021-01-01", "--end", "2021-06-01",
+                        "--monthly-deposit", "1000", "--data-dir", str(shared_data), "--out", str(out),
+                        "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    reported = json.loads((out / "summary.json").read_text())["report"]["benchmarks"]["CORE alone"]
+
+    s = load_settings()
+    here = run_backfill(dataset, s, start=utc("2021-01-01"), end=utc("2021-06-01"), monthly_deposit=1_000.0,
+                        progress=False, compare_breakers=False)
+    rows = report.rows_from_result(here, report.closes_frame(dataset))
+    assert sum(q for _, q in report.deposits_of(rows)) == 4_000.0
+    alone = report.core_alone(dataset, s, rows)
+    assert reported["final_equity"] == pytest.approx(float(alone.iloc[-1]), abs=0.005)
+    scheduled = run_backfill(dataset, s, sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-06-01"),
+                             capital=here.summary["initial_capital"], monthly_deposit=1_000.0, progress=False)
+    assert scheduled.equity["core"].iloc[-1] - float(alone.iloc[-1]) > 900.0     # the held-back 1,000 USDT

@@ -168,14 +168,14 @@ def test_replay_resume_never_keeps_the_portfolio_at_l2(dataset, monkeypatch):
 
 
 def test_a_backfill_writes_every_event_and_what_the_breakers_cost_against_the_same_run_without(dataset, tmp_path):
-    seen = []        # work beside the breakers-off replay (the report's CORE alone) sees the replay done
+    seen = []        # work started once the replay is done (the report's CORE alone) sees it done
 
     def meanwhile(result):
         seen.append((result.summary["final_equity"], "without_breakers" in result.summary["breakers"],
                      (tmp_path / "summary.json").exists()))
 
     r = run_backfill(dataset, Settings(), start=utc("2020-09-14"), end=utc("2021-02-15"), progress=False,
-                     monthly_deposit=1_000.0, out_dir=tmp_path, while_comparing=meanwhile)
+                     monthly_deposit=1_000.0, out_dir=tmp_path, on_replayed=meanwhile)
     assert seen == [(r.summary["final_equity"], False, False)]
     assert json.loads((tmp_path / "summary.json").read_text())["breakers"]["cost_usdt"] == r.summary["breakers"]["cost_usdt"]
     events = pd.read_csv(tmp_path / "events.csv")
