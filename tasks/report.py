@@ -153,14 +153,20 @@ def jsonable(v):
     return v
 
 
+def load_matplotlib() -> None:
+    """matplotlib's pyplot on the Agg backend (no display), imported (0.3 s): a caller waiting for
+    work beside (a backfill's CORE alone) imports it meanwhile."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def charts(report: rep.Report, out_dir: Path) -> None:
     """equity.png here while drawdown.png and sleeves.png are drawn beside, in a forked child
     (`eternal.aside`; in process where this process cannot fork): matplotlib draws on one core."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401 - imported once, before the fork: the child has it too
-
     from eternal.aside import Aside
+
+    load_matplotlib()           # once, before the fork: the child has it too
 
     beside = Aside(_charts, report, out_dir, ("drawdown", "sleeves"), name="the charts", spawn=False)
     try:
