@@ -4,10 +4,11 @@
 1. The full four-engine replay with monthly deposits as a user types it, database and report
    included: `eternal backfill --start 2020-09-14 --end 2026-01-01 --monthly-deposit 1000
    --data-dir DATA --out TMP --no-progress`, each run a fresh process with no Prefect server
-   configured (a temporary PREFECT_HOME without a profile, PREFECT_API_URL unset). Wall, CPU time
-   (user + system of the process and its children) and peak memory: the proportional set sizes
-   (PSS) of the process and all its children summed, sampled every 20 ms with psutil (a page
-   shared by the backfill and its forked second replay counts once).
+   configured (a temporary PREFECT_HOME without a profile, PREFECT_API_URL unset) and none running.
+   Wall and CPU time (user + system of the process and its children) of runs not sampled; peak
+   memory from other runs: the proportional set sizes (PSS) of the process and all its children
+   summed, sampled every 20 ms with psutil (a page shared by the backfill and its forked children
+   counts once). A sample costs about 15 ms of CPU: sampled runs were 0.2-1 s slower.
 2. The loop in process, the data read before: `eternal.replay.run_backfill` alone (in memory, no
    database, no report, `compare_breakers=False`: one pass over the days; the CLI makes a second
    pass without breakers when any fired) over the same window -> simulated days per second. Then
@@ -17,7 +18,8 @@
 3. The same command as a Prefect flow run: one Prefect server (uvicorn on the server app, as
    Prefect's own temporary server, in a temporary PREFECT_HOME) started once, then each pair runs
    the command with PREFECT_API_URL unset and set, alternating which goes first; the added seconds
-   are the paired differences. The plain runs of these pairs are item 1's runs.
+   are the paired differences. Both runs of a pair are sampled every 0.25 s (the flow run's memory
+   and the server's, for the note beside the figure).
 4. One warm daily-cycle flow run (`benchmarks/daily_flow.py`, in its own process on the same
    server): a paper ledger in a temporary SQLite holding the real market data; the first run
    starts the portfolio and warms imports and the client, then one run per following day. Our
@@ -143,10 +145,12 @@ def tree_rss(pids: list[int]) -> int:
     return total
 
 
-def fresh(cmd: list[str], env: dict, beside: int | None = None) -> Run:
+def fresh(cmd: list[str], env: dict, beside: int | None = None, every: float | None = 0.02) -> Run:
     """Runs `cmd` to its end in a fresh process; samples its tree's memory (`tree_rss`) (and `beside`'s, the
-    server's, apart) every 20 ms. Raises SystemExit with its output when it fails."""
-    have_psutil = importlib.util.find_spec("psutil") is not None
+    server's, apart) every `every` s (None: not at all; a sample reads /proc/PID/smaps_rollup of each process,
+    about 15 ms for a backfill's tree: at 20 ms it costs the run 0.2-1 s of its wall, so timed runs are not
+    sampled). Raises SystemExit with its output when it fails."""
+    have_psutil = every is not None and importlib.util.find_spec("psutil") is not None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     beside_cpu0 = _cpu_of(beside)
     t = time.perf_counter()
@@ -158,7 +162,7 @@ def fresh(cmd: list[str], env: dict, beside: int | None = None) -> Run:
             peak[0] = max(peak[0], tree_rss([proc.pid]))
             if beside is not None:
                 extra[0] = max(extra[0], tree_rss([beside]))
-            stop.wait(0.02)
+            stop.wait(every)
 
     sampler = threading.Thread(target=sample, daemon=True)
     if have_psutil:
@@ -239,52 +243,69 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 # --- 1 and 3: fresh processes, plain and as a Prefect flow run -----------------------------------
 
-def part_fresh(report: Report, server: subprocess.Popen, url: str, tmp: Path) -> None:
+def part_plain(report: Report, tmp: Path) -> None:
+    """Item 1, before any Prefect server runs (a user without one has none using the other core):
+    RUNS timed runs not sampled, then runs sampled every 20 ms for the peak memory."""
     home = tmp / "prefect-home-plain"          # no profiles.toml: no Prefect server configured
-    home.mkdir()
+    home.mkdir(exist_ok=True)
+    env = {**ENV, "PREFECT_HOME": str(home)}
+    timed = [fresh(backfill_cmd(tmp / f"plain{n}"), env, every=None) for n in range(RUNS)]
+    sampled = [fresh(backfill_cmd(tmp / f"plain-mem{n}"), env) for n in range(max(1, RUNS - 1))]
+    for n, r in enumerate(timed):
+        if "final equity" not in r.out:
+            report.failures.append(f"plain backfill {n}: no summary printed")
+    walls, cpus, mem = [r.wall for r in timed], [r.cpu for r in timed], [r.peak_rss / MIB for r in sampled]
+    print(f"  eternal backfill, no Prefect server: wall {spread(walls)}, CPU {spread(cpus)} ({RUNS} runs); "
+          f"peak {spread(mem, '{:.0f}', 'MiB')} (the process tree's PSS summed, {len(sampled)} runs sampled "
+          "every 20 ms apart from the timed ones)", flush=True)
+    report.rows += [
+        Row("full backfill, fresh process: wall", walls, "s", f"< {WALL_S:g} s",
+            statistics.median(walls) < WALL_S, f"CPU {spread(cpus)}"),
+        Row("full backfill: peak memory, all processes", mem, "MiB", f"< {MEMORY_MIB:g} MiB",
+            statistics.median(mem) < MEMORY_MIB, "", fmt="{:.0f}"),
+    ]
+
+
+def part_flow(report: Report, server: subprocess.Popen, url: str, tmp: Path) -> None:
+    """Item 3: RUNS pairs, the same command with no Prefect server configured and as a flow run on
+    `server`, alternating which goes first; both sampled every 0.25 s (the flow run's memory, the
+    server's beside it), so the sampling weighs the same on both sides of a pair."""
+    home = tmp / "prefect-home-plain"
+    home.mkdir(exist_ok=True)
     plain_env = {**ENV, "PREFECT_HOME": str(home)}
     flow_env = {**ENV, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": url}
     plain: list[Run] = []
     flow: list[Run] = []
     for n in range(RUNS):
         for which in (("plain", "flow") if n % 2 == 0 else ("flow", "plain")):
-            out = tmp / f"{which}{n}"
+            out = tmp / f"{which}-pair{n}"
             if which == "plain":
-                plain.append(fresh(backfill_cmd(out), plain_env))
-                if "final equity" not in plain[-1].out:
-                    report.failures.append(f"plain backfill {n}: no summary printed")
+                plain.append(fresh(backfill_cmd(out), plain_env, beside=server.pid, every=0.25))
             else:
-                flow.append(fresh(backfill_cmd(out), flow_env, beside=server.pid))
-        equities = {json.loads((tmp / f"{w}{n}" / "summary.json").read_text())["final_equity"]
+                flow.append(fresh(backfill_cmd(out), flow_env, beside=server.pid, every=0.25))
+        equities = {json.loads((tmp / f"{w}-pair{n}" / "summary.json").read_text())["final_equity"]
                     for w in ("plain", "flow")}
         if len(equities) != 1:
             report.failures.append(f"pair {n + 1}: final equity differs plain vs flow: {sorted(equities)}")
-        print(f"  pair {n + 1}: plain {plain[-1].wall:6.2f} s wall, {plain[-1].cpu:5.2f} s CPU, "
-              f"{plain[-1].peak_rss / MIB:4.0f} MiB | flow {flow[-1].wall:6.2f} s wall, {flow[-1].cpu:5.2f} s CPU "
-              f"(+ server {flow[-1].extra_cpu:4.2f} s CPU), {flow[-1].peak_rss / MIB:4.0f} MiB + server "
-              f"{flow[-1].extra_rss / MIB:4.0f} MiB   (load {load()})", flush=True)
-    walls, cpus = [r.wall for r in plain], [r.cpu for r in plain]
-    mem = [r.peak_rss / MIB for r in plain]
+        print(f"  pair {n + 1}: plain {plain[-1].wall:6.2f} s wall, {plain[-1].cpu:5.2f} s CPU | flow "
+              f"{flow[-1].wall:6.2f} s wall, {flow[-1].cpu:5.2f} s CPU (+ server {flow[-1].extra_cpu:4.2f} s CPU), "
+              f"{flow[-1].peak_rss / MIB:4.0f} MiB + server {flow[-1].extra_rss / MIB:4.0f} MiB   (load {load()})",
+              flush=True)
     added = [f.wall - p.wall for p, f in zip(plain, flow)]
     added_cpu = [f.cpu - p.cpu for p, f in zip(plain, flow)]          # in the CLI's process
     server_cpu = [f.extra_cpu for f in flow]
     flow_mem = [(f.peak_rss + f.extra_rss) / MIB for f in flow]
-    print(f"  eternal backfill, no Prefect server: wall {spread(walls)}, CPU {spread(cpus)}, "
-          f"peak {spread(mem, '{:.0f}', 'MiB')} (the process tree's PSS summed)")
+    print(f"  no Prefect server configured (the server up beside): wall {spread([r.wall for r in plain])}")
     print(f"  as a Prefect flow run:              wall {spread([r.wall for r in flow])}, "
           f"CPU {spread([r.cpu for r in flow])} + server {spread([r.extra_cpu for r in flow])}, "
           f"peak {spread(flow_mem, '{:.0f}', 'MiB')} with the server")
     print(f"  added by the flow run (paired):     wall {spread(added)}; CPU {spread(added_cpu)} in the CLI's process, "
           f"{spread(server_cpu)} in the server's (partly in parallel on an idle 2-core machine)")
     report.rows += [
-        Row("full backfill, fresh process: wall", walls, "s", f"< {WALL_S:g} s",
-            statistics.median(walls) < WALL_S, f"CPU {spread(cpus)}"),
-        Row("full backfill: peak memory, all processes", mem, "MiB", f"< {MEMORY_MIB:g} MiB",
-            statistics.median(mem) < MEMORY_MIB, f"as a flow run, server included: {spread(flow_mem, '{:.0f}', 'MiB')}",
-            fmt="{:.0f}"),
         Row("Prefect flow run: added wall", added, "s", f"<= {FLOW_ADDED_S:g} s",
             statistics.median(added) <= FLOW_ADDED_S,
-            f"added CPU {spread(added_cpu)} in the CLI, {spread(server_cpu)} in the server"),
+            f"added CPU {spread(added_cpu)} in the CLI, {spread(server_cpu)} in the server; flow run and "
+            f"server peak {spread(flow_mem, '{:.0f}', 'MiB')}"),
     ]
 
 
@@ -434,14 +455,17 @@ def main() -> int:
             part_loop(report)
         server = None
         try:
+            if "fresh" in PARTS:
+                print(f"\n1. eternal backfill --start {START} --end {END} --monthly-deposit {DEPOSIT:g}, fresh processes, "
+                      "no Prefect server configured (none running)", flush=True)
+                part_plain(report, tmp)
             if PARTS & {"fresh", "daily"}:
                 server, url, took = start_server(tmp / "prefect-home")
                 print(f"\n(a Prefect server for parts 3 and 4: up in {took:.1f} s at {url})", flush=True)
             if "fresh" in PARTS:
-                print(f"\n1 and 3. eternal backfill --start {START} --end {END} --monthly-deposit {DEPOSIT:g}, fresh "
-                      f"processes, {RUNS} alternating pairs: no Prefect server configured / PREFECT_API_URL set",
+                print(f"\n3. the same, {RUNS} alternating pairs: no Prefect server configured / PREFECT_API_URL set",
                       flush=True)
-                part_fresh(report, server, url, tmp)
+                part_flow(report, server, url, tmp)
             if "daily" in PARTS:
                 print(f"\n4. warm daily-cycle flow runs (paper, SQLite, Prefect server), {RUNS} after the first",
                       flush=True)
