@@ -93,9 +93,12 @@ class Aside:
     pickled through its stdin; with `spawn` False (work smaller than those imports: the charts) it
     then runs here, in process, at `result()`. On one core it runs here too, and when no process
     can be started (a fork or spawn refused: a process limit, memory). An exception raised in the
-    child is raised here with the child's traceback as a note."""
+    child is raised here with the child's traceback as a note. A forked child is daemonic unless
+    `daemon` is False (multiprocessing lets no daemonic process start its own: a child that forks
+    work aside itself, `tasks.backfill.StartedJob`)."""
 
-    def __init__(self, fn: Callable, *args, name: str = "the work aside", spawn: bool = True) -> None:
+    def __init__(self, fn: Callable, *args, name: str = "the work aside", spawn: bool = True,
+                 daemon: bool = True) -> None:
         import gc
         import multiprocessing
         import os
@@ -107,8 +110,8 @@ class Aside:
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
             ctx = multiprocessing.get_context("fork")
             self.conn, child_end = ctx.Pipe(duplex=False)
-            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name), daemon=True,
-                                    name="eternal-aside")
+            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name),
+                                    daemon=daemon, name="eternal-aside")
             # what exists now is never collected in the child: garbage the parent still holds (a
             # finished backfill's database engine, in a reference cycle) would otherwise be freed
             # there by the cycle collector, closing the parent's SQLite connections in the child,

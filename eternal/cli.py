@@ -440,11 +440,21 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
                 raise
             # the URL came from --database-url (passed on as a setting): name what the user typed
             raise type(exc)(str(exc).replace("ETERNAL_DATABASE_URL", "--database-url")) from None
-    _quiet_prefect_failures(args)
-    from flows.backfill import PROGRESS_BAR, backfill
+    # the job starts first, in a child forked while this process has one thread (it then forks its
+    # own work aside, as without Prefect); the flow run follows it (`tasks.backfill.StartedJob`)
+    from tasks.backfill import StartedJob
 
-    PROGRESS_BAR.set(progress_bar)
-    return backfill(**params)
+    job = StartedJob.start(params, progress_bar, data)
+    try:
+        _quiet_prefect_failures(args)
+        from flows.backfill import PROGRESS_BAR, STARTED, backfill
+
+        PROGRESS_BAR.set(progress_bar)
+        STARTED.set(job)
+        return backfill(**params)
+    finally:
+        if job is not None:             # ended, or never followed (the run failed to start): stopped
+            job.stop()
 
 
 def cmd_sweep(args, s) -> int:
@@ -734,14 +744,27 @@ COMMANDS = {"config": cmd_config, "run": cmd_run, "rebalance": cmd_rebalance, "d
 def entry() -> None:
     """The `eternal` console script: main(), then a fast exit. Once the command has returned, every
     file is written and closed and every transaction committed; what is left is the interpreter's
-    teardown of the replay's objects and modules (about 2 s), which `os._exit` skips after flushing
-    the standard streams and logging. Not when Prefect is loaded: its handlers still send logs and
-    stop its server at exit. Database connections are closed first (`eternal.store.db.close_all`)."""
+    teardown of the replay's objects and modules (about 2 s; 0.6 s after a flow run), which
+    `os._exit` skips after flushing the standard streams and logging. When Prefect is loaded its
+    exit handlers run first (they send the last logs and stop a temporary server): the fast exit
+    is then the last exit handler. Database connections are closed first
+    (`eternal.store.db.close_all`)."""
+    import atexit
+
     global _ENDING
     _ENDING = True
+    code: list[int] = []
+    atexit.register(_fast_exit, code)       # registered first, run last: after Prefect's handlers
     rc = main()
+    code.append(rc)
     if "prefect" in sys.modules:
         sys.exit(rc)
+    _fast_exit(code)
+
+
+def _fast_exit(code: list[int]) -> None:
+    if not code:                # main() raised: the interpreter reports it and exits as usual
+        return
     if "eternal.store.db" in sys.modules:
         from eternal.store.db import close_all
 
@@ -749,7 +772,7 @@ def entry() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
-    os._exit(rc)
+    os._exit(code[0])
 
 
 if __name__ == "__main__":

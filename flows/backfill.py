@@ -8,10 +8,13 @@ from contextvars import ContextVar
 from prefect import flow
 
 from flows.params import OptionalUtcTime
-from tasks.backfill import check_amounts, load_data, run_job, summary_markdown, write_report  # noqa: F401
+from tasks.backfill import StartedJob, check_amounts, load_data, run_job, summary_markdown, write_report  # noqa: F401
 
 PROGRESS_BAR: ContextVar[bool] = ContextVar("backfill_progress_bar", default=False)
 """A terminal progress bar (the CLI's, unless --no-progress); never a form field: a worker has no terminal."""
+STARTED: ContextVar[StartedJob | None] = ContextVar("backfill_started", default=None)
+"""`eternal backfill`'s job, started before Prefect was imported (`tasks.backfill.StartedJob`): the
+run follows it when its parameters are this run's."""
 
 
 @flow(name="backfill")
@@ -34,5 +37,10 @@ def backfill(start: OptionalUtcTime = None, end: OptionalUtcTime = None, engines
         out: The directory for trades.csv, equity.csv, summary.json, events.csv (on that machine).
         monthly_deposit_usdt: USDT deposited at each month's end through the deposit rules (0: none).
     """
-    return run_job(start=start, end=end, engines=engines, capital=capital, data_dir=data_dir, out=out,
-                   monthly_deposit_usdt=monthly_deposit_usdt, progress_bar=PROGRESS_BAR.get())
+    params = dict(start=start, end=end, engines=engines, capital=capital, data_dir=data_dir, out=out,
+                  monthly_deposit_usdt=monthly_deposit_usdt)
+    started = STARTED.get()
+    if started is not None and started.params == params:
+        STARTED.set(None)
+        return started.follow()
+    return run_job(**params, progress_bar=PROGRESS_BAR.get())

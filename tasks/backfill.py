@@ -97,6 +97,14 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
     afresh. `data`: the market data already read from those same sources (the CLI reads it to
     check the window first), else read here. Raises BackfillError / DataQualityError / ConfigError (one line each) on bad input,
     before anything is written."""
+    return _job(start, end, engines, capital, data_dir, out, monthly_deposit_usdt, progress_bar, data)[0]
+
+
+def _job(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
+         capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
+         monthly_deposit_usdt: float = 0.0, progress_bar: bool = False, data=None, on_progress=None) -> tuple:
+    """`run_job` -> (its summary, the report built: `eternal.report.Report`); `on_progress(pct)`
+    every 5 % of the days replayed, outside a flow run."""
     check_amounts(capital, monthly_deposit_usdt)     # before anything is read or written
     s = load_settings()
     sleeves = parse_sleeves(engines)
@@ -125,7 +133,8 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
         from eternal.aside import Aside
         from tasks import report
 
-        bar = _ProgressArtifact(start, end) if flow_run else None
+        bar = (_ProgressArtifact(start, end) if flow_run else
+               _Progress(start, end, on_progress) if on_progress is not None else None)
         later: dict = {}
 
         def replayed(result: BackfillResult) -> None:
@@ -146,7 +155,7 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
                 bar.update(100.0)
             (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
                                                       result.summary["final_equity"], result.summary["trades"])
-            write_report(result, data, s, out_dir, flow_run, later.get("rows"), later.get("core alone"))
+            built = write_report(result, data, s, out_dir, flow_run, later.get("rows"), later.get("core alone"))
         except BaseException:       # interrupted or failed: no outputs that look like a finished run's
             if "core alone" in later:
                 later["core alone"].cancel()
@@ -156,7 +165,7 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
                 for suffix in ("", "-wal", "-shm", ".schema.lock"):
                     Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)
             raise
-    return result.summary
+    return result.summary, built
 
 
 OUTPUTS = ("trades.csv", "equity.csv", "summary.json", "events.csv", "report.md", "equity.png", "drawdown.png",
@@ -185,15 +194,11 @@ def _run_logger():
     return get_run_logger()
 
 
-class _ProgressArtifact:
-    """An on_day callback that moves a progress artifact on the flow run: every 5 %, 20 updates a
-    run (each a request to the API: at every 2 % they were 0.8 s of a full backfill's flow run)."""
+class _Progress:
+    """An on_day callback that calls `report(pct)` every 5 % of the days replayed."""
 
-    def __init__(self, start: datetime | None, end: datetime | None) -> None:
-        from prefect.artifacts import create_progress_artifact
-
-        self.bar = create_progress_artifact(0.0, key="backfill-progress", description="days replayed")
-        self.start, self.end, self.days, self.shown = start, end, 0, 0.0
+    def __init__(self, start: datetime | None, end: datetime | None, report) -> None:
+        self.start, self.end, self.days, self.shown, self.report = start, end, 0, 0.0, report
 
     def __call__(self, day: datetime, *_) -> None:
         self.start = self.start or day
@@ -203,10 +208,98 @@ class _ProgressArtifact:
             self.update(pct)
 
     def update(self, pct: float) -> None:
-        from prefect.artifacts import update_progress_artifact
-
-        update_progress_artifact(self.bar, pct)
         self.shown = pct
+        self.report(pct)
+
+
+class _ProgressArtifact(_Progress):
+    """A progress artifact on the flow run, moved every 5 %: 20 updates a run (each a request to the
+    API: at every 2 % they were 0.8 s of a full backfill's flow run)."""
+
+    def __init__(self, start: datetime | None, end: datetime | None) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        bar = create_progress_artifact(0.0, key="backfill-progress", description="days replayed")
+        super().__init__(start, end, lambda pct: update_progress_artifact(bar, pct))
+
+
+class StartedJob:
+    """`eternal backfill`'s job when a Prefect server is configured, started in a child process
+    forked before Prefect is imported, while the CLI has one thread: the job forks its own work
+    aside (the breakers-off replay, CORE alone, two of the charts) as it does without Prefect.
+    Beside Prefect's threads nothing can be forked: the breakers-off replay was spawned (a second
+    interpreter importing eternal, about 1 s), CORE alone and the charts ran in process, and
+    Prefect's own imports and the run's creation waited for nothing. The `backfill` flow run
+    follows it (`follow`): its progress artifact from the child's reports, its log line and its
+    artifacts once the child's answer is in. `start` returns None where no child can be forked:
+    the flow run then does the job itself, as a deployment's run does."""
+
+    def __init__(self, params: dict, aside, progress) -> None:
+        self.params, self.aside, self.progress = params, aside, progress
+
+    @classmethod
+    def start(cls, params: dict, progress_bar: bool, data=None) -> StartedJob | None:
+        import multiprocessing
+        import threading
+
+        from eternal.aside import Aside
+
+        if threading.active_count() != 1 or "fork" not in multiprocessing.get_all_start_methods():
+            return None
+        progress, child_end = multiprocessing.get_context("fork").Pipe(duplex=False)
+        aside = Aside(_started_job, params, progress_bar, data, child_end, name="the backfill", daemon=False)
+        child_end.close()               # the child's copy stays open: at its end this one reads EOF
+        if aside.proc is None:          # not forked (one core, a process limit): nothing started
+            progress.close()
+            return None
+        return cls(params, aside, progress)
+
+    def follow(self) -> dict:
+        """In the flow run: the progress artifact moved as the child reports, then the child's
+        summary (its exception raised here, with the child's traceback as a note), the log line
+        and the artifacts. Interrupted, the child is interrupted too and its cleanup waited for."""
+        bar = None
+        try:
+            bar = _ProgressArtifact(self.params["start"], self.params["end"])
+            while True:
+                try:
+                    pct = self.progress.recv()
+                except EOFError:        # the child's job ended (or the child died)
+                    break
+                bar.report(pct)
+            summary, built = self.aside.result()
+            bar.report(100.0)
+            _run_logger().info("backfill done: final equity %.2f, %d trades", summary["final_equity"],
+                               summary["trades"])
+            flow_artifacts(summary, built, Path(self.params["out"]))
+            return summary
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            self.progress.close()
+
+    def stop(self) -> None:
+        """The child interrupted as Ctrl-C does (its outputs removed), and waited for (at most 60 s,
+        then killed)."""
+        import signal
+
+        proc = self.aside.proc
+        if proc is not None and proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            proc.join(60)
+        self.aside.cancel()
+
+
+def _started_job(params: dict, progress_bar: bool, data, progress) -> tuple:
+    """`StartedJob`'s child: the job, its progress sent to the parent; -> (summary, report built)."""
+    try:
+        return _job(**params, progress_bar=progress_bar, data=data, on_progress=progress.send)
+    finally:
+        progress.close()
 
 
 def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False,
@@ -225,11 +318,18 @@ def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run
     report.write(built, out_dir, result.summary)
     result.summary["report"] = report.jsonable(built.summary)
     if flow_run:
-        from prefect.artifacts import create_markdown_artifact
+        flow_artifacts(result.summary, built, out_dir)
+    return built
 
-        create_markdown_artifact(summary_markdown(result.summary), key="backfill-summary",
-                                 description="backfill summary")
-        report.artifacts(built, out_dir)
+
+def flow_artifacts(summary: dict, built, out_dir: Path) -> None:
+    """On the flow run: the summary, and the report with its charts and tables (`tasks.report`)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks import report
+
+    create_markdown_artifact(summary_markdown(summary), key="backfill-summary", description="backfill summary")
+    report.artifacts(built, out_dir)
 
 
 def summary_markdown(summary: dict) -> str:

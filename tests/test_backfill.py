@@ -373,3 +373,50 @@ def test_cli_backfill_replays_core_alone_beside_with_the_deposits_the_run_took(s
     scheduled = run_backfill(dataset, s, sleeves=CORE, start=utc("2021-01-01"), end=utc("2021-06-01"),
                              capital=here.summary["initial_capital"], monthly_deposit=1_000.0, progress=False)
     assert scheduled.equity["core"].iloc[-1] - float(alone.iloc[-1]) > 900.0     # the held-back 1,000 USDT
+
+
+def test_cli_backfill_with_a_prefect_server_is_one_flow_run_following_the_job_started_before_prefect(
+        shared_data, dataset, tmp_path, prefect_harness):
+    """With a Prefect server configured `eternal backfill` forks its job before Prefect is imported
+    (`tasks.backfill.StartedJob`: the job then forks its own work aside as without Prefect) and the
+    flow run follows it. 2023-01-01..2023-04-01 with 20,000 USDT: one completed `backfill` run with
+    these parameters, its progress artifact at 100 %, its summary and report artifacts, its log
+    line; the same summary as the job run here without Prefect."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
+    from prefect.settings import PREFECT_API_URL
+
+    from tasks.backfill import run_job
+
+    out = tmp_path / "flow-out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ETERNAL_"))} | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    r = subprocess.run([sys.executable, "-m", "eternal.cli", "backfill", "--start", "2023-01-01", "--end", "2023-04-01",
+                        "--capital", "20000", "--data-dir", str(shared_data), "--out", str(out), "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "2023-01-01 .. 2023-04-01 (90 days)" in r.stdout and "backfill done: final equity" in r.stdout + r.stderr
+
+    async def read():
+        async with get_client() as client:
+            runs = [run for run in await client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["backfill"])))
+                    if run.parameters.get("out") == str(out)]
+            artifacts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in runs])))
+            return runs, artifacts
+
+    runs, artifacts = asyncio.run(read())
+    assert [run.state_type.value for run in runs] == ["COMPLETED"]
+    assert [a.data for a in artifacts if a.key == "backfill-progress"] == [100.0]
+    assert {"backfill-summary", "backfill-report"} <= {a.key for a in artifacts}
+
+    here = run_job(start=utc("2023-01-01"), end=utc("2023-04-01"), capital=20_000.0, data_dir=str(shared_data),
+                   out=str(tmp_path / "here"))
+    stored = json.loads((out / "summary.json").read_text())
+    assert stored["final_equity"] == here["final_equity"] and stored["trades"] == here["trades"]
+    assert stored["report"] == json.loads(json.dumps(here["report"]))

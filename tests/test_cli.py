@@ -253,18 +253,21 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _backfill_started(tmp_path, out: str, data: Path) -> subprocess.Popen:
+def _backfill_started(tmp_path, out: str, data: Path, prefect_api_url: str | None = None) -> subprocess.Popen:
     """The full backfill (2020-09-14..2026-01-01, 1,000 USDT monthly) in a process of its own,
-    returned once its second replay (breakers off) runs in its child."""
+    returned once its second replay (breakers off) runs in its child (with a Prefect server at
+    `prefect_api_url`: in its job's child, a grandchild)."""
     import time
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETERNAL_", "PREFECT_API"))}
+    if prefect_api_url is not None:
+        env |= {"PREFECT_API_URL": prefect_api_url, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     proc = subprocess.Popen([str(SCRIPT), "backfill", "--start", "2020-09-14", "--end", "2026-01-01",
                              "--monthly-deposit", "1000", "--no-progress", "--data-dir", str(data), "--out", out],
                             env={**env, "DO_NOT_TRACK": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path)
     deadline = time.monotonic() + 60
-    while not _children(proc.pid):
+    while len(_children(proc.pid)) < (1 if prefect_api_url is None else 2):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     return proc
@@ -313,6 +316,27 @@ def test_a_backfill_stopped_with_sigterm_leaves_no_outputs_and_no_replay_running
     assert proc.returncode == 130, err
     assert err.strip() == "error: interrupted: nothing of this backfill stays in its --out; run it again"
     assert _gone(child)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".backfill.lock"]
+
+
+def test_a_backfill_as_a_flow_run_stopped_with_sigterm_leaves_no_outputs_and_no_job_running(
+        tmp_path, shared_data, prefect_harness):
+    """With a Prefect server configured the job runs in a child started before Prefect is imported
+    (`tasks.backfill.StartedJob`): SIGTERM to the CLI still ends it as Ctrl-C does, the job's child
+    interrupted and its cleanup waited for: exit 130, its one line last, no outputs, no process left."""
+    import signal
+
+    from prefect.settings import PREFECT_API_URL
+
+    proc = _backfill_started(tmp_path, "out", shared_data, PREFECT_API_URL.value())
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("error: interrupted: nothing of this backfill stays in its --out; "
+                                            "run it again")
+    assert _gone(children)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".backfill.lock"]
 
 
