@@ -271,11 +271,11 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     if progress:
         from tqdm import tqdm
 
-        class tqdm(tqdm):
+        class Bar(tqdm):
             monitor_interval = 0    # no monitor thread (it tunes miniters): beside a thread, no fork aside
 
-        bar = tqdm(total=(end - start).days, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
-                   mininterval=0.5, leave=False)
+        bar = Bar(total=(end - start).days, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
+                  mininterval=0.5, leave=False)
 
     max_weights: dict[str, dict] = {}
 
