@@ -350,9 +350,15 @@ def _interrupt_on_signals() -> None:
     import signal
     import threading
 
+    pool_log = logging.getLogger("sqlalchemy.pool")
+    pool_level = pool_log.level
+
     def interrupt(signum, frame):
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+        # landing while SQLAlchemy returns a connection to its pool, the interrupt was logged with a
+        # traceback ("Exception during reset or similar") above the CLI's one line, which says it
+        pool_log.setLevel(logging.CRITICAL)
         raise KeyboardInterrupt
 
     def undo() -> None:
@@ -362,6 +368,7 @@ def _interrupt_on_signals() -> None:
         ending = _ENDING and "prefect" not in sys.modules
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_IGN if ending else handler)
+        pool_log.setLevel(pool_level)
 
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -312,12 +312,14 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
                                "reference": f"monthly {month:%Y-%m}"})
     for n, (ts, usdt) in enumerate(deposits or ()):
         p.deposits.append({"ts": utc(ts).isoformat(), "usdt": usdt, "reference": f"deposit {n}"})
-    driver.run(p, Due(end, Kind.CLOSE).key)
+    try:
+        driver.run(p, Due(end, Kind.CLOSE).key)
+    finally:                # interrupted too: the bar's line is cleared, an error starts a line of its own
+        if bar is not None:
+            bar.close()
     # the deposits as the driver took them, at the close that booked each (one the kill switch held
     # back counts on that later close; one still waiting at the end never arrived)
     deposited = ledger.deposits_taken
-    if bar is not None:
-        bar.close()
     last_i = view.index(end - timedelta(days=1))
     for order in exchange.cancel_open("backfill ended before the next open"):
         rec = ledger.orders[order.client_order_id]

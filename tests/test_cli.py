@@ -253,7 +253,8 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _backfill_started(tmp_path, out: str, data: Path, prefect_api_url: str | None = None) -> subprocess.Popen:
+def _backfill_started(tmp_path, out: str, data: Path, prefect_api_url: str | None = None,
+                      progress: bool = False) -> subprocess.Popen:
     """The full backfill (2020-09-14..2026-01-01, 1,000 USDT monthly) in a process of its own,
     returned once its second replay (breakers off) runs in its child (with a Prefect server at
     `prefect_api_url`: in its job's child, a grandchild)."""
@@ -263,7 +264,8 @@ def _backfill_started(tmp_path, out: str, data: Path, prefect_api_url: str | Non
     if prefect_api_url is not None:
         env |= {"PREFECT_API_URL": prefect_api_url, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     proc = subprocess.Popen([str(SCRIPT), "backfill", "--start", "2020-09-14", "--end", "2026-01-01",
-                             "--monthly-deposit", "1000", "--no-progress", "--data-dir", str(data), "--out", out],
+                             "--monthly-deposit", "1000", *([] if progress else ["--no-progress"]),
+                             "--data-dir", str(data), "--out", out],
                             env={**env, "DO_NOT_TRACK": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path)
     deadline = time.monotonic() + 60
@@ -317,6 +319,19 @@ def test_a_backfill_stopped_with_sigterm_leaves_no_outputs_and_no_replay_running
     assert err.strip() == "error: interrupted: nothing of this backfill stays in its --out; run it again"
     assert _gone(child)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".backfill.lock"]
+
+
+def test_an_interrupted_backfill_clears_its_progress_bar_before_its_one_line(tmp_path, shared_data):
+    """The bar's last state stayed on the terminal and the error was written after it on the same
+    line ("... 0/1935 [00:00<?, ?day/s]error: interrupted: ...")."""
+    import signal
+
+    proc = _backfill_started(tmp_path, "out", shared_data, progress=True)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    # (read as text, the bar's carriage returns are line ends)
+    assert err.splitlines()[-1] == "error: interrupted: nothing of this backfill stays in its --out; run it again"
 
 
 def test_a_backfill_as_a_flow_run_stopped_with_sigterm_leaves_no_outputs_and_no_job_running(
@@ -627,3 +642,34 @@ def test_a_backfill_under_the_console_script_ignores_a_late_ctrl_c_until_it_exit
             "          signal.getsignal(signal.SIGTERM) is (signal.SIG_IGN if ending else signal.SIG_DFL))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "True", "True", "2", "True", "True"], done.stdout + done.stderr
+
+
+INTERRUPTED_IN_THE_POOL = """
+import os, signal, sys
+from sqlalchemy import event, text
+from eternal import cli
+from eternal.store.db import connect
+
+cli._interrupt_on_signals()
+engine = connect(sys.argv[1], migrate=False)
+# the interrupt lands while the pool resets a connection given back to it (as a Ctrl-C did once
+# during a backfill's ledger save)
+event.listen(engine.pool, "reset", lambda *a: os.kill(os.getpid(), signal.SIGINT))
+try:
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+except KeyboardInterrupt:
+    print("interrupted", file=sys.stderr)
+"""
+
+
+def test_an_interrupt_landing_in_sqlalchemys_pool_prints_no_traceback(tmp_path):
+    """SIGINT or SIGTERM during a backfill: the CLI's one line, not SQLAlchemy's "Exception during
+    reset or similar" and its traceback above it (seen once when Ctrl-C landed while the ledger's
+    connection went back to its pool)."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IN_THE_POOL, f"sqlite:///{tmp_path / 'l.db'}"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == "interrupted"
