@@ -295,11 +295,16 @@ class StartedJob:
 
 
 def _started_job(params: dict, progress_bar: bool, data, progress) -> tuple:
-    """`StartedJob`'s child: the job, its progress sent to the parent; -> (summary, report built)."""
+    """`StartedJob`'s child: the job, its progress sent to the parent; -> (summary, report built).
+    Its ledger's connections are closed before it ends (a forked child ends with `os._exit`: its
+    SQLite -wal and -shm files were left beside the ledger)."""
+    from eternal.store.db import close_all
+
     try:
         return _job(**params, progress_bar=progress_bar, data=data, on_progress=progress.send)
     finally:
         progress.close()
+        close_all()
 
 
 def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False,

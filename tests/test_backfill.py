@@ -381,7 +381,7 @@ def test_cli_backfill_with_a_prefect_server_is_one_flow_run_following_the_job_st
     (`tasks.backfill.StartedJob`: the job then forks its own work aside as without Prefect) and the
     flow run follows it. 2023-01-01..2023-04-01 with 20,000 USDT: one completed `backfill` run with
     these parameters, its progress artifact at 100 %, its summary and report artifacts, its log
-    line; the same summary as the job run here without Prefect."""
+    line; no SQLite -wal file left; the same summary as the job run here without Prefect."""
     import asyncio
     import subprocess
     import sys
@@ -401,6 +401,7 @@ def test_cli_backfill_with_a_prefect_server_is_one_flow_run_following_the_job_st
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "2023-01-01 .. 2023-04-01 (90 days)" in r.stdout and "backfill done: final equity" in r.stdout + r.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith(("-wal", "-shm"))]   # the job's ledger closed
 
     async def read():
         async with get_client() as client:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import weakref
 from functools import lru_cache
@@ -17,7 +18,9 @@ from eternal.secrets import redact_url, register, reveal, scrub
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()   # every engine `connect` made, for `close_all`
+# every engine `connect` made and every SQLite connection they opened -> the pid of the process
+# that made it, for `close_all`
+_ENGINES: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
 
 
 class _SQLiteConnection(sqlite3.Connection):
@@ -25,19 +28,25 @@ class _SQLiteConnection(sqlite3.Connection):
     be weakly referenced, so `close_all` finds every one still open."""
 
 
-_SQLITE: weakref.WeakSet[_SQLiteConnection] = weakref.WeakSet()   # every SQLite connection our engines opened
+_SQLITE: weakref.WeakKeyDictionary[_SQLiteConnection, int] = weakref.WeakKeyDictionary()
 
 
 def close_all() -> None:
-    """Close every pooled connection of the engines `connect` made: a SQLite ledger is checkpointed
-    and its -wal file removed, as at a normal interpreter exit (the CLI's fast exit calls this)."""
-    for engine in list(_ENGINES):
-        engine.dispose()
+    """Close every pooled connection of the engines `connect` made in this process: a SQLite ledger
+    is checkpointed and its -wal file removed, as at a normal interpreter exit (the CLI's fast exit
+    and a forked backfill job's end call this). What a forked child inherited from its parent is
+    left alone: SQLite forbids using a connection across a fork, closing one included."""
+    me = os.getpid()
+    for engine, pid in list(_ENGINES.items()):
+        if pid == me:
+            engine.dispose()
     # a connection whose engine is gone but which a reference cycle still holds (a pool and its
     # records) stays open until the cycle collector runs, which `os._exit` never waits for: the
     # ledger's -wal file was left behind (now and then: found by CI). Each is closed here (a full
     # collection did it too, but took 0.2 s after a full backfill).
-    for conn in list(_SQLITE):
+    for conn, pid in list(_SQLITE.items()):
+        if pid != me:
+            continue
         try:
             conn.close()
         except sqlite3.ProgrammingError:      # made in a thread that checks: that thread closes it
@@ -50,7 +59,7 @@ class DatabaseUnavailable(EternalError):
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     if isinstance(dbapi_conn, _SQLiteConnection):
-        _SQLITE.add(dbapi_conn)
+        _SQLITE[dbapi_conn] = os.getpid()
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -72,7 +81,7 @@ def connect(url: str | SecretStr, *, migrate: bool = True) -> Engine:
         raise ConfigError(scrub(f"ETERNAL_DATABASE_URL={_safe(url)!r} cannot be used: {exc}")) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    _ENGINES.add(engine)
+    _ENGINES[engine] = os.getpid()
     try:
         with engine.connect():
             pass
