@@ -35,13 +35,18 @@ def _die_with(owner: int) -> None:
         os._exit(1)
 
 
-def _aside_run(fn: Callable, args: tuple, name: str) -> tuple[str, object, str | None]:
+def _aside_run(fn: Callable, args: tuple, name: str, mask=None) -> tuple[str, object, str | None]:
     """("ok", fn(*args), None) or ("error", the exception it raised (an AsideError when it does not
-    pickle), the child's traceback as text: `result()` adds it as a note, which `--debug` prints)."""
+    pickle), the child's traceback as text: `result()` adds it as a note, which `--debug` prints).
+    `mask`: the signal mask to restore first (a forked child's interrupts, held during the fork, are
+    raised here: a KeyboardInterrupt is an answer like any exception)."""
     import pickle
+    import signal
     import traceback
 
     try:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         out = ("ok", fn(*args), None)
     except BaseException as exc:                 # noqa: BLE001 - handed to the parent as is
         # the traceback travels as text: an exception's own pickling may drop its notes
@@ -54,10 +59,10 @@ def _aside_run(fn: Callable, args: tuple, name: str) -> tuple[str, object, str |
     return out
 
 
-def _aside_forked(conn, fn: Callable, args: tuple, owner: int, name: str) -> None:
+def _aside_forked(conn, fn: Callable, args: tuple, owner: int, name: str, mask) -> None:
     """The forked child: its answer sent back through `conn`."""
     _die_with(owner)
-    out = _aside_run(fn, args, name)
+    out = _aside_run(fn, args, name, mask)
     try:
         conn.send(out)
     except BrokenPipeError:                      # the backfill no longer waits for it
@@ -108,24 +113,38 @@ class Aside:
         if (os.cpu_count() or 1) < 2:
             return
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+            import signal
+
             ctx = multiprocessing.get_context("fork")
             self.conn, child_end = ctx.Pipe(duplex=False)
-            self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name),
-                                    daemon=daemon, name="eternal-aside")
-            # what exists now is never collected in the child: garbage the parent still holds (a
-            # finished backfill's database engine, in a reference cycle) would otherwise be freed
-            # there by the cycle collector, closing the parent's SQLite connections in the child,
-            # which SQLite forbids across a fork (CI found the ledger's -wal file left behind)
-            gc.freeze()
+            # SIGINT and SIGTERM wait while the process forks: one landing in the fork's hooks (in
+            # either process) raised its KeyboardInterrupt there, where Python drops it, and the
+            # CLI's handler had already set both signals to be ignored: the interrupt was lost (a
+            # backfill ran to its end and exited 0, or its job's child ignored the parent's stop)
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
-                self.proc.start()
-            except OSError:            # no fork now (a process limit, memory): the work runs here instead
-                self.proc = None
-                self.conn.close()
-                self.conn = None
+                self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name, mask),
+                                        daemon=daemon, name="eternal-aside")
+                # what exists now is never collected in the child: garbage the parent still holds (a
+                # finished backfill's database engine, in a reference cycle) would otherwise be freed
+                # there by the cycle collector, closing the parent's SQLite connections in the child,
+                # which SQLite forbids across a fork (CI found the ledger's -wal file left behind)
+                gc.freeze()
+                try:
+                    self.proc.start()
+                except OSError:            # no fork now (a process limit, memory): the work runs here instead
+                    self.proc = None
+                    self.conn.close()
+                    self.conn = None
+                finally:
+                    gc.unfreeze()              # here, in the parent, everything is collected as before
+                child_end.close()
             finally:
-                gc.unfreeze()              # here, in the parent, everything is collected as before
-            child_end.close()
+                try:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)     # one that came meanwhile: raised here
+                except BaseException:
+                    self.cancel()
+                    raise
         elif spawn:
             self._spawn()
 

@@ -421,14 +421,25 @@ def _cmd_backfill(args, s) -> int:
     # the URL reaches the job as a setting, never as a parameter (Prefect stores those in the clear)
     with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
         load_settings()
-        summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
+        try:
+            summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
+        except _InterruptedAfterTheBackfill:
+            return _interrupted_after(args.out)
     try:
         print_summary(summary, args.out)
-    except KeyboardInterrupt:           # the backfill itself had finished: its outputs stay, complete
-        print(f"error: interrupted after the backfill finished: its outputs in {args.out} are complete",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:
+        return _interrupted_after(args.out)
     return 0
+
+
+def _interrupted_after(out) -> int:
+    """Ctrl-C or SIGTERM once the backfill had finished: its outputs stay, complete."""
+    print(f"error: interrupted after the backfill finished: its outputs in {out} are complete", file=sys.stderr)
+    return 130
+
+
+class _InterruptedAfterTheBackfill(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM once the backfill's outputs were complete (its summary not printed yet)."""
 
 
 def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
@@ -459,6 +470,10 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
         PROGRESS_BAR.set(progress_bar)
         STARTED.set(job)
         return backfill(**params)
+    except KeyboardInterrupt:
+        if job is not None and job.finished:      # while Prefect ended the run: the outputs are complete
+            raise _InterruptedAfterTheBackfill from None
+        raise
     finally:
         if job is not None:             # ended, or never followed (the run failed to start): stopped
             job.stop()

@@ -159,11 +159,7 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         except BaseException:       # interrupted or failed: no outputs that look like a finished run's
             if "core alone" in later:
                 later["core alone"].cancel()
-            for name in OUTPUTS:
-                (out_dir / name).unlink(missing_ok=True)
-            if s.backfill_database_url is None:         # its own ledger, started here: gone too
-                for suffix in ("", "-wal", "-shm", ".schema.lock"):
-                    Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)
+            remove_outputs(out_dir, s)
             raise
     return result.summary, built
 
@@ -171,6 +167,16 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
 OUTPUTS = ("trades.csv", "equity.csv", "summary.json", "events.csv", "report.md", "equity.png", "drawdown.png",
            "sleeves.png")
 """The files a backfill writes in its --out (beside its ledger, backfill.db)."""
+
+
+def remove_outputs(out_dir: Path, settings) -> None:
+    """An interrupted or failed backfill leaves no outputs that look like a finished run's, and no
+    ledger of its own (one at ETERNAL_BACKFILL_DATABASE_URL is the user's: kept)."""
+    for name in OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    if settings.backfill_database_url is None:
+        for suffix in ("", "-wal", "-shm", ".schema.lock"):
+            Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)
 
 
 @contextmanager
@@ -236,6 +242,7 @@ class StartedJob:
 
     def __init__(self, params: dict, aside, progress) -> None:
         self.params, self.aside, self.progress = params, aside, progress
+        self.finished = False           # followed to its end: outputs, log line and artifacts
 
     @classmethod
     def start(cls, params: dict, progress_bar: bool, data=None) -> StartedJob | None:
@@ -258,7 +265,7 @@ class StartedJob:
         """In the flow run: the progress artifact moved as the child reports, then the child's
         summary (its exception raised here, with the child's traceback as a note), the log line
         and the artifacts. Interrupted, the child is interrupted too and its cleanup waited for."""
-        bar = None
+        written = False
         try:
             bar = _ProgressArtifact(self.params["start"], self.params["end"])
             while True:
@@ -268,29 +275,36 @@ class StartedJob:
                     break
                 bar.report(pct)
             summary, built = self.aside.result()
+            written = True
             bar.report(100.0)
             _run_logger().info("backfill done: final equity %.2f, %d trades", summary["final_equity"],
                                summary["trades"])
             flow_artifacts(summary, built, Path(self.params["out"]))
+            self.finished = True
             return summary
         except BaseException:
             self.stop()
+            if written:         # the run did not end (interrupted, its artifacts refused): nor do its outputs stay
+                remove_outputs(Path(self.params["out"]), load_settings())
             raise
         finally:
             self.progress.close()
 
     def stop(self) -> None:
         """The child interrupted as Ctrl-C does (its outputs removed), and waited for (at most 60 s,
-        then killed)."""
+        then killed). SIGINT is sent again every 0.5 s until it ends: the child ignores the ones
+        after its first while it cleans up, and one sent before it could take it is not lost."""
         import signal
+        import time
 
         proc = self.aside.proc
-        if proc is not None and proc.is_alive():
+        deadline = time.monotonic() + 60
+        while proc is not None and proc.is_alive() and time.monotonic() < deadline:
             try:
                 os.kill(proc.pid, signal.SIGINT)
             except ProcessLookupError:
-                pass
-            proc.join(60)
+                break
+            proc.join(0.5)
         self.aside.cancel()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def test_a_child_that_dies_without_an_answer_is_one_line_naming_it():
     """A forked child killed (here SIGABRT) before it answers: the caller gets an AsideError
@@ -49,3 +51,36 @@ def test_no_process_to_be_had_runs_the_work_here_and_a_childs_failure_says_where
             "    print(type(exc).__name__, 'in its own process' in exc.__notes__[0], 'json/decoder.py' in exc.__notes__[0])\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.split() == ["True", "JSONDecodeError", "True", "True"], done.stderr
+
+
+INTERRUPTED_DURING_THE_FORK = """
+import os, signal, sys
+from eternal import cli
+from eternal.aside import Aside
+
+cli._interrupt_on_signals()              # as `eternal backfill` runs
+side = sys.argv[1]
+# the interrupt lands while the process forks (in the parent's or the child's after-fork hooks)
+os.register_at_fork(**{f"after_in_{side}": lambda: os.kill(os.getpid(), signal.SIGINT)})
+try:
+    aside = Aside(sum, [1, 2], name="the work aside")
+    print("answer", aside.result())
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("side", ["parent", "child"])
+def test_an_interrupt_landing_while_the_work_aside_is_forked_is_not_lost(side, tmp_path):
+    """Ctrl-C or SIGTERM at the moment a backfill forks work aside (its charts, its job's child)
+    raised its KeyboardInterrupt inside the fork's hooks, where Python drops it ("Exception ignored
+    in ... _releaseLock"), and the CLI's handler had already set the signals to be ignored: the
+    backfill ran to its end and exited 0, or its job's child ignored every later stop (a fresh
+    user's finding). Held during the fork, the interrupt is raised after it, in the process it hit."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_DURING_THE_FORK, side], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["interrupted"] and "Exception ignored" not in done.stderr, done.stderr

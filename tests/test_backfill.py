@@ -421,3 +421,54 @@ def test_cli_backfill_with_a_prefect_server_is_one_flow_run_following_the_job_st
     stored = json.loads((out / "summary.json").read_text())
     assert stored["final_equity"] == here["final_equity"] and stored["trades"] == here["trades"]
     assert stored["report"] == json.loads(json.dumps(here["report"]))
+
+
+STOPPED_LATE = """
+import os, signal, sys
+import tasks.backfill as job
+from eternal.cli import main
+
+when = sys.argv[1]
+if when == "artifacts":             # SIGTERM while the flow run writes its artifacts, the job done
+    made = job.flow_artifacts
+    def flow_artifacts(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return made(*a, **k)
+    job.flow_artifacts = flow_artifacts
+else:                               # SIGTERM once the run has followed the job to its end
+    follow = job.StartedJob.follow
+    def followed(self):
+        summary = follow(self)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return summary
+    job.StartedJob.follow = followed
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("when", ["artifacts", "followed"])
+def test_a_backfill_as_a_flow_run_stopped_late_says_what_stays(when, shared_data, tmp_path, prefect_harness):
+    """SIGTERM after the job's child had written every output: while the flow run wrote its
+    artifacts, the CLI said "nothing of this backfill stays" and every output stayed (a fresh
+    user's finding); now they are removed. Once the run had its artifacts, they stay and the CLI
+    says they are complete. 2023-01-01..2023-02-01."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ETERNAL_"))} | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    r = subprocess.run([sys.executable, "-c", STOPPED_LATE, when, "backfill", "--start", "2023-01-01", "--end",
+                        "2023-02-01", "--data-dir", str(shared_data), "--out", str(out), "--no-progress"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 130, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    if when == "artifacts":
+        assert last == "error: interrupted: nothing of this backfill stays in its --out; run it again"
+        assert sorted(p.name for p in out.iterdir()) == [".backfill.lock"]
+    else:
+        assert last == f"error: interrupted after the backfill finished: its outputs in {out} are complete"
+        assert {"summary.json", "report.md", "backfill.db"} <= {p.name for p in out.iterdir()}
