@@ -331,7 +331,10 @@ def _before_flow_run(args, s) -> None:
     that cannot be brought up to the day decided on (no internet, ETERNAL_DATA_DIR too old)."""
     from eternal.models import UTC as _UTC
     from eternal.store.db import connect
+    from tasks.backfill import check_prefect_server, prefect_api_url
 
+    if (url := prefect_api_url()) is not None:
+        check_prefect_server(url)
     connect(s.database_url).dispose()
     if args.asof is not None:          # an operator's time: never behind the ledger's clock
         from eternal.store.driver_store import SqlLedger
@@ -460,8 +463,9 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
             raise type(exc)(str(exc).replace("ETERNAL_DATABASE_URL", "--database-url")) from None
     # the job starts first, in a child forked while this process has one thread (it then forks its
     # own work aside, as without Prefect); the flow run follows it (`tasks.backfill.StartedJob`)
-    from tasks.backfill import StartedJob
+    from tasks.backfill import StartedJob, check_prefect_server, prefect_api_url
 
+    check_prefect_server(prefect_api_url())
     job = StartedJob.start(params, progress_bar, data)
     try:
         _quiet_prefect_failures(args)

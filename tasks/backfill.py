@@ -41,19 +41,46 @@ def in_flow_run() -> bool:
 
 
 def prefect_configured(env: dict[str, str] | None = None) -> bool:
-    """Whether runs have a Prefect server to go to: PREFECT_API_URL in the environment or in the
-    active Prefect profile ($PREFECT_HOME/profiles.toml, PREFECT_PROFILE picks it). Read without
+    """Whether runs have a Prefect server to go to (`prefect_api_url`)."""
+    return prefect_api_url(env) is not None
+
+
+def prefect_api_url(env: dict[str, str] | None = None) -> str | None:
+    """The Prefect server runs go to: PREFECT_API_URL in the environment or in the active Prefect
+    profile ($PREFECT_HOME/profiles.toml, PREFECT_PROFILE picks it); None without one. Read without
     importing Prefect; an unreadable profiles file counts as no server."""
     env = os.environ if env is None else env
     if env.get("PREFECT_API_URL"):
-        return True
+        return env["PREFECT_API_URL"]
     home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
     try:
         profiles = tomllib.loads((home / "profiles.toml").read_text())
     except (OSError, tomllib.TOMLDecodeError):
-        return False
+        return None
     name = env.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
-    return bool(profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL"))
+    return profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL") or None
+
+
+def check_prefect_server(url: str, timeout_s: float = 5.0) -> None:
+    """The configured Prefect server answers (any HTTP answer counts: Prefect Cloud asks for a key),
+    or ConfigError in one line saying what to do, before anything starts: it failed after the job
+    had run ("RuntimeError: Failed to reach API"), leaving its outputs behind a failed command."""
+    import urllib.error
+    import urllib.request
+
+    from eternal.errors import ConfigError
+    from eternal.secrets import redact_url
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        why = getattr(exc, "reason", None) or exc
+        raise ConfigError(f"the Prefect server at {redact_url(url)} does not answer ({why}): start it "
+                          "(prefect server start), or unset PREFECT_API_URL (and the Prefect profile's) to run "
+                          "without Prefect") from None
 
 
 def load_data(data_dir: Path | None, database_url: str | SecretUrl):

@@ -673,3 +673,27 @@ def test_an_interrupt_landing_in_sqlalchemys_pool_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("argv", [["backfill", "--start", "2021-01-01", "--end", "2021-06-01", "--no-progress"],
+                                  ["run", "daily", "--asof", "2026-01-03"]])
+def test_a_configured_prefect_server_that_does_not_answer_is_one_line_before_anything_runs(argv, tmp_path,
+                                                                                            shared_data):
+    """PREFECT_API_URL set, its server down: "RuntimeError: Failed to reach API" came after the
+    backfill's job had run, its outputs left behind a failed command (a fresh user's finding). Now
+    one line saying what to do, exit 2, nothing written."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]                      # closed again: nothing answers there
+    out = tmp_path / "out"
+    extra = ["--data-dir", str(shared_data), "--out", str(out)] if argv[0] == "backfill" else []
+    done = _script(*argv, *extra, PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+                   PREFECT_HOME=str(tmp_path / "prefect-home"), ETERNAL_DATA_DIR=str(shared_data),
+                   ETERNAL_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f"error: the Prefect server at http://127.0.0.1:{port}/api does not answer "
+                                   "([Errno 111] Connection refused): start it (prefect server start), or unset "
+                                   "PREFECT_API_URL (and the Prefect profile's) to run without Prefect")
+    assert not out.exists() and not (tmp_path / "ledger.db").exists()
