@@ -29,6 +29,7 @@ from eternal.models import (
     Sleeve,
     SleeveBook,
     Transfer,
+    split_transfer_qty,
 )
 
 TREND = (Sleeve.TREND_1, Sleeve.TREND_2)
@@ -295,7 +296,7 @@ def orchestrate(state_json: dict | None, day: datetime, asof: datetime, books: d
     moves: list[Move] = []
     equity = dict(equity)
     if deposit_usdt > 0:
-        split = deposit_split(deposit_usdt, equity, target)
+        split = split_transfer_qty(deposit_usdt, deposit_split(deposit_usdt, equity, target))   # as the venue moves it
         moves += [Move(None, s, v, f"deposit of {deposit_usdt:,.2f} USDT") for s, v in split.items()]
         event("deposit", f"{deposit_usdt:,.2f} USDT deposited: " + ", ".join(f"{s} {v:,.2f}" for s, v in split.items()),
               usdt=deposit_usdt, split={s.value: v for s, v in split.items()})

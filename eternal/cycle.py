@@ -75,7 +75,7 @@ def at_close(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...], al
     will have received by the next close (this plan's engine transfers), and the allocation state.
     """
     from eternal import allocation
-    from eternal.models import QUOTE, Transfer
+    from eternal.models import QUOTE, Transfer, split_transfer_qty
 
     if orchestrated:
         equity = {s: b.equity(snap.closes, snap.marks) for s, b in snap.books.items()}
@@ -85,8 +85,9 @@ def at_close(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...], al
         decided = daily(allocation.with_transfers(snap, orch.transfers, orch.requests), settings, sleeves)
         plan, first, state = allocation.merged(orch, decided), len(orch.transfers), orch.state
     else:
-        moves = ([Transfer(snap.asof, None, s, QUOTE, deposit_usdt * w, f"deposit of {deposit_usdt:,.2f} USDT")
-                  for s, w in shares.items() if w > 0] if deposit_usdt > 0 else [])
+        split = split_transfer_qty(deposit_usdt, {s: deposit_usdt * w for s, w in shares.items() if w > 0})
+        moves = ([Transfer(snap.asof, None, s, QUOTE, usdt, f"deposit of {deposit_usdt:,.2f} USDT")
+                  for s, usdt in split.items()] if deposit_usdt > 0 else [])
         plan = daily(allocation.with_transfers(snap, moves), settings, sleeves)
         plan.transfers, first, state = moves + plan.transfers, len(moves), allocation_state
     received: dict[Sleeve, float] = {}

@@ -646,6 +646,8 @@ class Driver:
         engine sees, at its next decision, that nothing was filled."""
         ex = self.exchange
         for n, t in enumerate(plan.transfers):
+            if t.qty <= 0:          # under the venue's precision (`models.transfer_qty`): nothing moves
+                continue
             ex.transfer(t, f"transfer|{due.key}|{n}")
             _crash_point("transfer_sent")
             books.apply_transfer(p.books, t)

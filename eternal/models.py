@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import functools
+import math
 
 from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
@@ -183,14 +185,46 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+TRANSFER_DECIMALS = 8
+"""A venue moves money between accounts in 8 decimals (Bybit's universal transfer amount)."""
+
+
+def transfer_qty(qty: float) -> float:
+    """`qty` down to TRANSFER_DECIMALS: what a venue can move, never more than a balance holds
+    (rounded to the nearest, a transfer of a sleeve's whole cash, 27.93946374608 USDT, was sent as
+    27.93946375 and refused by Bybit for insufficient balance at every later run). Not finite: as is."""
+    if not math.isfinite(qty):
+        return qty
+    return float(Decimal(repr(qty)).quantize(Decimal(1).scaleb(-TRANSFER_DECIMALS), rounding=ROUND_DOWN))
+
+
+def split_transfer_qty(total: float, parts: dict[Any, float]) -> dict[Any, float]:
+    """`parts` of `total` (a deposit's shares), each in the transfers' precision (`transfer_qty`),
+    the remainder to the largest: they add up to `total` in that precision, so no deposit is booked
+    short by its rounding."""
+    held = {k: transfer_qty(v) for k, v in parts.items()}
+    if not held or not math.isfinite(total):
+        return held
+    largest = max(held, key=held.__getitem__)
+    rest = Decimal(repr(transfer_qty(total))) - sum(Decimal(repr(v)) for v in held.values())
+    held[largest] = float(Decimal(repr(held[largest])) + rest)
+    return held
+
+
 @dataclass(frozen=True, slots=True)
 class Transfer:
+    """Money or coins moved between sleeves, or in from outside; `qty` is held to the venue's
+    precision (`transfer_qty`: 8 decimals, down), so the ledger books what the venue moves."""
+
     ts: datetime
     from_sleeve: Sleeve | None       # None: from outside (a deposit)
     to_sleeve: Sleeve
     asset: str
     qty: float
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "qty", transfer_qty(self.qty))
 
 
 @dataclass(slots=True)

@@ -253,7 +253,9 @@ def test_funding_backfill_2021_2025_reconciles_every_close(funding_backfill):
     fs = r.summary["funding_sleeve"]
     assert fs["entries"] > 0 and fs["days_invested"] > 0
     assert fs["to_tactical"] == pytest.approx(r.summary["final_equity_by_sleeve"]["tactical"])
-    assert fs["to_tactical"] == pytest.approx(fs["funding_received"] / 2, rel=1e-9)
+    # half, each transfer in the 8 decimals a venue moves (down): at most 1e-8 USDT short per transfer
+    sent = sum(1 for t in r.transfers if t.from_sleeve == Sleeve.FUNDING and t.to_sleeve == Sleeve.TACTICAL)
+    assert fs["funding_received"] / 2 - 1e-8 * sent <= fs["to_tactical"] <= fs["funding_received"] / 2 + 1e-9
     # and the risk step's trims of a hedge that a move took above 5 % of the sleeve (issue 12)
     assert set(r.summary["exit_reasons"]) <= {"HOLDING_MAX_DAYS", "FUNDING_NEGATIVE", "BASIS_WIDE", "end",
                                               "risk_funding_max_asset_share"}

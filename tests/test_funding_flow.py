@@ -13,7 +13,7 @@ from eternal.data.store import MarketStore
 from eternal.errors import ConfigError
 from eternal.exchange.paper import PaperExchange
 from eternal.instruments import default as trading_rules
-from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Sleeve, utc
+from eternal.models import PERP_SYMBOLS, SPOT_SYMBOLS, Sleeve, transfer_qty, utc
 from eternal.store.db import connect
 from eternal.store.driver_store import SqlLedger
 from eternal.store.ledger import LedgerStore
@@ -146,13 +146,14 @@ def test_funding_hedges_at_the_2024_01_02_settlement_and_sends_half_its_funding_
         assert p.amount > 0
     moved = rows(db, TransferRow.ts, TransferRow.to_sleeve, TransferRow.asset, TransferRow.qty,
                  where=[TransferRow.from_sleeve == "funding"])
-    halves = sorted(p.amount / 2 for p in paid.values())
+    # half of each, in the 8 decimals a venue moves (down: `eternal.models.transfer_qty`)
+    halves = sorted(transfer_qty(p.amount / 2) for p in paid.values())
     assert sorted(t.qty for t in moved) == pytest.approx(halves, rel=1e-12)
     assert {(utc(t.ts), t.to_sleeve, t.asset) for t in moved} == {(ts, "tactical", "USDT")}
     books = LedgerStore(db).load_books()
     total = sum(p.amount for p in paid.values())
-    assert books[Sleeve.TACTICAL].cash == pytest.approx(tactical_before + total / 2, abs=1e-9)
-    assert books[Sleeve.FUNDING].cash == pytest.approx(cash_before + total / 2, abs=1e-9)
+    assert books[Sleeve.TACTICAL].cash == pytest.approx(tactical_before + sum(halves), abs=1e-9)
+    assert books[Sleeve.FUNDING].cash == pytest.approx(cash_before + total - sum(halves), abs=1e-9)
     states = LedgerStore(db).load_states()[Sleeve.FUNDING]["assets"]
     assert {a: states[a]["phase"] for a in ASSETS} == {a: "FUNDING_COLLECTING" for a in ASSETS}
     assert ledger_vs_exchange(db) == EQUAL
