@@ -235,7 +235,7 @@ def _quiet_prefect_failures(args) -> None:
     until the command ends."""
     if args.debug:
         return
-    import prefect  # noqa: F401  (configures logging)
+    import prefect.main  # noqa: F401  (configures logging: a bare `import prefect` no longer does)
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
@@ -449,23 +449,25 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
     """The backfill job: as a Prefect flow run when a Prefect server is configured (the run stays in
     its UI), else directly, without Prefect (an ephemeral server would vanish with the process and
     cost about 8 s; `tasks.backfill`)."""
-    from tasks.backfill import prefect_configured, run_job
+    from eternal.store.db import DatabaseUnavailable
 
-    if not prefect_configured():
-        from eternal.store.db import DatabaseUnavailable
+    try:
+        return _backfill_job(args, params, progress_bar, data)
+    except (ConfigError, DatabaseUnavailable) as exc:
+        if args.database_url is None:
+            raise
+        # the URL came from --database-url (passed on as a setting): name what the user typed
+        raise type(exc)(str(exc).replace("ETERNAL_DATABASE_URL", "--database-url")) from None
 
-        try:
-            return run_job(**params, progress_bar=progress_bar, data=data)    # the data read once
-        except (ConfigError, DatabaseUnavailable) as exc:
-            if args.database_url is None:
-                raise
-            # the URL came from --database-url (passed on as a setting): name what the user typed
-            raise type(exc)(str(exc).replace("ETERNAL_DATABASE_URL", "--database-url")) from None
+
+def _backfill_job(args, params: dict, progress_bar: bool, data=None) -> dict:
+    from tasks.backfill import StartedJob, check_prefect_server, prefect_api_url, run_job
+
+    if (url := prefect_api_url()) is None:
+        return run_job(**params, progress_bar=progress_bar, data=data)    # the data read once
     # the job starts first, in a child forked while this process has one thread (it then forks its
     # own work aside, as without Prefect); the flow run follows it (`tasks.backfill.StartedJob`)
-    from tasks.backfill import StartedJob, check_prefect_server, prefect_api_url
-
-    check_prefect_server(prefect_api_url())
+    check_prefect_server(url)
     job = StartedJob.start(params, progress_bar, data)
     try:
         _quiet_prefect_failures(args)

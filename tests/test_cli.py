@@ -697,3 +697,22 @@ def test_a_configured_prefect_server_that_does_not_answer_is_one_line_before_any
                                    "([Errno 111] Connection refused): start it (prefect server start), or unset "
                                    "PREFECT_API_URL (and the Prefect profile's) to run without Prefect")
     assert not out.exists() and not (tmp_path / "ledger.db").exists()
+
+
+def test_a_refused_backfill_as_a_flow_run_is_one_line_naming_what_the_user_typed(tmp_path, shared_data,
+                                                                                  prefect_harness):
+    """With a Prefect server configured, a refusal printed Prefect's report of the failed run (30
+    lines of traceback) above the CLI's line, and named ETERNAL_DATABASE_URL for a --database-url
+    (a fresh user's findings): Prefect's console handlers were looked for before Prefect had set
+    its logging up, so none was quietened."""
+    from prefect.settings import PREFECT_API_URL
+
+    (tmp_path / "afile").write_text("not a directory")
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    common = ["backfill", "--start", "2023-01-01", "--end", "2023-02-01", "--no-progress", "--data-dir", str(shared_data)]
+    done = _script(*common, "--out", str(tmp_path / "afile"), **env)
+    assert done.returncode == 2 and done.stderr == (f"error: --out {tmp_path / 'afile'} is a file, not a directory: "
+                                                    "choose a directory for the outputs\n")
+    done = _script(*common, "--out", str(tmp_path / "out"), "--database-url", "postgresql://u:pw@127.0.0.1:1/x", **env)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "Start it or fix --database-url" in done.stderr and "pw" not in done.stderr
