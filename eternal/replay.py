@@ -199,6 +199,13 @@ def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: d
     return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
 
 
+def check_fresh(engine: Engine) -> None:
+    """A backfill's ledger must be empty: BackfillError naming the database (password masked)."""
+    if LedgerStore(engine).is_initialised():
+        raise BackfillError(f"{engine.url.render_as_string(hide_password=True)} already holds a "
+                            "portfolio; a backfill needs a fresh database")
+
+
 def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = None,
                  end: datetime | None = None, sleeves: tuple[Sleeve, ...] | None = None,
                  capital: float | None = None, out_dir: Path | None = None,
@@ -247,9 +254,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     if Sleeve.TACTICAL in sleeves and Sleeve.CORE not in shares:
         shares[Sleeve.CORE] = 0.0              # receives TACTICAL's exits
     store = LedgerStore(engine) if engine is not None else None
-    if store is not None and store.is_initialised():
-        raise BackfillError(f"{engine.url.render_as_string(hide_password=True)} already holds a "
-                            "portfolio; a backfill needs a fresh database")
+    if store is not None:
+        check_fresh(engine)
 
     without_breakers = None
     if compare_breakers and settings.risk.breakers_enabled and orchestrated:

@@ -25,7 +25,7 @@ from eternal.config import load_settings
 from eternal.data.csv_files import read_dir
 from eternal.models import PERP_SYMBOLS
 from eternal.models import MAX_USDT
-from eternal.replay import BackfillError, BackfillResult, parse_sleeves, run_backfill
+from eternal.replay import BackfillError, BackfillResult, check_fresh, parse_sleeves, run_backfill
 from eternal.secrets import SecretUrl
 
 log = logging.getLogger("eternal.backfill")
@@ -147,15 +147,20 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         raise BackfillError(f"--out {out_dir} cannot be written: {exc.strerror or exc}: choose a directory "
                             "you can write to") from None
     with _only_writer(out_dir):
+        from eternal.store.db import connect
+
+        engine = None
+        if s.backfill_database_url is not None:     # the user's ledger: refused before anything is removed
+            engine = connect(s.backfill_database_url)
+            check_fresh(engine)
         # what an earlier run left is removed first: an interrupted run never leaves a mix of two runs
         for name in OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
-        db_url = s.backfill_database_url or f"sqlite:///{(out_dir / 'backfill.db').resolve()}"
-        if s.backfill_database_url is None:
+        if engine is None:
             for suffix in ("", "-wal", "-shm"):
                 Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
+            engine = connect(f"sqlite:///{(out_dir / 'backfill.db').resolve()}")
         flow_run = in_flow_run()
-        from eternal.store.db import connect
 
         from eternal.aside import Aside
         from tasks import report
@@ -175,7 +180,7 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
 
         try:
             result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
-                                                  out_dir=out_dir, engine=connect(db_url), progress=progress_bar,
+                                                  out_dir=out_dir, engine=engine, progress=progress_bar,
                                                   on_day=bar, monthly_deposit=monthly_deposit_usdt,
                                                   on_replayed=replayed)
             if bar is not None:

@@ -716,3 +716,18 @@ def test_a_refused_backfill_as_a_flow_run_is_one_line_naming_what_the_user_typed
     done = _script(*common, "--out", str(tmp_path / "out"), "--database-url", "postgresql://u:pw@127.0.0.1:1/x", **env)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert "Start it or fix --database-url" in done.stderr and "pw" not in done.stderr
+
+
+def test_a_rerun_refused_for_its_ledger_leaves_the_previous_runs_outputs(tmp_path, shared_data):
+    """Bad input never half-applies: a rerun into an --out holding a finished backfill, refused
+    because its --database-url ledger already holds a portfolio, removed that run's report.md,
+    summary.json, charts and CSVs first (a fresh user's finding). Now refused before anything goes."""
+    ledger = f"sqlite:///{tmp_path / 'ledger.db'}"
+    common = ["backfill", "--engines", "trend-1", "--start", "2024-01-01", "--end", "2024-02-01", "--no-progress",
+              "--data-dir", str(shared_data), "--out", str(tmp_path / "out"), "--database-url", ledger]
+    first = _script(*common)
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    again = _script(*common)
+    assert again.returncode == 2 and again.stderr.startswith("error: sqlite:///") and "already holds a portfolio" in again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
