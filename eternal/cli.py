@@ -220,12 +220,14 @@ class _NoFailureReports(logging.Filter):
         if record.exc_info:
             return False
         msg = record.getMessage()
-        return not (msg.startswith(("Encountered exception", "Task run failed with exception", "Parameter validation failed"))
+        return not (msg.startswith(("Encountered exception", "Task run failed with exception", "Parameter validation failed",
+                                    "Crash detected!"))
                     or "Finished in state Failed" in msg or "Finished in state Crashed" in msg)
 
 
 _UNDO: list = []
 _ENDING = False             # set by `entry`: the process ends when main() returns
+_INTERRUPTED = False        # set by a backfill's first SIGINT or SIGTERM
 
 
 def _quiet_prefect_failures(args) -> None:
@@ -357,6 +359,8 @@ def _interrupt_on_signals() -> None:
     pool_level = pool_log.level
 
     def interrupt(signum, frame):
+        global _INTERRUPTED
+        _INTERRUPTED = True
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
         # landing while SQLAlchemy returns a connection to its pool, the interrupt was logged with a
@@ -368,10 +372,12 @@ def _interrupt_on_signals() -> None:
         # under the console script the process ends once main() returns (`entry`): a late Ctrl-C
         # stays ignored through that last cleanup (restored, it printed a traceback and exit -2);
         # called in process (tests, scripts), the caller's handlers come back
+        global _INTERRUPTED
         ending = _ENDING and "prefect" not in sys.modules
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_IGN if ending else handler)
         pool_log.setLevel(pool_level)
+        _INTERRUPTED = False
 
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -476,6 +482,14 @@ def _backfill_job(args, params: dict, progress_bar: bool, data=None) -> dict:
         PROGRESS_BAR.set(progress_bar)
         STARTED.set(job)
         return backfill(**params)
+    except Exception:
+        if not _INTERRUPTED:
+            raise
+        # the interrupt landed where Prefect wraps what it catches (a result's serialisation: a
+        # PydanticSerializationError "KeyboardInterrupt"): an interrupt all the same
+        if job is not None and job.finished:
+            raise _InterruptedAfterTheBackfill from None
+        raise KeyboardInterrupt from None
     except KeyboardInterrupt:
         if job is not None and job.finished:      # while Prefect ended the run: the outputs are complete
             raise _InterruptedAfterTheBackfill from None

@@ -62,25 +62,26 @@ def prefect_api_url(env: dict[str, str] | None = None) -> str | None:
 
 
 def check_prefect_server(url: str, timeout_s: float = 5.0) -> None:
-    """The configured Prefect server answers (any HTTP answer counts: Prefect Cloud asks for a key),
-    or ConfigError in one line saying what to do, before anything starts: it failed after the job
-    had run ("RuntimeError: Failed to reach API"), leaving its outputs behind a failed command."""
-    import urllib.error
-    import urllib.request
+    """The configured Prefect server answers at its health endpoint, or ConfigError in one line
+    saying what to do, before anything starts: it failed after the job had run ("RuntimeError:
+    Failed to reach API"), leaving its outputs behind a failed command. An answer refused for want
+    of a key (401, 403: Prefect Cloud) counts as a server; a 404 (a URL without /api) does not.
+    httpx, as Prefect's client: credentials in the URL are sent as it sends them."""
+    import httpx
 
     from eternal.errors import ConfigError
     from eternal.secrets import redact_url
 
+    what = "start it (prefect server start) or correct PREFECT_API_URL, or unset it (and the Prefect profile's) " \
+           "to run without Prefect"
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout_s):
-            return
-    except urllib.error.HTTPError:
-        return
-    except (OSError, ValueError) as exc:
-        why = getattr(exc, "reason", None) or exc
-        raise ConfigError(f"the Prefect server at {redact_url(url)} does not answer ({why}): start it "
-                          "(prefect server start), or unset PREFECT_API_URL (and the Prefect profile's) to run "
-                          "without Prefect") from None
+        answer = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"the Prefect server at {redact_url(url)} does not answer ({exc or type(exc).__name__}): "
+                          f"{what}") from None
+    if answer.status_code == 404 or answer.status_code >= 500:
+        raise ConfigError(f"{redact_url(url)} is not a Prefect API that answers (HTTP {answer.status_code} at "
+                          f"/health): {what}")
 
 
 def load_data(data_dir: Path | None, database_url: str | SecretUrl):

@@ -678,25 +678,32 @@ def test_an_interrupt_landing_in_sqlalchemys_pool_prints_no_traceback(tmp_path):
 @pytest.mark.parametrize("argv", [["backfill", "--start", "2021-01-01", "--end", "2021-06-01", "--no-progress"],
                                   ["run", "daily", "--asof", "2026-01-03"]])
 def test_a_configured_prefect_server_that_does_not_answer_is_one_line_before_anything_runs(argv, tmp_path,
-                                                                                            shared_data):
-    """PREFECT_API_URL set, its server down: "RuntimeError: Failed to reach API" came after the
-    backfill's job had run, its outputs left behind a failed command (a fresh user's finding). Now
-    one line saying what to do, exit 2, nothing written."""
+                                                                                            shared_data,
+                                                                                            prefect_harness):
+    """PREFECT_API_URL set, its server down, or a URL that answers but is no Prefect API (the
+    server's root, without /api): "RuntimeError: Failed to reach API" came after the backfill's job
+    had run, its outputs left behind a failed command (fresh users' findings). Now one line saying
+    what to do, exit 2, nothing written."""
     import socket
+
+    from prefect.settings import PREFECT_API_URL
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]                      # closed again: nothing answers there
-    out = tmp_path / "out"
-    extra = ["--data-dir", str(shared_data), "--out", str(out)] if argv[0] == "backfill" else []
-    done = _script(*argv, *extra, PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-                   PREFECT_HOME=str(tmp_path / "prefect-home"), ETERNAL_DATA_DIR=str(shared_data),
-                   ETERNAL_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip() == (f"error: the Prefect server at http://127.0.0.1:{port}/api does not answer "
-                                   "([Errno 111] Connection refused): start it (prefect server start), or unset "
-                                   "PREFECT_API_URL (and the Prefect profile's) to run without Prefect")
-    assert not out.exists() and not (tmp_path / "ledger.db").exists()
+    root = PREFECT_API_URL.value().removesuffix("/api")
+    what = ("start it (prefect server start) or correct PREFECT_API_URL, or unset it (and the Prefect profile's) "
+            "to run without Prefect")
+    for url, said in ((f"http://127.0.0.1:{port}/api", f"error: the Prefect server at http://127.0.0.1:{port}/api "
+                       f"does not answer ([Errno 111] Connection refused): {what}"),
+                      (root, f"error: {root} is not a Prefect API that answers (HTTP 404 at /health): {what}")):
+        out = tmp_path / "out"
+        extra = ["--data-dir", str(shared_data), "--out", str(out)] if argv[0] == "backfill" else []
+        done = _script(*argv, *extra, PREFECT_API_URL=url, PREFECT_HOME=str(tmp_path / "prefect-home"),
+                       ETERNAL_DATA_DIR=str(shared_data), ETERNAL_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == said
+        assert not out.exists() and not (tmp_path / "ledger.db").exists()
 
 
 def test_a_refused_backfill_as_a_flow_run_is_one_line_naming_what_the_user_typed(tmp_path, shared_data,
