@@ -129,6 +129,7 @@ class Aside:
                 # finished backfill's database engine, in a reference cycle) would otherwise be freed
                 # there by the cycle collector, closing the parent's SQLite connections in the child,
                 # which SQLite forbids across a fork (CI found the ledger's -wal file left behind)
+                frozen = gc.get_freeze_count()     # a caller's own freeze (`eternal backfill`'s) stays
                 gc.freeze()
                 try:
                     self.proc.start()
@@ -137,7 +138,8 @@ class Aside:
                     self.conn.close()
                     self.conn = None
                 finally:
-                    gc.unfreeze()              # here, in the parent, everything is collected as before
+                    if not frozen:
+                        gc.unfreeze()          # here, in the parent, everything is collected as before
                 child_end.close()
             finally:
                 try:
