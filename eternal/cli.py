@@ -214,14 +214,16 @@ def main(argv: list[str] | None = None) -> int:
 
 class _NoFailureReports(logging.Filter):
     """Prefect's console reports of a failed run (its traceback, "Finished in state Failed(...)"):
-    the CLI says the same in one line. They still reach the Prefect API, so the UI shows them."""
+    the CLI says the same in one line. They still reach the Prefect API, so the UI shows them. And
+    its notice at exit that its events worker is still sending ("Still processing items"): it
+    waits for them, and says nothing the user can act on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info:
             return False
         msg = record.getMessage()
         return not (msg.startswith(("Encountered exception", "Task run failed with exception", "Parameter validation failed",
-                                    "Crash detected!"))
+                                    "Crash detected!", "Still processing items"))
                     or "Finished in state Failed" in msg or "Finished in state Crashed" in msg)
 
 
@@ -250,6 +252,8 @@ def _quiet_prefect_failures(args) -> None:
         h.setLevel(max(h.level, logging.WARNING))   # Prefect's INFO lines (servers, runs) only with --debug
 
     def undo() -> None:
+        if _ENDING:         # the console script ends now: Prefect's exit handlers still log, as quietly
+            return
         for h in handlers:
             h.removeFilter(f)
             h.setLevel(levels[h])
