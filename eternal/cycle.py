@@ -85,9 +85,10 @@ def at_close(snap: Snapshot, settings: Settings, sleeves: tuple[Sleeve, ...], al
         decided = daily(allocation.with_transfers(snap, orch.transfers, orch.requests), settings, sleeves)
         plan, first, state = allocation.merged(orch, decided), len(orch.transfers), orch.state
     else:
-        split = split_transfer_qty(deposit_usdt, {s: deposit_usdt * w for s, w in shares.items() if w > 0})
-        moves = ([Transfer(snap.asof, None, s, QUOTE, usdt, f"deposit of {deposit_usdt:,.2f} USDT")
-                  for s, usdt in split.items()] if deposit_usdt > 0 else [])
+        split = (split_transfer_qty(deposit_usdt, {s: deposit_usdt * w for s, w in shares.items() if w > 0})
+                 if deposit_usdt > 0 else {})
+        moves = [Transfer(snap.asof, None, s, QUOTE, usdt, f"deposit of {deposit_usdt:,.2f} USDT")
+                 for s, usdt in split.items()]
         plan = daily(allocation.with_transfers(snap, moves), settings, sleeves)
         plan.transfers, first, state = moves + plan.transfers, len(moves), allocation_state
     received: dict[Sleeve, float] = {}
