@@ -274,14 +274,6 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     """run_backfill's replay and outputs, its inputs checked."""
     utilisation: list[float] = []
     bar = None
-    if progress:
-        from tqdm import tqdm
-
-        class Bar(tqdm):
-            monitor_interval = 0    # no monitor thread (it tunes miniters): beside a thread, no fork aside
-
-        bar = Bar(total=(end - start).days, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
-                  mininterval=0.5, leave=False)
 
     max_weights: dict[str, dict] = {}
 
@@ -319,6 +311,14 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     for n, (ts, usdt) in enumerate(deposits or ()):
         p.deposits.append({"ts": utc(ts).isoformat(), "usdt": usdt, "reference": f"deposit {n}"})
     try:
+        if progress:
+            from tqdm import tqdm
+
+            class Bar(tqdm):
+                monitor_interval = 0    # no monitor thread (it tunes miniters): beside a thread, no fork aside
+
+            bar = Bar(total=(end - start).days, desc=f"backfill {start:%Y-%m-%d}..{end:%Y-%m-%d}", unit="day",
+                      mininterval=0.5, leave=False)
         driver.run(p, Due(end, Kind.CLOSE).key)
     finally:                # interrupted too: the bar's line is cleared, an error starts a line of its own
         if bar is not None:
