@@ -164,6 +164,7 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         flow_run = in_flow_run()
 
         from eternal.aside import Aside
+        from eternal.report import build
         from tasks import report
 
         bar = (_ProgressArtifact(start, end) if flow_run else
@@ -173,12 +174,17 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         def replayed(result: BackfillResult) -> None:
             # the report's CORE alone needs this replay's deposits: it starts beside as soon as they
             # are known, while the ledger is saved and the breakers-off replay ends (in process
-            # beside other threads: a spawned child's imports cost more than it does)
+            # beside other threads: a spawned child's imports cost more than it does); without it
+            # the report is built now and its charts drawn beside the ledger's save
             later["rows"] = rows = report.rows_from_result(result, report.closes_frame(data))
             if report.replays_core_alone(rows):
                 later["core alone"] = Aside(report.core_alone, data, s, rows, name="the CORE-alone replay",
                                             spawn=False)
+            else:
+                later["built"] = built = build(rows, report.core_alone(data, s, rows))
+                drawing.draw(built)
 
+        drawing = report.Charts(out_dir)        # matplotlib loads beside the replay
         try:
             result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
                                                   out_dir=out_dir, engine=engine, progress=progress_bar,
@@ -188,10 +194,12 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
                 bar.update(100.0)
             (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
                                                       result.summary["final_equity"], result.summary["trades"])
-            built = write_report(result, data, s, out_dir, flow_run, later.get("rows"), later.get("core alone"))
+            built = write_report(result, data, s, out_dir, flow_run, later.get("rows"), later.get("core alone"),
+                                 drawing, later.get("built"))
         except BaseException:       # interrupted or failed: no outputs that look like a finished run's
             if "core alone" in later:
                 later["core alone"].cancel()
+            drawing.cancel()
             remove_outputs(out_dir, s)
             raise
     return result.summary, built
@@ -355,19 +363,23 @@ def _started_job(params: dict, progress_bar: bool, data, progress) -> tuple:
 
 
 def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run: bool = False,
-                 rows=None, core_alone=None) -> None:
+                 rows=None, core_alone=None, drawing=None, built=None) -> None:
     """report.md, the charts and the report's numbers beside the replay's files, and on the flow
     run when there is one. `rows`: the result's (`tasks.report.rows_from_result`) when the caller
     has them; `core_alone`: an `eternal.aside.Aside` replaying CORE alone for the report
-    (`tasks.report.core_alone`), else it is replayed here."""
+    (`tasks.report.core_alone`), else it is replayed here; `drawing`: the charts' process
+    (`tasks.report.Charts`), else they are drawn here; `built`: the report, when the caller has
+    built it already (and handed it to `drawing`)."""
     from eternal.report import build
     from tasks import report
 
-    rows = rows if rows is not None else report.rows_from_result(result, report.closes_frame(data))
-    if core_alone is not None:      # replayed beside: the charts' library loads meanwhile
-        report.load_matplotlib()
-    built = build(rows, core_alone.result() if core_alone is not None else report.core_alone(data, settings, rows))
-    report.write(built, out_dir, result.summary)
+    if built is None:
+        rows = rows if rows is not None else report.rows_from_result(result, report.closes_frame(data))
+        if core_alone is not None and drawing is None:      # replayed beside: the charts' library loads meanwhile
+            report.load_matplotlib()
+        built = build(rows, core_alone.result() if core_alone is not None else
+                      report.core_alone(data, settings, rows))
+    report.write(built, out_dir, result.summary, drawing)
     result.summary["report"] = report.jsonable(built.summary)
     if flow_run:
         flow_artifacts(result.summary, built, out_dir)

@@ -130,15 +130,21 @@ def deposits_of(rows: rep.LedgerRows) -> list[tuple[datetime, float]]:
 
 
 # files ------------------------------------------------------------------------------------------
-def write(report: rep.Report, out_dir: Path, summary: dict | None = None) -> list[Path]:
-    """report.md, the three charts, and the report's numbers in summary.json (beside `summary`)."""
+def write(report: rep.Report, out_dir: Path, summary: dict | None = None, drawing: Charts | None = None) -> list[Path]:
+    """report.md, the three charts, and the report's numbers in summary.json (beside `summary`).
+    `drawing`: the charts' process started before the replay (`Charts`), handed this report unless
+    it has it already; else they are drawn here."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if drawing is None:
+        drawing = Charts(out_dir, beside=False)
+    if not drawing.sent:
+        drawing.draw(report)
     (out_dir / "report.md").write_text(markdown(report))
-    charts(report, out_dir)
     path = out_dir / "summary.json"
     if summary is None:
         summary = json.loads(path.read_text()) if path.exists() else {}
     path.write_text(json.dumps({**summary, "report": jsonable(report.summary)}, indent=2, default=str) + "\n")
+    drawing.wait()
     return [out_dir / n for n in ("report.md", *CHARTS, "summary.json")]
 
 
@@ -159,6 +165,73 @@ def load_matplotlib() -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
+
+
+class Charts:
+    """The report's charts (CHARTS, drawn by `charts`) in a child forked before the replay: it
+    imports matplotlib (0.25-0.45 s, on the critical path of a backfill when imported after its
+    replay) on the machine's other core while this process replays, then waits for the report
+    (`draw`) and draws them while this process saves the ledger and writes the other files
+    (`wait`). Where no child can be forked (`eternal.aside`: beside threads, on one core) or with
+    `beside` False, `draw` draws them here. `cancel()` ends the child (a failed or interrupted
+    backfill: nothing is drawn). The child dies with this process."""
+
+    def __init__(self, out_dir: Path, beside: bool = True) -> None:
+        self.out_dir, self.sent, self._aside, self._send = out_dir, False, None, None
+        if not beside:
+            return
+        import multiprocessing
+
+        from eternal.aside import Aside
+
+        receive, self._send = multiprocessing.Pipe(duplex=False)
+        # not daemonic: the child forks two of the charts aside itself (`charts`)
+        self._aside = Aside(_draw_when_sent, receive, self._send, out_dir, name="the charts", spawn=False,
+                            daemon=False)
+        receive.close()             # the child's end: an end of this process's (a failure) is its EOF
+        if self._aside.proc is None:        # no fork here: drawn in process at `draw`
+            self._send.close()
+            self._aside = self._send = None
+
+    def draw(self, report: rep.Report) -> None:
+        """The charts of `report`: handed to the child, or drawn here (and done) without one."""
+        self.sent = True
+        if self._aside is None:
+            charts(report, self.out_dir)
+            return
+        try:
+            self._send.send(report)
+        except (BrokenPipeError, ConnectionResetError):      # the child died: `wait` says how
+            pass
+        finally:
+            self._send.close()
+
+    def wait(self) -> None:
+        """The charts are written (or the child's error raised here)."""
+        if self._aside is not None:
+            self._aside.result()
+            self._aside = None
+
+    def cancel(self) -> None:
+        if self._send is not None:
+            self._send.close()
+        if self._aside is not None:
+            self._aside.cancel()
+            self._aside = None
+
+
+def _draw_when_sent(receive, send, out_dir: Path) -> None:
+    """`Charts`' child: matplotlib loaded, then the charts of the report it is sent (none when the
+    backfill ends without one). `send`: the parent's end, closed here (EOF once the parent's is)."""
+    send.close()
+    load_matplotlib()
+    try:
+        report = receive.recv()
+    except EOFError:
+        return
+    finally:
+        receive.close()
+    charts(report, out_dir)
 
 
 def charts(report: rep.Report, out_dir: Path) -> None:

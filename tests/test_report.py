@@ -182,3 +182,51 @@ def test_the_ui_shows_percentages_and_funding_says_received_and_paid(capsys):
     assert "| total_return | +7.11% |" in md and "0.0711246" not in md
     print_summary(summary, "out")
     assert "received 100.00 USDT, paid 566.06 USDT, net -466.06 USDT" in capsys.readouterr().out
+
+
+CHARTS_BESIDE = """
+import os, pickle, signal, sys
+from pathlib import Path
+from eternal.aside import AsideError
+from tasks.report import Charts
+
+built = pickle.loads(Path(sys.argv[1]).read_bytes())
+beside = Charts(Path(sys.argv[2]))                 # forked now, as before a replay: matplotlib loads there
+print(beside._aside.proc.pid != os.getpid(), "matplotlib" in sys.modules)
+beside.draw(built)
+beside.wait()
+killed = Charts(Path(sys.argv[3]))
+os.kill(killed._aside.proc.pid, signal.SIGKILL)
+killed.draw(built)
+try:
+    killed.wait()
+except AsideError as exc:
+    print(exc)
+cancelled = Charts(Path(sys.argv[4]))
+cancelled.cancel()
+print(sorted(os.listdir(sys.argv[4])))
+"""
+
+
+def test_charts_drawn_beside_the_replay_are_the_charts_drawn_in_process(whole, tmp_path):
+    """A backfill forks its charts' process before the replay (matplotlib's import, 0.25-0.45 s,
+    was on its critical path after it): that process draws the same three PNGs, byte for byte, as
+    drawing them in process (the `whole` run's, January-March 2021); the backfill process itself
+    never imports matplotlib. Killed before the report reaches it, waiting for it is one line
+    naming it; cancelled (a failed backfill), it draws nothing."""
+    import pickle
+    import subprocess
+    import sys
+
+    _, built, out = whole
+    (tmp_path / "report.pickle").write_bytes(pickle.dumps(built))
+    dirs = [tmp_path / n for n in ("beside", "killed", "cancelled")]
+    for d in dirs:
+        d.mkdir()
+    done = subprocess.run([sys.executable, "-c", CHARTS_BESIDE, str(tmp_path / "report.pickle"), *map(str, dirs)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == [
+        "True False", "the charts: its process ended with exit code -9 and no result", "[]"], done.stderr
+    for name in shell.CHARTS:
+        assert (dirs[0] / name).read_bytes() == (out / name).read_bytes(), name
+    assert not list(dirs[1].iterdir())
