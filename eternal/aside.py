@@ -223,3 +223,81 @@ class Aside:
         if self.spawned is not None and self.spawned.poll() is None:
             self.spawned.kill()
             self.spawned.wait()
+
+
+def _primed(receive, send, prepare: Callable, fn: Callable, args: tuple):
+    """`Primed`'s child: `prepare(*args)`, then `fn(prepared, value)` for the value sent (None
+    without running `fn` when the parent closed its end without sending: it failed)."""
+    send.close()                    # the parent's end: closed here, so its close is this end's EOF
+    prepared = prepare(*args)
+    try:
+        value = receive.recv()
+    except EOFError:
+        return None
+    finally:
+        receive.close()
+    return fn(prepared, value)
+
+
+class Primed:
+    """Work whose input comes later and whose preparation can start now: `prepare(*args)` (imports,
+    a new ledger's schema) runs at once in a forked child (`Aside`) on the machine's other core
+    while this process replays; `send(value)` hands it the input, the child runs
+    `fn(prepared, value)`, and `result()` waits for its answer and raises what it raised. Where no
+    child can be forked (beside threads, on one core, no process to be had) both run here, at
+    `result()`. `cancel()` ends the child (a failed backfill: `fn` never runs). `daemon` as `Aside`'s
+    (False for work that forks its own children). `prepare`, `fn`: module-level functions."""
+
+    def __init__(self, prepare: Callable, fn: Callable, *args, name: str = "the work aside",
+                 daemon: bool = True) -> None:
+        import multiprocessing
+
+        self.prepare, self.fn, self.args, self.name = prepare, fn, args, name
+        self._value, self._sent, self._send = None, False, None
+        receive, send = multiprocessing.Pipe(duplex=False)
+        self._aside = None
+        try:
+            self._aside = Aside(_primed, receive, send, prepare, fn, args, name=name, spawn=False, daemon=daemon)
+            receive.close()             # the child's end
+            if self._aside.proc is None:
+                send.close()
+                self._aside = None
+            else:
+                self._send = send
+        except BaseException:           # interrupted here: the child is not left to run on
+            if self._aside is not None:
+                self._aside.cancel()
+            raise
+
+    @property
+    def beside(self) -> bool:
+        """True while the work has a child of its own (False: it runs here, at `result()`)."""
+        return self._aside is not None
+
+    def send(self, value) -> None:
+        """The input; sent once."""
+        if self._sent:
+            raise RuntimeError(f"{self.name}: its input was sent already")
+        self._sent = True
+        if self._aside is None:
+            self._value = value
+            return
+        try:
+            self._send.send(value)
+        except (BrokenPipeError, ConnectionResetError):      # the child died: `result` says how
+            pass
+        finally:
+            self._send.close()
+
+    def result(self):
+        if not self._sent:
+            raise RuntimeError(f"{self.name}: result() before its input was sent")
+        if self._aside is None:
+            return self.fn(self.prepare(*self.args), self._value)
+        return self._aside.result()
+
+    def cancel(self) -> None:
+        if self._send is not None:
+            self._send.close()
+        if self._aside is not None:
+            self._aside.cancel()

@@ -464,7 +464,7 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
     """The backfill job: as a Prefect flow run when a Prefect server is configured (the run stays in
     its UI), else directly, without Prefect (an ephemeral server would vanish with the process and
     cost about 8 s; `tasks.backfill`)."""
-    from eternal.store.db import DatabaseUnavailable
+    from eternal.errors import DatabaseUnavailable
 
     try:
         return _backfill_job(args, params, progress_bar, data)

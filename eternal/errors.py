@@ -9,6 +9,10 @@ class ConfigError(EternalError):
     """Settings are invalid; nothing has run."""
 
 
+class DatabaseUnavailable(EternalError):
+    """The configured database cannot be reached."""
+
+
 class DataError(EternalError):
     """Market data is missing or cannot be read."""
 

@@ -9,16 +9,16 @@ the whole window; indicators and all-time highs are computed once per series (`M
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine
-
 from eternal import cycle
 from eternal.aside import Aside
 from eternal.config import Settings
@@ -44,7 +44,9 @@ from eternal.models import (
     utc,
 )
 from eternal.risk import net_exposures
-from eternal.store.ledger import LedgerStore
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 FLOW = "backfill"
 ALIASES = {"trend": (Sleeve.TREND_1, Sleeve.TREND_2)}
@@ -199,8 +201,47 @@ def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: d
     return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
 
 
+@dataclass
+class BackfillLedger:
+    """What a backfill's ledger database holds at its end (`save_ledger` writes it): picklable, so
+    a process of its own can write it (`tasks.backfill`)."""
+
+    capital: float
+    shares: dict[Sleeve, float]
+    start: datetime
+    end: datetime
+    orders: list[OrderRecord]
+    fills: list[Fill]
+    events: list[Event]
+    books: list[SleeveBook]
+    states: dict
+    allocation: dict | None
+    equity: list[dict]
+    payments: list[FundingPayment]
+    transfers: list[Transfer]
+
+
+def save_ledger(engine: Engine, ledger: BackfillLedger) -> None:
+    """A backfill's ledger into a fresh database (`check_fresh`), in one transaction after the
+    portfolio's opening."""
+    from eternal.store.ledger import LedgerStore
+
+    store = LedgerStore(engine)
+    store.initialise(ledger.capital, ledger.shares, ledger.start)
+    with engine.begin() as conn:
+        store.save_execution(ledger.orders, ledger.fills, ledger.events, ledger.books, ledger.end, FLOW, conn)
+        store.save_states(ledger.states, ledger.end, conn)
+        if ledger.allocation is not None:
+            store.save_allocation_state(ledger.allocation, ledger.end, conn)
+        store.save_equity(ledger.equity, conn)
+        store.save_funding(ledger.payments, conn)
+        store.save_transfers(ledger.transfers, conn)
+
+
 def check_fresh(engine: Engine) -> None:
     """A backfill's ledger must be empty: BackfillError naming the database (password masked)."""
+    from eternal.store.ledger import LedgerStore
+
     if LedgerStore(engine).is_initialised():
         raise BackfillError(f"{engine.url.render_as_string(hide_password=True)} already holds a "
                             "portfolio; a backfill needs a fresh database")
@@ -213,7 +254,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  on_day: Callable[..., None] | None = None, monthly_deposit: float = 0.0,
                  compare_breakers: bool = True,
                  deposits: list[tuple[datetime, float]] | None = None,
-                 on_replayed: Callable[[BackfillResult], None] | None = None) -> BackfillResult:
+                 on_replayed: Callable[[BackfillResult], None] | None = None,
+                 ledger_to: Callable[[BackfillLedger], None] | None = None) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
     marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
@@ -228,7 +270,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     level fired. `on_replayed(result)` is called as soon as the replay is done, before its ledger is
     saved and before the wait for that second replay (the result's summary has no breakers-off
     figures yet): work that needs the replay but neither of those can start beside them (the
-    report's CORE-alone replay, `tasks.backfill`)."""
+    report's CORE-alone replay, `tasks.backfill`). The ledger goes into `engine` (fresh: checked
+    first), or to `ledger_to(ledger)` (a process of its own that writes it, `tasks.backfill`), or
+    nowhere."""
     sleeves = sleeves or cycle.SLEEVES
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -253,23 +297,23 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
         shares[Sleeve.TACTICAL] = 0.0          # receives half of the funding collected
     if Sleeve.TACTICAL in sleeves and Sleeve.CORE not in shares:
         shares[Sleeve.CORE] = 0.0              # receives TACTICAL's exits
-    store = LedgerStore(engine) if engine is not None else None
-    if store is not None:
+    if engine is not None:
         check_fresh(engine)
+        ledger_to = functools.partial(save_ledger, engine)
 
     without_breakers = None
     if compare_breakers and settings.risk.breakers_enabled and orchestrated:
         without_breakers = Aside(_without_breakers, data, settings, start, end, sleeves, capital, monthly_deposit,
                                  deposits, name="the second replay (breakers off)")
     try:
-        return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine,
+        return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, ledger_to,
                        progress, on_day, monthly_deposit, deposits, out_dir, without_breakers, on_replayed)
     finally:
         if without_breakers is not None:
             without_breakers.cancel()
 
 
-def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, store, engine, progress,
+def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, ledger_to, progress,
             on_day, monthly_deposit, deposits, out_dir, without_breakers, on_replayed) -> BackfillResult:
     """run_backfill's replay and outputs, its inputs checked."""
     utilisation: list[float] = []
@@ -366,16 +410,9 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     # for the breakers-off replay
     if on_replayed is not None:
         on_replayed(result)
-    if store is not None:
-        store.initialise(capital, shares, start)
-        with engine.begin() as conn:
-            store.save_execution(list(ledger.orders.values()), fills, events, p.books.values(), end, FLOW, conn)
-            store.save_states(p.states, end, conn)
-            if p.allocation is not None:
-                store.save_allocation_state(p.allocation, end, conn)
-            store.save_equity(ledger.equity, conn)
-            store.save_funding(payments, conn)
-            store.save_transfers(transfers, conn)
+    if ledger_to is not None:
+        ledger_to(BackfillLedger(capital, shares, start, end, list(ledger.orders.values()), fills, events,
+                                 list(p.books.values()), p.states, p.allocation, ledger.equity, payments, transfers))
     if without_breakers is not None and summary["breakers"]["escalations"]:
         summary["breakers"]["without_breakers"] = without_breakers.result()
         summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]

@@ -148,27 +148,20 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         raise BackfillError(f"--out {out_dir} cannot be written: {exc.strerror or exc}: choose a directory "
                             "you can write to") from None
     with _only_writer(out_dir):
-        from eternal.store.db import connect
+        from eternal.aside import Aside, Primed
+        from eternal.report import build
+        from tasks import report
 
         engine = None
         if s.backfill_database_url is not None:     # the user's ledger: refused before anything is removed
+            from eternal.store.db import connect
+
             engine = connect(s.backfill_database_url)
             check_fresh(engine)
         # what an earlier run left is removed first: an interrupted run never leaves a mix of two runs
         for name in OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)
-        if engine is None:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
-            engine = connect(f"sqlite:///{(out_dir / 'backfill.db').resolve()}")
-        flow_run = in_flow_run()
-
-        from eternal.aside import Aside
-        from eternal.report import build
-        from tasks import report
-
-        bar = (_ProgressArtifact(start, end) if flow_run else
-               _Progress(start, end, on_progress) if on_progress is not None else None)
+        writer = drawing = None
         later: dict = {}
 
         def replayed(result: BackfillResult) -> None:
@@ -184,25 +177,55 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
                 later["built"] = built = build(rows, report.core_alone(data, s, rows))
                 drawing.draw(built)
 
-        drawing = report.Charts(out_dir)        # matplotlib loads beside the replay
-        try:
+        try:                # from the first process started on: an interrupt anywhere leaves nothing behind
+            if engine is None:
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)   # a replay starts afresh
+                # its own process creates it (the database's library and the schema: 0.2-0.3 s) while
+                # this one replays, then writes what the replay hands it (in process beside threads)
+                writer = Primed(new_ledger, write_ledger, f"sqlite:///{(out_dir / 'backfill.db').resolve()}",
+                                name="the ledger's writer")
+            drawing = report.Charts(out_dir)        # matplotlib loads beside the replay
+            flow_run = in_flow_run()
+            bar = (_ProgressArtifact(start, end) if flow_run else
+                   _Progress(start, end, on_progress) if on_progress is not None else None)
             result: BackfillResult = run_backfill(data, s, start=start, end=end, sleeves=sleeves, capital=capital,
                                                   out_dir=out_dir, engine=engine, progress=progress_bar,
                                                   on_day=bar, monthly_deposit=monthly_deposit_usdt,
-                                                  on_replayed=replayed)
+                                                  on_replayed=replayed,
+                                                  ledger_to=writer.send if writer is not None else None)
             if bar is not None:
                 bar.update(100.0)
             (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
                                                       result.summary["final_equity"], result.summary["trades"])
             built = write_report(result, data, s, out_dir, flow_run, later.get("rows"), later.get("core alone"),
                                  drawing, later.get("built"))
+            if writer is not None:
+                writer.result()
         except BaseException:       # interrupted or failed: no outputs that look like a finished run's
-            if "core alone" in later:
-                later["core alone"].cancel()
-            drawing.cancel()
+            for work in (later.get("core alone"), drawing, writer):
+                if work is not None:
+                    work.cancel()
             remove_outputs(out_dir, s)
             raise
     return result.summary, built
+
+
+def new_ledger(url: str):
+    """A backfill's own ledger database, created with its schema (`eternal.store.db.connect`)."""
+    from eternal.store.db import connect
+
+    return connect(url)
+
+
+def write_ledger(engine, ledger) -> None:
+    """`eternal.replay.save_ledger`, then the database closed (SQLite checkpointed: no -wal file
+    left, whichever process wrote it)."""
+    from eternal.replay import save_ledger
+    from eternal.store.db import close_all
+
+    save_ledger(engine, ledger)
+    close_all()         # every connection this process opened, one a reference cycle holds too
 
 
 OUTPUTS = ("trades.csv", "equity.csv", "summary.json", "events.csv", "report.md", "equity.png", "drawdown.png",
@@ -216,7 +239,7 @@ def remove_outputs(out_dir: Path, settings) -> None:
     for name in OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     if settings.backfill_database_url is None:
-        for suffix in ("", "-wal", "-shm", ".schema.lock"):
+        for suffix in ("", "-wal", "-shm", "-journal", ".schema.lock"):     # -journal: a writer killed mid-way
             Path(str(out_dir / "backfill.db") + suffix).unlink(missing_ok=True)
 
 

@@ -10,14 +10,16 @@ import math
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from sqlalchemy import Engine, select
-
 from eternal import report as rep
 from eternal.data.csv_files import DataSet
 from eternal.models import QUOTE, Event, FundingPayment, Sleeve, Transfer
 from eternal.report_markdown import markdown
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 CHARTS = ("equity.png", "drawdown.png", "sleeves.png")
 
@@ -89,6 +91,8 @@ def rebuild(source: str, out_dir: Path | None, data: DataSet | None, settings) -
 
 def rows_from_db(engine: Engine, closes: pd.DataFrame | None) -> rep.LedgerRows:
     """A ledger database's rows (a backfill's or a live ledger's)."""
+    from sqlalchemy import select
+
     from eternal.replay import TRADE_COLUMNS
     from eternal.store.models import EquitySnapshotRow, EventRow, FillRow, FundingPaymentRow, TransferRow
 
@@ -168,69 +172,49 @@ def load_matplotlib() -> None:
 
 
 class Charts:
-    """The report's charts (CHARTS, drawn by `charts`) in a child forked before the replay: it
-    imports matplotlib (0.25-0.45 s, on the critical path of a backfill when imported after its
-    replay) on the machine's other core while this process replays, then waits for the report
-    (`draw`) and draws them while this process saves the ledger and writes the other files
-    (`wait`). Where no child can be forked (`eternal.aside`: beside threads, on one core) or with
-    `beside` False, `draw` draws them here. `cancel()` ends the child (a failed or interrupted
-    backfill: nothing is drawn). The child dies with this process."""
+    """The report's charts (CHARTS, drawn by `charts`) in a child forked before the replay
+    (`eternal.aside.Primed`): it imports matplotlib (0.25-0.45 s, on the critical path of a
+    backfill when imported after its replay) on the machine's other core while this process
+    replays, then draws the report it is sent (`draw`) while this process saves the ledger and
+    writes the other files (`wait`). Where no child can be forked, or with `beside` False, `draw`
+    draws them here. `cancel()` ends the child (a failed or interrupted backfill: nothing is
+    drawn). The child dies with this process."""
 
     def __init__(self, out_dir: Path, beside: bool = True) -> None:
-        self.out_dir, self.sent, self._aside, self._send = out_dir, False, None, None
-        if not beside:
-            return
-        import multiprocessing
+        from eternal.aside import Primed
 
-        from eternal.aside import Aside
-
-        receive, self._send = multiprocessing.Pipe(duplex=False)
+        self.out_dir, self.sent = out_dir, False
         # not daemonic: the child forks two of the charts aside itself (`charts`)
-        self._aside = Aside(_draw_when_sent, receive, self._send, out_dir, name="the charts", spawn=False,
-                            daemon=False)
-        receive.close()             # the child's end: an end of this process's (a failure) is its EOF
-        if self._aside.proc is None:        # no fork here: drawn in process at `draw`
-            self._send.close()
-            self._aside = self._send = None
+        self._primed = Primed(_load_charts, _draw, out_dir, name="the charts", daemon=False) if beside else None
+        if self._primed is not None and not self._primed.beside:
+            self._primed = None             # no fork here: drawn in process at `draw`
 
     def draw(self, report: rep.Report) -> None:
         """The charts of `report`: handed to the child, or drawn here (and done) without one."""
         self.sent = True
-        if self._aside is None:
+        if self._primed is None:
             charts(report, self.out_dir)
-            return
-        try:
-            self._send.send(report)
-        except (BrokenPipeError, ConnectionResetError):      # the child died: `wait` says how
-            pass
-        finally:
-            self._send.close()
+        else:
+            self._primed.send(report)
 
     def wait(self) -> None:
         """The charts are written (or the child's error raised here)."""
-        if self._aside is not None:
-            self._aside.result()
-            self._aside = None
+        if self._primed is not None:
+            self._primed.result()
+            self._primed = None
 
     def cancel(self) -> None:
-        if self._send is not None:
-            self._send.close()
-        if self._aside is not None:
-            self._aside.cancel()
-            self._aside = None
+        if self._primed is not None:
+            self._primed.cancel()
+            self._primed = None
 
 
-def _draw_when_sent(receive, send, out_dir: Path) -> None:
-    """`Charts`' child: matplotlib loaded, then the charts of the report it is sent (none when the
-    backfill ends without one). `send`: the parent's end, closed here (EOF once the parent's is)."""
-    send.close()
+def _load_charts(out_dir: Path) -> Path:
     load_matplotlib()
-    try:
-        report = receive.recv()
-    except EOFError:
-        return
-    finally:
-        receive.close()
+    return out_dir
+
+
+def _draw(out_dir: Path, report: rep.Report) -> None:
     charts(report, out_dir)
 
 

@@ -254,10 +254,11 @@ def _children(pid: int) -> list[int]:
 
 
 def _backfill_started(tmp_path, out: str, data: Path, prefect_api_url: str | None = None,
-                      progress: bool = False) -> subprocess.Popen:
+                      progress: bool = False, children: int = 3) -> subprocess.Popen:
     """The full backfill (2020-09-14..2026-01-01, 1,000 USDT monthly) in a process of its own,
-    returned once its second replay (breakers off) runs in its child (with a Prefect server at
-    `prefect_api_url`: in its job's child, a grandchild)."""
+    returned once it has `children` processes of its own: by default once its second replay
+    (breakers off) runs in its third child, after the ledger's writer and the charts' (with a
+    Prefect server at `prefect_api_url`: in its job's child, one more)."""
     import time
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETERNAL_", "PREFECT_API"))}
@@ -269,7 +270,7 @@ def _backfill_started(tmp_path, out: str, data: Path, prefect_api_url: str | Non
                             env={**env, "DO_NOT_TRACK": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=tmp_path)
     deadline = time.monotonic() + 60
-    while len(_children(proc.pid)) < (1 if prefect_api_url is None else 2):
+    while len(_children(proc.pid)) < children + (prefect_api_url is not None):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
     return proc
@@ -318,6 +319,27 @@ def test_a_backfill_stopped_with_sigterm_leaves_no_outputs_and_no_replay_running
     assert proc.returncode == 130, err
     assert err.strip() == "error: interrupted: nothing of this backfill stays in its --out; run it again"
     assert _gone(child)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".backfill.lock"]
+
+
+def test_a_flow_run_backfill_stopped_as_its_ledger_is_created_leaves_nothing_behind(tmp_path, shared_data,
+                                                                                     prefect_harness):
+    """SIGTERM as soon as the ledger's writer is forked (it creates backfill.db beside the replay),
+    with a Prefect server: the writer was started before the backfill's cleanup took over, and the
+    flow run's progress artifact was created in between (calls to the server), so the interrupt
+    landed there and left backfill.db and its -journal in --out (seen in the suite)."""
+    import signal
+
+    from prefect.settings import PREFECT_API_URL
+
+    proc = _backfill_started(tmp_path, "out", shared_data, PREFECT_API_URL.value(), children=1)
+    children = _children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("error: interrupted: nothing of this backfill stays in its --out; "
+                                            "run it again")
+    assert _gone(children)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".backfill.lock"]
 
 

@@ -192,11 +192,11 @@ from tasks.report import Charts
 
 built = pickle.loads(Path(sys.argv[1]).read_bytes())
 beside = Charts(Path(sys.argv[2]))                 # forked now, as before a replay: matplotlib loads there
-print(beside._aside.proc.pid != os.getpid(), "matplotlib" in sys.modules)
+print(beside._primed._aside.proc.pid != os.getpid(), "matplotlib" in sys.modules)
 beside.draw(built)
 beside.wait()
 killed = Charts(Path(sys.argv[3]))
-os.kill(killed._aside.proc.pid, signal.SIGKILL)
+os.kill(killed._primed._aside.proc.pid, signal.SIGKILL)
 killed.draw(built)
 try:
     killed.wait()

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import OperationalError
 
-from eternal.errors import ConfigError, EternalError
+from eternal.errors import ConfigError, DatabaseUnavailable, EternalError  # noqa: F401 - DatabaseUnavailable: raised here
 from eternal.secrets import redact_url, register, reveal, scrub
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -51,10 +51,6 @@ def close_all() -> None:
             conn.close()
         except sqlite3.ProgrammingError:      # made in a thread that checks: that thread closes it
             pass
-
-
-class DatabaseUnavailable(EternalError):
-    """The configured database cannot be reached."""
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
