@@ -107,7 +107,9 @@ class Due:
 
     @functools.cached_property
     def key(self) -> str:        # read several times per event: formatted once
-        return f"{self.ts:%Y-%m-%dT%H:%M:%S}|{int(self.kind)}"
+        ts = self.ts            # f"{ts:%Y-%m-%dT%H:%M:%S}|{kind}", without strftime: a sixth of its cost
+        return "%04d-%02d-%02dT%02d:%02d:%02d|%d" % (ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second,
+                                                     self.kind)
 
     @functools.cached_property
     def day(self) -> datetime:
@@ -595,11 +597,9 @@ class Driver:
                          if sl.value in p.halted or breakers.size_factor(state, sl.value, now, self.risk_params) == 0)
 
     def decide_close(self, p: Portfolio, due: Due, i: int, refused: frozenset = frozenset()):
-        from dataclasses import replace
-
         deposits = [d for d in p.deposits if utc_cached(d["ts"]) <= due.ts]
         usdt = math.fsum(d["usdt"] for d in deposits)
-        snap = replace(self.view.snapshot(i, p.books, p.states, p.received), entries_refused=refused)
+        snap = self.view.snapshot(i, p.books, p.states, p.received, entries_refused=refused)
         plan, received, allocation = cycle.at_close(snap, self.settings, self.daily_sleeves, p.allocation, usdt,
                                                     self.orchestrated, self.deposit_shares)
         return plan, received, allocation, deposits

@@ -39,6 +39,21 @@ class PerpMarket:
         i = self.days.searchsorted(pd.Timestamp(day))
         return int(i) if i < len(self.days) and self.days[i] == pd.Timestamp(day) else None
 
+    def adx_below_for(self, i: int, days: int, level: float) -> bool:
+        """True when the ADX of day i and of the `days` - 1 days before were all below `level` (a
+        NaN is not below it; fewer than `days` days: False): TREND's no-trend breaker (spec 3).
+        Counted once per (days, level) over the whole series; day i's answer reads days up to i."""
+        runs = self._adx_below.get((days, level))
+        if runs is None:
+            below = (self.adx < level).astype(np.int64)
+            runs = np.convolve(below, np.ones(days, dtype=np.int64))[:len(below)] == days
+            self._adx_below[(days, level)] = runs
+        return bool(runs[i])
+
+    @functools.cached_property
+    def _adx_below(self) -> dict[tuple[int, float], np.ndarray]:
+        return {}
+
     def latest_funding(self, at: datetime) -> float | None:
         """The latest settled rate with settlement time at or before `at`."""
         j = bisect.bisect_right(self._settlements[0], at)

@@ -267,7 +267,8 @@ class MarketView:
                                   float(self.regime.sma[50][k]), float(self.regime.sma[200][k]),
                                   float(self.regime.adx[k]), float(self.volatility[i]))
 
-    def snapshot(self, i: int, books, states, inflows, cash_requests=None) -> Snapshot:
+    def snapshot(self, i: int, books, states, inflows, cash_requests=None,
+                 entries_refused: frozenset = frozenset()) -> Snapshot:
         """What every daily engine may read at the close of day i (decisions at days[i] + 1 day)."""
         day = self.day(i)
         asof = day + timedelta(days=1)
@@ -282,7 +283,8 @@ class MarketView:
             fear_greed=None if np.isnan(fg) else int(fg),
             volatility={} if np.isnan(vol) else {"BTC": float(vol)},
             recent_funding={"BTC": self.btc_funding.window(asof, self.settings.tactical.negative_funding_days)},
-            regime_inputs=self.regime_inputs(i), cash_requests=dict(cash_requests or {}))
+            regime_inputs=self.regime_inputs(i), cash_requests=dict(cash_requests or {}),
+            entries_refused=entries_refused)
 
     # funding -------------------------------------------------------------------------------------
     def settlements_in(self, start: datetime, end: datetime) -> list[datetime]:

@@ -92,6 +92,12 @@ def utc(value: datetime | date | str) -> datetime:
     return value.astimezone(UTC)
 
 
+def minute_stamp(ts: datetime) -> str:
+    """`ts` as YYYYMMDDHHMM (f"{ts:%Y%m%d%H%M}" for years 1000-9999, a fifth of its cost: the
+    client order ids of every decision carry one)."""
+    return "%04d%02d%02d%02d%02d" % (ts.year, ts.month, ts.day, ts.hour, ts.minute)
+
+
 @functools.lru_cache(maxsize=4096)
 def utc_cached(value: str | datetime) -> datetime:
     """`utc` of a stored time, parsed once: the loop reads the same stored times back at every

@@ -48,6 +48,7 @@ from eternal.models import (
     Sleeve,
     SleeveBook,
     base_of,
+    minute_stamp,
 )
 
 BREAKER_REASONS = ("breaker_l3", "breaker_l4")
@@ -323,7 +324,7 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
     over = 1.0 + p.held_tolerance
     intents: list[OrderIntent] = []
     events: list[Event] = []
-    tag = f"{view.now:%Y%m%d%H%M}"
+    tag = minute_stamp(view.now)
 
     def trim(sleeve: Sleeve, symbol: str, market: Market, side: Side, qty: float, rule: str, why: str,
              **numbers: float) -> None:
@@ -409,7 +410,7 @@ def breaker_orders(view: RiskView) -> tuple[list[OrderIntent], dict[Sleeve, dict
         return [], {}
     sleeves = list(view.books) if level >= 4 else [*TREND, Sleeve.FUNDING]
     reason = f"breaker_l{min(level, 4)}"
-    tag = f"{view.now:%Y%m%d%H%M}"
+    tag = minute_stamp(view.now)
     books = _books_with_open_orders(view, reducing_only=True)
     intents: list[OrderIntent] = []
     unstake: dict[Sleeve, dict[str, float]] = {}

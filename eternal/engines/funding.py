@@ -32,6 +32,7 @@ from eternal.models import (
     Sleeve,
     SleeveBook,
     Transfer,
+    minute_stamp,
     utc,
 )
 
@@ -92,7 +93,7 @@ def dust(symbol: str) -> float:
 def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
     state = FundingState.model_validate(tick.state or {})
     book = tick.books[SLEEVE]
-    key = f"{tick.ts:%Y%m%d%H%M}"
+    key = minute_stamp(tick.ts)
     intents: list[OrderIntent] = []
     events: list[Event] = []
     transfers: list[Transfer] = []

@@ -120,9 +120,7 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
             st.trail_active = False
 
         # 2. the no-trend breaker: 14 days of ADX < 20 pause entries until 3 days of ADX > 25
-        recent = market.adx[max(0, i - params.no_trend_days + 1): i + 1]
-        if (not st.paused and len(recent) == params.no_trend_days
-                and all(v < params.adx_no_trend for v in recent.tolist())):     # a NaN compares False
+        if not st.paused and market.adx_below_for(i, params.no_trend_days, params.adx_no_trend):
             st.paused = True
             events.append(Event(snap.asof, "trend_paused", f"{asset}: ADX below {params.adx_no_trend:g} for "
                                 f"{params.no_trend_days} days: new entries paused", sleeve, "info", {"asset": asset}))
