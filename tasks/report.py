@@ -210,7 +210,22 @@ class Charts:
 
 
 def _load_charts(out_dir: Path) -> Path:
+    """`Charts`' preparation: matplotlib imported, and a small chart of the same kinds (dates, a log
+    scale, a legend, a tight layout) drawn to memory, so its first text measure loads the fonts
+    (0.1-0.15 s) and mathtext, the date ticks and the PNG encoder load now, beside the replay."""
+    import io
+
     load_matplotlib()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1), dpi=30)
+    ax.plot(pd.date_range("2020-01-01", periods=3, tz="UTC"), [1.0, 10.0, 100.0], label="warm-up")
+    ax.set_yscale("log")
+    ax.set_title("warm-up")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
     return out_dir
 
 
