@@ -209,7 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         while _UNDO:
-            _UNDO.pop()()
+            try:
+                _UNDO.pop()()
+            except KeyboardInterrupt:   # the first Ctrl-C or SIGTERM landing as the command ends: it
+                pass                    # has said what it did; later ones are ignored (escaping here, it
+                                        # printed a traceback, exit -2, and skipped the fast exit)
 
 
 class _NoFailureReports(logging.Filter):
@@ -365,8 +369,11 @@ def _interrupt_on_signals() -> None:
     def interrupt(signum, frame):
         global _INTERRUPTED
         _INTERRUPTED = True
+        # later ones ignored by a handler that does nothing, not SIG_IGN: a second signal already
+        # received (Ctrl-C, then a service manager's TERM 2 ms later) found SIG_IGN when Python came
+        # to run its handler and raised "OSError: Signal 15 ignored due to race condition"
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+            signal.signal(sig, _ignore)
         # landing while SQLAlchemy returns a connection to its pool, the interrupt was logged with a
         # traceback ("Exception during reset or similar") above the CLI's one line, which says it
         pool_log.setLevel(logging.CRITICAL)
@@ -379,13 +386,28 @@ def _interrupt_on_signals() -> None:
         global _INTERRUPTED
         ending = _ENDING and "prefect" not in sys.modules
         for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_IGN if ending else handler)
+            signal.signal(sig, _ignore if ending else handler)
+        sys.unraisablehook = unraisable
         pool_log.setLevel(pool_level)
         _INTERRUPTED = False
 
+    unraisable = sys.unraisablehook
+
+    def dropped(hook_args) -> None:
+        # an interrupt raised where Python cannot raise it (a weakref callback, a finaliser): not
+        # printed as "Exception ignored in ..." with a traceback; `_INTERRUPTED` keeps it for the
+        # command, which says it in its one line
+        if not isinstance(hook_args.exc_value, KeyboardInterrupt):
+            unraisable(hook_args)
+
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        sys.unraisablehook = dropped
         _UNDO.append(undo)
+
+
+def _ignore(signum, frame) -> None:
+    """A signal handler that does nothing (see `_interrupt_on_signals`)."""
 
 
 def cmd_backfill(args, s) -> int:
@@ -431,21 +453,26 @@ def _cmd_backfill(args, s) -> int:
     params = dict(start=args.start, end=args.end, engines=args.engines, capital=args.capital,
                   data_dir=str(args.data_dir) if args.data_dir else None, out=str(args.out),
                   monthly_deposit_usdt=args.monthly_deposit)
-    # the URL reaches the job as a setting, never as a parameter (Prefect stores those in the clear)
-    with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
-        load_settings()
-        # what is loaded now (modules, the market data) lives to the end: the cycle collector skips it,
-        # 5-8 % of the replay's CPU on the full backfill, in its forked children too
-        import gc
-
-        gc.freeze()
-        try:
-            summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
-        except _InterruptedAfterTheBackfill:
-            return _interrupted_after(args.out)
+    summary = None
     try:
+        # the URL reaches the job as a setting, never as a parameter (Prefect stores those in the clear)
+        with _setting("BACKFILL_DATABASE_URL", reveal(args.database_url)):
+            load_settings()
+            # what is loaded now (modules, the market data) lives to the end: the cycle collector skips
+            # it, 5-8 % of the replay's CPU on the full backfill, in its forked children too
+            import gc
+
+            gc.freeze()
+            summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
+        if _INTERRUPTED:
+            # one Python dropped: raised in a weakref callback while the job's processes were freed
+            # as it returned (the backfill exited 0 after a traceback): its outputs are complete
+            raise _InterruptedAfterTheBackfill
         print_summary(summary, args.out)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        # after the job returned (the setting's restore, the summary): the outputs are complete
+        if summary is None and not isinstance(exc, _InterruptedAfterTheBackfill):
+            raise
         return _interrupted_after(args.out)
     return 0
 

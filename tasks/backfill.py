@@ -141,6 +141,12 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         data = load_data(Path(data_dir) if data_dir else (s.data_dir if s.data_dir else None), s.database_url)
     if out_dir.exists() and not out_dir.is_dir():
         raise BackfillError(f"--out {out_dir} is a file, not a directory: choose a directory for the outputs")
+    engine = None
+    if s.backfill_database_url is not None:     # the user's ledger: refused before anything is written
+        from eternal.store.db import connect
+
+        engine = connect(s.backfill_database_url)
+        check_fresh(engine)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / ".backfill.lock").touch()
@@ -152,12 +158,6 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
         from eternal.report import build
         from tasks import report
 
-        engine = None
-        if s.backfill_database_url is not None:     # the user's ledger: refused before anything is removed
-            from eternal.store.db import connect
-
-            engine = connect(s.backfill_database_url)
-            check_fresh(engine)
         # what an earlier run left is removed first: an interrupted run never leaves a mix of two runs
         for name in OUTPUTS:
             (out_dir / name).unlink(missing_ok=True)

@@ -631,6 +631,63 @@ def test_a_bad_backfill_database_url_is_one_line_naming_the_flag_typed(url, said
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and said in lines[0], err
     assert "hunter2" not in err and "ETERNAL_DATABASE_URL" not in err
+    assert not (tmp_path / "out").exists()          # refused before --out was made (it held a lock file)
+
+
+LATE_INTERRUPTS = """
+import contextlib, os, signal, sys, weakref
+import eternal.cli as c
+
+out, how = sys.argv[1], sys.argv[2]
+real_backfill, real_setting = c._backfill, c._setting
+
+def backfill(*args, **kwargs):          # the job, then an interrupt Python drops: raised in a weakref
+    summary = real_backfill(*args, **kwargs)            # callback, as the job's processes are freed
+    class Freed: pass
+    freed = Freed()
+    watch = weakref.ref(freed, lambda _: os.kill(os.getpid(), signal.SIGINT))
+    del freed
+    return summary if watch() is None else None
+
+@contextlib.contextmanager
+def setting(*args):                     # the interrupt lands as the setting is restored, the job done
+    with real_setting(*args):
+        yield
+    os.kill(os.getpid(), signal.SIGTERM)
+
+def two_at_once():                      # Ctrl-C and a TERM both received before Python runs a handler
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+if how == "dropped":
+    c._backfill = backfill
+elif how == "restoring":
+    c._setting = setting
+else:
+    c.print_summary = lambda *_: two_at_once()
+rc = c.main(["backfill", "--engines", "core", "--start", "2023-01-01", "--end", "2023-02-01",
+             "--data-dir", sys.argv[3], "--out", out, "--no-progress"])
+print("rc", rc, sorted(os.listdir(out)))
+"""
+
+
+@pytest.mark.parametrize("how", ["dropped", "restoring", "two-at-once"])
+def test_an_interrupt_once_the_backfill_is_done_says_its_outputs_are_complete(how, tmp_path, shared_data):
+    """Three interrupts a fresh user found in a backfill's last milliseconds, each once its job had
+    written everything: one Python dropped (raised in a weakref callback while the job's
+    processes were freed: exit 0 after a traceback), one landing as the --database-url setting was
+    restored (exit 130 with "nothing of this backfill stays", every output there), and Ctrl-C with
+    a TERM 2 ms later ("OSError: Signal 15 ignored due to race condition" above the line). Each
+    now ends with exit 130 and the one line saying the outputs are complete, which they are."""
+    done = subprocess.run([sys.executable, "-c", LATE_INTERRUPTS, str(tmp_path / "out"), how, str(shared_data)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.stderr.strip() == (f"error: interrupted after the backfill finished: its outputs in "
+                                   f"{tmp_path / 'out'} are complete"), done.stderr
+    assert done.stdout.splitlines()[-1] == ("rc 130 ['.backfill.lock', 'backfill.db', 'backfill.db.schema.lock', "
+                                            "'drawdown.png', 'equity.csv', 'equity.png', 'events.csv', 'report.md', "
+                                            "'sleeves.png', 'summary.json', 'trades.csv']"), done.stdout
 
 
 def test_a_backfill_under_the_console_script_ignores_a_late_ctrl_c_until_it_exits():
@@ -643,8 +700,8 @@ def test_a_backfill_under_the_console_script_ignores_a_late_ctrl_c_until_it_exit
             "for ending in (False, True):\n"
             "    c._ENDING = ending\n"
             "    rc = c.main(['backfill', '--engines', ' , '])\n"
-            "    print(rc, signal.getsignal(signal.SIGINT) is (signal.SIG_IGN if ending else signal.default_int_handler),\n"
-            "          signal.getsignal(signal.SIGTERM) is (signal.SIG_IGN if ending else signal.SIG_DFL))\n")
+            "    print(rc, signal.getsignal(signal.SIGINT) is (c._ignore if ending else signal.default_int_handler),\n"
+            "          signal.getsignal(signal.SIGTERM) is (c._ignore if ending else signal.SIG_DFL))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "True", "True", "2", "True", "True"], done.stdout + done.stderr
 
