@@ -84,3 +84,52 @@ def test_an_interrupt_landing_while_the_work_aside_is_forked_is_not_lost(side, t
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["interrupted"] and "Exception ignored" not in done.stderr, done.stderr
+
+
+PRIMED = """
+import os, sys, threading, time
+from eternal.aside import Primed
+
+def prepare(path):                  # runs at once, before any input: leaves a mark with its pid
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+def add(path, value):
+    return (open(path).read(), value + 1)
+
+def refuse(path):
+    raise ValueError("no schema for " + path)
+
+forked = Primed(prepare, add, sys.argv[1] + "/forked", name="the ledger's writer")
+deadline = time.monotonic() + 30
+while not os.path.exists(sys.argv[1] + "/forked") and time.monotonic() < deadline:
+    time.sleep(0.01)                # prepared before anything is sent
+forked.send(41)
+pid, answer = forked.result()
+print(forked.beside, pid != str(os.getpid()), answer)
+failed = Primed(refuse, add, "x", name="the ledger's writer")
+failed.send(1)
+try:
+    failed.result()
+except ValueError as exc:
+    print(type(exc).__name__, str(exc), "in its own process" in exc.__notes__[0])
+stop = threading.Event(); threading.Thread(target=stop.wait).start()
+here = Primed(prepare, add, sys.argv[1] + "/here")
+print(here.beside, os.path.exists(sys.argv[1] + "/here"))
+here.send(1)
+pid, answer = here.result()
+print(pid == str(os.getpid()), answer)
+stop.set()
+"""
+
+
+def test_primed_work_prepares_in_its_child_before_its_input_and_in_process_beside_threads(tmp_path):
+    """`Primed` (a backfill's ledger writer and charts): its preparation runs in a forked child at
+    once, before anything is sent (there the schema or matplotlib loads beside the replay); the
+    input sent later reaches it; a failure in the preparation is raised at `result()` with the
+    child's traceback as a note. Beside another thread nothing is forked: both run here, at
+    `result()`, with the same answer."""
+    done = subprocess.run([sys.executable, "-c", PRIMED, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["True True 42", "ValueError no schema for x True", "False False",
+                                        "True 2"], done.stderr
