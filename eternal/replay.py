@@ -109,6 +109,7 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self.portfolio: Portfolio | None = None
+        self.opening: tuple[float, dict[Sleeve, float], datetime] | None = None
         self.orders: dict[str, OrderRecord] = {}
         self.fills: list[Fill] = []
         self.events: list[Event] = []
@@ -122,6 +123,7 @@ class MemoryLedger:
 
     def initialise(self, portfolio: Portfolio, capital: float, shares, ts: datetime) -> None:
         self.portfolio = portfolio
+        self.opening = (capital, dict(shares), ts)      # as a database ledger's initialise takes it
 
     keeps_plans = False                  # a backfill is one process: nothing survives it half-done
 
@@ -201,38 +203,21 @@ def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: d
     return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
 
 
-@dataclass
-class BackfillLedger:
-    """What a backfill's ledger database holds at its end (`save_ledger` writes it): picklable, so
-    a process of its own can write it (`tasks.backfill`)."""
-
-    capital: float
-    shares: dict[Sleeve, float]
-    start: datetime
-    end: datetime
-    orders: list[OrderRecord]
-    fills: list[Fill]
-    events: list[Event]
-    books: list[SleeveBook]
-    states: dict
-    allocation: dict | None
-    equity: list[dict]
-    payments: list[FundingPayment]
-    transfers: list[Transfer]
-
-
-def save_ledger(engine: Engine, ledger: BackfillLedger) -> None:
-    """A backfill's ledger into a fresh database (`check_fresh`), in one transaction after the
-    portfolio's opening."""
+def save_ledger(engine: Engine, ledger: MemoryLedger, end: datetime) -> None:
+    """A replay's ledger (`MemoryLedger`, its portfolio at `end`) into a fresh database
+    (`check_fresh`), in one transaction after the portfolio's opening. The ledger pickles: a
+    process of its own can write it (`tasks.backfill`)."""
     from eternal.store.ledger import LedgerStore
 
     store = LedgerStore(engine)
-    store.initialise(ledger.capital, ledger.shares, ledger.start)
+    store.initialise(*ledger.opening)
+    p = ledger.portfolio
     with engine.begin() as conn:
-        store.save_execution(ledger.orders, ledger.fills, ledger.events, ledger.books, ledger.end, FLOW, conn)
-        store.save_states(ledger.states, ledger.end, conn)
-        if ledger.allocation is not None:
-            store.save_allocation_state(ledger.allocation, ledger.end, conn)
+        store.save_execution(list(ledger.orders.values()), ledger.fills, ledger.events, p.books.values(), end, FLOW,
+                             conn)
+        store.save_states(p.states, end, conn)
+        if p.allocation is not None:
+            store.save_allocation_state(p.allocation, end, conn)
         store.save_equity(ledger.equity, conn)
         store.save_funding(ledger.payments, conn)
         store.save_transfers(ledger.transfers, conn)
@@ -255,7 +240,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  compare_breakers: bool = True,
                  deposits: list[tuple[datetime, float]] | None = None,
                  on_replayed: Callable[[BackfillResult], None] | None = None,
-                 ledger_to: Callable[[BackfillLedger], None] | None = None) -> BackfillResult:
+                 ledger_to: Callable[[MemoryLedger, datetime], None] | None = None) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
     marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
@@ -271,8 +256,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     saved and before the wait for that second replay (the result's summary has no breakers-off
     figures yet): work that needs the replay but neither of those can start beside them (the
     report's CORE-alone replay, `tasks.backfill`). The ledger goes into `engine` (fresh: checked
-    first), or to `ledger_to(ledger)` (a process of its own that writes it, `tasks.backfill`), or
-    nowhere."""
+    first), or to `ledger_to(ledger, end)` (a process of its own that writes it, `tasks.backfill`),
+    or nowhere."""
     sleeves = sleeves or cycle.SLEEVES
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -411,8 +396,7 @@ def _replay(data, settings, view, sleeves, capital, shares, start, end, orchestr
     if on_replayed is not None:
         on_replayed(result)
     if ledger_to is not None:
-        ledger_to(BackfillLedger(capital, shares, start, end, list(ledger.orders.values()), fills, events,
-                                 list(p.books.values()), p.states, p.allocation, ledger.equity, payments, transfers))
+        ledger_to(ledger, end)
     if without_breakers is not None and summary["breakers"]["escalations"]:
         summary["breakers"]["without_breakers"] = without_breakers.result()
         summary["breakers"]["cost_usdt"] = summary["breakers"]["without_breakers"]["final_equity"] - summary["final_equity"]

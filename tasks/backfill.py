@@ -193,7 +193,8 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
                                                   out_dir=out_dir, engine=engine, progress=progress_bar,
                                                   on_day=bar, monthly_deposit=monthly_deposit_usdt,
                                                   on_replayed=replayed,
-                                                  ledger_to=writer.send if writer is not None else None)
+                                                  ledger_to=(lambda *replayed: writer.send(replayed))
+                                                  if writer is not None else None)
             if bar is not None:
                 bar.update(100.0)
             (_run_logger() if flow_run else log).info("backfill done: final equity %.2f, %d trades",
@@ -218,13 +219,13 @@ def new_ledger(url: str):
     return connect(url)
 
 
-def write_ledger(engine, ledger) -> None:
+def write_ledger(engine, replayed: tuple) -> None:
     """`eternal.replay.save_ledger`, then the database closed (SQLite checkpointed: no -wal file
     left, whichever process wrote it)."""
     from eternal.replay import save_ledger
     from eternal.store.db import close_all
 
-    save_ledger(engine, ledger)
+    save_ledger(engine, *replayed)       # (the replay's MemoryLedger, its end)
     close_all()         # every connection this process opened, one a reference cycle holds too
 
 
