@@ -4,11 +4,12 @@
 1. The full four-engine replay with monthly deposits as a user types it, database and report
    included: `eternal backfill --start 2020-09-14 --end 2026-01-01 --monthly-deposit 1000
    --data-dir DATA --out TMP --no-progress`, each run a fresh process with no Prefect server
-   configured (a temporary PREFECT_HOME without a profile, PREFECT_API_URL unset) and none running.
-   Wall and CPU time (user + system of the process and its children) of runs not sampled; peak
-   memory from other runs: the proportional set sizes (PSS) of the process and all its children
+   configured (a temporary PREFECT_HOME without a profile, PREFECT_API_URL unset). Wall and CPU
+   time (user + system of the process and its children): the plain runs of part 3's pairs (the
+   Prefect server stopped by SIGSTOP meanwhile, once idle: as with none running). Peak memory
+   from one run of its own, not timed (the server starts beside it): the proportional set sizes (PSS) of the process and all its children
    summed, sampled every 20 ms with psutil (a page shared by the backfill and its forked children
-   counts once). A sample costs about 15 ms of CPU: sampled runs were 0.2-1 s slower.
+   counts once). A sample costs about 15 ms of CPU: a sampled run is 0.2-1 s slower.
 2. The loop in process, the data read before: `eternal.replay.run_backfill` alone (in memory, no
    database, no report, `compare_breakers=False`: one pass over the days; the CLI makes a second
    pass without breakers when any fired) over the same window -> simulated days per second. Then
@@ -18,7 +19,7 @@
 3. The same command as a Prefect flow run: one Prefect server (uvicorn on the server app, as
    Prefect's own temporary server, in a temporary PREFECT_HOME) started once, then each pair runs
    the command with PREFECT_API_URL unset and set, alternating which goes first; the added seconds
-   are the paired differences. Both runs of a pair are sampled every 0.25 s (the flow run's memory
+   are the paired differences. Both runs of a pair are sampled every second (the flow run's memory
    and the server's, for the note beside the figure).
 4. One warm daily-cycle flow run (`benchmarks/daily_flow.py`, in its own process on the same
    server): a paper ledger in a temporary SQLite holding the real market data; the first run
@@ -42,6 +43,7 @@ import json
 import os
 import re
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -181,6 +183,17 @@ def fresh(cmd: list[str], env: dict, beside: int | None = None, every: float | N
     return Run(wall, cpu, peak[0], out, extra[0], _cpu_of(beside) - beside_cpu0)
 
 
+def settle(pid: int, most: float = 10.0) -> None:
+    """Waits (at most `most` s) until process `pid` uses under 5 % of a core over 0.5 s: the Prefect
+    server done with what a flow run sent it (its events and logs written) before it is stopped."""
+    end = time.perf_counter() + most
+    while time.perf_counter() < end:
+        before = _cpu_of(pid)
+        time.sleep(0.5)
+        if _cpu_of(pid) - before < 0.025:
+            return
+
+
 def _cpu_of(pid: int | None) -> float:
     if pid is None or importlib.util.find_spec("psutil") is None:
         return 0.0
@@ -206,25 +219,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, str, float]:
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    began: float
+
+
+def start_server(home: Path) -> Server:
     """A Prefect server on a free local port with its database in `home`, as Prefect starts its
-    own temporary one (uvicorn on the server app, no UI) -> (process, API URL, start-up s)."""
+    own temporary one (uvicorn on the server app, no UI), starting (`server_up` waits for it)."""
     port = free_port()
     app_dir = Path(importlib.util.find_spec("prefect").origin).parents[1]
     env = {**ENV, "PREFECT_HOME": str(home), "PREFECT_UI_ENABLED": "0"}
-    t = time.perf_counter()
+    began = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
                              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "error", "--lifespan", "on"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}/api"
-    while time.perf_counter() - t < 300:
+    return Server(proc, f"http://127.0.0.1:{port}/api", began)
+
+
+def server_up(server: Server) -> tuple[str, float]:
+    """Waits until `server` answers /health -> (its API URL, s since it was started)."""
+    proc, url = server.proc, server.url
+    while time.perf_counter() - server.began < 300:
         if proc.poll() is not None:
             raise SystemExit(f"the Prefect server exited ({proc.returncode}): {proc.stderr.read()}")
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
                 if r.status == 200:
-                    return proc, url, time.perf_counter() - t
+                    return url, time.perf_counter() - server.began
         except OSError:
             pass
         time.sleep(0.1)
@@ -243,33 +268,27 @@ def stop_server(proc: subprocess.Popen) -> None:
 
 # --- 1 and 3: fresh processes, plain and as a Prefect flow run -----------------------------------
 
-def part_plain(report: Report, tmp: Path) -> None:
-    """Item 1, before any Prefect server runs (a user without one has none using the other core):
-    RUNS timed runs not sampled, then runs sampled every 20 ms for the peak memory."""
+def part_memory(report: Report, tmp: Path) -> None:
+    """Item 1's peak memory: one run sampled every 20 ms (`fresh`), not timed (the Prefect server for
+    parts 3 and 4 starts beside it: a user without one has none; its wall is not a figure here)."""
     home = tmp / "prefect-home-plain"          # no profiles.toml: no Prefect server configured
     home.mkdir(exist_ok=True)
-    env = {**ENV, "PREFECT_HOME": str(home)}
-    timed = [fresh(backfill_cmd(tmp / f"plain{n}"), env, every=None) for n in range(RUNS)]
-    sampled = [fresh(backfill_cmd(tmp / f"plain-mem{n}"), env) for n in range(max(1, RUNS - 1))]
-    for n, r in enumerate(timed):
-        if "final equity" not in r.out:
-            report.failures.append(f"plain backfill {n}: no summary printed")
-    walls, cpus, mem = [r.wall for r in timed], [r.cpu for r in timed], [r.peak_rss / MIB for r in sampled]
-    print(f"  eternal backfill, no Prefect server: wall {spread(walls)}, CPU {spread(cpus)} ({RUNS} runs); "
-          f"peak {spread(mem, '{:.0f}', 'MiB')} (the process tree's PSS summed, {len(sampled)} runs sampled "
-          "every 20 ms apart from the timed ones)", flush=True)
-    report.rows += [
-        Row("full backfill, fresh process: wall", walls, "s", f"< {WALL_S:g} s",
-            statistics.median(walls) < WALL_S, f"CPU {spread(cpus)}"),
-        Row("full backfill: peak memory, all processes", mem, "MiB", f"< {MEMORY_MIB:g} MiB",
-            statistics.median(mem) < MEMORY_MIB, "", fmt="{:.0f}"),
-    ]
+    sampled = fresh(backfill_cmd(tmp / "plain-mem"), {**ENV, "PREFECT_HOME": str(home)})
+    if "final equity" not in sampled.out:
+        report.failures.append("the sampled backfill printed no summary")
+    mem = [sampled.peak_rss / MIB]
+    print(f"  peak memory {mem[0]:.0f} MiB: the process tree's PSS summed, sampled every 20 ms (a run apart "
+          "from the timed ones)", flush=True)
+    report.rows.append(Row("full backfill: peak memory, all processes", mem, "MiB", f"< {MEMORY_MIB:g} MiB",
+                           mem[0] < MEMORY_MIB, "", fmt="{:.0f}"))
 
 
 def part_flow(report: Report, server: subprocess.Popen, url: str, tmp: Path) -> None:
-    """Item 3: RUNS pairs, the same command with no Prefect server configured and as a flow run on
-    `server`, alternating which goes first; both sampled every 0.25 s (the flow run's memory, the
-    server's beside it), so the sampling weighs the same on both sides of a pair."""
+    """Items 1 and 3: RUNS pairs, the same command with no Prefect server configured (item 1's wall
+    and CPU; the server stopped by SIGSTOP meanwhile, once it is idle: as with none running) and as
+    a flow run on `server`, alternating which goes first; both sampled every second (the flow run's
+    memory, the server's beside it: about 1.5 % of a core), so the sampling weighs the same on both
+    sides of a pair."""
     home = tmp / "prefect-home-plain"
     home.mkdir(exist_ok=True)
     plain_env = {**ENV, "PREFECT_HOME": str(home)}
@@ -279,12 +298,19 @@ def part_flow(report: Report, server: subprocess.Popen, url: str, tmp: Path) -> 
     for n in range(RUNS):
         for which in (("plain", "flow") if n % 2 == 0 else ("flow", "plain")):
             out = tmp / f"{which}-pair{n}"
-            if which == "plain":
-                plain.append(fresh(backfill_cmd(out), plain_env, beside=server.pid, every=0.25))
+            if which == "plain":        # as with none running: the server stopped (SIGSTOP) meanwhile
+                settle(server.pid)
+                os.kill(server.pid, signal.SIGSTOP)
+                try:
+                    plain.append(fresh(backfill_cmd(out), plain_env, every=1.0))
+                finally:
+                    os.kill(server.pid, signal.SIGCONT)
             else:
-                flow.append(fresh(backfill_cmd(out), flow_env, beside=server.pid, every=0.25))
+                flow.append(fresh(backfill_cmd(out), flow_env, beside=server.pid, every=1.0))
         equities = {json.loads((tmp / f"{w}-pair{n}" / "summary.json").read_text())["final_equity"]
                     for w in ("plain", "flow")}
+        if "final equity" not in plain[-1].out:
+            report.failures.append(f"pair {n + 1}: the plain backfill printed no summary")
         if len(equities) != 1:
             report.failures.append(f"pair {n + 1}: final equity differs plain vs flow: {sorted(equities)}")
         print(f"  pair {n + 1}: plain {plain[-1].wall:6.2f} s wall, {plain[-1].cpu:5.2f} s CPU | flow "
@@ -295,13 +321,16 @@ def part_flow(report: Report, server: subprocess.Popen, url: str, tmp: Path) -> 
     added_cpu = [f.cpu - p.cpu for p, f in zip(plain, flow)]          # in the CLI's process
     server_cpu = [f.extra_cpu for f in flow]
     flow_mem = [(f.peak_rss + f.extra_rss) / MIB for f in flow]
-    print(f"  no Prefect server configured (the server up beside): wall {spread([r.wall for r in plain])}")
+    walls, cpus = [r.wall for r in plain], [r.cpu for r in plain]
+    print(f"  no Prefect server configured (the server stopped meanwhile): wall {spread(walls)}, CPU {spread(cpus)}")
     print(f"  as a Prefect flow run:              wall {spread([r.wall for r in flow])}, "
           f"CPU {spread([r.cpu for r in flow])} + server {spread([r.extra_cpu for r in flow])}, "
           f"peak {spread(flow_mem, '{:.0f}', 'MiB')} with the server")
     print(f"  added by the flow run (paired):     wall {spread(added)}; CPU {spread(added_cpu)} in the CLI's process, "
           f"{spread(server_cpu)} in the server's (partly in parallel on an idle 2-core machine)")
     report.rows += [
+        Row("full backfill, fresh process: wall", walls, "s", f"< {WALL_S:g} s",
+            statistics.median(walls) < WALL_S, f"CPU {spread(cpus)}"),
         Row("Prefect flow run: added wall", added, "s", f"<= {FLOW_ADDED_S:g} s",
             statistics.median(added) <= FLOW_ADDED_S,
             f"added CPU {spread(added_cpu)} in the CLI, {spread(server_cpu)} in the server; flow run and "
@@ -455,24 +484,26 @@ def main() -> int:
             part_loop(report)
         server = None
         try:
+            if PARTS & {"fresh", "daily"}:      # starts beside the memory run (neither is timed)
+                server = start_server(tmp / "prefect-home")
             if "fresh" in PARTS:
                 print(f"\n1. eternal backfill --start {START} --end {END} --monthly-deposit {DEPOSIT:g}, fresh processes, "
-                      "no Prefect server configured (none running)", flush=True)
-                part_plain(report, tmp)
-            if PARTS & {"fresh", "daily"}:
-                server, url, took = start_server(tmp / "prefect-home")
-                print(f"\n(a Prefect server for parts 3 and 4: up in {took:.1f} s at {url})", flush=True)
+                      "no Prefect server configured", flush=True)
+                part_memory(report, tmp)
+            if server is not None:
+                url, took = server_up(server)
+                print(f"\n(a Prefect server for parts 1, 3 and 4: up in {took:.1f} s at {url})", flush=True)
             if "fresh" in PARTS:
-                print(f"\n3. the same, {RUNS} alternating pairs: no Prefect server configured / PREFECT_API_URL set",
+                print(f"\n1 and 3. the same, {RUNS} alternating pairs: no Prefect server configured / PREFECT_API_URL set",
                       flush=True)
-                part_flow(report, server, url, tmp)
+                part_flow(report, server.proc, url, tmp)
             if "daily" in PARTS:
                 print(f"\n4. warm daily-cycle flow runs (paper, SQLite, Prefect server), {RUNS} after the first",
                       flush=True)
                 part_daily(report, url, tmp)
         finally:
             if server is not None:
-                stop_server(server)
+                stop_server(server.proc)
         if "peers" in PARTS:
             print("\n5. benchmarks/peers.py", flush=True)
             part_peers(report, tmp)
