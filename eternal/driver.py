@@ -338,6 +338,7 @@ class Driver:
         self.sleeves = tuple(sleeves)
         self.daily_sleeves = tuple(s for s in self.sleeves if s in cycle.ENGINES)
         self.funding_active = Sleeve.FUNDING in self.sleeves
+        self.tick_sleeves = (Sleeve.FUNDING,)       # whose held caps a settlement's risk step checks
         self.orchestrated = orchestrated
         self.on_close = on_close
         self.deposit_shares = dict(deposit_shares or {})
@@ -487,7 +488,12 @@ class Driver:
             batch.equity = report.closing.equity_rows()
             if self.on_close is not None:
                 self.on_close(due.day, p, closes, marks)
-        self.check_invariants(p, batch, due.ts, *((closes, marks) if due.kind == Kind.CLOSE else ()))
+        if (due.kind == Kind.CLOSE or batch.fills or batch.payments or batch.transfers
+                or (plan is not None and plan.stakes)):
+            # only what changed a book can break one: the books change only through what the
+            # batch holds (the venue's fills, payments and rewards, our transfers and stakes);
+            # a close checks its equity rows too
+            self.check_invariants(p, batch, due.ts, *((closes, marks) if due.kind == Kind.CLOSE else ()))
         p.clock = due.key
         _crash_point("before_record")
         self.ledger.commit(p, batch)
@@ -708,6 +714,9 @@ class Driver:
         """The risk step on a decided plan, in place: the breakers' closing orders and the held
         caps' trims join the engines' intents, then every intent is approved, reduced or refused
         (`eternal.risk`), on the books as the plan's transfers and stakes leave them."""
+        if (due.kind != Kind.CLOSE and not plan.intents and not plan.transfers and not plan.stakes
+                and not any(p.books[sl].perps for sl in self.tick_sleeves)):
+            return      # a tick with nothing to weigh and no position a held cap could trim (most ticks)
         # the risk step reads these books and never changes them: copied only when the plan moves money
         after = {sl: b.copy() for sl, b in p.books.items()} if plan.transfers or plan.stakes else p.books
         for t in plan.transfers:
@@ -727,7 +736,7 @@ class Driver:
             trims, trim_events = risk.held_limits(view, self.daily_sleeves, portfolio_wide=self.orchestrated)
             extra = closing + trims
         else:
-            trims, trim_events = risk.held_limits(view, [Sleeve.FUNDING], portfolio_wide=False)
+            trims, trim_events = risk.held_limits(view, self.tick_sleeves, portfolio_wide=False)
             extra = trims
         approved, events = risk.approve(plan.intents + extra, view)
         plan.intents = approved
