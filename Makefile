@@ -40,15 +40,14 @@ test: install
 chaos: install
 	CHAOS_RUNS=$${CHAOS_RUNS:-500} $(BIN)/python -m pytest -m "chaos or slow" -n 0 -s tests/test_bybit_chaos.py tests/test_bybit_virtual.py tests/test_bybit_parity.py
 
-# Orders per second, then issue 15's figures against their targets, one table at the end
-# (BENCH_RUNS, 3; BENCH_PAIRS, 5; BENCH_PARTS picks parts; benchmarks/backfill.py runs peers.py).
 # Integration runs of a minute or more, left out of `make test` (prefect deploy --all with a worker
 # running every deployment; the 6-day Bybit parity, which the 60-day one in `make chaos` extends;
 # the 4-day parity of five virtual sleeves on one Bybit account).
 slow: install
 	$(BIN)/python -m pytest -m slow
 
-# Issue 15's figures against their targets, peers included, in one table (under two minutes).
+# Issue 15's figures against their targets, peers included, one table at the end (BENCH_RUNS, 3;
+# BENCH_PAIRS, 5; BENCH_PARTS picks parts). Issue 15 asks for it in under two minutes.
 bench: install
 	$(BIN)/python benchmarks/backfill.py
 

@@ -32,7 +32,8 @@
 5. `benchmarks/peers.py` (ours vs backtrader, fresh processes, BENCH_PAIRS alternating pairs): its
    output as it prints it, and its ratio in the table.
 
-Ends with one table: figure, measured (median and range of BENCH_RUNS runs, default 3), target,
+Ends with one table: figure, measured (median and range of BENCH_RUNS runs, default 3; one value
+where there is one: the peak memory's sampled run, the peers' ratio of their medians), target,
 met. BENCH_PARTS (default "loop,fresh,daily,peers") picks parts. Exits 1 when a part fails or the
 peers' trade lists disagree; a missed target is a "no" in the table, not a failure.
 """
@@ -58,8 +59,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                 # this checkout's eternal, tasks, flows
 DATA = Path(os.environ.get("ETERNAL_DATA_DIR") or ROOT.parent / "shared" / "data").resolve()
-RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+RUNS = os.environ.get("BENCH_RUNS", "3")
 PARTS = set(os.environ.get("BENCH_PARTS", "loop,fresh,daily,peers").split(","))
+KNOWN_PARTS = {"loop", "fresh", "daily", "peers"}
 START, END, DEPOSIT = "2020-09-14", "2026-01-01", 1_000.0
 # windows ending END; the "5 years" are the full window (5.3 years from START): its run is reused
 YEARS = {1: "2025-01-01", 3: "2023-01-01", 5: START}
@@ -93,7 +95,7 @@ class Row:
         m = self.fmt.format(statistics.median(self.values))
         if len(self.values) == 1:
             return f"{m} {self.unit}"
-        return f"{m} {self.unit} ({self.fmt.format(min(self.values))}-{self.fmt.format(max(self.values))})"
+        return f"{m} {self.unit} ({self.fmt.format(min(self.values))} to {self.fmt.format(max(self.values))})"
 
 
 @dataclass
@@ -118,7 +120,7 @@ def spread(xs: list[float], fmt: str = "{:.2f}", unit: str = "s") -> str:
     if not xs:
         return "-"
     return (f"{fmt.format(statistics.median(xs))} {unit} "
-            f"({fmt.format(min(xs))}-{fmt.format(max(xs))})")
+            f"({fmt.format(min(xs))} to {fmt.format(max(xs))})")
 
 
 def load() -> str:
@@ -150,13 +152,16 @@ def tree_rss(pids: list[int]) -> int:
 def fresh(cmd: list[str], env: dict, beside: int | None = None, every: float | None = 0.02) -> Run:
     """Runs `cmd` to its end in a fresh process; samples its tree's memory (`tree_rss`) (and `beside`'s, the
     server's, apart) every `every` s (None: not at all; a sample reads /proc/PID/smaps_rollup of each process,
-    about 15 ms for a backfill's tree: at 20 ms it costs the run 0.2-1 s of its wall, so timed runs are not
-    sampled). Raises SystemExit with its output when it fails."""
+    about 15 ms for a backfill's tree: at 20 ms it costs the run 0.2-1 s of its wall; the timed runs are
+    sampled every second, both sides of a pair alike). The process runs in a session of its own: when
+    this one is interrupted (Ctrl-C, SIGTERM) it is interrupted too, and killed with its children if it
+    has not ended 10 s later (`end_tree`). Raises SystemExit with its output when it fails."""
     have_psutil = every is not None and importlib.util.find_spec("psutil") is not None
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     beside_cpu0 = _cpu_of(beside)
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     peak, extra, stop = [0], [0], threading.Event()
 
     def sample() -> None:
@@ -169,9 +174,14 @@ def fresh(cmd: list[str], env: dict, beside: int | None = None, every: float | N
     sampler = threading.Thread(target=sample, daemon=True)
     if have_psutil:
         sampler.start()
-    out, _ = proc.communicate()
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        end_tree(proc)
+        raise
+    finally:
+        stop.set()
     wall = time.perf_counter() - t
-    stop.set()
     if have_psutil:
         sampler.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -181,6 +191,26 @@ def fresh(cmd: list[str], env: dict, beside: int | None = None, every: float | N
         peak[0] = after.ru_maxrss * 1024
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Run(wall, cpu, peak[0], out, extra[0], _cpu_of(beside) - beside_cpu0)
+
+
+def end_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Ends a process started in a session of its own and everything in its process group: SIGCONT
+    (a stopped one runs its handlers), SIGINT (a backfill cleans up as after Ctrl-C), then SIGKILL
+    after `grace` s."""
+    for sig in (signal.SIGCONT, signal.SIGINT):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def settle(pid: int, most: float = 10.0) -> None:
@@ -236,7 +266,7 @@ def start_server(home: Path) -> Server:
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
                              "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
                              "--log-level", "error", "--lifespan", "on"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     return Server(proc, f"http://127.0.0.1:{port}/api", began)
 
 
@@ -258,11 +288,17 @@ def server_up(server: Server) -> tuple[str, float]:
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
+    """SIGCONT (stopped for a plain run, it would hold a SIGTERM pending), SIGTERM, then SIGKILL
+    after 10 s; its whole process group."""
+    for sig in (signal.SIGCONT, signal.SIGTERM):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
     try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -441,8 +477,15 @@ def part_daily(report: Report, url: str, tmp: Path) -> None:
 def part_peers(report: Report, tmp: Path) -> None:
     home = tmp / "prefect-home-peers"          # no Prefect server configured, whatever the user's profile
     home.mkdir()
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py")],
-                          env={**ENV, "PREFECT_HOME": str(home)}, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "peers.py")],
+                            env={**ENV, "PREFECT_HOME": str(home)}, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        end_tree(proc)          # peers.py and the run it is timing
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     print("  " + done.stdout.rstrip().replace("\n", "\n  "))
     if done.returncode != 0:
         report.failures.append(f"peers.py exited {done.returncode}: {done.stderr.strip()[-500:]}")
@@ -471,7 +514,22 @@ def table(report: Report) -> None:
         print(f"{r.figure:<{w}}  {r.measured():<{m}}  {r.target:<{t}}  {met:<3}  {r.note}")
 
 
+def interrupted(signum, frame) -> None:
+    """SIGTERM as Ctrl-C: the `finally` blocks end the processes started and remove the temp dir."""
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    global RUNS
+    if not RUNS.isdigit() or int(RUNS) < 1:
+        print(f"error: BENCH_RUNS={RUNS!r}: a whole number of runs, 1 or more", file=sys.stderr)
+        return 2
+    RUNS = int(RUNS)
+    if not PARTS or PARTS - KNOWN_PARTS:
+        print(f"error: BENCH_PARTS={','.join(sorted(PARTS))!r}: unknown part(s) {', '.join(sorted(PARTS - KNOWN_PARTS))}; "
+              f"choose from {','.join(sorted(KNOWN_PARTS))}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, interrupted)
     began = time.perf_counter()
     print(f"issue 15 benchmarks: {RUNS} runs each (BENCH_RUNS), parts {','.join(sorted(PARTS))} (BENCH_PARTS); "
           f"{os.cpu_count()} CPUs, load average {load()}; data {DATA}", flush=True)
@@ -492,7 +550,8 @@ def main() -> int:
                 part_memory(report, tmp)
             if server is not None:
                 url, took = server_up(server)
-                print(f"\n(a Prefect server for parts 1, 3 and 4: up in {took:.1f} s at {url})", flush=True)
+                print(f"\n(a Prefect server for parts 1, 3 and 4 at {url}, started beside the memory run: "
+                      f"answering {took:.1f} s after its start)", flush=True)
             if "fresh" in PARTS:
                 print(f"\n1 and 3. the same, {RUNS} alternating pairs: no Prefect server configured / PREFECT_API_URL set",
                       flush=True)
@@ -520,4 +579,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process it started is ended, its temporary directory removed", file=sys.stderr)
+        raise SystemExit(130) from None
