@@ -193,11 +193,12 @@ def fresh(cmd: list[str], env: dict, beside: int | None = None, every: float | N
     return Run(wall, cpu, peak[0], out, extra[0], _cpu_of(beside) - beside_cpu0)
 
 
-def end_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+def end_tree(proc: subprocess.Popen, ask: int = signal.SIGINT, grace: float = 10.0) -> None:
     """Ends a process started in a session of its own and everything in its process group: SIGCONT
-    (a stopped one runs its handlers), SIGINT (a backfill cleans up as after Ctrl-C), then SIGKILL
-    after `grace` s."""
-    for sig in (signal.SIGCONT, signal.SIGINT):
+    (a stopped one, the Prefect server during a plain run, would hold the next signal pending),
+    `ask` (SIGINT: a backfill cleans up as after Ctrl-C; SIGTERM: the server stops), then SIGKILL
+    to what is left after `grace` s."""
+    for sig in (signal.SIGCONT, ask):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -285,21 +286,6 @@ def server_up(server: Server) -> tuple[str, float]:
         time.sleep(0.1)
     proc.kill()
     raise SystemExit("the Prefect server did not answer /health within 300 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGCONT (stopped for a plain run, it would hold a SIGTERM pending), SIGTERM, then SIGKILL
-    after 10 s; its whole process group."""
-    for sig in (signal.SIGCONT, signal.SIGTERM):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 # --- 1 and 3: fresh processes, plain and as a Prefect flow run -----------------------------------
@@ -562,7 +548,7 @@ def main() -> int:
                 part_daily(report, url, tmp)
         finally:
             if server is not None:
-                stop_server(server.proc)
+                end_tree(server.proc, signal.SIGTERM)
         if "peers" in PARTS:
             print("\n5. benchmarks/peers.py", flush=True)
             part_peers(report, tmp)
