@@ -5,6 +5,7 @@ raise ConfigError naming the environment variable and the bad value, before anyt
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -41,6 +42,14 @@ class Mode(StrEnum):
     LIVE = "live"        # real money: needs ETERNAL_LIVE_CONFIRM=yes
 
 
+@functools.cache
+def _weight_fields() -> tuple:
+    """(sleeve, its field of SleeveWeights) for every sleeve: read at every close."""
+    from eternal.models import Sleeve
+
+    return tuple((s, s.weight_field) for s in Sleeve)
+
+
 class SleeveWeights(SettingsModel):
     """Share of the portfolio each sleeve starts with (spec chapter 1)."""
 
@@ -51,9 +60,7 @@ class SleeveWeights(SettingsModel):
     tactical: Fraction = 0.05
 
     def by_sleeve(self) -> dict:
-        from eternal.models import Sleeve
-
-        return {s: getattr(self, s.weight_field) for s in Sleeve}
+        return {s: getattr(self, name) for s, name in _weight_fields()}
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SleeveWeights:

@@ -100,22 +100,21 @@ FLOW_OF = {Kind.CLOSE: "daily-close", Kind.SETTLEMENT: "funding", Kind.OPEN: "op
 
 @dataclass(frozen=True, order=True)
 class Due:
-    """One event of the schedule; `key` orders events as text (stored as the ledger's clock)."""
+    """One event of the schedule; `key` orders events as text (stored as the ledger's clock);
+    `day`: the candle the event reads: the day that closed (CLOSE), that opens (OPEN), of the
+    settlement. Both are made with the event (each is read several times per event)."""
 
     ts: datetime
     kind: Kind
+    key: str = field(init=False, compare=False, repr=False)
+    day: datetime = field(init=False, compare=False, repr=False)
 
-    @functools.cached_property
-    def key(self) -> str:        # read several times per event: formatted once
+    def __post_init__(self) -> None:
         ts = self.ts            # f"{ts:%Y-%m-%dT%H:%M:%S}|{kind}", without strftime: a sixth of its cost
-        return "%04d-%02d-%02dT%02d:%02d:%02d|%d" % (ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second,
-                                                     self.kind)
-
-    @functools.cached_property
-    def day(self) -> datetime:
-        """The candle the event reads: the day that closed (CLOSE), that opens (OPEN), of the settlement."""
-        midnight = self.ts.replace(hour=0, minute=0, second=0, microsecond=0)
-        return midnight - timedelta(days=1) if self.kind == Kind.CLOSE else midnight
+        object.__setattr__(self, "key", "%04d-%02d-%02dT%02d:%02d:%02d|%d" % (
+            ts.year, ts.month, ts.day, ts.hour, ts.minute, ts.second, self.kind))
+        midnight = ts.replace(hour=0, minute=0, second=0, microsecond=0)
+        object.__setattr__(self, "day", midnight - timedelta(days=1) if self.kind == Kind.CLOSE else midnight)
 
     @classmethod
     def from_key(cls, key: str) -> Due:
@@ -344,6 +343,7 @@ class Driver:
         self.deposit_shares = dict(deposit_shares or {})
         self.simulate_resume = simulate_resume
         self.until: datetime | None = None          # the run's last event time (set by `run`)
+        self.weights = settings.weights.by_sleeve()      # the sleeves' weights, read at every close
         self.risk_params = (settings.risk if breakers_on or not settings.risk.breakers_enabled
                             else settings.risk.model_copy(update={"breakers_enabled": False}))
 
@@ -508,7 +508,7 @@ class Driver:
         P&L of the day and since the start; remembered as the ledger's last close."""
         s = self.settings
         v = value_portfolio(day, p.books, closes, marks,
-                            targets_in_force(p.allocation, s.allocation, s.weights.by_sleeve()), p.stops,
+                            targets_in_force(p.allocation, s.allocation, self.weights), p.stops,
                             capital_in=p.capital_in, previous=p.last_close or None)
         p.last_close = v.close_doc()
         return v

@@ -43,15 +43,24 @@ class PerpMarket:
         """True when the ADX of day i and of the `days` - 1 days before were all below `level` (a
         NaN is not below it; fewer than `days` days: False): TREND's no-trend breaker (spec 3).
         Counted once per (days, level) over the whole series; day i's answer reads days up to i."""
-        runs = self._adx_below.get((days, level))
+        return self._adx_runs("<", days, level, i)
+
+    def adx_above_for(self, i: int, days: int, level: float) -> bool:
+        """True when the ADX of day i and of the `days` - 1 days before were all above `level` (a
+        NaN is not above it; fewer than `days` days: False): the no-trend breaker's lifting."""
+        return self._adx_runs(">", days, level, i)
+
+    def _adx_runs(self, op: str, days: int, level: float, i: int) -> bool:
+        runs = self._adx_below.get((op, days, level))
         if runs is None:
-            below = (self.adx < level).astype(np.int64)
-            runs = np.convolve(below, np.ones(days, dtype=np.int64))[:len(below)] == days
-            self._adx_below[(days, level)] = runs
+            hit = ((self.adx < level) if op == "<" else (self.adx > level)).astype(np.int64)
+            runs = np.convolve(hit, np.ones(days, dtype=np.int64))[:len(hit)] == days
+            self._adx_below[(op, days, level)] = runs
         return bool(runs[i])
 
     @functools.cached_property
-    def _adx_below(self) -> dict[tuple[int, float], np.ndarray]:
+    def _adx_below(self) -> dict[tuple[str, int, float], np.ndarray]:
+        """(comparison, days, level) -> for each day, whether it ends such a run (counted once)."""
         return {}
 
     def latest_funding(self, at: datetime) -> float | None:

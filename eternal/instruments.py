@@ -33,7 +33,9 @@ SYMBOLS = (*SPOT_SYMBOLS.values(), *PERP_SYMBOLS.values())
 _STEP_TOLERANCE = 1e-9     # qty / step this close to an integer is on the step (float noise)
 
 
+@cache
 def _decimals(step: float) -> int:
+    """Decimal places of a step (0.001 -> 3), once per step: every intent is rounded with it."""
     exponent = Decimal(repr(step)).normalize().as_tuple().exponent
     return max(0, -int(exponent))
 

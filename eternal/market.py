@@ -225,12 +225,7 @@ class MarketView:
     def opens(self, i: int) -> dict[str, float]:
         """Symbol -> open of day i, spot and perp: the first price after the previous close (a new
         dict per call, built once per day: an event reads it several times)."""
-        cached = self._opens_of.get(i)
-        if cached is None:
-            if len(self._opens_of) > 8:
-                self._opens_of.clear()
-            cached = self._opens_of[i] = self._build_opens(i)
-        return dict(cached)
+        return dict(self._by_day(self._opens_of, i, self._build_opens))
 
     @functools.cached_property
     def _opens_of(self) -> dict[int, dict[str, float]]:
@@ -249,10 +244,34 @@ class MarketView:
         return out
 
     def closes(self, i: int) -> dict[str, float]:
-        return {a: float(self.spot[a]["close"][i]) for a in self.spot_assets}
+        """Asset -> spot close of day i (a new dict per call, built once per day, as `opens`)."""
+        return dict(self._by_day(self._closes_of, i, self._build_closes))
 
     def marks(self, i: int) -> dict[str, float]:
         """Perp symbol -> close of day i (the mark price the daily data gives)."""
+        return dict(self._by_day(self._marks_of, i, self._build_marks))
+
+    @staticmethod
+    def _by_day(cache: dict[int, dict[str, float]], i: int, build) -> dict[str, float]:
+        cached = cache.get(i)
+        if cached is None:
+            if len(cache) > 8:
+                cache.clear()
+            cached = cache[i] = build(i)
+        return cached
+
+    @functools.cached_property
+    def _closes_of(self) -> dict[int, dict[str, float]]:
+        return {}
+
+    @functools.cached_property
+    def _marks_of(self) -> dict[int, dict[str, float]]:
+        return {}
+
+    def _build_closes(self, i: int) -> dict[str, float]:
+        return {a: float(self.spot[a]["close"][i]) for a in self.spot_assets}
+
+    def _build_marks(self, i: int) -> dict[str, float]:
         return {self.markets[a].symbol: float(self.markets[a].close[self.perp_pos[a][i]]) for a in self.perp_assets}
 
     def regime_inputs(self, i: int):

@@ -63,7 +63,10 @@ def _day(ts: datetime) -> datetime:
 
 
 def _ok(*values: float) -> bool:
-    return all(v is not None and not math.isnan(v) for v in values)
+    for v in values:
+        if v is None or v != v:         # NaN is the one float unequal to itself
+            return False
+    return True
 
 
 def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParams,
@@ -124,9 +127,7 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
             st.paused = True
             events.append(Event(snap.asof, "trend_paused", f"{asset}: ADX below {params.adx_no_trend:g} for "
                                 f"{params.no_trend_days} days: new entries paused", sleeve, "info", {"asset": asset}))
-        last = market.adx[max(0, i - params.resume_days + 1): i + 1]
-        if (st.paused and len(last) == params.resume_days
-                and all(v > params.adx_entry for v in last.tolist())):
+        if st.paused and market.adx_above_for(i, params.resume_days, params.adx_entry):
             st.paused = False
             events.append(Event(snap.asof, "trend_resumed", f"{asset}: ADX above {params.adx_entry:g} for "
                                 f"{params.resume_days} days: entries resume", sleeve, "info", {"asset": asset}))

@@ -43,6 +43,8 @@ from eternal.exchange.paper_state import (  # noqa: F401  (intent_from_dict is r
     _fill_to_dict,
     _order_from_dict,
     _order_to_dict,
+    _payment_from_dict,
+    _payment_to_dict,
     _position_from_dict,
     _position_to_dict,
     intent_from_dict,
@@ -51,6 +53,7 @@ from eternal.models import (
     PERP_SYMBOLS,
     QUOTE,
     Fill,
+    FundingPayment,
     Market,
     OrderIntent,
     OrderStatus,
@@ -94,7 +97,8 @@ class PaperExchange(PerpDesk):
             (s, sym): p.leverage for s, b in self.books.items() for sym, p in b.perps.items()}
         self.stops: dict[tuple[Sleeve, str], StopLevel] = {}
         self.events_fills: list[Fill] = []        # fills of stops, liquidations and close_all
-        self.funding_last: dict[str, dict[str, Any]] = {}   # symbol -> last settlement and its payments
+        # symbol -> (time, payments) of its last settlement: a repeat of it pays nothing again
+        self.funding_last: dict[str, tuple[datetime, tuple[FundingPayment, ...]]] = {}
         # The account journal: every change the venue made to a book by itself or by a fill, in
         # order (kind "fill", "funding" or "reward"), numbered from 1. Our ledger books it from a
         # cursor (`journal_since`), as it would read a real venue's transaction log.
@@ -407,7 +411,8 @@ class PaperExchange(PerpDesk):
                       for s, b in self.books.items()},
             "leverage": [[s.value, sym, lev] for (s, sym), lev in self.leverage.items()],
             "stops": [[s.value, sym, lv.price, lv.reason] for (s, sym), lv in self.stops.items()],
-            "funding_last": {sym: dict(v) for sym, v in self.funding_last.items()},
+            "funding_last": {sym: {"ts": ts.isoformat(), "payments": [_payment_to_dict(p) for p in paid]}
+                             for sym, (ts, paid) in self.funding_last.items()},
             "journal_seq": self.journal_seq,
             "market_clock": self.market_clock,
             "last_prices": dict(self.last_prices),
@@ -432,7 +437,8 @@ class PaperExchange(PerpDesk):
         ex.leverage |= {(Sleeve(s), sym): lev for s, sym, lev in state.get("leverage", [])}
         ex.stops = {(Sleeve(s), sym): StopLevel(price, reason) for s, sym, price, reason in state.get("stops", [])}
         ex.events_fills = [_fill_from_dict(f) for f in state.get("events_fills", [])]
-        ex.funding_last = {sym: dict(v) for sym, v in state.get("funding_last", {}).items()}
+        ex.funding_last = {sym: (utc(v["ts"]), tuple(_payment_from_dict(p) for p in v["payments"]))
+                           for sym, v in state.get("funding_last", {}).items()}
         ex.journal_seq = state.get("journal_seq", 0)
         ex.market_clock = state.get("market_clock")
         ex.last_prices = dict(state.get("last_prices", {}))

@@ -13,7 +13,6 @@ from datetime import datetime
 from eternal import ledger
 from eternal.errors import ExchangeError, InsufficientFunds
 from eternal.exchange.base import ExchangeOrder
-from eternal.exchange.paper_state import _payment_from_dict, _payment_to_dict
 from eternal.models import (
     PERP_SYMBOLS,
     QUOTE,
@@ -30,7 +29,6 @@ from eternal.models import (
     StopLevel,
     base_of,
     utc,
-    utc_cached,
 )
 
 _DUST = 1e-12
@@ -208,9 +206,9 @@ class PerpDesk:
         ts = utc(ts)
         last = self.funding_last.get(symbol)
         if last is not None:
-            last_ts = utc_cached(last["ts"])
+            last_ts, paid = last
             if ts == last_ts:
-                return [_payment_from_dict(p) for p in last["payments"]]
+                return list(paid)
             if ts < last_ts:
                 raise ExchangeError(f"funding of {symbol} at {ts.isoformat()} is older than the last "
                                     f"settlement ({last_ts.isoformat()}): settle in time order")
@@ -218,7 +216,8 @@ class PerpDesk:
         payments = [p for s in sorted(self.books)
                     if (pos := self.books[s].perps.get(symbol)) is not None and utc(pos.opened_at) <= ts
                     and (p := ledger.settle_funding(self.books[s], symbol, rate, price, ts)) is not None]
-        self.funding_last[symbol] = {"ts": ts.isoformat(), "payments": [_payment_to_dict(p) for p in payments]}
+        # kept as objects (made into JSON only when the exchange's state is stored: `to_doc`)
+        self.funding_last[symbol] = (ts, tuple(payments))
         for p in payments:
             self._journal("funding", p)
         self._changed()
