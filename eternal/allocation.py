@@ -352,7 +352,8 @@ def with_transfers(snap, transfers: list[Transfer], requests: dict[Sleeve, float
 
     from eternal import ledger
 
-    books = {s: b.copy() for s, b in snap.books.items()}
+    # the engines read books and never change them: copied only when a transfer moves them
+    books = {s: b.copy() for s, b in snap.books.items()} if transfers else snap.books
     inflows = dict(snap.inflows)
     for t in transfers:
         ledger.apply_transfer(books, t)

@@ -220,6 +220,10 @@ class MarketView:
 
     @property
     def last_day(self) -> datetime | None:
+        return self._last_day
+
+    @functools.cached_property
+    def _last_day(self) -> datetime | None:      # read for every day of a run's schedule
         return self.days[-1].to_pydatetime() if len(self.days) else None
 
     def opens(self, i: int) -> dict[str, float]:

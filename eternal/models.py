@@ -81,6 +81,8 @@ def base_of(symbol: str) -> str:
 
 def utc(value: datetime | date | str) -> datetime:
     """A timezone-aware UTC datetime; naive input is refused rather than guessed."""
+    if type(value) is datetime and value.tzinfo is UTC:      # most calls: already one, returned as is
+        return value
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if value.tzinfo is None:

@@ -160,17 +160,24 @@ def _raises_net(intent: OrderIntent, book: SleeveBook) -> bool:
 
 
 def _books_with_open_orders(view: RiskView, reducing_only: bool = False,
-                            sleeves: Iterable[Sleeve] | None = None) -> dict[Sleeve, SleeveBook]:
+                            sleeves: Iterable[Sleeve] | None = None,
+                            copied: set[Sleeve] | None = None) -> dict[Sleeve, SleeveBook]:
     """Copies of the books (of `sleeves`, default all) with the resting orders counted as filled
     (`reducing_only`: only those that reduce: the venue fills them first, so a trim must not count
-    on an entry still resting)."""
-    books = {s: b.copy() for s, b in view.books.items() if sleeves is None or s in sleeves}
+    on an entry still resting). With `copied` (a set, filled here), only the books a resting order
+    changes are copied, and named in it: the others are the view's own, to be copied by the caller
+    before it changes one."""
+    books = {s: b if copied is not None else b.copy() for s, b in view.books.items()
+             if sleeves is None or s in sleeves}
     for rec in view.open_orders:
         i = rec.intent
         left = i.qty - (rec.filled_qty or 0.0)
         if reducing_only and i.sleeve in books and opens(i, books[i.sleeve]):
             continue
         if left > 0 and i.sleeve in books:
+            if copied is not None and i.sleeve not in copied:
+                books[i.sleeve] = books[i.sleeve].copy()
+                copied.add(i.sleeve)
             try:
                 _simulate(books[i.sleeve], i, left, _price(i, view), view.fees)
             except KeyError:                 # no price for it at this decision: leave it out
@@ -320,7 +327,10 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
     is not sent twice); resting entries do not (the venue fills reductions first)."""
     p = view.params
     sleeves = list(sleeves)
-    books = _books_with_open_orders(view, reducing_only=True, sleeves=None if portfolio_wide else sleeves)
+    # most calls trim nothing: a book is copied only when a resting order or a trim changes it
+    copied: set[Sleeve] = set()
+    books = _books_with_open_orders(view, reducing_only=True, sleeves=None if portfolio_wide else sleeves,
+                                    copied=copied)
     over = 1.0 + p.held_tolerance
     intents: list[OrderIntent] = []
     events: list[Event] = []
@@ -335,6 +345,9 @@ def held_limits(view: RiskView, sleeves: Iterable[Sleeve], *, portfolio_wide: bo
                              f"risk:{tag}:{rule}:{market.value}:{base_of(symbol)}",
                              reduce_only=market == Market.PERP)
         intents.append(intent)
+        if sleeve not in copied:
+            books[sleeve] = books[sleeve].copy()
+            copied.add(sleeve)
         _simulate(books[sleeve], intent, qty, _price(intent, view), view.fees)
         events.append(Event(view.now, "risk_reduced", f"{sleeve} holds too much: {why}; {side} {qty:.8g} {symbol} "
                             f"back to the cap ({rule})", sleeve, "warning",

@@ -67,6 +67,14 @@ def awaiting_fill(sent_at: datetime | None, now: datetime, deferred: bool = True
     return now <= next_open
 
 
+def _asset_state(state: FundingState, asset: str) -> AssetState:
+    """The asset's state, a new one the first time (not one built at every call to be dropped)."""
+    st = state.assets.get(asset)
+    if st is None:
+        st = state.assets[asset] = AssetState()
+    return st
+
+
 def basis(tick: FundingTick, asset: str) -> float:
     return (tick.perp[asset] - tick.spot[asset]) / tick.spot[asset]
 
@@ -131,7 +139,7 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
 
     # Funding received at this settlement: half to TACTICAL, half waits to compound.
     for asset, amount in tick.received.items():
-        st = state.assets.setdefault(asset, AssetState())
+        st = _asset_state(state, asset)
         if amount > 0:
             to_tactical = amount * (1 - params.compound_share)
             transfers.append(Transfer(tick.ts, SLEEVE, Sleeve.TACTICAL, QUOTE, to_tactical,
@@ -166,7 +174,7 @@ def decide(tick: FundingTick, params: FundingParams) -> EngineDecision:
     for asset in ASSETS:
         if asset not in tick.spot or asset not in tick.perp:
             continue
-        st = state.assets.setdefault(asset, AssetState())
+        st = _asset_state(state, asset)
         spot_qty, perp_qty = legs(book, asset)
         held = spot_qty >= dust(SPOT_SYMBOLS[asset]) or perp_qty >= dust(PERP_SYMBOLS[asset])
         settled = tick.settled.get(asset, ())

@@ -83,7 +83,9 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
         i = snap.perp_index.get(asset)
         if market is None or i is None:
             continue
-        st = state.assets.setdefault(asset, AssetState())
+        st = state.assets.get(asset)
+        if st is None:
+            st = state.assets[asset] = AssetState()
         symbol = PERP_SYMBOLS[asset]
 
         def move(phase: str, why: str, level: str = "info", **data: Any) -> None:
@@ -117,7 +119,9 @@ def decide(state_json: dict[str, Any] | None, snap: Snapshot, params: TrendParam
             move(ExitReason.TRAILING_STOP.name if st.stop_reason == ExitReason.TRAILING_STOP
                  else "STOPPED_OUT", f"stop at {st.stop:.2f} ({st.stop_reason}) closed the position")
             move("SCANNING", "flat after the stop")
-        if pos is None and st.phase == "SCANNING":
+        if pos is None and st.phase == "SCANNING" and (
+                st.trail_active or any(v is not None for v in (st.side, st.entry_atr, st.opened_at, st.extreme_close,
+                                                               st.trail, st.stop, st.stop_reason, st.exit_reason))):
             st.side = st.entry_atr = st.opened_at = st.extreme_close = st.trail = st.stop = None
             st.stop_reason = st.exit_reason = None
             st.trail_active = False

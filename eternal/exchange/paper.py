@@ -189,6 +189,8 @@ class PaperExchange(PerpDesk):
     def journal_since(self, seq: int) -> list[tuple[int, str, Any]]:
         """Journal entries numbered above `seq`, oldest first: ("fill", Fill), ("funding",
         FundingPayment) or ("reward", (sleeve, asset, qty))."""
+        if seq >= self.journal_seq:             # most syncs: nothing new
+            return []
         first = self.journal[0][0] if self.journal else self.journal_seq + 1
         older = self._journal_loader(seq, first) if self._journal_loader and seq + 1 < first else []
         # numbered in order: a binary search, not a scan of every entry at every sync (a full
