@@ -479,8 +479,9 @@ class Driver:
                 seen = stored.get("funding_seen", p.funding_unclaimed) if stored is not None else seen_funding
                 p.funding_unclaimed = {a: v - seen.get(a, 0.0) for a, v in p.funding_unclaimed.items()
                                        if abs(v - seen.get(a, 0.0)) > 1e-12}
-            taken = {d["reference"] for d in deposits}
-            p.deposits = [d for d in p.deposits if d["reference"] not in taken]
+            if deposits:        # most events take none (a backfill's pending deposits are many)
+                taken = {d["reference"] for d in deposits}
+                p.deposits = [d for d in p.deposits if d["reference"] not in taken]
             batch.deposits_taken, batch.plan_key = deposits, due.key
         if due.kind == Kind.CLOSE:
             closes, marks = view.closes(i), view.marks(i)

@@ -74,6 +74,13 @@ class PerpMarket:
         j = bisect.bisect_right(times, at)
         return list(zip(times[max(0, j - n):j], rates[max(0, j - n):j]))
 
+    def recent_rates(self, at: datetime, n: int) -> tuple[float, ...]:
+        """The rates of the last `n` settlements at or before `at`, oldest first (FUNDING's
+        every tick: no (time, rate) pairs built to be dropped)."""
+        times, rates = self._settlements
+        j = bisect.bisect_right(times, at)
+        return tuple(rates[max(0, j - n):j])
+
     def settlement_lists(self) -> tuple[list[datetime], list[float]]:
         """(aware UTC datetimes, rates) of every settlement, as Python lists, in time order."""
         return self._settlements

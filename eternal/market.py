@@ -322,4 +322,4 @@ class MarketView:
         return self.markets[asset].latest_funding(at)
 
     def recent_rates(self, asset: str, at: datetime, n: int = 3) -> tuple[float, ...]:
-        return tuple(r for _, r in self.markets[asset].recent_settlements(at, n))
+        return self.markets[asset].recent_rates(at, n)

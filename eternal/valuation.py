@@ -64,21 +64,23 @@ class PerpLine:
 
 @dataclass(frozen=True, slots=True)
 class SleeveValue:
+    """One sleeve's lines; `spot_usdt` (its coins) and `equity` (cash + coins + each perp's margin
+    and unrealised P&L), USDT, are summed once, with it (a close reads them several times)."""
+
     sleeve: Sleeve
     cash: float
     spot: tuple[SpotLine, ...]
     perps: tuple[PerpLine, ...]
+    spot_usdt: float = field(init=False, repr=False, compare=False)
+    equity: float = field(init=False, repr=False, compare=False)
 
-    @property
-    def spot_usdt(self) -> float:
-        return sum(line.value_usdt for line in self.spot)
-
-    @property
-    def equity(self) -> float:
-        value = self.cash + self.spot_usdt
+    def __post_init__(self) -> None:
+        spot_usdt = sum(line.value_usdt for line in self.spot)
+        value = self.cash + spot_usdt
         for line in self.perps:
             value += line.value_usdt
-        return value
+        object.__setattr__(self, "spot_usdt", spot_usdt)
+        object.__setattr__(self, "equity", value)
 
 
 @dataclass(frozen=True)
