@@ -171,10 +171,11 @@ def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataF
     in the coin (`fee_asset`; a spot buy's, as Bybit charges it; `fee` is in USDT at the fill price)
     costs coins, not cash: the sleeve holds, and later sells, that many fewer."""
     moves = []
-    fee_assets = trades["fee_asset"] if "fee_asset" in trades else pd.Series(QUOTE, index=trades.index)
+    fee_assets = trades["fee_asset"].tolist() if "fee_asset" in trades else [QUOTE] * len(trades)
+    # columns as lists: a Series yields the same values one __getitem__ at a time
     for ts, side, symbol, qty, price, fee, fee_asset, sleeve, market, reason in zip(
-            _stamps(trades["timestamp"]), trades["side"], trades["symbol"], trades["qty"], trades["price"],
-            trades["fee"], fee_assets, trades["sleeve"], trades["market"], trades["reason"]):
+            _stamps(trades["timestamp"]), *(trades[c].tolist() for c in ("side", "symbol", "qty", "price", "fee")),
+            fee_assets, *(trades[c].tolist() for c in ("sleeve", "market", "reason"))):
         sign = 1.0 if side == "buy" else -1.0
         asset = symbol.split("/")[0]
         in_coin = fee_asset == asset
@@ -189,8 +190,8 @@ def round_trips(trades: pd.DataFrame, funding: pd.DataFrame, transfers: pd.DataF
             if isinstance(sleeve, str):
                 moves.append((pd.Timestamp(r.ts), 1, sleeve, r.asset, "spot", sign * r.qty, -sign * r.qty * px,
                               0.0, "in kind"))
-    for ts, sleeve, symbol, amount in zip(_stamps(funding["ts"]), funding["sleeve"], funding["symbol"],
-                                          funding["amount"]):
+    for ts, sleeve, symbol, amount in zip(_stamps(funding["ts"]), funding["sleeve"].tolist(),
+                                          funding["symbol"].tolist(), funding["amount"].tolist()):
         moves.append((ts, 2, sleeve, symbol.split("/")[0], "funding", 0.0, float(amount), 0.0, ""))
     moves.sort(key=lambda m: (m[0], m[1]))
     open_: dict[tuple[str, str], dict] = {}
