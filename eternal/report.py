@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -302,9 +303,10 @@ def exit_reasons(trips: pd.DataFrame) -> pd.DataFrame:
     return n.set_index(["sleeve", "exit_reason"])
 
 
-def build(rows: LedgerRows, core_alone: pd.Series | None = None) -> Report:
+def build(rows: LedgerRows, core_alone: pd.Series | Callable[[], pd.Series | None] | None = None) -> Report:
     """The whole report of one ledger; `core_alone`: CORE's equity replayed alone over the same
-    days and deposits (a benchmark), None to leave it out."""
+    days and deposits (a benchmark), None to leave it out, or a function that returns it (or None),
+    called once everything that does not need it is built (a replay beside: its wait comes last)."""
     eq, cash = equity_frames(rows)
     days = eq.index
     start, end = days[0], days[-1] + pd.Timedelta(days=1)
@@ -344,24 +346,33 @@ def build(rows: LedgerRows, core_alone: pd.Series | None = None) -> Report:
             if all(a in rows.closes for a in weights):
                 bench_equity[name] = static_mix(rows.closes, weights, days, capital, deposits,
                                                 rebalance_quarterly=len(weights) > 1)
-    if core_alone is not None:
-        bench_equity["CORE alone"] = core_alone.reindex(days)
     benchmarks = {}
-    for name, series in bench_equity.items():
+
+    def add_benchmark(name: str, series: pd.Series) -> None:
         units[name] = unit_value(series, deposits, capital)
         benchmarks[name] = {"final_equity": float(series.iloc[-1]), **metrics(units[name], start)}
 
+    for name, series in bench_equity.items():
+        add_benchmark(name, series)
+    the_gates, regimes = gates(sleeves), regime_days(rows.events, days)
+    monthly, by_asset, exits = (monthly_returns(units["total"], start), trades_table(trades, trips),
+                                exit_reasons(trips))
+    if callable(core_alone):          # all that does not need it is built: now its wait
+        core_alone = core_alone()
+    if core_alone is not None:
+        bench_equity["CORE alone"] = core_alone.reindex(days)
+        add_benchmark("CORE alone", bench_equity["CORE alone"])
+
     summary = {"start": f"{start:%Y-%m-%d}", "end_exclusive": f"{end:%Y-%m-%d}", "days": len(days),
                "initial_capital": capital, "deposits": float(deposits.sum()),
-               "sleeves": sleeves, "benchmarks": benchmarks, "gates": gates(sleeves),
-               "regimes": regime_days(rows.events, days)}
+               "sleeves": sleeves, "benchmarks": benchmarks, "gates": the_gates, "regimes": regimes}
     tables = {
         "by sleeve": sleeve_table(sleeves),
         "benchmarks": bench_table(sleeves["total"], benchmarks),
         "gates": pd.DataFrame(summary["gates"]),
-        "monthly returns": monthly_returns(units["total"], start),
-        "trades by sleeve and asset": trades_table(trades, trips),
-        "exit reasons": exit_reasons(trips),
+        "monthly returns": monthly,
+        "trades by sleeve and asset": by_asset,
+        "exit reasons": exits,
         "time in each regime": pd.DataFrame([{"regime": k, "days": v, "share": v / len(days)}
                                              for k, v in summary["regimes"].items()]),
     }

@@ -401,7 +401,8 @@ def write_report(result: BackfillResult, data, settings, out_dir: Path, flow_run
         rows = rows if rows is not None else report.rows_from_result(result, report.closes_frame(data))
         if core_alone is not None and drawing is None:      # replayed beside: the charts' library loads meanwhile
             report.load_matplotlib()
-        built = build(rows, core_alone.result() if core_alone is not None else
+        # the report's parts that do not need CORE alone are built while it is replayed beside
+        built = build(rows, core_alone.result if core_alone is not None else
                       report.core_alone(data, settings, rows))
     report.write(built, out_dir, result.summary, drawing)
     result.summary["report"] = report.jsonable(built.summary)

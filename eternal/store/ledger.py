@@ -6,7 +6,6 @@ Writes are bulk (one statement per table per call) so a replay can persist a bat
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -296,9 +295,11 @@ class LedgerStore:
 
     def save_transfers(self, transfers: Sequence[Transfer], conn: Connection) -> None:
         if transfers:
+            # the fields named (dataclasses.asdict deep-copies each one: half of a backfill's save)
             conn.execute(insert(TransferRow), [
-                {**asdict(t), "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
-                 "to_sleeve": t.to_sleeve.value} for t in transfers])
+                {"ts": t.ts, "from_sleeve": t.from_sleeve.value if t.from_sleeve else None,
+                 "to_sleeve": t.to_sleeve.value, "asset": t.asset, "qty": t.qty, "reason": t.reason}
+                for t in transfers])
 
     def capital_in(self) -> dict[Sleeve, float]:
         """USDT each sleeve was given, net, by the transfers recorded (the starting capital too)."""
