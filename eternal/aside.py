@@ -100,16 +100,19 @@ class Aside:
     can be started (a fork or spawn refused: a process limit, memory). An exception raised in the
     child is raised here with the child's traceback as a note. A forked child is daemonic unless
     `daemon` is False (multiprocessing lets no daemonic process start its own: a child that forks
-    work aside itself, `tasks.backfill.StartedJob`)."""
+    work aside itself, `tasks.backfill.StartedJob`). `unpickled`: arguments after `args` that are
+    only worth passing where nothing is pickled (a fork, or in process): a spawned child is called
+    without them, so `fn` must do without (the first replay's market view: rebuilt faster than
+    pickled)."""
 
     def __init__(self, fn: Callable, *args, name: str = "the work aside", spawn: bool = True,
-                 daemon: bool = True) -> None:
+                 daemon: bool = True, unpickled: tuple = ()) -> None:
         import gc
         import multiprocessing
         import os
         import threading
 
-        self.fn, self.args, self.name, self.proc, self.conn, self.spawned = fn, args, name, None, None, None
+        self.fn, self.args, self.name, self.proc, self.conn, self.spawned = fn, args + unpickled, name, None, None, None
         if (os.cpu_count() or 1) < 2:
             return
         if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
@@ -123,7 +126,7 @@ class Aside:
             # backfill ran to its end and exited 0, or its job's child ignored the parent's stop)
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
             try:
-                self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, args, os.getpid(), name, mask),
+                self.proc = ctx.Process(target=_aside_forked, args=(child_end, fn, self.args, os.getpid(), name, mask),
                                         daemon=daemon, name="eternal-aside")
                 # what exists now is never collected in the child: garbage the parent still holds (a
                 # finished backfill's database engine, in a reference cycle) would otherwise be freed
@@ -148,7 +151,10 @@ class Aside:
                     self.cancel()
                     raise
         elif spawn:
+            self.args = args
             self._spawn()
+            if self.spawned is None:          # it runs here instead: nothing to pickle
+                self.args = args + unpickled
 
     def _spawn(self) -> None:
         import os

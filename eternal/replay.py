@@ -195,11 +195,12 @@ def check_window(data: DataSet, settings: Settings, sleeves, start: datetime | N
 
 
 def _without_breakers(data: DataSet, settings: Settings, start: datetime, end: datetime, sleeves, capital: float,
-                      monthly_deposit: float, deposits) -> dict:
-    """The same replay with the circuit breakers off: its final equity, return, drawdown, CAGR."""
+                      monthly_deposit: float, deposits, view: MarketView | None = None) -> dict:
+    """The same replay with the circuit breakers off: its final equity, return, drawdown, CAGR.
+    `view`: the first replay's market view (the same data, checked, and the same indicators)."""
     off = settings.model_copy(update={"risk": settings.risk.model_copy(update={"breakers_enabled": False})})
     other = run_backfill(data, off, start=start, end=end, sleeves=sleeves, capital=capital, progress=False,
-                         monthly_deposit=monthly_deposit, compare_breakers=False, deposits=deposits)
+                         monthly_deposit=monthly_deposit, compare_breakers=False, deposits=deposits, view=view)
     return {k: other.summary[k] for k in ("final_equity", "total_return", "max_drawdown", "cagr")}
 
 
@@ -240,7 +241,8 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
                  compare_breakers: bool = True,
                  deposits: list[tuple[datetime, float]] | None = None,
                  on_replayed: Callable[[BackfillResult], None] | None = None,
-                 ledger_to: Callable[[MemoryLedger, datetime], None] | None = None) -> BackfillResult:
+                 ledger_to: Callable[[MemoryLedger, datetime], None] | None = None,
+                 view: MarketView | None = None) -> BackfillResult:
     """The driver over history: every event from `start` 00:00 to the close of the day before
     `end` (exclusive), in memory, then the outputs. `on_day(day, books, exchange_books, closes,
     marks, risk_state)` is called after each replayed close. `monthly_deposit`: USDT deposited at the close of
@@ -257,7 +259,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     figures yet): work that needs the replay but neither of those can start beside them (the
     report's CORE-alone replay, `tasks.backfill`). The ledger goes into `engine` (fresh: checked
     first), or to `ledger_to(ledger, end)` (a process of its own that writes it, `tasks.backfill`),
-    or nowhere."""
+    or nowhere. `view`: a market view already built (`MarketView.build`) from this `data` for these
+    sleeves, with these settings' indicators, its data checked (the breakers-off replay reuses the
+    first's), else built and checked here."""
     sleeves = sleeves or cycle.SLEEVES
     capital = settings.initial_capital if capital is None else capital
     if not 0 < capital < float("inf"):        # nan and inf fail too
@@ -269,8 +273,9 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
             raise BackfillError(f"{name} {usdt:g} USDT is more than {MAX_USDT:g}: above that a float keeps no cents "
                                 "(money never rounds silently)")
     orchestrated = set(sleeves) == set(Sleeve)      # the whole portfolio: allocation between sleeves
-    check_dataset(data, settings, sleeves)           # the same suite as an import or a flow's gather
-    view = MarketView.build(data, settings, sleeves, with_regime=orchestrated)
+    if view is None:
+        check_dataset(data, settings, sleeves)       # the same suite as an import or a flow's gather
+        view = MarketView.build(data, settings, sleeves, with_regime=orchestrated)
     first, last = view.first_day, view.last_day
     if first is None:
         raise BackfillError("the selected sleeves' series have no day in common")
@@ -289,7 +294,7 @@ def run_backfill(data: DataSet, settings: Settings, *, start: datetime | None = 
     without_breakers = None
     if compare_breakers and settings.risk.breakers_enabled and orchestrated:
         without_breakers = Aside(_without_breakers, data, settings, start, end, sleeves, capital, monthly_deposit,
-                                 deposits, name="the second replay (breakers off)")
+                                 deposits, name="the second replay (breakers off)", unpickled=(view,))
     try:
         return _replay(data, settings, view, sleeves, capital, shares, start, end, orchestrated, ledger_to,
                        progress, on_day, monthly_deposit, deposits, out_dir, without_breakers, on_replayed)

@@ -33,6 +33,21 @@ def test_work_smaller_than_a_spawn_stays_in_process_beside_other_threads():
     assert done.stdout.split() == ["True", "True", "None", "None", "True"], done.stderr
 
 
+def test_unpickled_arguments_reach_a_forked_child_and_work_in_process_but_not_a_spawned_child():
+    """The breakers-off replay is handed the first replay's market view where nothing is pickled
+    (a fork shares it; in process it is there): a spawned child (beside another thread) is called
+    without it and builds its own, rather than the parent pickling 2.6 MB on its critical path."""
+    code = ("import os, threading; from eternal.aside import Aside\n"
+            "forked = Aside(os.path.join, 'a', unpickled=('b',))\n"
+            "stop = threading.Event(); threading.Thread(target=stop.wait, daemon=True).start()\n"
+            "spawned = Aside(os.path.join, 'a', unpickled=('b',))\n"
+            "here = Aside(os.path.join, 'a', spawn=False, unpickled=('b',))\n"
+            "print(forked.proc is not None, forked.result(), spawned.spawned is not None, spawned.result(), "
+            "here.result()); stop.set()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "a/b", "True", "a", "a/b"], done.stderr
+
+
 def test_no_process_to_be_had_runs_the_work_here_and_a_childs_failure_says_where():
     """A fork refused (a process limit, memory: ENOMEM) is no failure of a finished backfill: the
     work runs in this process instead (before, the whole backfill ended on `OSError: [Errno 12]`
