@@ -515,9 +515,15 @@ def _backfill_job(args, params: dict, progress_bar: bool, data=None) -> dict:
         _quiet_prefect_failures(args)
         from flows.backfill import PROGRESS_BAR, STARTED, backfill
 
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
         PROGRESS_BAR.set(progress_bar)
         STARTED.set(job)
-        return backfill(**params)
+        # no flow-run heartbeats for a run the user's own terminal holds: Prefect's heartbeat thread
+        # sleeps in whole seconds and the run's end waits for it (0-1 s, about 0.5 s a run); a
+        # deployment's run, which a worker holds unseen, keeps them (a server can tell it crashed)
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return backfill(**params)
     except Exception:
         if not _INTERRUPTED:
             raise
