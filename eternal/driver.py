@@ -22,7 +22,6 @@ memory for a backfill, the database for the flows). The decisions are `eternal.c
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable, Iterable
