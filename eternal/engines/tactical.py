@@ -270,8 +270,13 @@ def _match_holdings(state: TacticalState, book, closes: dict[str, float], event)
     share of its cost, so its gain is measured on coins that exist; a lot left under the exchange's
     minimum is closed. Without this a lot kept counting coins sold long ago: a gain of +649.6 %
     on 2023-11-02 planned, every day, a sale no order could make."""
+    claimed_by = dict.fromkeys(ASSETS, 0)          # summed lot by lot, in the lots' order
+    for lot in state.lots:
+        for a, q in lot.qty.items():
+            if a in claimed_by:
+                claimed_by[a] += q
     for a in ASSETS:
-        claimed = sum(lot.qty.get(a, 0.0) for lot in state.lots)
+        claimed = claimed_by[a]
         held = book.holdings.get(a, 0.0) + book.staked.get(a, 0.0)
         if claimed <= 0 or held >= claimed * (1.0 - 1e-9):
             continue

@@ -213,7 +213,8 @@ class PerpDesk:
                 raise ExchangeError(f"funding of {symbol} at {ts.isoformat()} is older than the last "
                                     f"settlement ({last_ts.isoformat()}): settle in time order")
         # only positions held at the settlement take part (one opened at 00:05 skips 00:00)
-        payments = [p for s in sorted(self.books)
+        holders = [s for s, b in self.books.items() if symbol in b.perps]     # most settlements: none or one
+        payments = [p for s in sorted(holders)
                     if (pos := self.books[s].perps.get(symbol)) is not None and utc(pos.opened_at) <= ts
                     and (p := ledger.settle_funding(self.books[s], symbol, rate, price, ts)) is not None]
         # kept as objects (made into JSON only when the exchange's state is stored: `to_doc`)
