@@ -422,11 +422,42 @@ def cmd_backfill(args, s) -> int:
         return 130
 
 
+def _charts_ready(out_dir: Path) -> Path:
+    """The charts' child, forked by `_prime_charts`: `tasks.report`'s preparation, imported here."""
+    from tasks.report import _load_charts
+
+    return _load_charts(out_dir)
+
+
+def _charts_draw(out_dir: Path, report) -> None:
+    from tasks.report import _draw
+
+    _draw(out_dir, report)
+
+
+def _prime_charts(out: Path):
+    """`tasks.report.Charts`' child (matplotlib imported, a warm-up chart drawn), forked before this
+    process imports pandas and the engines: that preparation (about 0.6 s of CPU) runs on the other
+    core while it is idle, not beside the two replays. It writes nothing until it is sent a report;
+    the caller cancels it however the backfill ends."""
+    from eternal.aside import Primed
+
+    return Primed(_charts_ready, _charts_draw, out, name="the charts", daemon=False)
+
+
 def _cmd_backfill(args, s) -> int:
     if args.start and args.end and args.end <= args.start:   # before the slow imports below
         from eternal.models import end_before_start
 
         raise EternalError(end_before_start(args.start, args.end))
+    charts = _prime_charts(args.out)
+    try:
+        return _cmd_backfill_charted(args, s, charts)
+    finally:
+        charts.cancel()         # refused, interrupted or failed (a child that drew its charts is gone)
+
+
+def _cmd_backfill_charted(args, s, charts) -> int:
     from eternal.replay import check_window, parse_sleeves
 
     # refused here, before a Prefect flow run starts: a bad --engines, a window outside the data
@@ -463,7 +494,7 @@ def _cmd_backfill(args, s) -> int:
             import gc
 
             gc.freeze()
-            summary = _backfill(args, params, progress_bar=not args.no_progress, data=data)
+            summary = _backfill(args, params, progress_bar=not args.no_progress, data=data, charts=charts)
         if _INTERRUPTED:
             # one Python dropped: raised in a weakref callback while the job's processes were freed
             # as it returned (the backfill exited 0 after a traceback): its outputs are complete
@@ -487,14 +518,14 @@ class _InterruptedAfterTheBackfill(KeyboardInterrupt):
     """Ctrl-C or SIGTERM once the backfill's outputs were complete (its summary not printed yet)."""
 
 
-def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
+def _backfill(args, params: dict, progress_bar: bool, data=None, charts=None) -> dict:
     """The backfill job: as a Prefect flow run when a Prefect server is configured (the run stays in
     its UI), else directly, without Prefect (an ephemeral server would vanish with the process and
     cost about 8 s; `tasks.backfill`)."""
     from eternal.errors import DatabaseUnavailable
 
     try:
-        return _backfill_job(args, params, progress_bar, data)
+        return _backfill_job(args, params, progress_bar, data, charts)
     except (ConfigError, DatabaseUnavailable) as exc:
         if args.database_url is None:
             raise
@@ -502,11 +533,15 @@ def _backfill(args, params: dict, progress_bar: bool, data=None) -> dict:
         raise type(exc)(str(exc).replace("ETERNAL_DATABASE_URL", "--database-url")) from None
 
 
-def _backfill_job(args, params: dict, progress_bar: bool, data=None) -> dict:
+def _backfill_job(args, params: dict, progress_bar: bool, data=None, charts=None) -> dict:
+    """`charts`: the charts' child `_prime_charts` started (the job without Prefect draws with it;
+    a flow run's job, forked below, starts its own)."""
     from tasks.backfill import StartedJob, check_prefect_server, prefect_api_url, run_job
 
     if (url := prefect_api_url()) is None:
-        return run_job(**params, progress_bar=progress_bar, data=data)    # the data read once
+        return run_job(**params, progress_bar=progress_bar, data=data, charts=charts)    # the data read once
+    if charts is not None:
+        charts.cancel()                 # not handed to the job's child, forked next
     # the job starts first, in a child forked while this process has one thread (it then forks its
     # own work aside, as without Prefect); the flow run follows it (`tasks.backfill.StartedJob`)
     check_prefect_server(url)

@@ -119,18 +119,22 @@ def check_amounts(capital: float | None, monthly_deposit_usdt: float) -> None:
 
 def run_job(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
             capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
-            monthly_deposit_usdt: float = 0.0, progress_bar: bool = False, data=None) -> dict:
+            monthly_deposit_usdt: float = 0.0, progress_bar: bool = False, data=None, charts=None) -> dict:
     """The backfill (parameters as the `backfill` flow's) -> its summary (summary.json's dict).
     Its ledger goes to ETERNAL_BACKFILL_DATABASE_URL when set, else to OUT/backfill.db, started
     afresh. `data`: the market data already read from those same sources (the CLI reads it to
-    check the window first), else read here. Raises BackfillError / DataQualityError / ConfigError (one line each) on bad input,
-    before anything is written."""
-    return _job(start, end, engines, capital, data_dir, out, monthly_deposit_usdt, progress_bar, data)[0]
+    check the window first), else read here. `charts`: the charts' child the caller started for
+    OUT (`tasks.report.prime`), else started here; the caller cancels it when this raises. Raises
+    BackfillError / DataQualityError / ConfigError (one line each) on bad input, before anything is
+    written."""
+    return _job(start, end, engines, capital, data_dir, out, monthly_deposit_usdt, progress_bar, data,
+                charts=charts)[0]
 
 
 def _job(start: datetime | None = None, end: datetime | None = None, engines: str | None = None,
          capital: float | None = None, data_dir: str | None = None, out: str = "out/backfill",
-         monthly_deposit_usdt: float = 0.0, progress_bar: bool = False, data=None, on_progress=None) -> tuple:
+         monthly_deposit_usdt: float = 0.0, progress_bar: bool = False, data=None, on_progress=None,
+         charts=None) -> tuple:
     """`run_job` -> (its summary, the report built: `eternal.report.Report`); `on_progress(pct)`
     every 5 % of the days replayed, outside a flow run."""
     check_amounts(capital, monthly_deposit_usdt)     # before anything is read or written
@@ -185,7 +189,7 @@ def _job(start: datetime | None = None, end: datetime | None = None, engines: st
                 # this one replays, then writes what the replay hands it (in process beside threads)
                 writer = Primed(new_ledger, write_ledger, f"sqlite:///{(out_dir / 'backfill.db').resolve()}",
                                 name="the ledger's writer")
-            drawing = report.Charts(out_dir)        # matplotlib loads beside the replay
+            drawing = report.Charts(out_dir, primed=charts)     # matplotlib loads beside the replay
             flow_run = in_flow_run()
             bar = (_ProgressArtifact(start, end) if flow_run else
                    _Progress(start, end, on_progress) if on_progress is not None else None)

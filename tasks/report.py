@@ -180,12 +180,10 @@ class Charts:
     draws them here. `cancel()` ends the child (a failed or interrupted backfill: nothing is
     drawn). The child dies with this process."""
 
-    def __init__(self, out_dir: Path, beside: bool = True) -> None:
-        from eternal.aside import Primed
-
+    def __init__(self, out_dir: Path, beside: bool = True, primed=None) -> None:
+        """`primed`: the child already started by the caller (`prime`), else started here."""
         self.out_dir, self.sent = out_dir, False
-        # not daemonic: the child forks two of the charts aside itself (`charts`)
-        self._primed = Primed(_load_charts, _draw, out_dir, name="the charts", daemon=False) if beside else None
+        self._primed = primed if primed is not None else prime(out_dir) if beside else None
         if self._primed is not None and not self._primed.beside:
             self._primed = None             # no fork here: drawn in process at `draw`
 
@@ -207,6 +205,16 @@ class Charts:
         if self._primed is not None:
             self._primed.cancel()
             self._primed = None
+
+
+def prime(out_dir: Path):
+    """The charts' child (`eternal.aside.Primed`), started now: it imports matplotlib and draws a
+    warm-up chart while this process goes on, then draws the report it is sent into `out_dir`.
+    Not daemonic: it forks two of the charts aside itself (`charts`). Importing this module costs
+    pandas: `eternal backfill` starts it through `eternal.cli`, before its own imports."""
+    from eternal.aside import Primed
+
+    return Primed(_load_charts, _draw, out_dir, name="the charts", daemon=False)
 
 
 def _load_charts(out_dir: Path) -> Path:
