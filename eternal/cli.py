@@ -422,35 +422,14 @@ def cmd_backfill(args, s) -> int:
         return 130
 
 
-def _charts_ready(out_dir: Path) -> Path:
-    """The charts' child, forked by `_prime_charts`: `tasks.report`'s preparation, imported here."""
-    from tasks.report import _load_charts
-
-    return _load_charts(out_dir)
-
-
-def _charts_draw(out_dir: Path, report) -> None:
-    from tasks.report import _draw
-
-    _draw(out_dir, report)
-
-
-def _prime_charts(out: Path):
-    """`tasks.report.Charts`' child (matplotlib imported, a warm-up chart drawn), forked before this
-    process imports pandas and the engines: that preparation (about 0.6 s of CPU) runs on the other
-    core while it is idle, not beside the two replays. It writes nothing until it is sent a report;
-    the caller cancels it however the backfill ends."""
-    from eternal.aside import Primed
-
-    return Primed(_charts_ready, _charts_draw, out, name="the charts", daemon=False)
-
-
 def _cmd_backfill(args, s) -> int:
     if args.start and args.end and args.end <= args.start:   # before the slow imports below
         from eternal.models import end_before_start
 
         raise EternalError(end_before_start(args.start, args.end))
-    charts = _prime_charts(args.out)
+    from tasks.charts_child import prime
+
+    charts = prime(args.out)        # before the imports below: matplotlib loads on the idle core meanwhile
     try:
         return _cmd_backfill_charted(args, s, charts)
     finally:
@@ -534,7 +513,7 @@ def _backfill(args, params: dict, progress_bar: bool, data=None, charts=None) ->
 
 
 def _backfill_job(args, params: dict, progress_bar: bool, data=None, charts=None) -> dict:
-    """`charts`: the charts' child `_prime_charts` started (the job without Prefect draws with it;
+    """`charts`: the charts' child `_cmd_backfill` started (the job without Prefect draws with it;
     a flow run's job, forked below, starts its own)."""
     from tasks.backfill import StartedJob, check_prefect_server, prefect_api_url, run_job
 

@@ -51,15 +51,15 @@ class PerpMarket:
         return self._adx_runs(">", days, level, i)
 
     def _adx_runs(self, op: str, days: int, level: float, i: int) -> bool:
-        runs = self._adx_below.get((op, days, level))
+        runs = self._adx_runs_of.get((op, days, level))
         if runs is None:
             hit = ((self.adx < level) if op == "<" else (self.adx > level)).astype(np.int64)
             runs = np.convolve(hit, np.ones(days, dtype=np.int64))[:len(hit)] == days
-            self._adx_below[(op, days, level)] = runs
+            self._adx_runs_of[(op, days, level)] = runs
         return bool(runs[i])
 
     @functools.cached_property
-    def _adx_below(self) -> dict[tuple[str, int, float], np.ndarray]:
+    def _adx_runs_of(self) -> dict[tuple[str, int, float], np.ndarray]:
         """(comparison, days, level) -> for each day, whether it ends such a run (counted once)."""
         return {}
 

@@ -124,7 +124,7 @@ def run_job(start: datetime | None = None, end: datetime | None = None, engines:
     Its ledger goes to ETERNAL_BACKFILL_DATABASE_URL when set, else to OUT/backfill.db, started
     afresh. `data`: the market data already read from those same sources (the CLI reads it to
     check the window first), else read here. `charts`: the charts' child the caller started for
-    OUT (`tasks.report.prime`; `eternal backfill` starts it before its imports), else started
+    OUT (`tasks.charts_child.prime`; `eternal backfill` starts it before its imports), else started
     here; the caller cancels it when this raises. Raises
     BackfillError / DataQualityError / ConfigError (one line each) on bad input, before anything is
     written."""

@@ -181,7 +181,10 @@ class Charts:
     drawn). The child dies with this process."""
 
     def __init__(self, out_dir: Path, beside: bool = True, primed=None) -> None:
-        """`primed`: the child already started by the caller (`prime`), else started here."""
+        """`primed`: the child already started by the caller (`tasks.charts_child.prime`), else
+        started here."""
+        from tasks.charts_child import prime
+
         self.out_dir, self.sent = out_dir, False
         self._primed = primed if primed is not None else prime(out_dir) if beside else None
         if self._primed is not None and not self._primed.beside:
@@ -207,16 +210,6 @@ class Charts:
             self._primed = None
 
 
-def prime(out_dir: Path):
-    """The charts' child (`eternal.aside.Primed`), started now: it imports matplotlib and draws a
-    warm-up chart while this process goes on, then draws the report it is sent into `out_dir`.
-    Not daemonic: it forks two of the charts aside itself (`charts`). Importing this module costs
-    pandas: `eternal backfill` starts it through `eternal.cli`, before its own imports."""
-    from eternal.aside import Primed
-
-    return Primed(_load_charts, _draw, out_dir, name="the charts", daemon=False)
-
-
 def _load_charts(out_dir: Path) -> Path:
     """`Charts`' preparation: matplotlib imported, and a small chart of the same kinds (dates, a log
     scale, a legend, a tight layout) drawn to memory, so its first text measure loads the fonts
@@ -235,10 +228,6 @@ def _load_charts(out_dir: Path) -> Path:
     fig.savefig(io.BytesIO(), format="png")
     plt.close(fig)
     return out_dir
-
-
-def _draw(out_dir: Path, report: rep.Report) -> None:
-    charts(report, out_dir)
 
 
 def charts(report: rep.Report, out_dir: Path) -> None:
